@@ -1,0 +1,26 @@
+# Two commands for a fresh machine: `make demo` and `make test`. Each creates
+# the virtualenv and installs what it needs first; nothing is installed by hand.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: demo test bench clean
+
+$(VENV)/.installed-dev: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+test: $(VENV)/.installed-dev
+	$(PY) -m pytest
+
+demo: $(VENV)/.installed-dev
+	$(PY) -m router.cli demo
+
+bench: $(VENV)/.installed-dev
+	$(PY) bench/core.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
