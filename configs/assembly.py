@@ -1,0 +1,32 @@
+"""Building the control core from a validated config.
+
+The router and the simulator both start here, so they run the same lanes,
+modes, policy and controller for the same file.
+"""
+
+from __future__ import annotations
+
+import random
+
+from configs.schema import ModeshiftConfig
+from policies.control import ControlLoop
+from policies.monitor import Monitor
+from policies.switching import SwitchingController
+from policies.weights import Weights
+
+
+def mode_weights(config: ModeshiftConfig) -> dict[str, Weights]:
+    """Each mode as Weights over every configured lane (absent lanes get 0)."""
+    lanes = tuple(config.lanes)
+    return {mode: Weights(weights, lanes) for mode, weights in config.modes.items()}
+
+
+def build_control_loop(config: ModeshiftConfig, *, now_s: float, rng: random.Random) -> ControlLoop:
+    monitor = Monitor(
+        {lane: lane_config.cost for lane, lane_config in config.lanes.items()},
+        now_s=now_s,
+        window_s=config.metrics.window_s,
+        slot_s=config.metrics.slot_s,
+    )
+    controller = SwitchingController(mode_weights(config), config.initial_mode, config.switching)
+    return ControlLoop(monitor, config.policy.build(rng), controller)

@@ -1,0 +1,85 @@
+"""Reading a config file: YAML in, a validated ModeshiftConfig or a ConfigError out.
+
+The YAML is parsed once into a node tree (kept for line numbers) and built
+into plain data with the safe constructors; a key written twice in one
+mapping is an error rather than a silent overwrite. Validation runs with the
+context flag that makes durations require a unit. A reload builds a whole
+new config this way and hands it over only if it is valid, so a bad file
+never replaces a good one.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from configs.errors import format_error
+from configs.schema import ModeshiftConfig
+from policies.units import UNITS_REQUIRED
+
+READY_CONFIGS = ("default", "openai-vllm", "kserve-triton", "provider")
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; `lines` holds one error per line."""
+
+    def __init__(self, lines: list[str]):
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+class _Loader(yaml.SafeLoader):
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"key {key!r} appears twice (first on line {seen[key].start_mark.line + 1})",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_config(text: str, source: str = "<config>") -> ModeshiftConfig:
+    loader = _Loader(text)
+    try:
+        root = loader.get_single_node()
+        data = loader.construct_document(root) if root is not None else None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else "?"
+        raise ConfigError([f"{source}:{line}: YAML syntax: {exc.problem or exc.context}"]) from None
+    finally:
+        loader.dispose()
+    if not isinstance(data, dict):
+        raise ConfigError([f"{source}:1: expected a mapping of sections (server, lanes, modes, ...)"])
+    try:
+        return ModeshiftConfig.model_validate(data, context={UNITS_REQUIRED: True})
+    except ValidationError as exc:
+        raise ConfigError(
+            [format_error(source, root, data, ModeshiftConfig, error) for error in exc.errors()]
+        ) from None
+
+
+def load_config(path: str | Path) -> ModeshiftConfig:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    return parse_config(text, str(path))
+
+
+def ready_config_path(name: str) -> Path:
+    """The path of a config shipped with modeshift ("default", "openai-vllm", ...)."""
+    if name not in READY_CONFIGS:
+        raise ValueError(f"no ready config {name!r}; ready: {', '.join(READY_CONFIGS)}")
+    return Path(str(resources.files("configs").joinpath(f"{name}.yaml")))

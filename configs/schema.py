@@ -1,0 +1,188 @@
+"""The configuration schema: one YAML file, validated into frozen models.
+
+Every model refuses unknown keys. Durations are written with units ("50ms",
+"2s", "5m") and sizes may be ("10MiB"); in Python, durations are float
+seconds under names ending in `_s`, each with its YAML name as alias.
+
+Rules that span sections (a mode naming a lane that does not exist, weights
+that do not sum to 1, ...) are checked in `ModeshiftConfig._cross_checks` and
+reported at the exact place in the file, all at once.
+
+What must not live here: YAML parsing and error formatting (configs.loader,
+configs.errors) and building runtime objects (configs.assembly).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from policies.flush import BatchingParams
+from policies.pricing import CostModel
+from policies.registry import PolicySpec
+from policies.switching import SwitchingParams
+from policies.units import ByteSize, Duration
+
+Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]+$")]
+"""Lane and mode names: letters, digits, '_' and '-' (they become metric labels)."""
+
+Weight = Annotated[float, Field(ge=0, le=1)]
+Protocol = Literal["http", "openai-embeddings", "openai-chat", "kserve-v2"]
+WEIGHT_SUM_TOLERANCE = 1e-6
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+def _host_port(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError('expected "host:port", like "127.0.0.1:8080"')
+    return value
+
+
+class ServerConfig(_Section):
+    listen: str = Field("127.0.0.1:8080", description="data-plane address, host:port")
+    admin_listen: str = Field("127.0.0.1:9090", description="admin API address, never the data port")
+    admin_token_env: str = Field("MODESHIFT_ADMIN_TOKEN", description="environment variable holding the admin token")
+    max_body_bytes: ByteSize = Field(10 * 2**20, description="larger request bodies get 413")
+    max_header_bytes: ByteSize = Field(64 * 2**10, description="larger request headers get 431")
+    receive_timeout_s: Duration = Field(30.0, alias="receive_timeout", description="time to receive a request (408)")
+    shutdown_timeout_s: Duration = Field(30.0, alias="shutdown_timeout", description="grace for in-flight requests")
+    seed: int = Field(0, description="seed of the lane draw, for reproducible splits")
+
+    _addresses = field_validator("listen", "admin_listen")(_host_port)
+
+
+class OutlierConfig(_Section):
+    """Passive outlier ejection of upstreams (Envoy's defaults)."""
+
+    consecutive_errors: int = Field(5, ge=1, description="5xx or connect errors in a row that eject an upstream")
+    base_ejection_s: Duration = Field(30.0, alias="base_ejection", description="first ejection; doubles each time")
+    max_ejected_fraction: float = Field(0.1, ge=0, le=1, description="share of a lane's upstreams that may be out")
+
+
+class LaneConfig(_Section):
+    upstreams: tuple[str, ...] = Field(min_length=1, description="base URLs of the lane's servers")
+    max_in_flight: int = Field(256, ge=1, description="requests sent upstream at once")
+    queue_depth: int = Field(1024, ge=0, description="requests waiting for a slot; more get 503 or spill")
+    queue_timeout_s: Duration = Field(5.0, alias="queue_timeout", description="longest wait for a slot")
+    spill: bool = Field(False, description="send overflow to the other lane instead of answering 503")
+    timeout_s: Duration = Field(60.0, alias="timeout", description="upstream response timeout (504)")
+    connect_timeout_s: Duration = Field(5.0, alias="connect_timeout", description="upstream connect timeout")
+    batching: BatchingParams | None = Field(None, description="router micro-batching for batchable protocols")
+    cost: CostModel = Field(default_factory=CostModel, description="what this lane costs")
+    outlier: OutlierConfig = Field(default_factory=OutlierConfig)
+
+    @field_validator("upstreams")
+    @classmethod
+    def _urls(cls, urls: tuple[str, ...]) -> tuple[str, ...]:
+        for url in urls:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f'{url!r} is not an upstream URL; expected "http://host:port"')
+        return urls
+
+
+class RouteConfig(_Section):
+    path: str = Field(description="path prefix, e.g. /v1/embeddings")
+    protocol: Protocol = Field("http", description="how requests on this route are read, merged and split")
+    pin: Name | None = Field(None, description="send every request on this route to this lane")
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, path: str) -> str:
+        if not path.startswith("/"):
+            raise ValueError('a route path must start with "/"')
+        return path
+
+
+class MetricsConfig(_Section):
+    window_s: Duration = Field(60.0, alias="window", description="how far back the lane figures look")
+    slot_s: Duration = Field(1.0, alias="slot", gt=0, description="granularity of the window")
+
+    @model_validator(mode="after")
+    def _slot_fits(self) -> MetricsConfig:
+        if self.slot_s > self.window_s:
+            raise ValueError(f"slot ({self.slot_s:g}s) must not exceed window ({self.window_s:g}s)")
+        return self
+
+
+class TelemetryConfig(_Section):
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log: bool = Field(False, description="one JSON line per request")
+    prometheus: bool = Field(True, description="serve /metrics on the admin listener")
+    otlp_endpoint: str | None = Field(None, description="OTLP collector; None disables export")
+    trace_sampling: float = Field(0.01, ge=0, le=1, description="share of requests traced")
+    decisions_kept: int = Field(1000, ge=1, description="size of the decision audit ring")
+
+
+class JobsConfig(_Section):
+    enabled: bool = True
+    database: str = Field("modeshift-jobs.sqlite3", description="SQLite file of the durable job store")
+    max_share: float = Field(0.5, gt=0, le=1, description="share of the batch lane that jobs may use")
+    attempts: int = Field(3, ge=1, description="tries per item before it fails")
+    backoff_s: Duration = Field(1.0, alias="backoff", description="first retry delay")
+    backoff_multiplier: float = Field(2.0, ge=1)
+    lease_s: Duration = Field(60.0, alias="lease", gt=0, description="a worker's claim on an item")
+    completion_window_s: Duration = Field(86400.0, alias="completion_window", description="batches expire after this")
+
+
+class ModeshiftConfig(_Section):
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    lanes: dict[Name, LaneConfig] = Field(min_length=1)
+    routes: tuple[RouteConfig, ...] = Field((RouteConfig(path="/"),), min_length=1)
+    modes: dict[Name, dict[str, Weight]] = Field(min_length=1, description="mode name -> {lane: weight}")
+    initial_mode: str
+    policy: PolicySpec
+    switching: SwitchingParams = Field(default_factory=SwitchingParams)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+    jobs: JobsConfig = Field(default_factory=JobsConfig)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> ModeshiftConfig:
+        problems = list(_cross_problems(self))
+        if problems:
+            raise ValidationError.from_exception_data(type(self).__name__, problems)
+        return self
+
+
+def _problem(loc: tuple[str | int, ...], value: Any, kind: str, message: str) -> InitErrorDetails:
+    return InitErrorDetails(type=PydanticCustomError(kind, message), loc=loc, input=value)
+
+
+def _cross_problems(cfg: ModeshiftConfig):
+    lanes = sorted(cfg.lanes)
+    known_lanes = ", ".join(lanes)
+    for mode, weights in cfg.modes.items():
+        for lane, weight in weights.items():
+            if lane not in cfg.lanes:
+                yield _problem(("modes", mode, lane), weight, "unknown_lane", f"no lane {lane!r}; lanes: {known_lanes}")
+        total = math.fsum(weights.values())
+        if abs(total - 1.0) > WEIGHT_SUM_TOLERANCE:
+            yield _problem(("modes", mode), weights, "weight_sum", f"weights sum to {total:g}; they must sum to 1")
+    known_modes = ", ".join(sorted(cfg.modes))
+    if cfg.initial_mode not in cfg.modes:
+        yield _problem(("initial_mode",), cfg.initial_mode, "unknown_mode", f"no such mode; modes: {known_modes}")
+    for path, kind, name in cfg.policy.params.references():
+        known = cfg.modes if kind == "mode" else cfg.lanes
+        if name not in known:
+            listing = known_modes if kind == "mode" else known_lanes
+            yield _problem(("policy", "params", *path), name, f"unknown_{kind}", f"no such {kind}; {kind}s: {listing}")
+    seen_paths: set[str] = set()
+    for i, route in enumerate(cfg.routes):
+        if route.path in seen_paths:
+            yield _problem(("routes", i, "path"), route.path, "duplicate_route", "another route has this path")
+        seen_paths.add(route.path)
+        if route.pin is not None and route.pin not in cfg.lanes:
+            yield _problem(("routes", i, "pin"), route.pin, "unknown_lane", f"no such lane; lanes: {known_lanes}")
+    if cfg.server.listen == cfg.server.admin_listen:
+        yield _problem(
+            ("server", "admin_listen"), cfg.server.admin_listen, "shared_port", "the admin API needs its own address"
+        )

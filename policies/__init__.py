@@ -1,0 +1,100 @@
+"""The control core of modeshift: pure, sans-I/O, shared by router and simulator.
+
+Nothing in this package reads a clock, opens a socket, or imports asyncio or
+aiohttp. Every call takes the time as `now_s`; randomness comes from an
+injected `random.Random`. The live router and the offline simulator drive
+the same objects, so a policy behaves the same in both.
+
+- units: durations and sizes in configuration values
+- histogram: mergeable log-bucket latency histograms
+- metrics: per-lane cumulative totals and sliding windows
+- pricing: the cost model of a lane
+- snapshot, monitor: the frozen view policies read, and what builds it
+- weights: the traffic split as a value
+- protocol, registry: what a policy is, and finding one by name
+- load, cost, latency, adaptive, static, composite: the built-in policies
+- actions, switching: the controller's outputs and state machine
+- control: the loop that ties monitor, policy and controller together
+- flush, batching: micro-batch flush rules and the bounded batch queue
+"""
+
+from policies.actions import (
+    Action,
+    CommandRejected,
+    Force,
+    Pause,
+    Paused,
+    ProposalIgnored,
+    Resume,
+    Resumed,
+    Rollback,
+    RolledBack,
+    SetWeights,
+    StepAdvanced,
+    TransitionCompleted,
+    TransitionStarted,
+)
+from policies.batching import BatchItem, Batcher, Taken
+from policies.control import ControlLoop
+from policies.flush import AdaptiveRule, BatchingParams, HybridRule, SizeRule, TimeRule
+from policies.histogram import Histogram
+from policies.metrics import LaneTotals, LaneWindow
+from policies.monitor import Monitor
+from policies.pricing import CostModel
+from policies.protocol import BasePolicy, LaneName, ModeName, Policy, PolicyParams, Proposal
+from policies.registry import PolicySpec, known_policies, register, resolve
+from policies.snapshot import ControlView, LaneFigures, Snapshot, TransitionView
+from policies.switching import State, SwitchingController, SwitchingParams
+from policies.units import ByteSize, Duration
+from policies.weights import Weights
+
+__all__ = [
+    "Action",
+    "AdaptiveRule",
+    "BasePolicy",
+    "BatchItem",
+    "Batcher",
+    "BatchingParams",
+    "ByteSize",
+    "CommandRejected",
+    "ControlLoop",
+    "ControlView",
+    "CostModel",
+    "Duration",
+    "Force",
+    "Histogram",
+    "HybridRule",
+    "LaneFigures",
+    "LaneName",
+    "LaneTotals",
+    "LaneWindow",
+    "ModeName",
+    "Monitor",
+    "Pause",
+    "Paused",
+    "Policy",
+    "PolicyParams",
+    "PolicySpec",
+    "Proposal",
+    "ProposalIgnored",
+    "Resume",
+    "Resumed",
+    "Rollback",
+    "RolledBack",
+    "SetWeights",
+    "SizeRule",
+    "Snapshot",
+    "State",
+    "StepAdvanced",
+    "SwitchingController",
+    "SwitchingParams",
+    "Taken",
+    "TimeRule",
+    "TransitionCompleted",
+    "TransitionStarted",
+    "TransitionView",
+    "Weights",
+    "known_policies",
+    "register",
+    "resolve",
+]

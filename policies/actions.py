@@ -1,0 +1,142 @@
+"""What the switching controller says and what it is told: values only.
+
+Outputs (past tense for events, imperative for the one instruction):
+- SetWeights: the driver must route auto traffic with these weights now.
+- TransitionStarted, StepAdvanced, TransitionCompleted, RolledBack: the
+  steps of a transition.
+- ProposalIgnored: a policy's proposal was seen and not acted on, and why.
+- Paused, Resumed, CommandRejected: answers to operator commands.
+
+Inputs (operator commands): Force, Pause, Resume, Rollback.
+
+Every output carries `at_s` and the snapshot figures behind it; the list of
+outputs is the audit log, and `as_record()` is its one format, shared by the
+live router's log and the simulator's.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from policies.weights import Weights
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Action:
+    at_s: float
+    reason: str
+    figures: Mapping[str, float] = field(default_factory=dict, repr=False)
+
+    @property
+    def kind(self) -> str:
+        return type(self).__name__
+
+    def as_record(self) -> dict[str, Any]:
+        record: dict[str, Any] = {"kind": self.kind}
+        for f in fields(self):
+            record[f.name] = _plain(getattr(self, f.name))
+        return record
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready: weights and mappings as dicts, NaN as None."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SetWeights(Action):
+    weights: Weights
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransitionStarted(Action):
+    from_mode: str | None
+    to_mode: str
+    cause: str
+    baseline_weights: Weights
+    target_weights: Weights
+    steps: tuple[float, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StepAdvanced(Action):
+    to_mode: str
+    step_index: int
+    fraction: float
+    weights: Weights
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransitionCompleted(Action):
+    mode: str
+    weights: Weights
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RolledBack(Action):
+    """`cause`: "regression" (a lane that gained traffic got worse), "stalled"
+    (no step could be promoted for progress_deadline_s) or "manual"."""
+
+    from_mode: str | None
+    to_mode: str
+    cause: str
+    restored_weights: Weights
+    lane: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProposalIgnored(Action):
+    target_mode: str
+    policy: str
+    proposal_reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Paused(Action):
+    pass
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Resumed(Action):
+    pass
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CommandRejected(Action):
+    command: str
+
+
+@dataclass(frozen=True, slots=True)
+class Force:
+    """Move to `mode`: through the steps (gradual) or at once."""
+
+    mode: str
+    gradual: bool = True
+    reason: str = "operator"
+
+
+@dataclass(frozen=True, slots=True)
+class Pause:
+    reason: str = "operator"
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    reason: str = "operator"
+
+
+@dataclass(frozen=True, slots=True)
+class Rollback:
+    reason: str = "operator"
+
+
+Command = Force | Pause | Resume | Rollback

@@ -1,0 +1,162 @@
+"""The micro-batcher's queue: bounded, by priority, with per-item deadlines.
+
+`Batcher` decides what goes into the next upstream batch and when; the
+router's timers and sockets carry it out (decide, then act):
+
+    if batcher.offer(item, now_s):           # False: queue full -> 503
+        arm_timer(batcher.due_at())
+    ...                                      # when the timer fires:
+    taken = batcher.take(now_s)              # .batch to send, .expired to answer 504
+
+Order: a lower `priority` number is more urgent (Triton's convention); equal
+priorities leave in arrival order. A batch takes items in that order until
+the rule's `limit()` in items would be passed; an item larger than the limit
+goes alone rather than waiting forever.
+
+Deadlines: an item's `deadline_s` is the latest time it may be dispatched
+(the router computes it from the client's deadline less the expected service
+time). The batch is due no later than the earliest deadline in the queue, and
+an item still queued after its deadline is expired, not sent.
+
+The queue holds at most `capacity` requests; `offer` refuses more (Triton's
+REJECT policy) rather than letting latency grow without bound.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from policies.flush import FlushRule
+
+
+@dataclass(frozen=True, slots=True)
+class BatchItem:
+    payload: Any
+    items: int = 1
+    priority: int = 0
+    deadline_s: float | None = None
+
+
+@dataclass(slots=True)
+class _Entry:
+    seq: int
+    item: BatchItem
+    enqueued_s: float
+    gone: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    batch: list[BatchItem] = field(default_factory=list)
+    expired: list[BatchItem] = field(default_factory=list)
+    waited_s: list[float] = field(default_factory=list)
+
+
+class Batcher:
+    def __init__(self, rule: FlushRule, capacity: int = 1024):
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self.rule = rule
+        self.capacity = capacity
+        self._classes: dict[int, deque[_Entry]] = {}
+        self._arrivals: deque[_Entry] = deque()  # arrival order, for the oldest item
+        self._deadlines: list[tuple[float, int, _Entry]] = []
+        self._seq = itertools.count()
+        self._requests = 0
+        self._items = 0
+
+    def __len__(self) -> int:
+        """Requests waiting."""
+        return self._requests
+
+    @property
+    def queued_items(self) -> int:
+        return self._items
+
+    def offer(self, item: BatchItem, now_s: float) -> bool:
+        """Queue `item`; False when the queue is full."""
+        if self._requests >= self.capacity:
+            return False
+        entry = _Entry(next(self._seq), item, now_s)
+        self._classes.setdefault(item.priority, deque()).append(entry)
+        self._arrivals.append(entry)
+        if item.deadline_s is not None:
+            heapq.heappush(self._deadlines, (item.deadline_s, entry.seq, entry))
+        self._requests += 1
+        self._items += item.items
+        return True
+
+    def due_at(self) -> float | None:
+        """When `take` must next be called; None when nothing waits."""
+        oldest = self._head(self._arrivals)
+        if oldest is None:
+            return None
+        due = self.rule.due_at(oldest.enqueued_s, self._items)
+        deadline = self._earliest_deadline()
+        return min(due, deadline) if deadline is not None else due
+
+    def take(self, now_s: float) -> Taken:
+        """Expire late items; if the batch is due, take it."""
+        expired = self._expire(now_s)
+        due = self.due_at()
+        if due is None or due > now_s:
+            return Taken(expired=expired)
+        limit = self.rule.limit()
+        batch: list[BatchItem] = []
+        waited: list[float] = []
+        size = 0
+        for priority in sorted(self._classes):
+            queue = self._classes[priority]
+            while (entry := self._head(queue)) is not None:
+                if batch and size + entry.item.items > limit:
+                    # The next item in order does not fit: the batch is full.
+                    # (Skipping it for a smaller, less urgent one would break the order.)
+                    return Taken(batch=batch, expired=expired, waited_s=waited)
+                queue.popleft()
+                self._remove(entry)
+                batch.append(entry.item)
+                waited.append(now_s - entry.enqueued_s)
+                size += entry.item.items
+        return Taken(batch=batch, expired=expired, waited_s=waited)
+
+    def drain(self) -> list[BatchItem]:
+        """Everything still queued, in priority order (shutdown)."""
+        items = [e.item for p in sorted(self._classes) for e in self._classes[p] if not e.gone]
+        for p in self._classes.values():
+            for e in p:
+                e.gone = True
+            p.clear()
+        self._arrivals.clear()
+        self._deadlines.clear()
+        self._requests = self._items = 0
+        return items
+
+    def _expire(self, now_s: float) -> list[BatchItem]:
+        expired = []
+        while self._deadlines and self._deadlines[0][0] < now_s:
+            _, _, entry = heapq.heappop(self._deadlines)
+            if not entry.gone:
+                self._remove(entry)
+                expired.append(entry.item)
+        return expired
+
+    def _remove(self, entry: _Entry) -> None:
+        entry.gone = True
+        self._requests -= 1
+        self._items -= entry.item.items
+
+    def _earliest_deadline(self) -> float | None:
+        heap = self._deadlines
+        while heap and heap[0][2].gone:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    @staticmethod
+    def _head(queue: deque[_Entry]) -> _Entry | None:
+        while queue and queue[0].gone:
+            queue.popleft()
+        return queue[0] if queue else None

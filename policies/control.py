@@ -1,0 +1,41 @@
+"""The control loop: measure, ask the policy, let the controller decide.
+
+Both drivers own one ControlLoop. The router calls `tick(now_s)` from an
+asyncio task every `switching.tick` and carries out the returned actions; the
+simulator calls it from its event heap with virtual time. Commands from the
+admin API go through `command()`, so they see the same snapshot a tick would.
+
+    actions = loop.tick(now_s)
+    for action in actions:          # SetWeights, TransitionStarted, RolledBack ...
+        apply(action)               # the driver: swap weights, log, count, trace
+"""
+
+from __future__ import annotations
+
+from policies.actions import Action, Command
+from policies.monitor import Monitor
+from policies.protocol import Policy
+from policies.snapshot import Snapshot
+from policies.switching import SwitchingController
+from policies.weights import Weights
+
+
+class ControlLoop:
+    def __init__(self, monitor: Monitor, policy: Policy, controller: SwitchingController):
+        self.monitor = monitor
+        self.policy = policy
+        self.controller = controller
+
+    @property
+    def weights(self) -> Weights:
+        return self.controller.weights
+
+    def snapshot(self, now_s: float) -> Snapshot:
+        return self.monitor.snapshot(now_s, self.controller.view())
+
+    def tick(self, now_s: float) -> list[Action]:
+        snapshot = self.snapshot(now_s)
+        return self.controller.on_tick(snapshot, self.policy.decide(snapshot))
+
+    def command(self, command: Command, now_s: float) -> list[Action]:
+        return self.controller.handle(command, self.snapshot(now_s))

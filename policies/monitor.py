@@ -1,0 +1,111 @@
+"""The monitor: each lane's window and cost model, read into a Snapshot.
+
+The drivers (router, simulator) record into `monitor.lanes[name]` as requests
+arrive and complete, and call `snapshot(now_s, control_view)` once per tick.
+The monitor turns window totals into rates, percentiles and dollars: the
+variable cost the driver attributed to each request plus the provisioned
+(hourly) cost of the window's span.
+
+What must not live here: decisions. The monitor measures; policies decide.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+from policies.metrics import LaneWindow, WindowReading
+from policies.pricing import CostModel
+from policies.snapshot import ControlView, LaneFigures, Snapshot, freeze_lanes
+
+_QUANTILES = (0.5, 0.95, 0.99)
+
+
+class Monitor:
+    def __init__(
+        self,
+        costs: Mapping[str, CostModel],
+        *,
+        now_s: float,
+        window_s: float = 60.0,
+        slot_s: float = 1.0,
+    ):
+        self.costs = dict(costs)
+        self.lanes: dict[str, LaneWindow] = {
+            lane: LaneWindow(now_s=now_s, window_s=window_s, slot_s=slot_s) for lane in self.costs
+        }
+
+    def attributed_cost_usd(self, lane: str, input_tokens: int = 0, output_tokens: int = 0, busy_s: float = 0.0) -> float:
+        """The variable cost of one request on `lane` (what the driver records)."""
+        return self.costs[lane].request_cost_usd(input_tokens, output_tokens, busy_s)
+
+    def snapshot(self, now_s: float, control: ControlView) -> Snapshot:
+        readings = {lane: window.read(now_s) for lane, window in self.lanes.items()}
+        # The traffic mix across all lanes: what any one lane would face if it
+        # took all of it (the basis of each lane's estimated cost per request).
+        completions = sum(r.window.completions for r in readings.values())
+        arrivals_per_s = sum(_rate(r.window.arrivals, r.span_s) for r in readings.values())
+        mix_input = _ratio(sum(r.window.input_tokens for r in readings.values()), completions)
+        mix_output = _ratio(sum(r.window.output_tokens for r in readings.values()), completions)
+        figures = {
+            lane: self._figures(lane, reading, arrivals_per_s, mix_input, mix_output)
+            for lane, reading in readings.items()
+        }
+        return Snapshot(
+            now_s=now_s,
+            lanes=freeze_lanes(figures),
+            arrival_rate_per_s=arrivals_per_s,
+            control=control,
+        )
+
+    def _figures(
+        self,
+        lane: str,
+        reading: WindowReading,
+        arrivals_per_s: float,
+        mix_input: float,
+        mix_output: float,
+    ) -> LaneFigures:
+        w = reading.window
+        span = reading.span_s
+        cost_model = self.costs[lane]
+        p50, p95, p99 = w.latency.quantiles(_QUANTILES)
+        cost = w.cost_usd + cost_model.idle_cost_usd(span)
+        estimate = cost_model.estimate_per_request_usd(
+            rate_per_s=arrivals_per_s,
+            input_tokens=mix_input,
+            output_tokens=mix_output,
+            busy_s=_ratio(w.busy_s, w.completions),
+        )
+        return LaneFigures(
+            lane=lane,
+            span_s=span,
+            arrivals=w.arrivals,
+            completions=w.completions,
+            errors=w.errors,
+            arrival_rate_per_s=_rate(w.arrivals, span),
+            throughput_per_s=_rate(w.completions, span),
+            items_per_s=_rate(w.items, span),
+            input_tokens_per_s=_rate(w.input_tokens, span),
+            output_tokens_per_s=_rate(w.output_tokens, span),
+            error_rate=w.error_rate,
+            p50_s=p50,
+            p95_s=p95,
+            p99_s=p99,
+            mean_latency_s=w.latency.mean(),
+            in_flight=reading.in_flight,
+            queue_depth=reading.queue_depth,
+            cost_usd=cost,
+            cost_per_request_usd=_ratio(cost, w.completions),
+            estimated_cost_per_request_usd=estimate,
+            cumulative=reading.cumulative,
+        )
+
+
+def _rate(count: float, span_s: float) -> float:
+    # A window younger than a second would turn one request into a huge rate.
+    return count / max(span_s, 1.0)
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return numerator / denominator if denominator else math.nan

@@ -1,0 +1,87 @@
+"""What a lane costs: the cost model behind every attributed dollar.
+
+A lane's price has up to four parts, all optional:
+
+- `per_hour`: a provisioned deployment (a GPU node). With billing
+  "provisioned" it is paid whether or not requests come, so its cost per
+  request is the hourly price amortised over the requests served; with
+  billing "busy" (serverless, pay per second of work) it is paid only for the
+  busy time attributed to each request.
+- `per_request`: a flat price per request.
+- `per_1k_input_tokens` / `per_1k_output_tokens`: token prices (provider APIs).
+- `discount`: the fraction taken off everything (provider batch APIs: 0.5).
+
+The model is a pure function of its inputs: the driver attributes each
+request's variable cost when it completes, and the snapshot adds the
+provisioned share over the window.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class CostModel(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    per_hour: float = Field(0.0, ge=0, description="USD per hour of the deployment")
+    billing: Literal["provisioned", "busy"] = Field(
+        "provisioned",
+        description="provisioned: per_hour is paid all the time; busy: only for busy seconds",
+    )
+    per_request: float = Field(0.0, ge=0, description="USD per request")
+    per_1k_input_tokens: float = Field(0.0, ge=0, description="USD per 1,000 input tokens")
+    per_1k_output_tokens: float = Field(0.0, ge=0, description="USD per 1,000 output tokens")
+    discount: float = Field(0.0, ge=0, lt=1, description="fraction off every price (0.5: half price)")
+
+    def request_cost_usd(self, input_tokens: int = 0, output_tokens: int = 0, busy_s: float = 0.0) -> float:
+        """The variable cost of one request."""
+        cost = (
+            self.per_request
+            + self.per_1k_input_tokens * input_tokens / 1000.0
+            + self.per_1k_output_tokens * output_tokens / 1000.0
+        )
+        if self.billing == "busy":
+            cost += self.per_hour * busy_s / 3600.0
+        return cost * (1.0 - self.discount)
+
+    def idle_cost_usd(self, span_s: float) -> float:
+        """The provisioned cost of `span_s` seconds, whatever the traffic."""
+        if self.billing != "provisioned":
+            return 0.0
+        return self.per_hour * span_s / 3600.0 * (1.0 - self.discount)
+
+    def estimate_per_request_usd(
+        self,
+        *,
+        rate_per_s: float,
+        input_tokens: float,
+        output_tokens: float,
+        busy_s: float,
+    ) -> float:
+        """Cost per request if this lane served all traffic at `rate_per_s`.
+
+        Token counts and busy time are per-request means; NaN when the rate is
+        unknown and a provisioned price would need amortising.
+        """
+        variable = self.request_cost_usd(0, 0, 0.0) + (1.0 - self.discount) * (
+            self.per_1k_input_tokens * _zero_if_nan(input_tokens) / 1000.0
+            + self.per_1k_output_tokens * _zero_if_nan(output_tokens) / 1000.0
+            + (self.per_hour * _zero_if_nan(busy_s) / 3600.0 if self.billing == "busy" else 0.0)
+        )
+        if self.billing == "provisioned" and self.per_hour > 0:
+            if not rate_per_s > 0:
+                return math.nan
+            variable += self.idle_cost_usd(1.0 / rate_per_s)
+        return variable
+
+    @property
+    def is_free(self) -> bool:
+        return not (self.per_hour or self.per_request or self.per_1k_input_tokens or self.per_1k_output_tokens)
+
+
+def _zero_if_nan(x: float) -> float:
+    return 0.0 if math.isnan(x) else x

@@ -1,0 +1,116 @@
+"""The snapshot: one frozen value holding everything a policy may look at.
+
+A Snapshot is built once per control tick (by policies.monitor.Monitor) from
+the lanes' windows and the controller's state. Policies read it and nothing
+else, which is what makes them pure functions of their input; the controller
+reads it too, and every decision it makes quotes `Snapshot.figures()`, so
+the audit log shows the numbers behind each decision.
+
+All latencies are seconds, all rates per second, all money USD. A figure that
+cannot be known (a percentile of an empty window, an error rate with no
+completions) is NaN, never 0: "no data" must not read as "healthy".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from types import MappingProxyType
+
+from policies.metrics import LaneTotals
+from policies.weights import Weights
+
+
+@dataclass(frozen=True, slots=True)
+class LaneFigures:
+    """One lane over the metrics window (figures) plus its cumulative totals."""
+
+    lane: str
+    span_s: float
+    arrivals: int
+    completions: int
+    errors: int
+    arrival_rate_per_s: float
+    throughput_per_s: float
+    items_per_s: float
+    input_tokens_per_s: float
+    output_tokens_per_s: float
+    error_rate: float
+    p50_s: float
+    p95_s: float
+    p99_s: float
+    mean_latency_s: float
+    in_flight: int
+    queue_depth: int
+    cost_usd: float
+    cost_per_request_usd: float
+    estimated_cost_per_request_usd: float
+    cumulative: LaneTotals
+
+    def numbers(self) -> dict[str, float]:
+        """The scalar figures, by name (for the audit log)."""
+        return {
+            f.name: float(getattr(self, f.name))
+            for f in fields(self)
+            if f.name not in ("lane", "cumulative")
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class TransitionView:
+    """A transition in progress, as the snapshot shows it."""
+
+    from_mode: str | None
+    to_mode: str
+    step_index: int
+    step_count: int
+    fraction: float
+    started_s: float
+    step_started_s: float
+    cause: str
+
+
+@dataclass(frozen=True, slots=True)
+class ControlView:
+    """The switching controller's state, as the snapshot shows it."""
+
+    state: str
+    mode: str | None
+    weights: Weights
+    transition: TransitionView | None = None
+    holding_target: str | None = None
+    holding_since_s: float | None = None
+    cooldown_until_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    now_s: float
+    lanes: Mapping[str, LaneFigures]
+    arrival_rate_per_s: float
+    control: ControlView
+
+    @property
+    def mode(self) -> str | None:
+        return self.control.mode
+
+    @property
+    def weights(self) -> Weights:
+        return self.control.weights
+
+    @property
+    def transition(self) -> TransitionView | None:
+        return self.control.transition
+
+    def figures(self) -> dict[str, float]:
+        """Flat figures for the audit log: totals, then `<lane>.<figure>`."""
+        out: dict[str, float] = {"now_s": self.now_s, "arrival_rate_per_s": self.arrival_rate_per_s}
+        for lane, figs in self.lanes.items():
+            out[f"{lane}.weight"] = self.weights[lane]
+            for name, value in figs.numbers().items():
+                out[f"{lane}.{name}"] = value
+        return out
+
+
+def freeze_lanes(lanes: Mapping[str, LaneFigures]) -> Mapping[str, LaneFigures]:
+    return MappingProxyType(dict(lanes))

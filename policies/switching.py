@@ -1,0 +1,551 @@
+"""The switching controller: when and how the weights move from mode to mode.
+
+Theory of operation. A policy proposes a target mode on every tick. The
+controller starts a transition only after the same proposal has persisted for
+the hold time (the switch delay), then moves the weights in steps, each a
+fraction of the way from the pre-transition weights to the target mode's
+(default 0.2, 0.5, 0.8, 1.0: 80/20 -> 50/50 -> 20/80 -> 0/100). A step is
+promoted after `step_s` only when every lane that gained traffic has served
+at least `min_samples` requests in the step and is healthy; a lane that got
+worse than its baseline rolls the transition back at once. After a completion
+or a rollback, proposals are ignored for `cooldown_s`.
+
+Health, per lane that gained traffic, judged on what happened since the
+current step began (a difference of cumulative totals, so the metrics window
+does not blur one step into the next):
+- errors: the lane's error rate minus the error rate the whole stream had
+  before the transition (0 when there was no traffic) must not exceed
+  `max_error_increase`: errors are errors, whichever lane serves them;
+- latency: the lane's p95 must not exceed (1 + `max_latency_regression`) x
+  its baseline p95. A batch lane is slower than a real-time lane by design,
+  so a lane is compared with itself: its p95 before the transition if it had
+  `min_samples` then, else its p95 in the first step where it has them.
+Missing or NaN evidence never promotes a step; if no step can be promoted for
+`progress_deadline_s`, the transition rolls back (cause "stalled").
+
+Invariants (tests/policies/test_switching_*.py check them):
+- the weights always name every lane, each in [0, 1], summing to 1;
+- during a transition each lane's weight moves monotonically from its
+  pre-transition value toward its target value; only a rollback reverses it;
+- a rollback restores the exact pre-transition weights (the same object);
+- every state change is a row of TRANSITIONS below; anything else is a bug
+  and raises;
+- the controller reads no clock and holds no randomness: the same snapshots,
+  proposals and commands give the same outputs.
+
+Pause freezes the controller: proposals are ignored and a transition in
+progress stops where it is (its step clock restarts on resume). The rollback
+safety net stays armed on a paused transition, because a pause is a request
+to stop moving, not to stop protecting.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from policies.actions import (
+    Action,
+    Command,
+    CommandRejected,
+    Force,
+    Pause,
+    Paused,
+    ProposalIgnored,
+    Resume,
+    Resumed,
+    Rollback,
+    RolledBack,
+    SetWeights,
+    StepAdvanced,
+    TransitionCompleted,
+    TransitionStarted,
+)
+from policies.metrics import LaneTotals
+from policies.protocol import Proposal
+from policies.snapshot import ControlView, Snapshot, TransitionView
+from policies.units import Duration
+from policies.weights import Weights
+
+
+class SwitchingParams(BaseModel):
+    """The `switching:` section of the config."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    tick_s: Duration = Field(1.0, alias="tick", gt=0, description="how often the control loop runs")
+    hold_s: Duration = Field(60.0, alias="hold", description="how long a proposal must persist (switch delay)")
+    cooldown_s: Duration = Field(120.0, alias="cooldown", description="quiet time after a completion or rollback")
+    steps: tuple[float, ...] = Field(
+        (0.2, 0.5, 0.8, 1.0), min_length=1, description="fractions of the way to the target, ending at 1.0"
+    )
+    step_s: Duration = Field(30.0, alias="step", description="minimum time on each step")
+    min_samples: int = Field(50, ge=1, description="requests a gaining lane must serve in a step to be judged")
+    max_error_increase: float = Field(0.02, ge=0, le=1, description="error-rate rise that triggers a rollback")
+    max_latency_regression: float = Field(
+        0.1, ge=0, description="p95 rise over the baseline, as a fraction, that triggers a rollback"
+    )
+    progress_deadline_s: Duration = Field(
+        300.0, alias="progress_deadline", description="a step not promoted within this rolls back"
+    )
+
+    @field_validator("steps")
+    @classmethod
+    def _steps_increase_to_one(cls, steps: tuple[float, ...]) -> tuple[float, ...]:
+        problems = []
+        for i, step in enumerate(steps):
+            if not 0.0 < step <= 1.0:
+                problems.append((i, step, "each step must be in (0, 1]"))
+            elif i and step <= steps[i - 1]:
+                problems.append((i, step, f"steps must increase; the one before is {steps[i - 1]:g}"))
+        if not problems and steps[-1] != 1.0:
+            problems.append((len(steps) - 1, steps[-1], "the last step must be 1.0 (the target mode itself)"))
+        if problems:
+            raise ValidationError.from_exception_data(
+                "steps",
+                [
+                    InitErrorDetails(type=PydanticCustomError("step", message), loc=(i,), input=step)
+                    for i, step, message in problems
+                ],
+            )
+        return steps
+
+    @model_validator(mode="after")
+    def _deadline_after_step(self) -> SwitchingParams:
+        if self.progress_deadline_s <= self.step_s:
+            raise ValueError(
+                f"progress_deadline ({self.progress_deadline_s:g}s) must be longer than step ({self.step_s:g}s)"
+            )
+        return self
+
+
+class State(enum.Enum):
+    STEADY = "steady"  # weights at rest; a proposal for another mode starts a hold
+    HOLDING = "holding"  # a proposal is persisting; the transition starts after hold_s
+    RAMPING = "ramping"  # a transition is moving the weights step by step
+    COOLDOWN = "cooldown"  # after a completion or rollback; proposals are ignored
+    PAUSED = "paused"  # operator pause; a transition in progress is frozen
+
+
+_ACTIVE = (State.STEADY, State.HOLDING, State.RAMPING, State.COOLDOWN)
+
+# (from, trigger, to): every state change the controller may make.
+TRANSITIONS: frozenset[tuple[State, str, State]] = frozenset(
+    {
+        (State.STEADY, "proposal", State.HOLDING),
+        (State.HOLDING, "proposal_changed", State.HOLDING),
+        (State.HOLDING, "proposal_lapsed", State.STEADY),
+        (State.HOLDING, "hold_elapsed", State.RAMPING),
+        (State.RAMPING, "step_promoted", State.RAMPING),
+        (State.RAMPING, "completed", State.COOLDOWN),
+        (State.RAMPING, "regressed", State.COOLDOWN),
+        (State.RAMPING, "stalled", State.COOLDOWN),
+        (State.COOLDOWN, "cooled", State.STEADY),
+        (State.PAUSED, "regressed", State.PAUSED),
+        (State.PAUSED, "resume", State.STEADY),
+        (State.PAUSED, "resume", State.COOLDOWN),
+        (State.PAUSED, "resume", State.RAMPING),
+        (State.PAUSED, "force_gradual", State.RAMPING),
+        (State.PAUSED, "force_now", State.PAUSED),
+        (State.PAUSED, "rollback", State.PAUSED),
+        *((s, "force_gradual", State.RAMPING) for s in _ACTIVE),
+        *((s, "force_now", State.COOLDOWN) for s in _ACTIVE),
+        *((s, "rollback", State.COOLDOWN) for s in _ACTIVE),
+        *((s, "pause", State.PAUSED) for s in _ACTIVE),
+    }
+)
+
+
+@dataclass(slots=True)
+class _Transition:
+    from_mode: str | None
+    to_mode: str
+    cause: str
+    baseline: Weights
+    target: Weights
+    gaining: tuple[str, ...]
+    started_s: float
+    error_baseline: float
+    latency_baseline_s: dict[str, float]
+    step_index: int = 0
+    step_started_s: float = 0.0
+    step_marks: dict[str, LaneTotals] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _Undo:
+    """What a manual rollback restores once the transition is over."""
+
+    from_mode: str | None
+    to_mode: str
+    baseline: Weights
+
+
+class SwitchingController:
+    def __init__(self, modes: Mapping[str, Weights], initial_mode: str, params: SwitchingParams):
+        if initial_mode not in modes:
+            raise ValueError(f"initial mode {initial_mode!r} is not one of {sorted(modes)}")
+        self.modes = dict(modes)
+        self.params = params
+        self.state = State.STEADY
+        self.mode: str | None = initial_mode
+        self.weights: Weights = self.modes[initial_mode]
+        self._transition: _Transition | None = None
+        self._undo: _Undo | None = None
+        self._hold: Proposal | None = None
+        self._hold_since_s = 0.0
+        self._cooldown_until_s: float | None = None
+        self._last_ignored: tuple[str, str, str] | None = None
+
+    def view(self) -> ControlView:
+        t = self._transition
+        transition = None
+        if t is not None:
+            transition = TransitionView(
+                from_mode=t.from_mode,
+                to_mode=t.to_mode,
+                step_index=t.step_index,
+                step_count=len(self.params.steps),
+                fraction=self.params.steps[t.step_index],
+                started_s=t.started_s,
+                step_started_s=t.step_started_s,
+                cause=t.cause,
+            )
+        return ControlView(
+            state=self.state.value,
+            mode=self.mode,
+            weights=self.weights,
+            transition=transition,
+            holding_target=self._hold.target_mode if self._hold else None,
+            holding_since_s=self._hold_since_s if self._hold else None,
+            cooldown_until_s=self._cooldown_until_s,
+        )
+
+    # -- ticks ---------------------------------------------------------------
+
+    def on_tick(self, snapshot: Snapshot, proposal: Proposal | None) -> list[Action]:
+        """Advance the controller to `snapshot.now_s` given the policy's proposal."""
+        now = snapshot.now_s
+        out: list[Action] = []
+        if self.state is State.PAUSED:
+            if self._transition is not None:
+                self._check_regression(snapshot, out)
+            self._ignore(proposal, snapshot, "controller is paused", out)
+            return out
+        if self.state is State.COOLDOWN and now >= (self._cooldown_until_s or 0.0):
+            self._move("cooled", State.STEADY)
+        if self.state is State.RAMPING:
+            self._advance(snapshot, out)
+            t = self._transition
+            if t is not None and proposal is not None and proposal.target_mode != t.to_mode:
+                self._ignore(proposal, snapshot, f"a transition to {t.to_mode} is in progress", out)
+            return out
+        if self.state is State.COOLDOWN:
+            self._ignore(proposal, snapshot, f"cooldown until {self._cooldown_until_s:g}s", out)
+            return out
+        self._consider(proposal, snapshot, out)
+        return out
+
+    def _consider(self, proposal: Proposal | None, snapshot: Snapshot, out: list[Action]) -> None:
+        now = snapshot.now_s
+        if proposal is not None and proposal.target_mode not in self.modes:
+            self._ignore(proposal, snapshot, f"unknown mode {proposal.target_mode!r}", out)
+            proposal = None
+        wanted = proposal is not None and not self._is_current(proposal.target_mode)
+        if self.state is State.HOLDING:
+            held = self._hold
+            if wanted and proposal.target_mode == held.target_mode:
+                pass
+            else:
+                note = f"did not persist: held {now - self._hold_since_s:g}s of {self._hold_s(held):g}s"
+                self._ignore(held, snapshot, note, out)
+                self._hold = None
+                if not wanted:
+                    self._move("proposal_lapsed", State.STEADY)
+                    return
+                self._move("proposal_changed", State.HOLDING)
+                self._hold, self._hold_since_s = proposal, now
+        elif wanted:
+            self._move("proposal", State.HOLDING)
+            self._hold, self._hold_since_s = proposal, now
+        else:
+            return
+        if now - self._hold_since_s >= self._hold_s(self._hold):
+            held, self._hold = self._hold, None
+            self._move("hold_elapsed", State.RAMPING)
+            self._start(snapshot, held.target_mode, "policy", held.reason, held.figures, out)
+
+    def _hold_s(self, proposal: Proposal) -> float:
+        return self.params.hold_s if proposal.hold_s is None else proposal.hold_s
+
+    def _is_current(self, mode: str) -> bool:
+        return mode in self.modes and self.weights == self.modes[mode]
+
+    # -- transitions ---------------------------------------------------------
+
+    def _start(
+        self,
+        snapshot: Snapshot,
+        target_mode: str,
+        cause: str,
+        reason: str,
+        figures: Mapping[str, float],
+        out: list[Action],
+    ) -> None:
+        now = snapshot.now_s
+        baseline, target = self.weights, self.modes[target_mode]
+        gaining = target.gained(baseline)
+        lanes = snapshot.lanes
+        completions = sum(f.completions for f in lanes.values())
+        errors = sum(f.errors for f in lanes.values())
+        self._transition = t = _Transition(
+            from_mode=self.mode,
+            to_mode=target_mode,
+            cause=cause,
+            baseline=baseline,
+            target=target,
+            gaining=gaining,
+            started_s=now,
+            error_baseline=errors / completions if completions else 0.0,
+            latency_baseline_s={
+                lane: lanes[lane].p95_s if lanes[lane].completions >= self.params.min_samples else math.nan
+                for lane in gaining
+            },
+        )
+        self._undo = _Undo(self.mode, target_mode, baseline)
+        self.mode = None
+        out.append(
+            TransitionStarted(
+                at_s=now,
+                reason=reason,
+                figures={**snapshot.figures(), **figures},
+                from_mode=t.from_mode,
+                to_mode=target_mode,
+                cause=cause,
+                baseline_weights=baseline,
+                target_weights=target,
+                steps=self.params.steps,
+            )
+        )
+        self._enter_step(0, snapshot, out)
+
+    def _enter_step(self, index: int, snapshot: Snapshot, out: list[Action]) -> None:
+        t = self._transition
+        t.step_index = index
+        self._restart_step_clock(snapshot)
+        self.weights = t.baseline.toward(t.target, self.params.steps[index])
+        if index:
+            out.append(
+                StepAdvanced(
+                    at_s=snapshot.now_s,
+                    reason=f"step {index} healthy",
+                    figures=snapshot.figures(),
+                    to_mode=t.to_mode,
+                    step_index=index,
+                    fraction=self.params.steps[index],
+                    weights=self.weights,
+                )
+            )
+        out.append(SetWeights(at_s=snapshot.now_s, reason=f"step {index} toward {t.to_mode}", weights=self.weights))
+
+    def _restart_step_clock(self, snapshot: Snapshot) -> None:
+        t = self._transition
+        t.step_started_s = snapshot.now_s
+        t.step_marks = {lane: snapshot.lanes[lane].cumulative for lane in t.gaining}
+
+    def _advance(self, snapshot: Snapshot, out: list[Action]) -> None:
+        """One tick of a transition: roll back, promote, or wait."""
+        if self._check_regression(snapshot, out):
+            return
+        t = self._transition
+        now = snapshot.now_s
+        p = self.params
+        if now - t.step_started_s >= p.step_s and all(
+            self._step_evidence(snapshot, lane).completions >= p.min_samples for lane in t.gaining
+        ):
+            if t.step_index + 1 < len(p.steps):
+                self._move("step_promoted", State.RAMPING)
+                self._enter_step(t.step_index + 1, snapshot, out)
+            else:
+                self._complete(snapshot, out)
+        elif now - t.step_started_s >= p.progress_deadline_s:
+            waited = now - t.step_started_s
+            reason = f"step {t.step_index} could not be promoted in {waited:g}s: too few requests on {', '.join(t.gaining)}"
+            self._roll_back(snapshot, "stalled", reason, None, {}, out)
+
+    def _step_evidence(self, snapshot: Snapshot, lane: str) -> LaneTotals:
+        return snapshot.lanes[lane].cumulative.minus(self._transition.step_marks[lane])
+
+    def _check_regression(self, snapshot: Snapshot, out: list[Action]) -> bool:
+        """Roll back if a gaining lane is worse than its baseline; True if it did."""
+        t = self._transition
+        p = self.params
+        for lane in t.gaining:
+            evidence = self._step_evidence(snapshot, lane)
+            if evidence.completions < p.min_samples:
+                continue
+            error_rate = evidence.error_rate
+            p95 = evidence.latency.quantile(0.95)
+            baseline_p95 = t.latency_baseline_s[lane]
+            if math.isnan(baseline_p95):
+                t.latency_baseline_s[lane] = baseline_p95 = p95
+            facts = {
+                "evidence.samples": float(evidence.completions),
+                "evidence.error_rate": error_rate,
+                "evidence.baseline_error_rate": t.error_baseline,
+                "evidence.p95_s": p95,
+                "evidence.baseline_p95_s": baseline_p95,
+            }
+            if error_rate - t.error_baseline > p.max_error_increase:
+                reason = (
+                    f"lane {lane} error rate {error_rate:.3f} vs baseline {t.error_baseline:.3f}: "
+                    f"rise above {p.max_error_increase:g}"
+                )
+                self._roll_back(snapshot, "regression", reason, lane, facts, out)
+                return True
+            if p95 > (1.0 + p.max_latency_regression) * baseline_p95:
+                reason = (
+                    f"lane {lane} p95 {p95 * 1000:.1f} ms > (1 + {p.max_latency_regression:g}) x "
+                    f"baseline {baseline_p95 * 1000:.1f} ms"
+                )
+                self._roll_back(snapshot, "regression", reason, lane, facts, out)
+                return True
+        return False
+
+    def _complete(self, snapshot: Snapshot, out: list[Action]) -> None:
+        t = self._transition
+        self._move("completed", State.COOLDOWN)
+        self._transition = None
+        self.mode = t.to_mode
+        self._cooldown_until_s = snapshot.now_s + self.params.cooldown_s
+        out.append(
+            TransitionCompleted(
+                at_s=snapshot.now_s,
+                reason=f"all {len(self.params.steps)} steps healthy",
+                figures=snapshot.figures(),
+                mode=t.to_mode,
+                weights=self.weights,
+            )
+        )
+
+    def _roll_back(
+        self,
+        snapshot: Snapshot,
+        cause: str,
+        reason: str,
+        lane: str | None,
+        facts: Mapping[str, float],
+        out: list[Action],
+    ) -> None:
+        undo = self._undo
+        trigger = "rollback" if cause == "manual" else ("regressed" if cause == "regression" else "stalled")
+        self._move(trigger, State.PAUSED if self.state is State.PAUSED else State.COOLDOWN)
+        self._transition = None
+        self._undo = None
+        self.weights = undo.baseline
+        self.mode = undo.from_mode
+        self._cooldown_until_s = snapshot.now_s + self.params.cooldown_s
+        out.append(
+            RolledBack(
+                at_s=snapshot.now_s,
+                reason=reason,
+                figures={**snapshot.figures(), **facts},
+                from_mode=undo.from_mode,
+                to_mode=undo.to_mode,
+                cause=cause,
+                restored_weights=undo.baseline,
+                lane=lane,
+            )
+        )
+        out.append(SetWeights(at_s=snapshot.now_s, reason=f"rollback ({cause})", weights=self.weights))
+
+    # -- commands ------------------------------------------------------------
+
+    def handle(self, command: Command, snapshot: Snapshot) -> list[Action]:
+        """Carry out an operator command at `snapshot.now_s`."""
+        out: list[Action] = []
+        now = snapshot.now_s
+        name = type(command).__name__.lower()
+
+        def reject(why: str) -> list[Action]:
+            return [CommandRejected(at_s=now, reason=why, figures=snapshot.figures(), command=name)]
+
+        if isinstance(command, Force):
+            if command.mode not in self.modes:
+                return reject(f"unknown mode {command.mode!r}; known: {', '.join(sorted(self.modes))}")
+            if self._is_current(command.mode) and self._transition is None:
+                return reject(f"already in mode {command.mode}")
+            self._hold = None
+            if command.gradual:
+                self._move("force_gradual", State.RAMPING)
+                self._start(snapshot, command.mode, "manual", command.reason, {}, out)
+            else:
+                self._move("force_now", State.PAUSED if self.state is State.PAUSED else State.COOLDOWN)
+                self._transition = None
+                self._undo = _Undo(self.mode, command.mode, self.weights)
+                self.weights, self.mode = self.modes[command.mode], command.mode
+                self._cooldown_until_s = now + self.params.cooldown_s
+                out.append(
+                    TransitionCompleted(
+                        at_s=now, reason=command.reason, figures=snapshot.figures(), mode=command.mode, weights=self.weights
+                    )
+                )
+                out.append(SetWeights(at_s=now, reason=f"forced to {command.mode}", weights=self.weights))
+        elif isinstance(command, Pause):
+            if self.state is State.PAUSED:
+                return reject("already paused")
+            self._hold = None
+            self._move("pause", State.PAUSED)
+            out.append(Paused(at_s=now, reason=command.reason, figures=snapshot.figures()))
+        elif isinstance(command, Resume):
+            if self.state is not State.PAUSED:
+                return reject("not paused")
+            if self._transition is not None:
+                self._move("resume", State.RAMPING)
+                self._restart_step_clock(snapshot)
+            elif self._cooldown_until_s is not None and now < self._cooldown_until_s:
+                self._move("resume", State.COOLDOWN)
+            else:
+                self._move("resume", State.STEADY)
+            out.append(Resumed(at_s=now, reason=command.reason, figures=snapshot.figures()))
+        elif isinstance(command, Rollback):
+            if self._undo is None:
+                return reject("nothing to roll back")
+            self._hold = None
+            self._roll_back(snapshot, "manual", command.reason, None, {}, out)
+        else:
+            raise TypeError(f"unknown command {command!r}")
+        return out
+
+    # -- bookkeeping ---------------------------------------------------------
+
+    def _move(self, trigger: str, to: State) -> None:
+        move = (self.state, trigger, to)
+        if move not in TRANSITIONS:
+            raise AssertionError(f"illegal state change {move}")
+        self.state = to
+        self._last_ignored = None
+
+    def _ignore(self, proposal: Proposal | None, snapshot: Snapshot, why: str, out: list[Action]) -> None:
+        """Say once (per state and target) that a proposal was not acted on."""
+        if proposal is None or self._is_current(proposal.target_mode):
+            return
+        key = (self.state.value, proposal.target_mode, proposal.policy)
+        if key == self._last_ignored:
+            return
+        self._last_ignored = key
+        out.append(
+            ProposalIgnored(
+                at_s=snapshot.now_s,
+                reason=why,
+                figures={**snapshot.figures(), **proposal.figures},
+                target_mode=proposal.target_mode,
+                policy=proposal.policy,
+                proposal_reason=proposal.reason,
+            )
+        )

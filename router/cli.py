@@ -1,0 +1,73 @@
+"""The `modeshift` command: one subcommand per job, each a small function.
+
+    modeshift validate FILE [FILE ...]   exit 0, or 2 with one line per error
+    modeshift schema                     the config's JSON Schema, for editors
+
+Subcommands import what they need when they run, so `modeshift validate`
+starts without loading the proxy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+EXIT_OK = 0
+EXIT_INVALID = 2
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from configs import ConfigError, load_config
+
+    status = EXIT_OK
+    for path in args.files:
+        try:
+            config = load_config(path)
+        except ConfigError as exc:
+            for line in exc.lines:
+                print(line, file=sys.stderr)
+            status = EXIT_INVALID
+            continue
+        print(
+            f"{path}: ok ({len(config.lanes)} lanes: {', '.join(config.lanes)}; "
+            f"{len(config.modes)} modes, initial {config.initial_mode}; policy {config.policy.type})"
+        )
+    return status
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from configs import ModeshiftConfig
+
+    schema = ModeshiftConfig.model_json_schema(by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "modeshift configuration"
+    print(json.dumps(schema, indent=args.indent))
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="modeshift",
+        description="Adaptive mode-switching inference router: real-time and batch lanes, switched by policy.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    validate = commands.add_parser("validate", help="check config files without starting anything")
+    validate.add_argument("files", nargs="+", metavar="FILE")
+    validate.set_defaults(run=_validate)
+
+    schema = commands.add_parser("schema", help="print the config's JSON Schema")
+    schema.add_argument("--indent", type=int, default=2)
+    schema.set_defaults(run=_schema)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
