@@ -99,10 +99,13 @@ class Histogram:
         for index, n in self._counts.items():
             left = n - earlier._counts.get(index, 0)
             if left < 0:
-                raise ValueError("minus() needs an earlier copy of the same histogram")
+                break
             if left:
                 counts[index] = left
-        return Histogram(counts, self._sum - earlier._sum)
+        else:
+            if sum(counts.values()) == self._total - earlier._total:
+                return Histogram(counts, self._sum - earlier._sum)
+        raise ValueError("minus() needs an earlier copy of the same histogram")
 
     def quantile(self, q: float) -> float:
         return self.quantiles((q,))[0]
