@@ -1,0 +1,54 @@
+"""A controller driven second by second with traffic split by its own weights."""
+
+from __future__ import annotations
+
+import random
+
+from policies.actions import Action, Command
+from policies.protocol import Proposal
+from policies.switching import SwitchingController, SwitchingParams
+from tests.policies.helpers import MODES, feed_split, make_monitor
+
+
+class Scenario:
+    def __init__(self, params: SwitchingParams, initial_mode: str = "realtime", seed: int = 1):
+        self.monitor = make_monitor(window_s=10.0)
+        self.controller = SwitchingController(MODES, initial_mode, params)
+        self.rng = random.Random(seed)
+        self.now_s = 0.0
+        self.log: list[Action] = []
+        self.latency_s = {"realtime": 0.02, "batch": 0.2}
+        self.errors: dict[str, float] = {}
+        self.rate_per_s = 40.0
+
+    def run(self, seconds: float, target: str | None = None, policy: str = "test", hold_s: float | None = None) -> list[Action]:
+        """Advance `seconds`, one tick per second, proposing `target` each tick."""
+        out: list[Action] = []
+        for _ in range(int(seconds)):
+            feed_split(
+                self.monitor,
+                self.controller.weights,
+                self.now_s,
+                self.now_s + 1.0,
+                self.rate_per_s,
+                self.latency_s,
+                self.rng,
+                self.errors,
+            )
+            self.now_s += 1.0
+            proposal = Proposal(target, f"test wants {target}", policy, {}, hold_s) if target else None
+            out += self.controller.on_tick(self.snapshot(), proposal)
+        self.log += out
+        return out
+
+    def command(self, command: Command) -> list[Action]:
+        out = self.controller.handle(command, self.snapshot())
+        self.log += out
+        return out
+
+    def snapshot(self):
+        return self.monitor.snapshot(self.now_s, self.controller.view())
+
+
+def kinds(actions: list[Action]) -> list[str]:
+    return [a.kind for a in actions]

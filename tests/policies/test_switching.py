@@ -1,0 +1,201 @@
+import pytest
+from pydantic import ValidationError
+
+from policies.actions import Force, Pause, Resume, Rollback, RolledBack, SetWeights
+from policies.switching import State, SwitchingParams
+from tests.policies.helpers import MODES, quick_params
+from tests.policies.scenario import Scenario, kinds
+
+
+def weight_history(actions):
+    return [a.weights for a in actions if isinstance(a, SetWeights)]
+
+
+def test_a_proposal_must_persist_for_the_hold_before_anything_moves():
+    s = Scenario(quick_params(hold_s=5.0))
+    assert s.run(5, "batch") == []
+    assert s.controller.state is State.HOLDING
+    started = s.run(1, "batch")
+    assert kinds(started) == ["TransitionStarted", "SetWeights"]
+    assert started[1].weights == {"realtime": 0.8, "batch": 0.2}
+    assert started[0].cause == "policy" and started[0].reason == "test wants batch"
+
+
+def test_a_lapsed_proposal_restarts_the_hold_and_is_logged_once():
+    s = Scenario(quick_params(hold_s=5.0))
+    s.run(3, "batch")
+    lapsed = s.run(1, None)
+    assert kinds(lapsed) == ["ProposalIgnored"]
+    assert "did not persist" in lapsed[0].reason
+    assert s.controller.state is State.STEADY
+    assert s.run(5, "batch") == []  # the hold starts over
+
+
+def test_the_proposal_own_hold_overrides_the_default():
+    s = Scenario(quick_params(hold_s=60.0))
+    assert kinds(s.run(2, "batch", hold_s=1.0))[-2:] == ["TransitionStarted", "SetWeights"]
+
+
+def test_full_ramp_80_20_to_0_100_then_cooldown():
+    s = Scenario(quick_params(hold_s=0.0, step_s=5.0, cooldown_s=20.0))
+    actions = s.run(40, "batch")
+    assert [w.as_dict() for w in weight_history(actions)] == [
+        {"batch": 0.2, "realtime": 0.8},
+        {"batch": 0.5, "realtime": 0.5},
+        {"batch": 0.8, "realtime": pytest.approx(0.2)},
+        {"batch": 1.0, "realtime": 0.0},
+    ]
+    assert kinds(actions).count("StepAdvanced") == 3
+    assert kinds(actions)[-1] == "TransitionCompleted"
+    assert s.controller.mode == "batch" and s.controller.weights is MODES["batch"]
+    assert s.controller.state is State.COOLDOWN
+
+
+def test_proposals_during_cooldown_are_ignored_once_then_act_after_it():
+    s = Scenario(quick_params(hold_s=0.0, cooldown_s=20.0))
+    while "TransitionCompleted" not in kinds(s.run(1, "batch")):
+        pass
+    done_at = s.now_s
+    ignored = s.run(5, "realtime")
+    assert kinds(ignored) == ["ProposalIgnored"] and "cooldown" in ignored[0].reason
+    after = s.run(int(done_at + 20 - s.now_s) + 1, "realtime")
+    assert "TransitionStarted" in kinds(after)
+
+
+def test_latency_regression_restores_the_exact_baseline_at_once():
+    s = Scenario(quick_params(hold_s=0.0, step_s=5.0, max_latency_regression=0.1))
+    baseline = s.controller.weights
+    s.run(12, "batch")  # through the first steps, batch lane baseline captured
+    s.latency_s["batch"] = 0.5
+    actions = s.run(3, "batch")
+    rollback = next(a for a in actions if isinstance(a, RolledBack))
+    assert rollback.cause == "regression" and rollback.lane == "batch"
+    assert rollback.restored_weights is baseline
+    assert s.controller.weights is baseline and s.controller.mode == "realtime"
+    assert rollback.figures["evidence.p95_s"] > 1.1 * rollback.figures["evidence.baseline_p95_s"]
+    assert "p95" in rollback.reason
+    assert s.controller.state is State.COOLDOWN
+
+
+def test_error_regression_against_the_stream_before_the_transition():
+    s = Scenario(quick_params(hold_s=0.0, max_error_increase=0.02))
+    s.errors["batch"] = 0.2
+    actions = s.run(10, "batch")
+    rollback = next(a for a in actions if isinstance(a, RolledBack))
+    assert "error rate" in rollback.reason
+    assert rollback.figures["evidence.baseline_error_rate"] == 0.0
+
+
+def test_missing_data_waits_and_then_stalls_into_a_rollback():
+    s = Scenario(quick_params(hold_s=0.0, step_s=5.0, min_samples=50, progress_deadline_s=30.0))
+    s.rate_per_s = 1.0  # 20% of 1 req/s: the batch lane cannot reach 50 samples in time
+    actions = s.run(40, "batch")
+    assert "StepAdvanced" not in kinds(actions)
+    rollback = next(a for a in actions if isinstance(a, RolledBack))
+    assert rollback.cause == "stalled" and "too few requests" in rollback.reason
+    assert s.controller.weights == MODES["realtime"]
+
+
+def test_proposals_for_another_mode_during_a_ramp_are_ignored():
+    s = Scenario(quick_params(hold_s=0.0))
+    s.run(2, "batch")
+    ignored = s.run(3, "hybrid")
+    assert kinds(ignored).count("ProposalIgnored") == 1
+    assert "in progress" in ignored[0].reason
+
+
+def test_force_immediate_and_manual_rollback_undoes_it():
+    s = Scenario(quick_params())
+    forced = s.command(Force("batch", gradual=False))
+    assert kinds(forced) == ["TransitionCompleted", "SetWeights"]
+    assert s.controller.weights is MODES["batch"]
+    undone = s.command(Rollback())
+    assert kinds(undone) == ["RolledBack", "SetWeights"]
+    assert undone[0].cause == "manual" and s.controller.weights is MODES["realtime"]
+    assert kinds(s.command(Rollback())) == ["CommandRejected"]
+
+
+def test_force_gradual_supersedes_a_transition_in_progress():
+    s = Scenario(quick_params(hold_s=0.0))
+    s.run(7, "batch")
+    mid = s.controller.weights
+    forced = s.command(Force("realtime"))
+    assert forced[0].kind == "TransitionStarted" and forced[0].cause == "manual"
+    assert forced[0].baseline_weights is mid
+
+
+def test_pause_freezes_the_ramp_and_resume_restarts_the_step_clock():
+    s = Scenario(quick_params(hold_s=0.0, step_s=5.0))
+    s.run(2, "batch")
+    assert kinds(s.command(Pause())) == ["Paused"]
+    frozen = s.controller.weights
+    quiet = s.run(30, "hybrid")
+    assert s.controller.weights is frozen
+    assert kinds(quiet) == ["ProposalIgnored"] and "paused" in quiet[0].reason
+    assert kinds(s.command(Resume())) == ["Resumed"]
+    assert s.controller.state is State.RAMPING
+    assert s.run(4, "batch") == []  # the step clock restarted at resume
+    assert "StepAdvanced" in kinds(s.run(2, "batch"))
+
+
+def test_the_safety_net_stays_armed_while_paused():
+    s = Scenario(quick_params(hold_s=0.0, step_s=5.0))
+    s.run(12, "batch")
+    s.command(Pause())
+    s.latency_s["batch"] = 1.0
+    actions = s.run(5, None)
+    assert "RolledBack" in kinds(actions)
+    assert s.controller.state is State.PAUSED and s.controller.weights == MODES["realtime"]
+
+
+def test_commands_that_make_no_sense_are_rejected_with_a_reason():
+    s = Scenario(quick_params())
+    assert s.command(Resume())[0].reason == "not paused"
+    assert "unknown mode" in s.command(Force("turbo"))[0].reason
+    assert s.command(Force("realtime"))[0].reason == "already in mode realtime"
+    s.command(Pause())
+    assert s.command(Pause())[0].reason == "already paused"
+
+
+def test_unknown_mode_proposals_are_ignored():
+    s = Scenario(quick_params(hold_s=0.0))
+    ignored = s.run(1, "turbo")
+    assert kinds(ignored) == ["ProposalIgnored"] and "unknown mode" in ignored[0].reason
+
+
+def test_identical_inputs_give_identical_decisions():
+    def play():
+        s = Scenario(quick_params(hold_s=2.0), seed=9)
+        s.run(20, "batch")
+        s.latency_s["batch"] = 0.4
+        s.run(20, "batch")
+        s.run(30, "realtime")
+        return [a.as_record() for a in s.log]
+
+    first, second = play(), play()
+    assert first == second and len(first) > 5
+
+
+def test_records_are_json_ready():
+    import json
+
+    s = Scenario(quick_params(hold_s=0.0))
+    s.run(3, "batch")
+    for action in s.log:
+        record = action.as_record()
+        json.dumps(record, allow_nan=False)
+        assert record["kind"] == action.kind and "figures" in record
+
+
+@pytest.mark.parametrize(
+    ("steps", "message"),
+    [((0.2, 1.5, 1.0), "each step must be in \\(0, 1\\]"), ((0.5, 0.4, 1.0), "must increase"), ((0.2, 0.8), "must be 1.0")],
+)
+def test_steps_are_validated(steps, message):
+    with pytest.raises(ValidationError, match=message):
+        SwitchingParams(steps=steps)
+
+
+def test_progress_deadline_must_exceed_the_step():
+    with pytest.raises(ValidationError, match="progress_deadline"):
+        SwitchingParams(step_s=60, progress_deadline_s=30)
