@@ -1,0 +1,144 @@
+import random
+import textwrap
+
+import pytest
+
+from configs import READY_CONFIGS, ConfigError, build_control_loop, load_config, parse_config, ready_config_path
+
+GOOD = textwrap.dedent(
+    """\
+    server:
+      listen: "127.0.0.1:8080"
+      admin_listen: "127.0.0.1:9090"
+    lanes:
+      realtime:
+        upstreams: ["http://127.0.0.1:8101"]
+        timeout: 30s
+      batch:
+        upstreams: ["http://127.0.0.1:8102"]
+        batching: {rule: hybrid, max_batch: 32, max_wait: 20ms}
+    modes:
+      realtime: {realtime: 1.0}
+      hybrid: {realtime: 0.5, batch: 0.5}
+      batch: {batch: 1.0}
+    initial_mode: realtime
+    policy:
+      type: load
+      params: {low_rps: 10, high_rps: 100}
+    switching:
+      steps: [0.2, 0.5, 0.8, 1.0]
+    """
+)
+
+
+def errors_of(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, "prod.yaml")
+    return caught.value.lines
+
+
+def test_good_config_parses_with_units():
+    config = parse_config(GOOD, "prod.yaml")
+    assert config.lanes["realtime"].timeout_s == 30.0
+    assert config.lanes["batch"].batching.max_wait_s == 0.02
+    assert config.policy.params.high_rps == 100
+    assert config.switching.steps == (0.2, 0.5, 0.8, 1.0)
+
+
+def test_unknown_key_names_line_path_and_suggests():
+    lines = errors_of(GOOD.replace('  listen: "127.0.0.1:8080"', '  lisen: "127.0.0.1:8080"'))
+    assert lines == [
+        'prod.yaml:2: server.lisen: unknown key; did you mean "listen"? known: admin_listen, admin_token_env, '
+        "listen, max_body_bytes, max_header_bytes, receive_timeout, seed, shutdown_timeout"
+    ]
+
+
+def test_bad_duration():
+    lines = errors_of(GOOD.replace("max_wait: 20ms", "max_wait: fast"))
+    assert lines == [
+        'prod.yaml:10: lanes.batch.batching.max_wait = "fast": expected a duration like "50ms", "2s", "5m" or "1h30m"'
+    ]
+
+
+def test_bare_number_duration_is_refused():
+    lines = errors_of(GOOD.replace("timeout: 30s", "timeout: 30"))
+    assert lines == [
+        'prod.yaml:7: lanes.realtime.timeout = 30: expected a duration with a unit like "50ms", "2s" or "5m"; '
+        "a bare number is ambiguous"
+    ]
+
+
+def test_unknown_policy_lists_known_ones():
+    lines = errors_of(GOOD.replace("type: load", "type: latncy"))
+    assert lines == [
+        'prod.yaml:17: policy.type = "latncy": unknown policy; known: adaptive, composite, cost, latency, load, static'
+    ]
+
+
+def test_mode_naming_a_missing_lane():
+    lines = errors_of(GOOD.replace("hybrid: {realtime: 0.5, batch: 0.5}", "hybrid: {realtime: 0.5, gpu: 0.5}"))
+    assert lines == ["prod.yaml:13: modes.hybrid.gpu = 0.5: no lane 'gpu'; lanes: batch, realtime"]
+
+
+def test_weights_not_summing_to_one():
+    lines = errors_of(GOOD.replace("hybrid: {realtime: 0.5, batch: 0.5}", "hybrid: {realtime: 0.5, batch: 0.4}"))
+    assert lines == ["prod.yaml:13: modes.hybrid = {realtime: 0.5, batch: 0.4}: weights sum to 0.9; they must sum to 1"]
+
+
+def test_initial_mode_must_exist():
+    assert errors_of(GOOD.replace("initial_mode: realtime", "initial_mode: turbo")) == [
+        'prod.yaml:15: initial_mode = "turbo": no such mode; modes: batch, hybrid, realtime'
+    ]
+
+
+def test_policy_params_are_validated_by_the_policy():
+    lines = errors_of(GOOD.replace("{low_rps: 10, high_rps: 100}", "{low_rps: 10, hihg_rps: 100, high_mode: bulk}"))
+    assert lines == [
+        'prod.yaml:18: policy.params.hihg_rps: unknown key; did you mean "high_rps"? '
+        "known: high_mode, high_rps, hold, low_mode, low_rps"
+    ]
+    lines = errors_of(GOOD.replace("{low_rps: 10, high_rps: 100}", "{low_rps: 10, high_mode: bulk}"))
+    assert lines == ['prod.yaml:18: policy.params.high_mode = "bulk": no such mode; modes: batch, hybrid, realtime']
+
+
+def test_steps_error_points_at_the_element():
+    lines = errors_of(GOOD.replace("[0.2, 0.5, 0.8, 1.0]", "[0.2, 0.5, 1.5, 1.0]"))
+    assert lines[0] == "prod.yaml:20: switching.steps[2] = 1.5: each step must be in (0, 1]"
+
+
+def test_several_errors_at_once_each_on_its_own_line():
+    text = GOOD.replace("max_wait: 20ms", "max_wait: fast").replace("timeout: 30s", "timeout: soon")
+    lines = errors_of(text)
+    assert [line.split(":")[1] for line in lines] == ["7", "10"]
+
+
+def test_duplicate_keys_and_yaml_syntax():
+    assert errors_of(GOOD + "initial_mode: batch\n") == [
+        "prod.yaml:21: YAML syntax: key 'initial_mode' appears twice (first on line 15)"
+    ]
+    assert errors_of("lanes: [\n")[0].startswith("prod.yaml:2: YAML syntax:")
+    assert errors_of("- a\n- b\n") == ["prod.yaml:1: expected a mapping of sections (server, lanes, modes, ...)"]
+
+
+def test_missing_required_section():
+    lines = errors_of("lanes:\n  realtime: {upstreams: ['http://h:1']}\nmodes: {realtime: {realtime: 1}}\ninitial_mode: realtime\n")
+    assert lines == ["prod.yaml:1: policy: required, missing"]
+
+
+def test_admin_api_cannot_share_the_data_port():
+    lines = errors_of(GOOD.replace('admin_listen: "127.0.0.1:9090"', 'admin_listen: "127.0.0.1:8080"'))
+    assert lines == ['prod.yaml:3: server.admin_listen = "127.0.0.1:8080": the admin API needs its own address']
+
+
+def test_unreadable_file(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "absent.yaml")
+
+
+@pytest.mark.parametrize("name", READY_CONFIGS)
+def test_ready_configs_load_and_build_a_control_loop(name):
+    config = load_config(ready_config_path(name))
+    loop = build_control_loop(config, now_s=0.0, rng=random.Random(0))
+    assert loop.weights == config.modes[config.initial_mode]
+    assert set(loop.monitor.lanes) == set(config.lanes)
+    loop.tick(1.0)
