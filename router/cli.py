@@ -2,6 +2,7 @@
 
     modeshift validate FILE [FILE ...]   exit 0, or 2 with one line per error
     modeshift schema                     the config's JSON Schema, for editors
+    modeshift demo                       the control core on a real trace with a rush
 
 Subcommands import what they need when they run, so `modeshift validate`
 starts without loading the proxy.
@@ -47,6 +48,12 @@ def _schema(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from router.demo import run_demo
+
+    return run_demo()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="modeshift",
@@ -61,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     schema = commands.add_parser("schema", help="print the config's JSON Schema")
     schema.add_argument("--indent", type=int, default=2)
     schema.set_defaults(run=_schema)
+
+    demo = commands.add_parser("demo", help="replay a real trace with a rush through the default config")
+    demo.set_defaults(run=_demo)
     return parser
 
 
