@@ -94,7 +94,9 @@ def main() -> None:
     parser.add_argument("--ticks", type=int, default=1_000_000, help="control ticks to time")
     args = parser.parse_args()
 
-    print(f"modeshift control core, {platform.python_implementation()} {platform.python_version()}, {platform.machine()}")
+    print(
+        f"modeshift control core, {platform.python_implementation()} {platform.python_version()}, {platform.machine()}"
+    )
     record = bench_record(args.calls)
     print(f"\nrecording, {args.calls:,} calls each (us per call; target <= {RECORD_TARGET_US:g} us per request)")
     for name, us in record.items():
@@ -106,7 +108,9 @@ def main() -> None:
     print("  decisions during the run: " + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())))
     ok_record = record["request (both)"] <= RECORD_TARGET_US
     ok_tick = tick["tick"] <= TICK_TARGET_US
-    print(f"\nrecord {'meets' if ok_record else 'MISSES'} its target; tick {'meets' if ok_tick else 'MISSES'} its target")
+    print(
+        f"\nrecord {'meets' if ok_record else 'MISSES'} its target; tick {'meets' if ok_tick else 'MISSES'} its target"
+    )
 
 
 if __name__ == "__main__":

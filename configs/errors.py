@@ -120,8 +120,10 @@ def known_keys(model: type[BaseModel], data: Any, path: Loc) -> list[str]:
     target: Any = model
     for key in path:
         target = _step(target, data, key)
-        data = data.get(key) if isinstance(data, Mapping) else (
-            data[key] if isinstance(data, Sequence) and isinstance(key, int) and key < len(data) else None
+        data = (
+            data.get(key)
+            if isinstance(data, Mapping)
+            else (data[key] if isinstance(data, Sequence) and isinstance(key, int) and key < len(data) else None)
         )
         if target is None:
             return []

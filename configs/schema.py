@@ -24,7 +24,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from policies.flush import BatchingParams
 from policies.pricing import CostModel
 from policies.registry import PolicySpec
-from policies.switching import SwitchingParams
+from policies.switching_params import SwitchingParams
 from policies.units import ByteSize, Duration
 
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]+$")]

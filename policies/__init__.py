@@ -13,7 +13,7 @@ the same objects, so a policy behaves the same in both.
 - weights: the traffic split as a value
 - protocol, registry: what a policy is, and finding one by name
 - load, cost, latency, adaptive, static, composite: the built-in policies
-- actions, switching: the controller's outputs and state machine
+- actions, switching, switching_params: the controller's outputs, state machine and parameters
 - control: the loop that ties monitor, policy and controller together
 - flush, batching: micro-batch flush rules and the bounded batch queue
 """
@@ -34,7 +34,7 @@ from policies.actions import (
     TransitionCompleted,
     TransitionStarted,
 )
-from policies.batching import BatchItem, Batcher, Taken
+from policies.batching import Batcher, BatchItem, Taken
 from policies.control import ControlLoop
 from policies.flush import AdaptiveRule, BatchingParams, HybridRule, SizeRule, TimeRule
 from policies.histogram import Histogram
@@ -44,7 +44,8 @@ from policies.pricing import CostModel
 from policies.protocol import BasePolicy, LaneName, ModeName, Policy, PolicyParams, Proposal
 from policies.registry import PolicySpec, known_policies, register, resolve
 from policies.snapshot import ControlView, LaneFigures, Snapshot, TransitionView
-from policies.switching import State, SwitchingController, SwitchingParams
+from policies.switching import State, SwitchingController
+from policies.switching_params import SwitchingParams
 from policies.units import ByteSize, Duration
 from policies.weights import Weights
 

@@ -40,7 +40,9 @@ class AdaptiveParams(PolicyParams):
     volume_rps: tuple[float, float, float] = Field(
         (10.0, 100.0, 1000.0), description="low / medium / high request volume thresholds"
     )
-    latency_requirement_s: Duration = Field(0.1, alias="latency_requirement", description="the latency the traffic needs")
+    latency_requirement_s: Duration = Field(
+        0.1, alias="latency_requirement", description="the latency the traffic needs"
+    )
     latency_bands_s: tuple[Duration, Duration, Duration] = Field(
         (0.01, 0.1, 1.0), alias="latency_bands", description="strict / interactive / relaxed latency bands"
     )
@@ -48,7 +50,9 @@ class AdaptiveParams(PolicyParams):
     realtime_mode: ModeName = "realtime"
     hybrid_mode: OptionalModeName = "hybrid"
     batch_mode: ModeName = "batch"
-    hold_s: Duration | None = Field(None, alias="hold", description="how long the proposal must persist (default: switching.hold)")
+    hold_s: Duration | None = Field(
+        None, alias="hold", description="how long the proposal must persist (default: switching.hold)"
+    )
 
     @model_validator(mode="after")
     def _increasing(self) -> AdaptiveParams:

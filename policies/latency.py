@@ -21,7 +21,9 @@ from policies.units import Duration
 
 
 class LatencyParams(PolicyParams):
-    max_latency_s: Duration = Field(0.1, alias="max_latency", description="p95 latency above which to go back to realtime_mode")
+    max_latency_s: Duration = Field(
+        0.1, alias="max_latency", description="p95 latency above which to go back to realtime_mode"
+    )
     min_throughput_rps: float = Field(50.0, ge=0, description="completions/s floor, judged when demand reaches it")
     min_samples: int = Field(20, ge=1, description="completions a lane needs in the window to be judged")
     realtime_mode: ModeName = "realtime"
@@ -49,7 +51,11 @@ class LatencyPolicy(BasePolicy):
         demand = snapshot.arrival_rate_per_s
         served = sum(f.throughput_per_s for f in snapshot.lanes.values())
         if demand >= p.min_throughput_rps > served:
-            figures = {"arrival_rate_per_s": demand, "throughput_per_s": served, "min_throughput_rps": p.min_throughput_rps}
+            figures = {
+                "arrival_rate_per_s": demand,
+                "throughput_per_s": served,
+                "min_throughput_rps": p.min_throughput_rps,
+            }
             reason = f"throughput {served:.1f} req/s < {p.min_throughput_rps:g} while {demand:.1f} req/s arrive"
             return self.propose(p.realtime_mode, reason, figures, p.hold_s)
         return None

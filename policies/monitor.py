@@ -35,7 +35,9 @@ class Monitor:
             lane: LaneWindow(now_s=now_s, window_s=window_s, slot_s=slot_s) for lane in self.costs
         }
 
-    def attributed_cost_usd(self, lane: str, input_tokens: int = 0, output_tokens: int = 0, busy_s: float = 0.0) -> float:
+    def attributed_cost_usd(
+        self, lane: str, input_tokens: int = 0, output_tokens: int = 0, busy_s: float = 0.0
+    ) -> float:
         """The variable cost of one request on `lane` (what the driver records)."""
         return self.costs[lane].request_cost_usd(input_tokens, output_tokens, busy_s)
 

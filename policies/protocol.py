@@ -92,7 +92,9 @@ class BasePolicy:
         self.params = params
         self.rng = rng if rng is not None else random.Random(0)
 
-    def propose(self, target_mode: str, reason: str, figures: Mapping[str, float], hold_s: float | None = None) -> Proposal:
+    def propose(
+        self, target_mode: str, reason: str, figures: Mapping[str, float], hold_s: float | None = None
+    ) -> Proposal:
         return Proposal(target_mode=target_mode, reason=reason, policy=self.name, figures=figures, hold_s=hold_s)
 
     def decide(self, snapshot: Snapshot) -> Proposal | None:  # pragma: no cover - abstract

@@ -49,11 +49,7 @@ class LaneFigures:
 
     def numbers(self) -> dict[str, float]:
         """The scalar figures, by name (for the audit log)."""
-        return {
-            f.name: float(getattr(self, f.name))
-            for f in fields(self)
-            if f.name not in ("lane", "cumulative")
-        }
+        return {f.name: float(getattr(self, f.name)) for f in fields(self) if f.name not in ("lane", "cumulative")}
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,9 +46,6 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_core import InitErrorDetails, PydanticCustomError
-
 from policies.actions import (
     Action,
     Command,
@@ -69,59 +66,8 @@ from policies.actions import (
 from policies.metrics import LaneTotals
 from policies.protocol import Proposal
 from policies.snapshot import ControlView, Snapshot, TransitionView
-from policies.units import Duration
+from policies.switching_params import SwitchingParams
 from policies.weights import Weights
-
-
-class SwitchingParams(BaseModel):
-    """The `switching:` section of the config."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
-
-    tick_s: Duration = Field(1.0, alias="tick", gt=0, description="how often the control loop runs")
-    hold_s: Duration = Field(60.0, alias="hold", description="how long a proposal must persist (switch delay)")
-    cooldown_s: Duration = Field(120.0, alias="cooldown", description="quiet time after a completion or rollback")
-    steps: tuple[float, ...] = Field(
-        (0.2, 0.5, 0.8, 1.0), min_length=1, description="fractions of the way to the target, ending at 1.0"
-    )
-    step_s: Duration = Field(30.0, alias="step", description="minimum time on each step")
-    min_samples: int = Field(50, ge=1, description="requests a gaining lane must serve in a step to be judged")
-    max_error_increase: float = Field(0.02, ge=0, le=1, description="error-rate rise that triggers a rollback")
-    max_latency_regression: float = Field(
-        0.1, ge=0, description="p95 rise over the baseline, as a fraction, that triggers a rollback"
-    )
-    progress_deadline_s: Duration = Field(
-        300.0, alias="progress_deadline", description="a step not promoted within this rolls back"
-    )
-
-    @field_validator("steps")
-    @classmethod
-    def _steps_increase_to_one(cls, steps: tuple[float, ...]) -> tuple[float, ...]:
-        problems = []
-        for i, step in enumerate(steps):
-            if not 0.0 < step <= 1.0:
-                problems.append((i, step, "each step must be in (0, 1]"))
-            elif i and step <= steps[i - 1]:
-                problems.append((i, step, f"steps must increase; the one before is {steps[i - 1]:g}"))
-        if not problems and steps[-1] != 1.0:
-            problems.append((len(steps) - 1, steps[-1], "the last step must be 1.0 (the target mode itself)"))
-        if problems:
-            raise ValidationError.from_exception_data(
-                "steps",
-                [
-                    InitErrorDetails(type=PydanticCustomError("step", message), loc=(i,), input=step)
-                    for i, step, message in problems
-                ],
-            )
-        return steps
-
-    @model_validator(mode="after")
-    def _deadline_after_step(self) -> SwitchingParams:
-        if self.progress_deadline_s <= self.step_s:
-            raise ValueError(
-                f"progress_deadline ({self.progress_deadline_s:g}s) must be longer than step ({self.step_s:g}s)"
-            )
-        return self
 
 
 class State(enum.Enum):
@@ -226,8 +172,6 @@ class SwitchingController:
             cooldown_until_s=self._cooldown_until_s,
         )
 
-    # -- ticks ---------------------------------------------------------------
-
     def on_tick(self, snapshot: Snapshot, proposal: Proposal | None) -> list[Action]:
         """Advance the controller to `snapshot.now_s` given the policy's proposal."""
         now = snapshot.now_s
@@ -259,9 +203,7 @@ class SwitchingController:
         wanted = proposal is not None and not self._is_current(proposal.target_mode)
         if self.state is State.HOLDING:
             held = self._hold
-            if wanted and proposal.target_mode == held.target_mode:
-                pass
-            else:
+            if not (wanted and proposal.target_mode == held.target_mode):
                 note = f"did not persist: held {now - self._hold_since_s:g}s of {self._hold_s(held):g}s"
                 self._ignore(held, snapshot, note, out)
                 self._hold = None
@@ -285,8 +227,6 @@ class SwitchingController:
 
     def _is_current(self, mode: str) -> bool:
         return mode in self.modes and self.weights == self.modes[mode]
-
-    # -- transitions ---------------------------------------------------------
 
     def _start(
         self,
@@ -375,7 +315,9 @@ class SwitchingController:
                 self._complete(snapshot, out)
         elif now - t.step_started_s >= p.progress_deadline_s:
             waited = now - t.step_started_s
-            reason = f"step {t.step_index} could not be promoted in {waited:g}s: too few requests on {', '.join(t.gaining)}"
+            reason = (
+                f"step {t.step_index} could not be promoted in {waited:g}s: too few requests on {', '.join(t.gaining)}"
+            )
             self._roll_back(snapshot, "stalled", reason, None, {}, out)
 
     def _step_evidence(self, snapshot: Snapshot, lane: str) -> LaneTotals:
@@ -464,8 +406,6 @@ class SwitchingController:
         )
         out.append(SetWeights(at_s=snapshot.now_s, reason=f"rollback ({cause})", weights=self.weights))
 
-    # -- commands ------------------------------------------------------------
-
     def handle(self, command: Command, snapshot: Snapshot) -> list[Action]:
         """Carry out an operator command at `snapshot.now_s`."""
         out: list[Action] = []
@@ -492,7 +432,11 @@ class SwitchingController:
                 self._cooldown_until_s = now + self.params.cooldown_s
                 out.append(
                     TransitionCompleted(
-                        at_s=now, reason=command.reason, figures=snapshot.figures(), mode=command.mode, weights=self.weights
+                        at_s=now,
+                        reason=command.reason,
+                        figures=snapshot.figures(),
+                        mode=command.mode,
+                        weights=self.weights,
                     )
                 )
                 out.append(SetWeights(at_s=now, reason=f"forced to {command.mode}", weights=self.weights))
@@ -521,8 +465,6 @@ class SwitchingController:
         else:
             raise TypeError(f"unknown command {command!r}")
         return out
-
-    # -- bookkeeping ---------------------------------------------------------
 
     def _move(self, trigger: str, to: State) -> None:
         move = (self.state, trigger, to)

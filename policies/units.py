@@ -73,8 +73,7 @@ def _to_seconds(value: Any, info: ValidationInfo) -> Any:
         if _units_required(info) and value != 0:
             raise PydanticCustomError(
                 "duration_unit",
-                'expected a duration with a unit like "50ms", "2s" or "5m"; '
-                "a bare number is ambiguous",
+                'expected a duration with a unit like "50ms", "2s" or "5m"; a bare number is ambiguous',
             )
         return float(value)
     if isinstance(value, str):
@@ -93,9 +92,7 @@ def _to_bytes(value: Any, info: ValidationInfo) -> Any:
         try:
             return parse_size_bytes(value)
         except ValueError:
-            raise PydanticCustomError(
-                "size", 'expected a size like "64KiB", "10MiB" or a number of bytes'
-            ) from None
+            raise PydanticCustomError("size", 'expected a size like "64KiB", "10MiB" or a number of bytes') from None
     return value
 
 

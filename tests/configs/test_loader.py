@@ -121,7 +121,9 @@ def test_duplicate_keys_and_yaml_syntax():
 
 
 def test_missing_required_section():
-    lines = errors_of("lanes:\n  realtime: {upstreams: ['http://h:1']}\nmodes: {realtime: {realtime: 1}}\ninitial_mode: realtime\n")
+    lines = errors_of(
+        "lanes:\n  realtime: {upstreams: ['http://h:1']}\nmodes: {realtime: {realtime: 1}}\ninitial_mode: realtime\n"
+    )
     assert lines == ["prod.yaml:1: policy: required, missing"]
 
 

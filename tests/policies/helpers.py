@@ -7,7 +7,8 @@ import random
 from policies.monitor import Monitor
 from policies.pricing import CostModel
 from policies.snapshot import ControlView, Snapshot
-from policies.switching import SwitchingController, SwitchingParams
+from policies.switching import SwitchingController
+from policies.switching_params import SwitchingParams
 from policies.weights import Weights
 
 LANES = ("batch", "realtime")

@@ -6,7 +6,8 @@ import random
 
 from policies.actions import Action, Command
 from policies.protocol import Proposal
-from policies.switching import SwitchingController, SwitchingParams
+from policies.switching import SwitchingController
+from policies.switching_params import SwitchingParams
 from tests.policies.helpers import MODES, feed_split, make_monitor
 
 
@@ -21,7 +22,9 @@ class Scenario:
         self.errors: dict[str, float] = {}
         self.rate_per_s = 40.0
 
-    def run(self, seconds: float, target: str | None = None, policy: str = "test", hold_s: float | None = None) -> list[Action]:
+    def run(
+        self, seconds: float, target: str | None = None, policy: str = "test", hold_s: float | None = None
+    ) -> list[Action]:
         """Advance `seconds`, one tick per second, proposing `target` each tick."""
         out: list[Action] = []
         for _ in range(int(seconds)):

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from policies.batching import BatchItem, Batcher
+from policies.batching import Batcher, BatchItem
 from policies.flush import AdaptiveRule, HybridRule, SizeRule, TimeRule
 
 

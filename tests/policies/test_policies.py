@@ -14,8 +14,14 @@ def build(type_name: str, **params):
     return PolicySpec(type=type_name, params=params).build(random.Random(0))
 
 
-def snapshot(rates: dict[str, float], latency: dict[str, float] | None = None, weights: Weights = MODES["realtime"],
-             mode: str | None = "realtime", monitor=None, until: float = 10.0):
+def snapshot(
+    rates: dict[str, float],
+    latency: dict[str, float] | None = None,
+    weights: Weights = MODES["realtime"],
+    mode: str | None = "realtime",
+    monitor=None,
+    until: float = 10.0,
+):
     monitor = monitor or make_monitor(window_s=10.0)
     for lane, rate in rates.items():
         feed(monitor, lane, 0.0, until, rate, (latency or {}).get(lane, 0.02), input_tokens=500, output_tokens=100)
@@ -43,11 +49,15 @@ def test_cost_moves_to_batch_above_threshold_and_back_below_the_hysteresis_band(
     high = policy.decide(snapshot({"realtime": 10.0}, monitor=make_monitor(**costs)))
     assert high.target_mode == "batch" and high.hold_s == 300.0
     # judged on the real-time lane's estimate even while the batch lane serves everything
-    in_batch = policy.decide(snapshot({"batch": 10.0}, weights=MODES["batch"], mode="batch", monitor=make_monitor(**costs)))
+    in_batch = policy.decide(
+        snapshot({"batch": 10.0}, weights=MODES["batch"], mode="batch", monitor=make_monitor(**costs))
+    )
     assert in_batch.target_mode == "batch"
     cheap = build("cost", threshold_usd=0.002).decide(snapshot({"realtime": 10.0}, monitor=make_monitor(**costs)))
     assert cheap.target_mode == "realtime"
-    band = build("cost", threshold_usd=0.0011, hysteresis=0.2).decide(snapshot({"realtime": 10.0}, monitor=make_monitor(**costs)))
+    band = build("cost", threshold_usd=0.0011, hysteresis=0.2).decide(
+        snapshot({"realtime": 10.0}, monitor=make_monitor(**costs))
+    )
     assert band is None  # $0.001 is inside (0.00088, 0.0011]
 
 
@@ -115,7 +125,10 @@ def test_static_always_proposes_its_mode():
 def test_composite_first_opinion_wins_and_a_guard_vetoes():
     composite = build(
         "composite",
-        policies=[{"type": "load", "params": {"low_rps": 1, "high_rps": 5}}, {"type": "static", "params": {"mode": "hybrid"}}],
+        policies=[
+            {"type": "load", "params": {"low_rps": 1, "high_rps": 5}},
+            {"type": "static", "params": {"mode": "hybrid"}},
+        ],
         guards=[{"type": "latency", "params": {"max_latency": "100ms", "min_throughput_rps": 1000}}],
     )
     busy_fast = snapshot({"realtime": 10.0, "batch": 10.0}, {"batch": 0.05}, weights=MODES["hybrid"], mode="hybrid")

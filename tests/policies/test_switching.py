@@ -2,7 +2,8 @@ import pytest
 from pydantic import ValidationError
 
 from policies.actions import Force, Pause, Resume, Rollback, RolledBack, SetWeights
-from policies.switching import State, SwitchingParams
+from policies.switching import State
+from policies.switching_params import SwitchingParams
 from tests.policies.helpers import MODES, quick_params
 from tests.policies.scenario import Scenario, kinds
 
@@ -189,7 +190,11 @@ def test_records_are_json_ready():
 
 @pytest.mark.parametrize(
     ("steps", "message"),
-    [((0.2, 1.5, 1.0), "each step must be in \\(0, 1\\]"), ((0.5, 0.4, 1.0), "must increase"), ((0.2, 0.8), "must be 1.0")],
+    [
+        ((0.2, 1.5, 1.0), "each step must be in \\(0, 1\\]"),
+        ((0.5, 0.4, 1.0), "must increase"),
+        ((0.2, 0.8), "must be 1.0"),
+    ],
 )
 def test_steps_are_validated(steps, message):
     with pytest.raises(ValidationError, match=message):

@@ -7,7 +7,16 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from policies.actions import Force, Pause, Resume, Rollback, RolledBack, SetWeights, TransitionCompleted, TransitionStarted
+from policies.actions import (
+    Force,
+    Pause,
+    Resume,
+    Rollback,
+    RolledBack,
+    SetWeights,
+    TransitionCompleted,
+    TransitionStarted,
+)
 from policies.switching import State
 from tests.policies.helpers import LANES, MODES, quick_params
 from tests.policies.scenario import Scenario
@@ -18,7 +27,9 @@ targets = st.sampled_from([None, "realtime", "hybrid", "batch", "turbo"])
 class ControllerMachine(RuleBasedStateMachine):
     def __init__(self):
         super().__init__()
-        self.s = Scenario(quick_params(hold_s=2.0, step_s=3.0, cooldown_s=6.0, min_samples=10, progress_deadline_s=12.0))
+        self.s = Scenario(
+            quick_params(hold_s=2.0, step_s=3.0, cooldown_s=6.0, min_samples=10, progress_deadline_s=12.0)
+        )
         self.current = self.s.controller.weights  # as the SetWeights outputs tell it
         self.undo_baseline = None  # what a rollback must restore
         self.ramp_target = None
