@@ -73,10 +73,6 @@ class Batcher:
         """Requests waiting."""
         return self._requests
 
-    @property
-    def queued_items(self) -> int:
-        return self._items
-
     def offer(self, item: BatchItem, now_s: float) -> bool:
         """Queue `item`; False when the queue is full."""
         if self._requests >= self.capacity:

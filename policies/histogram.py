@@ -74,11 +74,6 @@ class Histogram:
     def count(self) -> int:
         return self._total
 
-    @property
-    def sum(self) -> float:
-        """Sum of the recorded values (exact, not bucketed)."""
-        return self._sum
-
     def mean(self) -> float:
         return self._sum / self._total if self._total else math.nan
 

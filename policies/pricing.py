@@ -37,8 +37,8 @@ class CostModel(BaseModel):
     per_1k_output_tokens: float = Field(0.0, ge=0, description="USD per 1,000 output tokens")
     discount: float = Field(0.0, ge=0, lt=1, description="fraction off every price (0.5: half price)")
 
-    def request_cost_usd(self, input_tokens: int = 0, output_tokens: int = 0, busy_s: float = 0.0) -> float:
-        """The variable cost of one request."""
+    def request_cost_usd(self, input_tokens: float = 0, output_tokens: float = 0, busy_s: float = 0.0) -> float:
+        """The variable cost of one request (or of a mean request, given mean counts)."""
         cost = (
             self.per_request
             + self.per_1k_input_tokens * input_tokens / 1000.0
@@ -67,20 +67,12 @@ class CostModel(BaseModel):
         Token counts and busy time are per-request means; NaN when the rate is
         unknown and a provisioned price would need amortising.
         """
-        variable = self.request_cost_usd(0, 0, 0.0) + (1.0 - self.discount) * (
-            self.per_1k_input_tokens * _zero_if_nan(input_tokens) / 1000.0
-            + self.per_1k_output_tokens * _zero_if_nan(output_tokens) / 1000.0
-            + (self.per_hour * _zero_if_nan(busy_s) / 3600.0 if self.billing == "busy" else 0.0)
-        )
+        variable = self.request_cost_usd(_zero_if_nan(input_tokens), _zero_if_nan(output_tokens), _zero_if_nan(busy_s))
         if self.billing == "provisioned" and self.per_hour > 0:
             if not rate_per_s > 0:
                 return math.nan
             variable += self.idle_cost_usd(1.0 / rate_per_s)
         return variable
-
-    @property
-    def is_free(self) -> bool:
-        return not (self.per_hour or self.per_request or self.per_1k_input_tokens or self.per_1k_output_tokens)
 
 
 def _zero_if_nan(x: float) -> float:
