@@ -2,7 +2,9 @@
 
 Both drivers own one ControlLoop. The router calls `tick(now_s)` from an
 asyncio task every `switching.tick` and carries out the returned actions; the
-simulator calls it from its event heap with virtual time. Commands from the
+simulator calls it from its event heap with virtual time. The snapshot of the
+last tick stays readable as `last_snapshot` (the router's deadline routing
+reads each lane's expected latency from it). Commands from the
 admin API go through `command()`, so they see the same snapshot a tick would.
 
     actions = loop.tick(now_s)
@@ -25,6 +27,7 @@ class ControlLoop:
         self.monitor = monitor
         self.policy = policy
         self.controller = controller
+        self.last_snapshot: Snapshot | None = None
 
     @property
     def weights(self) -> Weights:
@@ -34,7 +37,7 @@ class ControlLoop:
         return self.monitor.snapshot(now_s, self.controller.view())
 
     def tick(self, now_s: float) -> list[Action]:
-        snapshot = self.snapshot(now_s)
+        self.last_snapshot = snapshot = self.snapshot(now_s)
         return self.controller.on_tick(snapshot, self.policy.decide(snapshot))
 
     def command(self, command: Command, now_s: float) -> list[Action]:

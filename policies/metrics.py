@@ -15,7 +15,7 @@ boundary, including boundaries crossed while the lane was idle, so an idle
 gap counts as time with no events rather than shrinking the span.
 
 In-flight and queue depth are gauges: `arrived` raises in-flight and
-`completed` lowers it; the driver sets `queue_depth` directly.
+`completed` (or `abandoned`) lowers it; the driver sets `queue_depth` directly.
 
 What must not live here: cost models, policies, or any clock. Time is the
 `now_s` argument of each call, and it must not go backwards.
@@ -127,7 +127,7 @@ class LaneWindow:
     def completed(
         self,
         now_s: float,
-        latency_s: float,
+        latency_s: float | None,
         *,
         ok: bool = True,
         items: int = 1,
@@ -136,7 +136,12 @@ class LaneWindow:
         cost_usd: float = 0.0,
         busy_s: float = 0.0,
     ) -> None:
-        """A request that `arrived` on this lane finished (or failed, with ok=False)."""
+        """A request that `arrived` on this lane finished (or failed, with ok=False).
+
+        `latency_s` is None for a request that failed before it was served (a
+        full queue, a refused connection): it counts as an error, and its
+        near-zero time must not pass for a fast answer in the percentiles.
+        """
         if now_s >= self._next_mark_s:
             self._mark(now_s)
         totals = self._totals
@@ -148,7 +153,15 @@ class LaneWindow:
         totals.output_tokens += output_tokens
         totals.cost_usd += cost_usd
         totals.busy_s += busy_s
-        totals.latency.record(latency_s)
+        if latency_s is not None:
+            totals.latency.record(latency_s)
+        if self.in_flight:
+            self.in_flight -= 1
+
+    def abandoned(self, now_s: float) -> None:
+        """A request that `arrived` here was given up by its client: neither success nor error."""
+        if now_s >= self._next_mark_s:
+            self._mark(now_s)
         if self.in_flight:
             self.in_flight -= 1
 

@@ -2,6 +2,7 @@
 
     modeshift validate FILE [FILE ...]   exit 0, or 2 with one line per error
     modeshift schema                     the config's JSON Schema, for editors
+    modeshift serve -c FILE              the proxy: data plane and admin API, until SIGTERM
     modeshift demo                       the control core on a real trace with a rush
 
 Subcommands import what they need when they run, so `modeshift validate`
@@ -48,6 +49,12 @@ def _schema(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from router.server import serve
+
+    return serve(args.config)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from router.demo import run_demo
 
@@ -68,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     schema = commands.add_parser("schema", help="print the config's JSON Schema")
     schema.add_argument("--indent", type=int, default=2)
     schema.set_defaults(run=_schema)
+
+    serve = commands.add_parser("serve", help="run the proxy: data plane and admin API")
+    serve.add_argument("-c", "--config", required=True, metavar="FILE", help="the YAML config")
+    serve.set_defaults(run=_serve)
 
     demo = commands.add_parser("demo", help="replay a real trace with a rush through the default config")
     demo.set_defaults(run=_demo)

@@ -1,0 +1,172 @@
+"""The admin API, on its own listener (server.admin_listen), never the data port.
+
+Every request needs `Authorization: Bearer <token>`, the token being the value
+of the environment variable the config names (server.admin_token_env); with
+the variable unset, the admin API answers 401 to everyone and says so.
+
+    GET  /status     mode, weights, transition, per-lane figures and upstreams, recent decisions
+    POST /mode       {"mode": "batch", "gradual": true, "reason": "..."}
+    POST /pause      stop moving (the rollback guard stays armed)
+    POST /resume
+    POST /rollback   back to the weights before the last transition
+    POST /reload     read the config file again; an invalid one is refused with its error lines
+
+A command the controller refuses (already in that mode, nothing to roll
+back) answers 409 with the reason.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from configs import ConfigError
+from policies.actions import Force, Pause, Resume, Rollback
+from policies.snapshot import Snapshot
+from router.errors import ProxyError, bad_request
+from router.logs import finite
+from router.runtime import Runtime
+
+RECENT_DECISIONS = 50
+_RUNTIME = web.AppKey("runtime", Runtime)
+
+
+class _ModeBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    mode: str
+    gradual: bool = True
+    reason: str = "admin API"
+
+
+class _ReasonBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str = "admin API"
+
+
+def _error(status: int, kind: str, message: str, **extra) -> web.Response:
+    body = ProxyError(status, kind, message).body(None)
+    body["error"].update(extra)
+    return web.json_response(body, status=status, dumps=_dumps)
+
+
+def _dumps(value) -> str:
+    return json.dumps(finite(value), default=str)
+
+
+@web.middleware
+async def _authorize(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+    runtime = request.app[_RUNTIME]
+    variable = runtime.state.config.server.admin_token_env
+    token = os.environ.get(variable, "")
+    if not token:
+        return _error(401, "unauthorized", f"the admin API is off: set the environment variable {variable}")
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        return _error(401, "unauthorized", f"send 'Authorization: Bearer <token>' with the value of ${variable}")
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        return _error(exc.status, exc.reason.lower().replace(" ", "_"), exc.text or exc.reason)
+    except ProxyError as exc:
+        return exc.response(None)
+
+
+async def _read(request: web.Request, model: type[BaseModel]) -> BaseModel:
+    raw = await request.read()
+    try:
+        return model.model_validate_json(raw or b"{}")
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
+        raise bad_request(f"invalid JSON body: {problems}") from None
+
+
+def _lane_figures(snapshot: Snapshot) -> dict[str, dict]:
+    return {name: fig.numbers() for name, fig in snapshot.lanes.items()}
+
+
+def status(runtime: Runtime) -> dict:
+    state = runtime.state
+    now = runtime.now_s()
+    snapshot = state.control.snapshot(now)
+    view = snapshot.control
+    t = view.transition
+    lanes = _lane_figures(snapshot)
+    for name, lane in state.lanes.items():
+        lanes[name].update(weight=view.weights[name], **lane.describe(now))
+    return {
+        "mode": view.mode,
+        "state": view.state,
+        "weights": view.weights.as_dict(),
+        "transition": None
+        if t is None
+        else {
+            "from_mode": t.from_mode,
+            "to_mode": t.to_mode,
+            "step": t.step_index + 1,
+            "steps": t.step_count,
+            "fraction": t.fraction,
+            "cause": t.cause,
+            "running_s": now - t.started_s,
+        },
+        "holding": None
+        if view.holding_target is None
+        else {"target": view.holding_target, "for_s": now - (view.holding_since_s or now)},
+        "cooldown_left_s": max((view.cooldown_until_s or now) - now, 0.0),
+        "arrival_rate_per_s": snapshot.arrival_rate_per_s,
+        "lanes": lanes,
+        "decisions": runtime.decisions.recent(RECENT_DECISIONS),
+        "config": {"path": str(runtime.config_path) if runtime.config_path else None, "reloads": runtime.reloads},
+        "uptime_s": now - runtime.started_s,
+    }
+
+
+async def _status(request: web.Request) -> web.Response:
+    return web.json_response(status(request.app[_RUNTIME]), dumps=_dumps)
+
+
+def _answer(runtime: Runtime, actions) -> web.Response:
+    refused = runtime.rejected(actions)
+    if refused is not None:
+        return _error(409, "command_rejected", refused.reason)
+    return web.json_response({"actions": [a.as_record() for a in actions]}, dumps=_dumps)
+
+
+async def _mode(request: web.Request) -> web.Response:
+    body = await _read(request, _ModeBody)
+    runtime = request.app[_RUNTIME]
+    return _answer(runtime, runtime.command(Force(mode=body.mode, gradual=body.gradual, reason=body.reason)))
+
+
+def _simple(command: type) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def handle(request: web.Request) -> web.Response:
+        body = await _read(request, _ReasonBody)
+        runtime = request.app[_RUNTIME]
+        return _answer(runtime, runtime.command(command(reason=body.reason)))
+
+    return handle
+
+
+async def _reload(request: web.Request) -> web.Response:
+    runtime = request.app[_RUNTIME]
+    try:
+        record = runtime.reload()
+    except ConfigError as exc:
+        return _error(422, "invalid_config", "the new config is invalid; the old one keeps serving", lines=exc.lines)
+    return web.json_response(record, dumps=_dumps)
+
+
+def admin_app(runtime: Runtime) -> web.Application:
+    app = web.Application(middlewares=[_authorize])
+    app[_RUNTIME] = runtime
+    app.router.add_get("/status", _status)
+    app.router.add_post("/mode", _mode)
+    app.router.add_post("/pause", _simple(Pause))
+    app.router.add_post("/resume", _simple(Resume))
+    app.router.add_post("/rollback", _simple(Rollback))
+    app.router.add_post("/reload", _reload)
+    return app

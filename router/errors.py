@@ -1,0 +1,132 @@
+"""The router's own error answers: one JSON shape for every limit and failure.
+
+Every response the router makes up itself (as opposed to relaying an
+upstream's) is a `ProxyError` turned into
+
+    {"error": {"type": "...", "message": "...", "lane": "..." | null, "request_id": "..."}}
+
+with a status code that says what kind of problem it is, and a message that
+says what was wrong and what to do about it. Nothing here does I/O beyond
+building the aiohttp response object.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+from aiohttp import web
+
+REQUEST_ID_HEADER = "X-Request-Id"
+LANE_HEADER = "X-Modeshift-Lane"
+
+
+class ProxyError(Exception):
+    """A request the router answers itself, with `status` and a JSON body."""
+
+    def __init__(
+        self,
+        status: int,
+        kind: str,
+        message: str,
+        *,
+        lane: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        close: bool = False,
+    ):
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+        self.message = message
+        self.lane = lane
+        self.headers = dict(headers or {})
+        # A request whose body was not read to the end leaves the connection
+        # in an unknown state: answer and close it.
+        self.close = close
+
+    def body(self, request_id: str | None) -> dict:
+        return {"error": {"type": self.kind, "message": self.message, "lane": self.lane, "request_id": request_id}}
+
+    def response(self, request_id: str | None) -> web.Response:
+        headers = dict(self.headers)
+        if request_id is not None:
+            headers[REQUEST_ID_HEADER] = request_id
+        if self.lane is not None:
+            headers[LANE_HEADER] = self.lane
+        response = web.Response(
+            status=self.status,
+            body=json.dumps(self.body(request_id)).encode(),
+            content_type="application/json",
+            headers=headers,
+        )
+        if self.close:
+            response.force_close()
+        return response
+
+
+def body_too_large(limit: int) -> ProxyError:
+    return ProxyError(
+        413,
+        "body_too_large",
+        f"the request body is larger than the limit of {limit} bytes (server.max_body_bytes); "
+        "send a smaller body or raise the limit",
+        close=True,
+    )
+
+
+def headers_too_large(limit: int, size: int | None = None) -> ProxyError:
+    got = f" ({size} bytes)" if size is not None else ""
+    return ProxyError(
+        431,
+        "headers_too_large",
+        f"the request headers{got} exceed the limit of {limit} bytes (server.max_header_bytes); "
+        "send fewer or shorter headers, or raise the limit",
+        close=True,
+    )
+
+
+def request_timeout(timeout_s: float) -> ProxyError:
+    return ProxyError(
+        408,
+        "request_timeout",
+        f"the request was not fully received within {timeout_s:g}s (server.receive_timeout); "
+        "send the body faster or raise the limit",
+        close=True,
+    )
+
+
+def bad_request(message: str) -> ProxyError:
+    return ProxyError(400, "bad_request", message)
+
+
+def no_route(path: str, prefixes: list[str]) -> ProxyError:
+    return ProxyError(404, "no_route", f"no route matches {path!r}; routes: {', '.join(prefixes)}")
+
+
+def upstream_refused(lane: str, detail: str) -> ProxyError:
+    message = f"the {lane} lane's upstream could not be reached: {detail}"
+    return ProxyError(502, "upstream_unavailable", message, lane=lane)
+
+
+def upstream_failed(lane: str, detail: str) -> ProxyError:
+    return ProxyError(502, "upstream_failed", f"the {lane} lane's upstream broke off the response: {detail}", lane=lane)
+
+
+def upstream_timeout(lane: str, timeout_s: float) -> ProxyError:
+    return ProxyError(
+        504,
+        "upstream_timeout",
+        f"the {lane} lane's upstream did not answer within {timeout_s:g}s (lanes.{lane}.timeout)",
+        lane=lane,
+    )
+
+
+def lane_full(lane: str, retry_after_s: int) -> ProxyError:
+    return ProxyError(
+        503,
+        "lane_full",
+        f"the {lane} lane is at max_in_flight and its queue is full; retry after {retry_after_s}s "
+        f"(or raise lanes.{lane}.max_in_flight or queue_depth, or set lanes.{lane}.spill: true)",
+        lane=lane,
+        headers={"Retry-After": str(retry_after_s)},
+    )

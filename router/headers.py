@@ -1,0 +1,91 @@
+"""Which headers cross the proxy, in each direction, and what it adds.
+
+RFC 9110 section 7.6.1: a proxy removes the hop-by-hop headers and every
+header that `Connection` names, then adds its own. The order matters: the
+forwarding headers are set after the stripping, so a client that lists
+`X-Forwarded-For` in `Connection` cannot make the proxy drop the address it
+adds. `Host` and the body framing (`Content-Length`, `Transfer-Encoding`) are
+never copied; the upstream connection sets its own.
+
+What must not live here: choosing lanes or upstreams (router.routing).
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from router.errors import LANE_HEADER, REQUEST_ID_HEADER
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+_NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length"}
+_FORWARDING = ("x-forwarded-for", "x-forwarded-proto", "x-forwarded-host")
+
+# A client's request id is kept when it is a reasonable token: it ends up in
+# logs and headers, so no spaces, control characters or novels.
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
+
+
+def request_id_from(headers: CIMultiDictProxy[str]) -> str:
+    given = headers.get(REQUEST_ID_HEADER)
+    if given is not None and _REQUEST_ID.match(given):
+        return given
+    return uuid.uuid4().hex
+
+
+def _connection_named(headers: CIMultiDictProxy[str]) -> set[str]:
+    named: set[str] = set()
+    for value in headers.getall("Connection", ()):
+        named.update(token.strip().lower() for token in value.split(",") if token.strip())
+    return named
+
+
+def _end_to_end(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    """A copy without the hop-by-hop headers, those `Connection` names, Host and framing."""
+    drop = _NOT_FORWARDED | _connection_named(headers) if "Connection" in headers else _NOT_FORWARDED
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in headers.items():
+        if name.lower() not in drop:
+            out.add(name, value)
+    return out
+
+
+def upstream_request_headers(
+    headers: CIMultiDictProxy[str], *, peer: str | None, scheme: str, request_id: str
+) -> CIMultiDict[str]:
+    """The headers to send upstream for a client request with `headers`."""
+    out = _end_to_end(headers)
+    prior = out.getall("X-Forwarded-For", ())
+    for name in _FORWARDING:
+        out.popall(name, None)
+    chain = [*prior, peer] if peer else prior
+    if chain:
+        out["X-Forwarded-For"] = ", ".join(chain)
+    out["X-Forwarded-Proto"] = scheme
+    host = headers.get("Host")
+    if host:
+        out["X-Forwarded-Host"] = host
+    out[REQUEST_ID_HEADER] = request_id
+    return out
+
+
+def client_response_headers(headers: CIMultiDictProxy[str], *, lane: str, request_id: str) -> CIMultiDict[str]:
+    """The headers to send the client for an upstream response with `headers`."""
+    out = _end_to_end(headers)
+    out[LANE_HEADER] = lane
+    out[REQUEST_ID_HEADER] = request_id
+    return out

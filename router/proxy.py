@@ -1,0 +1,254 @@
+"""The data plane: one request in, one lane chosen, the answer streamed back.
+
+The handler reads the request within its limits (router.intake), matches a
+route, chooses a lane (router.routing), enters the lane's gate (router.admission:
+a slot, a place in the queue, a spill to another lane, or 503), and forwards
+to the lane's least-loaded upstream. The response streams back chunk by chunk
+as the upstream sends it.
+
+A failure before anything reached the upstream (a refused or timed-out
+connect) is retried on another upstream of the lane, then on another lane
+unless the request is pinned, within the retry budget (router.retry_budget).
+Anything later is not retried: the upstream may have acted on the request.
+
+Every visit to a lane is recorded in that lane's window: an arrival when the
+request enters the lane (so queueing counts in its latency) and a completion
+with its latency, status, and attributed cost when it leaves, or an
+abandonment when the client went away. A failed visit counts as an error of
+the lane that failed, even when another lane then served the request, so the
+controller sees a lane that breaks.
+
+What must not live here: limits parsing (router.intake), the lane choice
+rules (router.routing), the control tick (router.runtime).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import aiohttp
+from aiohttp import web
+from yarl import URL
+
+from router.admission import LaneFull
+from router.errors import ProxyError, lane_full, upstream_failed, upstream_refused, upstream_timeout
+from router.headers import client_response_headers, request_id_from, upstream_request_headers
+from router.intake import check_header_size, read_body
+from router.lanes import Lane
+from router.routing import DEADLINE_HEADER, MODE_HEADER, LaneChoice, choose_lane, deadline_s, requested_lane
+from router.state import RouterState
+from router.upstreams import Upstream
+
+if TYPE_CHECKING:
+    from router.runtime import Runtime
+
+# Answers up to this size with a known length are read whole and sent in one
+# write; anything larger, or of unknown length (chunked, SSE), streams.
+WHOLE_RESPONSE_BYTES = 64 * 1024
+
+
+class NothingSent(Exception):
+    """The upstream could not be reached: the request may go elsewhere."""
+
+
+class Proxy:
+    def __init__(self, runtime: Runtime):
+        self.runtime = runtime
+
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        state = self.runtime.state  # a reload swaps runtime.state; this request keeps its own
+        request_id = request_id_from(request.headers)
+        try:
+            return await self._handle(request, state, request_id)
+        except ProxyError as error:
+            return error.response(request_id)
+
+    async def _handle(self, request: web.BaseRequest, state: RouterState, request_id: str) -> web.StreamResponse:
+        server = state.config.server
+        check_header_size(request, server.max_header_bytes)
+        route = state.routes.match(request.rel_url.path)
+        header_pin = requested_lane(request.headers.get(MODE_HEADER), state.lanes)
+        deadline = deadline_s(request.headers.get(DEADLINE_HEADER))
+        body = await read_body(request, limit=server.max_body_bytes, timeout_s=server.receive_timeout_s)
+        now = self.runtime.now_s()
+        snapshot = state.control.last_snapshot
+        choice = choose_lane(
+            route_pin=route.pin,
+            header_pin=header_pin,
+            deadline=deadline,
+            weights=state.control.weights,
+            expected_latency_s={name: lane.expected_latency_s(snapshot) for name, lane in state.lanes.items()},
+            available=[name for name, lane in state.lanes.items() if lane.pool.available(now)],
+            u=state.draw.random(),
+        )
+        headers = upstream_request_headers(
+            request.headers, peer=request.remote, scheme=request.scheme, request_id=request_id
+        )
+        state.retries.active += 1
+        try:
+            return await self._dispatch(request, state, choice, body, headers, request_id)
+        finally:
+            state.retries.active -= 1
+
+    async def _dispatch(
+        self,
+        request: web.BaseRequest,
+        state: RouterState,
+        choice: LaneChoice,
+        body: bytes,
+        headers,
+        request_id: str,
+    ) -> web.StreamResponse:
+        lane = state.lanes[choice.lane]
+        visited: list[str] = []
+        tried: list[Upstream] = []
+        retrying = False
+        failure = ""
+        try:
+            while lane is not None:
+                lane = await self._admit(state, lane, choice, visited)
+                started_s = self.runtime.now_s()
+                lane.window.arrived(started_s)
+                try:
+                    while (upstream := lane.pool.pick(self.runtime.now_s(), exclude=tuple(tried))) is not None:
+                        try:
+                            return await self._forward(request, lane, upstream, body, headers, request_id, started_s)
+                        except NothingSent as exc:
+                            failure = str(exc)
+                            tried.append(upstream)
+                            if not retrying and not (retrying := state.retries.try_acquire()):
+                                break
+                    lane.window.completed(self.runtime.now_s(), None, ok=False)
+                finally:
+                    lane.gate.leave()
+                    lane.window.queue_depth = lane.gate.waiting
+                if not retrying:
+                    break
+                lane = None if choice.pinned else _failover_lane(state, visited)
+            raise upstream_refused(visited[-1], failure or "no upstream left to try")
+        finally:
+            if retrying:
+                state.retries.release()
+
+    async def _admit(self, state: RouterState, lane: Lane, choice: LaneChoice, visited: list[str]) -> Lane:
+        """Enter `lane`'s gate, or spill to the next lane that has room; 503 when none does."""
+        first = lane
+        while True:
+            visited.append(lane.name)
+            if lane.gate.try_enter():
+                return lane
+            lane.window.queue_depth = lane.gate.waiting + 1
+            try:
+                await lane.gate.enter()
+                return lane
+            except LaneFull:
+                pass
+            finally:
+                lane.window.queue_depth = lane.gate.waiting
+            spill_to = None if choice.pinned or not lane.config.spill else _failover_lane(state, visited)
+            if spill_to is None:
+                now = self.runtime.now_s()
+                first.window.arrived(now)
+                first.window.completed(now, None, ok=False)
+                raise lane_full(first.name, first.retry_after_s(state.control.last_snapshot))
+            lane = spill_to
+
+    async def _forward(
+        self,
+        request: web.BaseRequest,
+        lane: Lane,
+        upstream: Upstream,
+        body: bytes,
+        headers,
+        request_id: str,
+        started_s: float,
+    ) -> web.StreamResponse:
+        url = URL(upstream.base + request.rel_url.raw_path_qs, encoded=True)
+        timeout_s = lane.config.timeout_s
+        upstream.in_flight += 1
+        try:
+            try:
+                async with asyncio.timeout(timeout_s):
+                    answer = await lane.session.request(
+                        request.method, url, headers=headers, data=body or None, allow_redirects=False
+                    )
+            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+                lane.pool.failed(upstream, self.runtime.now_s())
+                raise NothingSent(f"{upstream.base}: {exc.__class__.__name__}: {exc}") from None
+            except TimeoutError:
+                self._upstream_error(lane, upstream, started_s)
+                raise upstream_timeout(lane.name, timeout_s) from None
+            except aiohttp.ClientError as exc:
+                self._upstream_error(lane, upstream, started_s)
+                raise upstream_failed(lane.name, f"{upstream.base}: {exc.__class__.__name__}: {exc}") from None
+            except asyncio.CancelledError:
+                lane.window.abandoned(self.runtime.now_s())
+                raise
+            try:
+                return await self._relay(request, lane, upstream, answer, request_id, started_s)
+            finally:
+                answer.release()
+        finally:
+            upstream.in_flight -= 1
+
+    async def _relay(
+        self,
+        request: web.BaseRequest,
+        lane: Lane,
+        upstream: Upstream,
+        answer: aiohttp.ClientResponse,
+        request_id: str,
+        started_s: float,
+    ) -> web.StreamResponse:
+        ok = answer.status < 500
+        headers = client_response_headers(answer.headers, lane=lane.name, request_id=request_id)
+        length = answer.content_length
+        try:
+            if length is not None and length <= WHOLE_RESPONSE_BYTES:
+                body = await answer.read()
+                response: web.StreamResponse = web.Response(
+                    status=answer.status, reason=answer.reason, body=body, headers=headers
+                )
+            else:
+                response = web.StreamResponse(status=answer.status, reason=answer.reason, headers=headers)
+                if length is not None:
+                    response.content_length = length
+                await response.prepare(request)
+                async for chunk in answer.content.iter_any():
+                    await response.write(chunk)
+                await response.write_eof()
+        except asyncio.CancelledError:
+            lane.window.abandoned(self.runtime.now_s())
+            raise
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self._upstream_error(lane, upstream, started_s)
+            if response_started(request):
+                raise  # the status line is gone: all we can do is cut the connection
+            raise upstream_failed(lane.name, f"{upstream.base}: {exc.__class__.__name__}: {exc}") from None
+        now = self.runtime.now_s()
+        if ok:
+            lane.pool.succeeded(upstream, now)
+        else:
+            lane.pool.failed(upstream, now)
+        latency_s = now - started_s
+        lane.window.completed(now, latency_s, ok=ok, cost_usd=lane.cost_usd(busy_s=latency_s))
+        return response
+
+    def _upstream_error(self, lane: Lane, upstream: Upstream, started_s: float) -> None:
+        now = self.runtime.now_s()
+        lane.pool.failed(upstream, now)
+        lane.window.completed(now, now - started_s, ok=False)
+
+
+def response_started(request: web.BaseRequest) -> bool:
+    return request.writer is not None and request.writer.output_size > 0
+
+
+def _failover_lane(state: RouterState, visited: list[str]) -> Lane | None:
+    """The lane with the largest weight not yet visited, if any has a share or is the only one left."""
+    weights = state.control.weights
+    rest = [name for name in state.lanes if name not in visited]
+    if not rest:
+        return None
+    return state.lanes[max(rest, key=weights.__getitem__)]

@@ -1,0 +1,121 @@
+"""The running router: the current state, the control tick, commands and reloads.
+
+`Runtime` owns the one mutable reference the data plane reads,
+`runtime.state`, and replaces it whole on a reload. The control task ticks
+the control loop every `switching.tick` on the monotonic clock; each action
+it returns goes to the decision log. SetWeights needs no other effect: the
+data plane draws from the controller's weights on every request.
+
+The clock is injected (`clock()` returns seconds), so tests can drive ticks
+with a fake one; nothing else in the router reads time for control purposes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from configs import load_config
+from configs.schema import ModeshiftConfig
+from policies.actions import Action, Command, CommandRejected
+from router.decisions import DecisionLog
+from router.logs import event
+from router.state import build_state, carry_over
+
+logger = logging.getLogger("modeshift.router")
+
+
+class Runtime:
+    def __init__(
+        self,
+        config: ModeshiftConfig,
+        *,
+        config_path: str | Path | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.clock = clock
+        self.config_path = config_path
+        self.state = build_state(config, now_s=clock())
+        self.decisions = DecisionLog(config.telemetry.decisions_kept)
+        self.started_s = clock()
+        self.reloads = 0
+        self._ticker: asyncio.Task | None = None
+        self._closing: set[asyncio.Task] = set()
+
+    def now_s(self) -> float:
+        return self.clock()
+
+    def tick(self) -> list[Action]:
+        actions = self.state.control.tick(self.now_s())
+        self.decisions.record(actions)
+        return actions
+
+    def command(self, command: Command) -> list[Action]:
+        actions = self.state.control.command(command, self.now_s())
+        self.decisions.record(actions)
+        return actions
+
+    @staticmethod
+    def rejected(actions: list[Action]) -> CommandRejected | None:
+        return next((a for a in actions if isinstance(a, CommandRejected)), None)
+
+    def reload(self, config: ModeshiftConfig | None = None) -> dict:
+        """Swap in `config` (default: the config file read again); ConfigError keeps the old one."""
+        if config is None:
+            if self.config_path is None:
+                raise RuntimeError("this router was started without a config file to reload")
+            config = load_config(self.config_path)
+        old = self.state
+        now = self.now_s()
+        self.state, carried = carry_over(old, config, now_s=now)
+        self.reloads += 1
+        self.decisions.resize(config.telemetry.decisions_kept)
+        for lane in carried.replaced_lanes:
+            task = asyncio.get_running_loop().create_task(lane.close_when_idle(config.server.shutdown_timeout_s))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+        record = {
+            "kind": "Reloaded",
+            "at_s": now,
+            "reason": f"config {self.config_path or '(in memory)'} reloaded",
+            "kept_lanes": list(carried.kept_lanes),
+            "replaced_lanes": [lane.name for lane in carried.replaced_lanes],
+            "kept_control": carried.kept_control,
+            "mode": carried.mode,
+            "abandoned_transition": carried.abandoned_transition,
+        }
+        if _listeners(config) != _listeners(old.config):
+            event(logger, "restart_needed", logging.WARNING, reason="listen addresses change only on restart")
+        self.decisions.add(record)
+        return record
+
+    def start(self) -> None:
+        self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
+
+    async def _tick_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_s = loop.time()
+        while True:
+            next_s += self.state.config.switching.tick_s
+            await asyncio.sleep(max(next_s - loop.time(), 0.0))
+            try:
+                self.tick()
+            except Exception:
+                # A bug in a policy must not stop the router: the weights stay
+                # where they are, and the error is in the log.
+                logger.exception("control tick failed; weights unchanged")
+
+    async def close(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            await asyncio.gather(self._ticker, return_exceptions=True)
+        for lane in self.state.lanes.values():
+            await lane.close()
+        await asyncio.gather(*self._closing, return_exceptions=True)
+
+
+def _listeners(config: ModeshiftConfig) -> tuple[str, str]:
+    return config.server.listen, config.server.admin_listen

@@ -1,0 +1,132 @@
+"""`modeshift serve`: the data plane and the admin API, until SIGTERM.
+
+Signals: SIGHUP reloads the config file (an invalid file is refused, logged
+with its error lines, and the old config keeps serving); SIGTERM or SIGINT
+stops accepting connections, lets in-flight requests finish within
+`server.shutdown_timeout`, and returns 0.
+
+uvloop drives the event loop when it is installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from configs import ConfigError, load_config
+from configs.schema import ModeshiftConfig
+from router import logs
+from router.admin import admin_app
+from router.dataplane import DataPlaneServer
+from router.logs import event
+from router.proxy import Proxy
+from router.runtime import Runtime
+
+logger = logging.getLogger("modeshift.server")
+
+# Connections waiting to be accepted: well above the default 128, as a burst
+# of clients should queue in the kernel rather than be refused.
+LISTEN_BACKLOG = 2048
+
+
+def _split(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class RunningRouter:
+    """The router's listeners, started and stopped together (also used by tests)."""
+
+    def __init__(self, runtime: Runtime):
+        self.runtime = runtime
+        config = runtime.state.config.server
+        self._data = web.ServerRunner(
+            DataPlaneServer(Proxy(runtime), config), shutdown_timeout=config.shutdown_timeout_s
+        )
+        self._admin = web.AppRunner(admin_app(runtime), access_log=None, shutdown_timeout=5.0)
+        self.data_address: tuple[str, int] | None = None
+        self.admin_address: tuple[str, int] | None = None
+
+    async def start(
+        self,
+        *,
+        data: tuple[str, int] | None = None,
+        admin: tuple[str, int] | None = None,
+        ticking: bool = True,
+    ) -> None:
+        """Listen on the config's addresses, or the given ones (port 0: any free port).
+
+        With `ticking=False` the control loop only moves when `runtime.tick()`
+        is called (tests drive it with a fake clock).
+        """
+        config = self.runtime.state.config.server
+        data = data or _split(config.listen)
+        admin = admin or _split(config.admin_listen)
+        await self._data.setup()
+        await self._admin.setup()
+        data_site = web.TCPSite(self._data, *data, backlog=LISTEN_BACKLOG, reuse_address=True)
+        admin_site = web.TCPSite(self._admin, *admin, reuse_address=True)
+        await data_site.start()
+        await admin_site.start()
+        self.data_address = self._data.addresses[0][:2]
+        self.admin_address = self._admin.addresses[0][:2]
+        if ticking:
+            self.runtime.start()
+
+    async def stop(self) -> None:
+        """Stop accepting, finish in-flight requests (within shutdown_timeout), close upstream clients."""
+        await self._data.cleanup()
+        await self._admin.cleanup()
+        await self.runtime.close()
+
+
+async def _serve(config: ModeshiftConfig, path: Path) -> int:
+    runtime = Runtime(config, config_path=path)
+    router = RunningRouter(runtime)
+    await router.start()
+    event(
+        logger,
+        "listening",
+        data=f"http://{router.data_address[0]}:{router.data_address[1]}",
+        admin=f"http://{router.admin_address[0]}:{router.admin_address[1]}",
+        config=str(path),
+        mode=runtime.state.control.controller.mode,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def reload() -> None:
+        try:
+            runtime.reload()
+        except ConfigError as exc:
+            event(logger, "reload_refused", logging.ERROR, config=str(path), errors=exc.lines)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    await stop.wait()
+    event(logger, "stopping", in_flight=sum(lane.gate.in_flight for lane in runtime.state.lanes.values()))
+    await router.stop()
+    event(logger, "stopped")
+    return 0
+
+
+def serve(path: str | Path) -> int:
+    """Run the router for the config at `path`; exit status 0, or 2 for an invalid config."""
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        for line in exc.lines:
+            print(line, file=sys.stderr)
+        return 2
+    logs.configure(config.telemetry.log_level)
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(_serve(config, Path(path)))
+    return uvloop.run(_serve(config, Path(path)))

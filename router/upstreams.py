@@ -1,0 +1,114 @@
+"""A lane's upstream servers: least-in-flight choice and passive outlier ejection.
+
+Choice: the upstream with the fewest requests in flight among those not
+ejected; ties go round-robin, so an idle pool still spreads its load.
+
+Ejection (Envoy's passive outlier detection, with its defaults): an upstream
+that fails `consecutive_errors` times in a row (a 5xx or a connect error) is
+taken out for `base_ejection_s` times the number of times it has been
+ejected, capped at `MAX_EJECTION_MULTIPLIER`; the multiplier falls back by one
+for every `base_ejection_s` the upstream then stays healthy. At most
+`max_ejected_fraction` of the pool is out at once, but always at least one
+upstream may be ejected, so a single-server lane can still be marked down.
+When every upstream is out, the pool is in panic (Envoy's term): `pick`
+ignores ejection rather than refuse, because a request that must use this
+lane is better tried than refused.
+
+Time comes in as `now_s`; nothing here reads a clock or does I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from yarl import URL
+
+MAX_EJECTION_MULTIPLIER = 10
+
+
+@dataclass(eq=False, slots=True)
+class Upstream:
+    url: URL
+    base: str = field(init=False)
+    in_flight: int = 0
+    consecutive_errors: int = 0
+    ejections: int = 0
+    ejected_until_s: float = -math.inf
+    healthy_since_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        # The upstream URL of a request is `base` + the request's path and
+        # query; a base path ("http://host/api") prefixes every request.
+        self.base = str(self.url).rstrip("/")
+
+    def ejected(self, now_s: float) -> bool:
+        return now_s < self.ejected_until_s
+
+    def describe(self, now_s: float) -> dict:
+        return {
+            "url": self.base,
+            "in_flight": self.in_flight,
+            "consecutive_errors": self.consecutive_errors,
+            "ejected": self.ejected(now_s),
+            "ejected_for_s": max(self.ejected_until_s - now_s, 0.0),
+            "ejections": self.ejections,
+        }
+
+
+class UpstreamPool:
+    def __init__(
+        self,
+        urls: tuple[str, ...],
+        *,
+        consecutive_errors: int = 5,
+        base_ejection_s: float = 30.0,
+        max_ejected_fraction: float = 0.1,
+    ):
+        self.upstreams = [Upstream(URL(url)) for url in urls]
+        self.consecutive_errors = consecutive_errors
+        self.base_ejection_s = base_ejection_s
+        self.max_ejected = max(1, math.floor(max_ejected_fraction * len(self.upstreams)))
+        self._next = 0
+
+    def available(self, now_s: float) -> bool:
+        """Whether some upstream is not ejected."""
+        return any(not u.ejected(now_s) for u in self.upstreams)
+
+    def pick(self, now_s: float, exclude: tuple[Upstream, ...] = ()) -> Upstream | None:
+        """The least-loaded upstream not ejected and not in `exclude` (panic: ignore ejection)."""
+        candidates = [u for u in self.upstreams if u not in exclude]
+        if not candidates:
+            return None
+        healthy = [u for u in candidates if not u.ejected(now_s)]
+        pool = healthy or candidates
+        start = self._next % len(pool)
+        self._next += 1
+        best = pool[start]
+        for i in range(1, len(pool)):
+            u = pool[(start + i) % len(pool)]
+            if u.in_flight < best.in_flight:
+                best = u
+        return best
+
+    def succeeded(self, upstream: Upstream, now_s: float) -> None:
+        upstream.consecutive_errors = 0
+        if upstream.ejections and now_s - upstream.healthy_since_s >= self.base_ejection_s:
+            upstream.ejections -= 1
+            upstream.healthy_since_s = now_s
+
+    def failed(self, upstream: Upstream, now_s: float) -> bool:
+        """Count a 5xx or connect error; True when it ejected the upstream."""
+        upstream.consecutive_errors += 1
+        if upstream.consecutive_errors < self.consecutive_errors or upstream.ejected(now_s):
+            return False
+        if sum(u.ejected(now_s) for u in self.upstreams) >= self.max_ejected:
+            return False
+        upstream.ejections = min(upstream.ejections + 1, MAX_EJECTION_MULTIPLIER)
+        upstream.ejected_until_s = now_s + self.base_ejection_s * upstream.ejections
+        upstream.healthy_since_s = upstream.ejected_until_s
+        upstream.consecutive_errors = 0
+        return True
+
+    def describe(self, now_s: float) -> list[dict]:
+        return [u.describe(now_s) for u in self.upstreams]

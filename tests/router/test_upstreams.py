@@ -1,0 +1,52 @@
+from router.upstreams import UpstreamPool
+
+URLS = ("http://a:1", "http://b:1", "http://c:1")
+
+
+def test_least_in_flight_then_round_robin():
+    pool = UpstreamPool(URLS)
+    a, b, c = pool.upstreams
+    a.in_flight, b.in_flight, c.in_flight = 3, 1, 2
+    assert pool.pick(0.0) is b
+    a.in_flight = b.in_flight = c.in_flight = 0
+    assert {pool.pick(0.0).base for _ in range(3)} == {"http://a:1", "http://b:1", "http://c:1"}
+
+
+def test_consecutive_errors_eject_and_a_success_resets_the_count():
+    pool = UpstreamPool(URLS, consecutive_errors=3, base_ejection_s=30, max_ejected_fraction=0.5)
+    a = pool.upstreams[0]
+    pool.failed(a, 0.0)
+    pool.failed(a, 0.0)
+    pool.succeeded(a, 0.0)
+    pool.failed(a, 0.0)
+    pool.failed(a, 0.0)
+    assert not a.ejected(0.0)
+    assert pool.failed(a, 0.0)
+    assert a.ejected(29.0) and not a.ejected(30.0)
+    assert all(pool.pick(10.0) is not a for _ in range(6))
+
+
+def test_ejection_grows_with_each_ejection():
+    pool = UpstreamPool(URLS[:1], consecutive_errors=1, base_ejection_s=10)
+    (a,) = pool.upstreams
+    assert pool.failed(a, 0.0)
+    assert a.ejected_until_s == 10.0
+    assert pool.failed(a, 10.0)
+    assert a.ejected_until_s == 30.0
+
+
+def test_at_most_the_capped_share_is_ejected():
+    pool = UpstreamPool(URLS, consecutive_errors=1, max_ejected_fraction=0.1)
+    a, b, _ = pool.upstreams
+    assert pool.failed(a, 0.0)  # at least one may always go
+    assert not pool.failed(b, 0.0)
+    assert not b.ejected(0.0)
+
+
+def test_panic_when_everything_is_ejected():
+    pool = UpstreamPool(URLS[:1], consecutive_errors=1)
+    (a,) = pool.upstreams
+    pool.failed(a, 0.0)
+    assert not pool.available(1.0)
+    assert pool.pick(1.0) is a
+    assert pool.pick(1.0, exclude=(a,)) is None
