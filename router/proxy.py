@@ -25,6 +25,7 @@ rules (router.routing), the control tick (router.runtime).
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -36,12 +37,15 @@ from router.errors import ProxyError, lane_full, upstream_failed, upstream_refus
 from router.headers import client_response_headers, request_id_from, upstream_request_headers
 from router.intake import check_header_size, read_body
 from router.lanes import Lane
+from router.logs import event
 from router.routing import DEADLINE_HEADER, MODE_HEADER, LaneChoice, choose_lane, deadline_s, requested_lane
 from router.state import RouterState
 from router.upstreams import Upstream
 
 if TYPE_CHECKING:
     from router.runtime import Runtime
+
+logger = logging.getLogger("modeshift.proxy")
 
 # Answers up to this size with a known length are read whole and sent in one
 # write; anything larger, or of unknown length (chunked, SSE), streams.
@@ -126,7 +130,8 @@ class Proxy:
                 if not retrying:
                     break
                 lane = None if choice.pinned else _failover_lane(state, visited)
-            raise upstream_refused(visited[-1], failure or "no upstream left to try")
+            tried_lanes = ", ".join(dict.fromkeys(visited))
+            raise upstream_refused(visited[-1], f"{failure or 'no upstream left to try'} (lanes tried: {tried_lanes})")
         finally:
             if retrying:
                 state.retries.release()
@@ -218,14 +223,20 @@ class Proxy:
                 async for chunk in answer.content.iter_any():
                     await response.write(chunk)
                 await response.write_eof()
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, ConnectionError):  # the client went away
             lane.window.abandoned(self.runtime.now_s())
             raise
         except (aiohttp.ClientError, TimeoutError) as exc:
             self._upstream_error(lane, upstream, started_s)
-            if response_started(request):
-                raise  # the status line is gone: all we can do is cut the connection
-            raise upstream_failed(lane.name, f"{upstream.base}: {exc.__class__.__name__}: {exc}") from None
+            detail = f"{upstream.base}: {exc.__class__.__name__}: {exc}"
+            if not response_started(request):
+                raise upstream_failed(lane.name, detail) from None
+            # The status line is gone. Cut the connection, so the client sees
+            # a broken response rather than a complete-looking short one.
+            event(logger, "upstream_broke_off", logging.WARNING, lane=lane.name, request_id=request_id, detail=detail)
+            if request.transport is not None:
+                request.transport.abort()
+            return response
         now = self.runtime.now_s()
         if ok:
             lane.pool.succeeded(upstream, now)

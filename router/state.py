@@ -62,7 +62,7 @@ def build_state(config: ModeshiftConfig, *, now_s: float) -> RouterState:
 
 def _control_inputs(config: ModeshiftConfig) -> tuple:
     return (
-        tuple((name, lane.cost) for name, lane in config.lanes.items()),
+        {name: lane.cost for name, lane in config.lanes.items()},
         config.modes,
         config.initial_mode,
         config.policy,

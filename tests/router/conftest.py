@@ -9,7 +9,6 @@ the admin API on free ports, with the control loop driven by a FakeClock
 from __future__ import annotations
 
 import asyncio
-import copy
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,7 +75,12 @@ async def echo(request: web.Request) -> web.Response:
 
 
 def two_lane_config(realtime: list[str], batch: list[str], **overrides: Any) -> ModeshiftConfig:
-    """A realtime and a batch lane, three modes, a static policy; `overrides` merge in per section."""
+    """A realtime and a batch lane, three modes, a static policy; `overrides` update sections."""
+    return ModeshiftConfig.model_validate(two_lane_raw(realtime, batch, **overrides), context={})
+
+
+def two_lane_raw(realtime: list[str], batch: list[str], **overrides: Any) -> dict[str, Any]:
+    """The config of `two_lane_config` as YAML would hold it."""
     raw: dict[str, Any] = {
         "server": {"listen": "127.0.0.1:1", "admin_listen": "127.0.0.1:2", "admin_token_env": "MODESHIFT_TEST_TOKEN"},
         "lanes": {
@@ -94,17 +98,9 @@ def two_lane_config(realtime: list[str], batch: list[str], **overrides: Any) -> 
         "metrics": {"window": "60s", "slot": "1s"},
     }
     for section, value in overrides.items():
-        if isinstance(value, dict) and isinstance(raw.get(section), dict):
-            merged = copy.deepcopy(raw[section])
-            for key, sub in value.items():
-                if isinstance(sub, dict) and isinstance(merged.get(key), dict):
-                    merged[key] = {**merged[key], **sub}
-                else:
-                    merged[key] = sub
-            raw[section] = merged
-        else:
-            raw[section] = value
-    return ModeshiftConfig.model_validate(raw, context={})
+        # One level deep: `server={"max_body_bytes": "1KiB"}` changes one key, the rest stays.
+        raw[section] = {**raw[section], **value} if isinstance(value, dict) and section in raw else value
+    return raw
 
 
 @dataclass

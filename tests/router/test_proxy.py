@@ -4,6 +4,7 @@ import asyncio
 import math
 from collections import Counter
 
+import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 from scipy.stats import binom
@@ -177,3 +178,26 @@ async def test_forced_mode_moves_auto_traffic(upstream, start_router, client):
     router.runtime.command(Force(mode="batch", gradual=False))
     async with client.get(f"{router.url}/x") as response:
         assert response.headers["X-Modeshift-Lane"] == "batch"
+
+
+async def test_an_upstream_that_breaks_mid_stream_cuts_the_client_off_rather_than_end_cleanly(
+    upstream, start_router, client
+):
+    async def breaks(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        await response.write(b"partial ")
+        request.transport.close()  # gone before the final chunk
+        return response
+
+    realtime = await upstream(breaks)
+    router = await start_router(two_lane_config([realtime.url], [realtime.url]))
+    async with client.get(f"{router.url}/x") as response:
+        assert response.status == 200
+        try:
+            await response.read()
+            raise AssertionError("a truncated stream must not look complete")
+        except aiohttp.ClientPayloadError:
+            pass
+    router.tick()
+    assert router.runtime.state.control.last_snapshot.lanes["realtime"].errors == 1

@@ -1,0 +1,75 @@
+"""The control loop live: transitions that roll back by themselves when the batch lane degrades.
+
+The router's clock is a FakeClock. Requests go one at a time, and the batch
+upstream moves the clock forward by its "service time", so lane latencies
+are exact and the test never waits for a timer.
+"""
+
+from aiohttp import web
+
+from policies.actions import Force, RolledBack, StepAdvanced
+from tests.router.conftest import two_lane_config
+
+
+async def send(client, router, n: int) -> list[int]:
+    statuses = []
+    for _ in range(n):
+        async with client.get(f"{router.url}/x") as response:
+            await response.read()
+            statuses.append(response.status)
+    return statuses
+
+
+def kinds(actions) -> list[str]:
+    return [type(a).__name__ for a in actions]
+
+
+async def test_a_transition_rolls_back_when_the_batch_upstream_starts_failing(upstream, start_router, client):
+    failing = False
+
+    async def batch_handler(request: web.Request) -> web.Response:
+        return web.Response(status=500 if failing else 200, text="batch")
+
+    realtime, batch = await upstream(), await upstream(batch_handler)
+    router = await start_router(two_lane_config([realtime.url], [batch.url]))
+    runtime = router.runtime
+    assert await send(client, router, 20) == [200] * 20  # a healthy pre-transition baseline
+    runtime.command(Force(mode="batch", gradual=True, reason="test"))
+    assert runtime.state.control.weights.as_dict() == {"realtime": 0.5, "batch": 0.5}
+    failing = True
+    statuses = await send(client, router, 40)
+    assert 500 in statuses  # the upstream's own 500 reaches the client as it was
+    actions = router.tick()
+    rolled = [a for a in actions if isinstance(a, RolledBack)]
+    assert rolled and rolled[0].cause == "regression" and rolled[0].lane == "batch"
+    assert "error rate" in rolled[0].reason
+    assert runtime.state.control.weights.as_dict() == {"realtime": 1.0, "batch": 0.0}
+    assert any(d["kind"] == "RolledBack" for d in runtime.decisions.recent())
+    batch_seen = len(batch.seen)
+    assert await send(client, router, 10) == [200] * 10
+    assert len(batch.seen) == batch_seen
+
+
+async def test_a_transition_rolls_back_when_the_batch_upstream_slows(upstream, start_router, client):
+    service_s = 0.01
+    router_clock = None
+
+    async def batch_handler(request: web.Request) -> web.Response:
+        router_clock.advance(service_s)
+        return web.Response(text="batch")
+
+    realtime, batch = await upstream(), await upstream(batch_handler)
+    router = await start_router(two_lane_config([realtime.url], [batch.url]))
+    router_clock = router.clock
+    runtime = router.runtime
+    runtime.command(Force(mode="batch", gradual=True, reason="test"))
+    await send(client, router, 40)  # step 1 (50/50): the batch lane's own baseline, p95 10 ms
+    assert StepAdvanced.__name__ in kinds(router.tick())
+    assert runtime.state.control.weights.as_dict() == {"realtime": 0.0, "batch": 1.0}
+    service_s = 0.05  # 5x slower: past the 1.5x allowed by default
+    await send(client, router, 20)
+    actions = router.tick()
+    rolled = [a for a in actions if isinstance(a, RolledBack)]
+    assert rolled and rolled[0].cause == "regression" and rolled[0].lane == "batch"
+    assert "p95" in rolled[0].reason
+    assert runtime.state.control.weights.as_dict() == {"realtime": 1.0, "batch": 0.0}
