@@ -24,7 +24,11 @@ demo: $(VENV)/.installed-dev
 	$(PY) -m router.cli demo
 
 bench: $(VENV)/.installed-dev
+	@command -v wrk >/dev/null && command -v nginx >/dev/null || \
+		{ [ "$$(id -u)" = 0 ] && apt-get install -y -q wrk nginx-light >/dev/null; } || \
+		echo "wrk/nginx not installed: the proxy benchmark runs without them"
 	$(PY) bench/core.py
+	$(PY) bench/proxy_overhead.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -73,7 +73,9 @@ class LaneConfig(_Section):
     queue_depth: int = Field(1024, ge=0, description="requests waiting for a slot; more get 503 or spill")
     queue_timeout_s: Duration = Field(5.0, alias="queue_timeout", description="longest wait for a slot")
     spill: bool = Field(False, description="send overflow to the other lane instead of answering 503")
-    timeout_s: Duration = Field(60.0, alias="timeout", description="upstream response timeout (504)")
+    timeout_s: Duration = Field(
+        60.0, alias="timeout", description="longest upstream silence, before the answer (504) or within it (cut)"
+    )
     connect_timeout_s: Duration = Field(5.0, alias="connect_timeout", description="upstream connect timeout")
     batching: BatchingParams | None = Field(None, description="router micro-batching for batchable protocols")
     cost: CostModel = Field(default_factory=CostModel, description="what this lane costs")

@@ -11,6 +11,7 @@ or lane, because its body is still here. Responses, by contrast, stream.
 from __future__ import annotations
 
 import asyncio
+from itertools import chain
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -22,7 +23,8 @@ _HEADER_LINE_OVERHEAD = 4
 
 
 def check_header_size(request: web.BaseRequest, limit: int) -> None:
-    size = sum(len(name) + len(value) + _HEADER_LINE_OVERHEAD for name, value in request.raw_headers)
+    raw = request.raw_headers
+    size = sum(map(len, chain.from_iterable(raw))) + _HEADER_LINE_OVERHEAD * len(raw)
     if size > limit:
         raise headers_too_large(limit, size)
 

@@ -76,13 +76,16 @@ class Proxy:
         deadline = deadline_s(request.headers.get(DEADLINE_HEADER))
         body = await read_body(request, limit=server.max_body_bytes, timeout_s=server.receive_timeout_s)
         now = self.runtime.now_s()
-        snapshot = state.control.last_snapshot
+        expected: dict[str, float] = {}
+        if deadline is not None:
+            snapshot = state.control.last_snapshot
+            expected = {name: lane.expected_latency_s(snapshot) for name, lane in state.lanes.items()}
         choice = choose_lane(
             route_pin=route.pin,
             header_pin=header_pin,
             deadline=deadline,
             weights=state.control.weights,
-            expected_latency_s={name: lane.expected_latency_s(snapshot) for name, lane in state.lanes.items()},
+            expected_latency_s=expected,
             available=[name for name, lane in state.lanes.items() if lane.pool.available(now)],
             u=state.draw.random(),
         )
@@ -170,20 +173,20 @@ class Proxy:
         started_s: float,
     ) -> web.StreamResponse:
         url = URL(upstream.base + request.rel_url.raw_path_qs, encoded=True)
-        timeout_s = lane.config.timeout_s
         upstream.in_flight += 1
         try:
             try:
-                async with asyncio.timeout(timeout_s):
-                    answer = await lane.session.request(
-                        request.method, url, headers=headers, data=body or None, allow_redirects=False
-                    )
+                # The lane's timeout is the client's sock_read: the longest the
+                # upstream may stay silent, before its answer and between chunks.
+                answer = await lane.session.request(
+                    request.method, url, headers=headers, data=body or None, allow_redirects=False
+                )
             except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
                 lane.pool.failed(upstream, self.runtime.now_s())
                 raise NothingSent(f"{upstream.base}: {exc.__class__.__name__}: {exc}") from None
             except TimeoutError:
                 self._upstream_error(lane, upstream, started_s)
-                raise upstream_timeout(lane.name, timeout_s) from None
+                raise upstream_timeout(lane.name, lane.config.timeout_s) from None
             except aiohttp.ClientError as exc:
                 self._upstream_error(lane, upstream, started_s)
                 raise upstream_failed(lane.name, f"{upstream.base}: {exc.__class__.__name__}: {exc}") from None

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from configs.schema import RouteConfig
 from policies.weights import Weights
@@ -47,8 +47,7 @@ class RouteTable:
         raise no_route(path, [r.path for r in self.routes])
 
 
-@dataclass(frozen=True, slots=True)
-class LaneChoice:
+class LaneChoice(NamedTuple):
     lane: str
     how: str  # "route", "pinned", "deadline" or "auto"
 
@@ -95,6 +94,8 @@ def choose_lane(
     if header_pin is not None:
         return LaneChoice(header_pin, "pinned")
     lanes = weights.lanes
+    if deadline is None and len(available) == len(lanes):
+        return LaneChoice(weights.draw(u), "auto")  # the common case, kept short
     fast_enough = [lane for lane in lanes if not _too_slow(expected_latency_s.get(lane, math.nan), deadline)]
     allowed = [lane for lane in fast_enough if lane in available]
     how = "deadline" if len(fast_enough) < len(lanes) else "auto"

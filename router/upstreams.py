@@ -70,26 +70,29 @@ class UpstreamPool:
         self.base_ejection_s = base_ejection_s
         self.max_ejected = max(1, math.floor(max_ejected_fraction * len(self.upstreams)))
         self._next = 0
+        self._last_ejection_ends_s = -math.inf  # past it, nobody is ejected: the per-request check is one comparison
 
     def available(self, now_s: float) -> bool:
         """Whether some upstream is not ejected."""
-        return any(not u.ejected(now_s) for u in self.upstreams)
+        return now_s >= self._last_ejection_ends_s or any(not u.ejected(now_s) for u in self.upstreams)
 
     def pick(self, now_s: float, exclude: tuple[Upstream, ...] = ()) -> Upstream | None:
         """The least-loaded upstream not ejected and not in `exclude` (panic: ignore ejection)."""
-        candidates = [u for u in self.upstreams if u not in exclude]
-        if not candidates:
-            return None
-        healthy = [u for u in candidates if not u.ejected(now_s)]
-        pool = healthy or candidates
-        start = self._next % len(pool)
+        upstreams = self.upstreams
+        n = len(upstreams)
+        start = self._next % n
         self._next += 1
-        best = pool[start]
-        for i in range(1, len(pool)):
-            u = pool[(start + i) % len(pool)]
-            if u.in_flight < best.in_flight:
+        best = panic = None
+        for i in range(n):
+            u = upstreams[(start + i) % n]
+            if u in exclude:
+                continue
+            if u.ejected(now_s):
+                if panic is None or u.in_flight < panic.in_flight:
+                    panic = u
+            elif best is None or u.in_flight < best.in_flight:
                 best = u
-        return best
+        return best if best is not None else panic
 
     def succeeded(self, upstream: Upstream, now_s: float) -> None:
         upstream.consecutive_errors = 0
@@ -106,6 +109,7 @@ class UpstreamPool:
             return False
         upstream.ejections = min(upstream.ejections + 1, MAX_EJECTION_MULTIPLIER)
         upstream.ejected_until_s = now_s + self.base_ejection_s * upstream.ejections
+        self._last_ejection_ends_s = max(self._last_ejection_ends_s, upstream.ejected_until_s)
         upstream.healthy_since_s = upstream.ejected_until_s
         upstream.consecutive_errors = 0
         return True
