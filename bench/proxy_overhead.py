@@ -85,45 +85,37 @@ def process(args: list[str], port: int, **kw):
             proc.wait()
 
 
-NGINX_UPSTREAM = """
+# One nginx process per role, everything it writes kept in the bench's temp dir.
+NGINX_MAIN = """
 worker_processes 1;
-pid {dir}/upstream.pid;
-error_log {dir}/upstream-error.log;
+pid {dir}/nginx-{port}.pid;
+error_log {dir}/nginx-{port}-error.log;
 events {{ worker_connections 4096; }}
 http {{
   access_log off;
   client_body_temp_path {dir}/body; proxy_temp_path {dir}/proxy; fastcgi_temp_path {dir}/fcgi;
   uwsgi_temp_path {dir}/uwsgi; scgi_temp_path {dir}/scgi;
   keepalive_requests 1000000;
-  server {{
-    listen 127.0.0.1:{port};
-    location / {{ default_type application/json; return 200 '{{}}'; }}
-  }}
+  {server}
 }}
 """
 
+NGINX_UPSTREAM = """
+  server {{ listen 127.0.0.1:{port}; location / {{ default_type application/json; return 200 '{{}}'; }} }}
+"""
+
 NGINX_PROXY = """
-worker_processes 1;
-pid {dir}/proxy.pid;
-error_log {dir}/proxy-error.log;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  client_body_temp_path {dir}/body; proxy_temp_path {dir}/proxy; fastcgi_temp_path {dir}/fcgi;
-  uwsgi_temp_path {dir}/uwsgi; scgi_temp_path {dir}/scgi;
-  keepalive_requests 1000000;
   upstream backend {{ server 127.0.0.1:{upstream}; keepalive 128; }}
   server {{
     listen 127.0.0.1:{port};
     location / {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }}
   }}
-}}
 """
 
 
 def nginx(template: str, workdir: Path, **kw) -> list[str]:
     conf = workdir / f"nginx-{kw['port']}.conf"
-    conf.write_text(template.format(dir=workdir, **kw))
+    conf.write_text(NGINX_MAIN.format(dir=workdir, port=kw["port"], server=template.format(**kw)))
     return ["nginx", "-c", str(conf), "-g", "daemon off;"]
 
 
