@@ -39,10 +39,16 @@ class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
 
-def _host_port(value: str) -> str:
+def split_host_port(value: str) -> tuple[str, int]:
+    """("127.0.0.1", 8080) for "127.0.0.1:8080" (brackets of an IPv6 host removed)."""
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError('expected "host:port", like "127.0.0.1:8080"')
+    return host.strip("[]"), int(port)
+
+
+def _host_port(value: str) -> str:
+    split_host_port(value)
     return value
 
 

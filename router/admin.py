@@ -26,7 +26,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from configs import ConfigError
-from policies.actions import Force, Pause, Resume, Rollback
+from policies.actions import CommandRejected, Force, Pause, Resume, Rollback
 from policies.snapshot import Snapshot
 from router.errors import ProxyError, bad_request
 from router.logs import finite
@@ -130,7 +130,7 @@ async def _status(request: web.Request) -> web.Response:
 
 
 def _answer(runtime: Runtime, actions) -> web.Response:
-    refused = runtime.rejected(actions)
+    refused = next((a for a in actions if isinstance(a, CommandRejected)), None)
     if refused is not None:
         return _error(409, "command_rejected", refused.reason)
     return web.json_response({"actions": [a.as_record() for a in actions]}, dumps=_dumps)

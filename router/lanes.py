@@ -56,10 +56,6 @@ class Lane:
             )
         return self._session
 
-    def cost_usd(self, input_tokens: int = 0, output_tokens: int = 0, busy_s: float = 0.0) -> float:
-        """The variable cost the lane's model attributes to one request."""
-        return self.config.cost.request_cost_usd(input_tokens, output_tokens, busy_s)
-
     def expected_latency_s(self, snapshot: Snapshot | None) -> float:
         """The lane's p95 over the last window, NaN when unknown."""
         if snapshot is None or self.name not in snapshot.lanes:

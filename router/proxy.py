@@ -120,7 +120,9 @@ class Proxy:
                 try:
                     while (upstream := lane.pool.pick(self.runtime.now_s(), exclude=tuple(tried))) is not None:
                         try:
-                            return await self._forward(request, lane, upstream, body, headers, request_id, started_s)
+                            return await self._forward(
+                                request, state, lane, upstream, body, headers, request_id, started_s
+                            )
                         except NothingSent as exc:
                             failure = str(exc)
                             tried.append(upstream)
@@ -165,6 +167,7 @@ class Proxy:
     async def _forward(
         self,
         request: web.BaseRequest,
+        state: RouterState,
         lane: Lane,
         upstream: Upstream,
         body: bytes,
@@ -194,7 +197,7 @@ class Proxy:
                 lane.window.abandoned(self.runtime.now_s())
                 raise
             try:
-                return await self._relay(request, lane, upstream, answer, request_id, started_s)
+                return await self._relay(request, state, lane, upstream, answer, request_id, started_s)
             finally:
                 answer.release()
         finally:
@@ -203,6 +206,7 @@ class Proxy:
     async def _relay(
         self,
         request: web.BaseRequest,
+        state: RouterState,
         lane: Lane,
         upstream: Upstream,
         answer: aiohttp.ClientResponse,
@@ -246,7 +250,8 @@ class Proxy:
         else:
             lane.pool.failed(upstream, now)
         latency_s = now - started_s
-        lane.window.completed(now, latency_s, ok=ok, cost_usd=lane.cost_usd(busy_s=latency_s))
+        cost_usd = state.control.monitor.attributed_cost_usd(lane.name, busy_s=latency_s)
+        lane.window.completed(now, latency_s, ok=ok, cost_usd=cost_usd)
         return response
 
     def _upstream_error(self, lane: Lane, upstream: Upstream, started_s: float) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from configs import load_config
 from configs.schema import ModeshiftConfig
-from policies.actions import Action, Command, CommandRejected
+from policies.actions import Action, Command
 from router.decisions import DecisionLog
 from router.logs import event
 from router.state import build_state, carry_over
@@ -57,10 +57,6 @@ class Runtime:
         actions = self.state.control.command(command, self.now_s())
         self.decisions.record(actions)
         return actions
-
-    @staticmethod
-    def rejected(actions: list[Action]) -> CommandRejected | None:
-        return next((a for a in actions if isinstance(a, CommandRejected)), None)
 
     def reload(self, config: ModeshiftConfig | None = None) -> dict:
         """Swap in `config` (default: the config file read again); ConfigError keeps the old one."""

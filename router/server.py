@@ -19,7 +19,7 @@ from pathlib import Path
 from aiohttp import web
 
 from configs import ConfigError, load_config
-from configs.schema import ModeshiftConfig
+from configs.schema import ModeshiftConfig, split_host_port
 from router import logs
 from router.admin import admin_app
 from router.dataplane import DataPlaneServer
@@ -32,11 +32,6 @@ logger = logging.getLogger("modeshift.server")
 # Connections waiting to be accepted: well above the default 128, as a burst
 # of clients should queue in the kernel rather than be refused.
 LISTEN_BACKLOG = 2048
-
-
-def _split(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    return host.strip("[]"), int(port)
 
 
 class RunningRouter:
@@ -65,8 +60,8 @@ class RunningRouter:
         is called (tests drive it with a fake clock).
         """
         config = self.runtime.state.config.server
-        data = data or _split(config.listen)
-        admin = admin or _split(config.admin_listen)
+        data = data or split_host_port(config.listen)
+        admin = admin or split_host_port(config.admin_listen)
         await self._data.setup()
         await self._admin.setup()
         data_site = web.TCPSite(self._data, *data, backlog=LISTEN_BACKLOG, reuse_address=True)

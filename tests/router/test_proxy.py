@@ -201,3 +201,16 @@ async def test_an_upstream_that_breaks_mid_stream_cuts_the_client_off_rather_tha
             pass
     router.tick()
     assert router.runtime.state.control.last_snapshot.lanes["realtime"].errors == 1
+
+
+async def test_each_request_is_recorded_with_the_cost_its_lane_attributes(upstream, start_router, client):
+    realtime = await upstream()
+    lanes = {"realtime": {"upstreams": [realtime.url], "cost": {"per_request": 0.01}}}
+    router = await start_router(two_lane_config([realtime.url], [realtime.url], lanes=lanes))
+    for _ in range(3):
+        async with client.get(f"{router.url}/x") as response:
+            await response.read()
+    router.tick()
+    figures = router.runtime.state.control.last_snapshot.lanes["realtime"]
+    assert figures.completions == 3
+    assert math.isclose(figures.cost_usd, 0.03)
