@@ -33,7 +33,8 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
-_NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length"}
+# Expect is answered by the router (router.intake): the upstream gets the body whole.
+_NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length", "expect"}
 _FORWARDING = ("x-forwarded-for", "x-forwarded-proto", "x-forwarded-host")
 
 # A client's request id is kept when it is a reasonable token: it ends up in

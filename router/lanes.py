@@ -1,13 +1,12 @@
-"""A lane at run time: its upstream pool, admission gate and HTTP client.
+"""A lane at run time: its upstream pool, admission gate and upstream client.
 
 One `Lane` per configured lane. The metrics window it records into belongs
 to the control loop's monitor (policies.metrics.LaneWindow) and is attached
 by router.state, so a reload can keep a lane's history.
 
-The client session is tuned for proxying: no cookie jar (an upstream's
-cookies must not leak from one client to the next), no automatic
-decompression (bytes pass through as the upstream encoded them), no headers
-of its own, and no connection cap (the gate caps calls per lane).
+The client (router.upstream_client) keeps connections alive per upstream,
+with no cap of its own (the gate caps calls per lane); bytes pass through as
+the upstream encoded them.
 """
 
 from __future__ import annotations
@@ -15,15 +14,12 @@ from __future__ import annotations
 import asyncio
 import math
 
-import aiohttp
-
 from configs.schema import LaneConfig
 from policies.metrics import LaneWindow
 from policies.snapshot import Snapshot
 from router.admission import LaneGate
+from router.upstream_client import UpstreamClient
 from router.upstreams import UpstreamPool
-
-_NO_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 
 
 class Lane:
@@ -38,23 +34,9 @@ class Lane:
             max_ejected_fraction=config.outlier.max_ejected_fraction,
         )
         self.gate = LaneGate(config.max_in_flight, config.queue_depth, config.queue_timeout_s)
-        self._session: aiohttp.ClientSession | None = None
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        # Made on first use, inside the running loop.
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True),
-                timeout=aiohttp.ClientTimeout(
-                    total=None, sock_connect=self.config.connect_timeout_s, sock_read=self.config.timeout_s
-                ),
-                cookie_jar=aiohttp.DummyCookieJar(),
-                auto_decompress=False,
-                skip_auto_headers=_NO_AUTO_HEADERS,
-                raise_for_status=False,
-            )
-        return self._session
+        # The lane's timeout is the longest the upstream may stay silent,
+        # before its answer and between chunks.
+        self.client = UpstreamClient(connect_timeout_s=config.connect_timeout_s, read_timeout_s=config.timeout_s)
 
     def expected_latency_s(self, snapshot: Snapshot | None) -> float:
         """The lane's p95 over the last window, NaN when unknown."""
@@ -90,6 +72,4 @@ class Lane:
         await self.close()
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self.client.close()

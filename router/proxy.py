@@ -28,9 +28,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
-import aiohttp
 from aiohttp import web
-from yarl import URL
 
 from router.admission import LaneFull
 from router.errors import ProxyError, lane_full, upstream_failed, upstream_refused, upstream_timeout
@@ -40,6 +38,7 @@ from router.lanes import Lane
 from router.logs import event
 from router.routing import DEADLINE_HEADER, MODE_HEADER, LaneChoice, choose_lane, deadline_s, requested_lane
 from router.state import RouterState
+from router.upstream_client import ConnectFailed, UpstreamBrokeOff, UpstreamResponse
 from router.upstreams import Upstream
 
 if TYPE_CHECKING:
@@ -175,24 +174,21 @@ class Proxy:
         request_id: str,
         started_s: float,
     ) -> web.StreamResponse:
-        url = URL(upstream.base + request.rel_url.raw_path_qs, encoded=True)
         upstream.in_flight += 1
         try:
             try:
-                # The lane's timeout is the client's sock_read: the longest the
-                # upstream may stay silent, before its answer and between chunks.
-                answer = await lane.session.request(
-                    request.method, url, headers=headers, data=body or None, allow_redirects=False
+                answer = await lane.client.request(
+                    upstream.base, request.method, request.rel_url.raw_path_qs, headers, body
                 )
-            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            except ConnectFailed as exc:
                 lane.pool.failed(upstream, self.runtime.now_s())
-                raise NothingSent(f"{upstream.base}: {exc.__class__.__name__}: {exc}") from None
+                raise NothingSent(str(exc)) from None
             except TimeoutError:
                 self._upstream_error(lane, upstream, started_s)
                 raise upstream_timeout(lane.name, lane.config.timeout_s) from None
-            except aiohttp.ClientError as exc:
+            except UpstreamBrokeOff as exc:
                 self._upstream_error(lane, upstream, started_s)
-                raise upstream_failed(lane.name, f"{upstream.base}: {exc.__class__.__name__}: {exc}") from None
+                raise upstream_failed(lane.name, str(exc)) from None
             except asyncio.CancelledError:
                 lane.window.abandoned(self.runtime.now_s())
                 raise
@@ -209,7 +205,7 @@ class Proxy:
         state: RouterState,
         lane: Lane,
         upstream: Upstream,
-        answer: aiohttp.ClientResponse,
+        answer: UpstreamResponse,
         request_id: str,
         started_s: float,
     ) -> web.StreamResponse:
@@ -227,15 +223,15 @@ class Proxy:
                 if length is not None:
                     response.content_length = length
                 await response.prepare(request)
-                async for chunk in answer.content.iter_any():
+                async for chunk in answer.chunks():
                     await response.write(chunk)
                 await response.write_eof()
         except (asyncio.CancelledError, ConnectionError):  # the client went away
             lane.window.abandoned(self.runtime.now_s())
             raise
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (UpstreamBrokeOff, TimeoutError) as exc:
             self._upstream_error(lane, upstream, started_s)
-            detail = f"{upstream.base}: {exc.__class__.__name__}: {exc}"
+            detail = f"{upstream.base}: {exc}"
             if not response_started(request):
                 raise upstream_failed(lane.name, detail) from None
             # The status line is gone. Cut the connection, so the client sees

@@ -214,3 +214,19 @@ async def test_each_request_is_recorded_with_the_cost_its_lane_attributes(upstre
     figures = router.runtime.state.control.last_snapshot.lanes["realtime"]
     assert figures.completions == 3
     assert math.isclose(figures.cost_usd, 0.03)
+
+
+async def test_expect_100_continue_gets_its_go_ahead_and_stays_with_the_router(upstream, start_router):
+    realtime = await upstream(echo)
+    router = await start_router(two_lane_config([realtime.url], [realtime.url]))
+    reader, writer = await asyncio.open_connection(*router.router.data_address)
+    writer.write(b"POST /v1/x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+    await writer.drain()
+    go_ahead = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
+    assert go_ahead == b"HTTP/1.1 100 Continue\r\n\r\n"
+    writer.write(b"hello")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 200")
+    assert "Expect" not in realtime.seen[0].headers
+    assert (await realtime.seen[0].read()) == b"hello"
