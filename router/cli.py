@@ -4,6 +4,7 @@
     modeshift schema                     the config's JSON Schema, for editors
     modeshift serve -c FILE              the proxy: data plane and admin API, until SIGTERM
     modeshift demo                       the control core on a real trace with a rush
+    modeshift backend --mode M --port N  the reference embedding model server
 
 Subcommands import what they need when they run, so `modeshift validate`
 starts without loading the proxy.
@@ -61,6 +62,21 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo()
 
 
+def _backend(args: argparse.Namespace) -> int:
+    from backends.model_server import serve_backend
+
+    return serve_backend(
+        mode=args.mode,
+        host=args.host,
+        port=args.port,
+        model_dir=args.model,
+        device=args.device,
+        workers=args.workers,
+        max_batch=args.max_batch,
+        max_wait_s=args.max_wait_ms / 1000.0,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="modeshift",
@@ -82,6 +98,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="replay a real trace with a rush through the default config")
     demo.set_defaults(run=_demo)
+
+    backend = commands.add_parser("backend", help="serve the reference embedding model (OpenAI and KServe v2 APIs)")
+    backend.add_argument("--mode", choices=("realtime", "batch"), required=True)
+    backend.add_argument("--host", default="127.0.0.1")
+    backend.add_argument("--port", type=int, default=8001)
+    backend.add_argument("--model", metavar="DIR", help="a sentence-transformers model directory (default: MiniLM)")
+    backend.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    backend.add_argument("--workers", type=int, default=1, help="realtime: forward passes at once")
+    backend.add_argument("--max-batch", type=int, default=64, help="batch: most texts in one pass")
+    backend.add_argument("--max-wait-ms", type=float, default=5.0, help="batch: longest a request waits for company")
+    backend.set_defaults(run=_backend)
     return parser
 
 

@@ -1,0 +1,131 @@
+"""Runs a micro-batch queue on asyncio: the timers and the flush calls.
+
+The decisions (what goes into the next batch, when it is due, which items
+expired) belong to policies.batching.Batcher and its flush rule; this loop
+only carries them out. One task waits for the batch to be due, takes it and
+hands it to `run_batch`; at most `concurrency` batches run at once, and while
+they all run the queue keeps filling, so a busy device gets larger batches
+(the dynamic batching of Triton and TorchServe).
+
+Each `BatchItem.payload` is whatever the caller needs to answer its request
+(usually a future); `run_batch` answers the items it is given and
+`on_expired` those whose deadline passed in the queue. Both must not raise:
+an exception there is logged and the loop goes on.
+
+Used by the reference model server's batch mode and by the router's
+micro-batcher. What must not live here: the flush rule (policies.flush),
+how a batch is merged or split (the codecs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Awaitable, Callable
+
+from policies.batching import Batcher, BatchItem
+
+logger = logging.getLogger("modeshift.batching")
+
+RunBatch = Callable[[list[BatchItem], list[float]], Awaitable[None]]
+OnExpired = Callable[[list[BatchItem]], None]
+
+
+class BatchLoop:
+    def __init__(
+        self,
+        batcher: Batcher,
+        run_batch: RunBatch,
+        *,
+        on_expired: OnExpired | None = None,
+        concurrency: int = 1,
+    ):
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.batcher = batcher
+        self._run_batch = run_batch
+        self._on_expired = on_expired or (lambda items: None)
+        self._slots = asyncio.Semaphore(concurrency)
+        self._changed = asyncio.Event()
+        self._running: set[asyncio.Task] = set()
+        self._task: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # bound on the first offer
+
+    def offer(self, item: BatchItem) -> bool:
+        """Queue `item`; False when the queue is full (the caller answers 503)."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        if not self.batcher.offer(item, self._loop.time()):
+            return False
+        if self._task is None:
+            self._task = self._loop.create_task(self._serve())
+        self._changed.set()
+        return True
+
+    @property
+    def waiting(self) -> int:
+        return len(self.batcher)
+
+    async def _serve(self) -> None:
+        while True:
+            await self._slots.acquire()
+            try:
+                batch, waited = await self._next_batch()
+            except BaseException:
+                self._slots.release()
+                raise
+            task = self._loop.create_task(self._run(batch, waited))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _next_batch(self) -> tuple[list[BatchItem], list[float]]:
+        """Wait until the queue's batch is due, then take it."""
+        while True:
+            self._changed.clear()
+            due = self.batcher.due_at()
+            if due is None or due == math.inf:  # empty, or a size rule still short of its batch
+                await self._changed.wait()
+                continue
+            now = self._loop.time()
+            if due > now:
+                try:
+                    async with asyncio.timeout(due - now):
+                        await self._changed.wait()  # a new item may make it due sooner
+                except TimeoutError:
+                    pass
+                continue
+            taken = self.batcher.take(now)
+            if taken.expired:
+                self._answer_expired(taken.expired)
+            if taken.batch:
+                return taken.batch, taken.waited_s
+
+    async def _run(self, batch: list[BatchItem], waited: list[float]) -> None:
+        started = self._loop.time()
+        try:
+            await self._run_batch(batch, waited)
+        except Exception:
+            logger.exception("a batch of %d items failed outside its own error handling", len(batch))
+        finally:
+            self.batcher.rule.observe(sum(item.items for item in batch), self._loop.time() - started)
+            self._slots.release()
+
+    def _answer_expired(self, items: list[BatchItem]) -> None:
+        try:
+            self._on_expired(items)
+        except Exception:
+            logger.exception("answering %d expired items failed", len(items))
+
+    async def close(self) -> list[BatchItem]:
+        """Stop taking batches, let running ones finish; returns what was still queued."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+        return self.batcher.drain()
