@@ -1,5 +1,6 @@
 # Two commands for a fresh machine: `make demo` and `make test`. Each creates
-# the virtualenv and installs what it needs first; nothing is installed by hand.
+# the virtualenv and installs what it needs first (the model extra too: the
+# tests and the demo run the real reference model); nothing is installed by hand.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -7,23 +8,23 @@ PY := $(VENV)/bin/python
 
 .PHONY: demo test lint bench clean
 
-$(VENV)/.installed-dev: pyproject.toml
+$(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,model]'
 	touch $@
 
 test: lint
 	$(PY) -m pytest
 
-lint: $(VENV)/.installed-dev
+lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-demo: $(VENV)/.installed-dev
+demo: $(VENV)/.installed
 	$(PY) -m router.cli demo
 
-bench: $(VENV)/.installed-dev
+bench: $(VENV)/.installed
 	@command -v wrk >/dev/null && command -v nginx >/dev/null || \
 		{ [ "$$(id -u)" = 0 ] && apt-get install -y -q wrk nginx-light >/dev/null; } || \
 		echo "wrk/nginx not installed: the proxy benchmark runs without them"

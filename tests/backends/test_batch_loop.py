@@ -1,0 +1,133 @@
+"""The batch loop carries out the Batcher's decisions on asyncio's clock."""
+
+from __future__ import annotations
+
+import asyncio
+
+from backends.batch_loop import BatchLoop
+from policies.batching import Batcher, BatchItem
+from policies.flush import HybridRule, SizeRule
+
+
+class Recorder:
+    def __init__(self, hold: asyncio.Event | None = None):
+        self.batches: list[list[int]] = []
+        self.hold = hold
+        self.running = 0
+        self.most_running = 0
+
+    async def __call__(self, batch: list[BatchItem], waited: list[float]) -> None:
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        try:
+            if self.hold is not None:
+                await self.hold.wait()
+            self.batches.append([item.payload for item in batch])
+        finally:
+            self.running -= 1
+
+
+async def settle(condition, limit_s: float = 2.0) -> None:
+    async with asyncio.timeout(limit_s):
+        while not condition():
+            await asyncio.sleep(0.001)
+
+
+async def test_a_full_batch_goes_at_once_and_the_rest_after_max_wait():
+    run = Recorder()
+    loop = BatchLoop(Batcher(HybridRule(max_batch=4, max_wait_s=0.05).build()), run)
+    for i in range(6):
+        assert loop.offer(BatchItem(payload=i))
+    await settle(lambda: len(run.batches) == 1)
+    assert run.batches == [[0, 1, 2, 3]]
+    await settle(lambda: len(run.batches) == 2)
+    assert run.batches[1] == [4, 5]
+    await loop.close()
+
+
+async def test_a_size_rule_waits_for_its_batch():
+    run = Recorder()
+    loop = BatchLoop(Batcher(SizeRule(max_batch=3).build()), run)
+    loop.offer(BatchItem(payload="a"))
+    loop.offer(BatchItem(payload="b"))
+    await asyncio.sleep(0.05)
+    assert run.batches == []
+    loop.offer(BatchItem(payload="c"))
+    await settle(lambda: run.batches == [["a", "b", "c"]])
+    await loop.close()
+
+
+async def test_while_every_slot_runs_the_queue_fills_the_next_batch():
+    hold = asyncio.Event()
+    run = Recorder(hold)
+    loop = BatchLoop(Batcher(HybridRule(max_batch=100, max_wait_s=0.0).build()), run, concurrency=1)
+    loop.offer(BatchItem(payload=0))
+    await settle(lambda: run.running == 1)
+    for i in range(1, 10):
+        loop.offer(BatchItem(payload=i))
+    await asyncio.sleep(0.02)
+    assert run.running == 1  # the second batch waits for the slot
+    hold.set()
+    await settle(lambda: len(run.batches) == 2)
+    assert run.batches == [[0], list(range(1, 10))]
+    assert run.most_running == 1
+    await loop.close()
+
+
+async def test_concurrency_lets_batches_overlap():
+    hold = asyncio.Event()
+    run = Recorder(hold)
+    loop = BatchLoop(Batcher(HybridRule(max_batch=1, max_wait_s=0.0).build()), run, concurrency=3)
+    for i in range(5):
+        loop.offer(BatchItem(payload=i))
+    await settle(lambda: run.running == 3)
+    hold.set()
+    await settle(lambda: len(run.batches) == 5)
+    assert run.most_running == 3
+    await loop.close()
+
+
+async def test_items_past_their_deadline_are_answered_as_expired():
+    hold = asyncio.Event()
+    run = Recorder(hold)
+    expired: list[str] = []
+    loop = BatchLoop(
+        Batcher(HybridRule(max_batch=1, max_wait_s=0.0).build()),
+        run,
+        on_expired=lambda items: expired.extend(item.payload for item in items),
+    )
+    loop.offer(BatchItem(payload="first"))
+    await settle(lambda: run.running == 1)
+    now = asyncio.get_running_loop().time()
+    loop.offer(BatchItem(payload="late", deadline_s=now + 0.01))
+    await asyncio.sleep(0.05)
+    hold.set()
+    await settle(lambda: expired == ["late"])
+    await asyncio.sleep(0.01)
+    assert run.batches == [["first"]]
+    await loop.close()
+
+
+async def test_a_full_queue_refuses_and_close_returns_what_waited():
+    hold = asyncio.Event()
+    run = Recorder(hold)
+    loop = BatchLoop(Batcher(SizeRule(max_batch=10).build(), capacity=2), run)
+    assert loop.offer(BatchItem(payload=1)) and loop.offer(BatchItem(payload=2))
+    assert not loop.offer(BatchItem(payload=3))
+    left = await loop.close()
+    assert [item.payload for item in left] == [1, 2]
+
+
+async def test_a_failing_batch_does_not_stop_the_loop():
+    batches: list[list[int]] = []
+
+    async def run(batch, waited):
+        if batch[0].payload == 0:
+            raise RuntimeError("boom")
+        batches.append([item.payload for item in batch])
+
+    loop = BatchLoop(Batcher(HybridRule(max_batch=1, max_wait_s=0.0).build()), run)
+    loop.offer(BatchItem(payload=0))
+    loop.offer(BatchItem(payload=1))
+    await settle(lambda: batches == [[1]])
+    await loop.close()
