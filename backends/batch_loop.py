@@ -40,13 +40,15 @@ class BatchLoop:
         *,
         on_expired: OnExpired | None = None,
         concurrency: int = 1,
+        slots: asyncio.Semaphore | None = None,
     ):
+        """`slots`, when given, is shared with other loops (one lane's cap over all its queues)."""
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         self.batcher = batcher
         self._run_batch = run_batch
         self._on_expired = on_expired or (lambda items: None)
-        self._slots = asyncio.Semaphore(concurrency)
+        self._slots = slots or asyncio.Semaphore(concurrency)
         self._changed = asyncio.Event()
         self._running: set[asyncio.Task] = set()
         self._task: asyncio.Task | None = None

@@ -237,13 +237,15 @@ async def _serve(service: ModelService, host: str, port: int) -> int:
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=2048, reuse_address=True)
     await site.start()
-    bound = runner.addresses[0]
-    # One JSON line on stdout says the server is up and where (the demo waits for it).
-    print(json.dumps({"event": "listening", "url": f"http://{bound[0]}:{bound[1]}", **service.describe()}), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    bound = runner.addresses[0]
+    # One JSON line on stdout says the server is up and where (the demo waits
+    # for it); written after the signal handlers, so a SIGTERM sent on reading
+    # it stops the server cleanly.
+    print(json.dumps({"event": "listening", "url": f"http://{bound[0]}:{bound[1]}", **service.describe()}), flush=True)
     await stop.wait()
     await runner.cleanup()
     return 0

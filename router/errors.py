@@ -103,6 +103,26 @@ def no_route(path: str, prefixes: list[str]) -> ProxyError:
     return ProxyError(404, "no_route", f"no route matches {path!r}; routes: {', '.join(prefixes)}")
 
 
+class NothingSent(Exception):
+    """The upstream could not be reached: the request may go elsewhere."""
+
+
+def batch_queue_full(lane: str, waiting: int) -> ProxyError:
+    return ProxyError(
+        503,
+        "lane_full",
+        f"the {lane} lane's micro-batch queue is full ({waiting} requests wait); retry after 1s "
+        f"(or raise lanes.{lane}.batching.queue_capacity)",
+        lane=lane,
+        headers={"Retry-After": "1"},
+    )
+
+
+def unsplittable_answer(lane: str, detail: str) -> ProxyError:
+    message = f"the {lane} lane's merged answer could not be split: {detail}"
+    return ProxyError(502, "upstream_failed", message, lane=lane)
+
+
 def upstream_refused(lane: str, detail: str) -> ProxyError:
     message = f"the {lane} lane's upstream could not be reached: {detail}"
     return ProxyError(502, "upstream_unavailable", message, lane=lane)

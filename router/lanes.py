@@ -13,17 +13,20 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
+from collections.abc import Callable
 
 from configs.schema import LaneConfig
 from policies.metrics import LaneWindow
 from policies.snapshot import Snapshot
 from router.admission import LaneGate
+from router.microbatch import MicroBatcher
 from router.upstream_client import UpstreamClient
 from router.upstreams import UpstreamPool
 
 
 class Lane:
-    def __init__(self, name: str, config: LaneConfig, window: LaneWindow):
+    def __init__(self, name: str, config: LaneConfig, window: LaneWindow, clock: Callable[[], float] = time.monotonic):
         self.name = name
         self.config = config
         self.window = window
@@ -37,6 +40,10 @@ class Lane:
         # The lane's timeout is the longest the upstream may stay silent,
         # before its answer and between chunks.
         self.client = UpstreamClient(connect_timeout_s=config.connect_timeout_s, read_timeout_s=config.timeout_s)
+        # Router-side micro-batching, for batchable routes, when the lane asks for it.
+        self.batching = (
+            MicroBatcher(name, config, self.pool, self.client, clock) if config.batching is not None else None
+        )
 
     def expected_latency_s(self, snapshot: Snapshot | None) -> float:
         """The lane's p95 over the last window, NaN when unknown."""
@@ -72,4 +79,6 @@ class Lane:
         await self.close()
 
     async def close(self) -> None:
+        if self.batching is not None:
+            await self.batching.close()
         await self.client.close()

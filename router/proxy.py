@@ -30,12 +30,23 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from backends.codecs import Codec, Part, codec_for
 from router.admission import LaneFull
-from router.errors import ProxyError, lane_full, upstream_failed, upstream_refused, upstream_timeout
+from router.errors import (
+    LANE_HEADER,
+    REQUEST_ID_HEADER,
+    NothingSent,
+    ProxyError,
+    lane_full,
+    upstream_failed,
+    upstream_refused,
+    upstream_timeout,
+)
 from router.headers import client_response_headers, request_id_from, upstream_request_headers
 from router.intake import check_header_size, read_body
 from router.lanes import Lane
 from router.logs import event
+from router.microbatch import BATCH_HEADER
 from router.routing import DEADLINE_HEADER, MODE_HEADER, LaneChoice, choose_lane, deadline_s, requested_lane
 from router.state import RouterState
 from router.upstream_client import ConnectFailed, UpstreamBrokeOff, UpstreamResponse
@@ -49,10 +60,6 @@ logger = logging.getLogger("modeshift.proxy")
 # Answers up to this size with a known length are read whole and sent in one
 # write; anything larger, or of unknown length (chunked, SSE), streams.
 WHOLE_RESPONSE_BYTES = 64 * 1024
-
-
-class NothingSent(Exception):
-    """The upstream could not be reached: the request may go elsewhere."""
 
 
 class Proxy:
@@ -93,7 +100,7 @@ class Proxy:
         )
         state.retries.active += 1
         try:
-            return await self._dispatch(request, state, choice, body, headers, request_id)
+            return await self._dispatch(request, state, choice, codec_for(route.protocol), body, headers, request_id)
         finally:
             state.retries.active -= 1
 
@@ -102,6 +109,7 @@ class Proxy:
         request: web.BaseRequest,
         state: RouterState,
         choice: LaneChoice,
+        codec: Codec,
         body: bytes,
         headers,
         request_id: str,
@@ -111,8 +119,28 @@ class Proxy:
         tried: list[Upstream] = []
         retrying = False
         failure = ""
+        part: Part | None | bool = None  # read only when a micro-batching lane needs it; False: not mergeable
         try:
             while lane is not None:
+                if lane.batching is not None and codec.batchable:
+                    if part is None:
+                        part = codec.read(body) or False
+                    if part:
+                        try:
+                            return await self._batched(request, state, lane, codec, part, request_id, visited)
+                        except NothingSent as exc:
+                            failure = str(exc)
+                            if not retrying and not (retrying := state.retries.try_acquire()):
+                                break
+                        except ProxyError as error:
+                            if error.kind != "lane_full" or choice.pinned or not lane.config.spill:
+                                raise
+                            if (spill_to := _failover_lane(state, visited)) is None:
+                                raise
+                            lane = spill_to
+                            continue
+                        lane = None if choice.pinned else _failover_lane(state, visited)
+                        continue
                 lane = await self._admit(state, lane, choice, visited)
                 started_s = self.runtime.now_s()
                 lane.window.arrived(started_s)
@@ -139,6 +167,50 @@ class Proxy:
         finally:
             if retrying:
                 state.retries.release()
+
+    async def _batched(
+        self,
+        request: web.BaseRequest,
+        state: RouterState,
+        lane: Lane,
+        codec: Codec,
+        part: Part,
+        request_id: str,
+        visited: list[str],
+    ) -> web.Response:
+        """Ride in the lane's next merged call; the answer is this request's share."""
+        visited.append(lane.name)
+        monitor, name = state.control.monitor, lane.name
+
+        def cost(input_tokens: int, busy_s: float) -> float:
+            return monitor.attributed_cost_usd(name, input_tokens=input_tokens, busy_s=busy_s)
+
+        started_s = self.runtime.now_s()
+        lane.window.arrived(started_s)
+        try:
+            result = await lane.batching.submit(codec, request.rel_url.raw_path_qs, part, request.headers, cost)
+        except NothingSent:
+            lane.window.completed(self.runtime.now_s(), None, ok=False)
+            raise
+        except ProxyError:
+            now = self.runtime.now_s()
+            lane.window.completed(now, now - started_s, ok=False)
+            raise
+        except asyncio.CancelledError:
+            lane.window.abandoned(self.runtime.now_s())
+            raise
+        finally:
+            lane.window.queue_depth = lane.batching.waiting
+        now = self.runtime.now_s()
+        reply = result.reply
+        lane.window.completed(now, now - started_s, ok=reply.status < 500, cost_usd=result.cost_usd)
+        headers = {
+            "Content-Type": reply.content_type,
+            LANE_HEADER: lane.name,
+            REQUEST_ID_HEADER: request_id,
+            BATCH_HEADER: result.batch,
+        }
+        return web.Response(status=reply.status, body=reply.body, headers=headers)
 
     async def _admit(self, state: RouterState, lane: Lane, choice: LaneChoice, visited: list[str]) -> Lane:
         """Enter `lane`'s gate, or spill to the next lane that has room; 503 when none does."""

@@ -38,7 +38,7 @@ class Runtime:
     ):
         self.clock = clock
         self.config_path = config_path
-        self.state = build_state(config, now_s=clock())
+        self.state = build_state(config, now_s=clock(), clock=clock)
         self.decisions = DecisionLog(config.telemetry.decisions_kept)
         self.started_s = clock()
         self.reloads = 0
@@ -66,7 +66,7 @@ class Runtime:
             config = load_config(self.config_path)
         old = self.state
         now = self.now_s()
-        self.state, carried = carry_over(old, config, now_s=now)
+        self.state, carried = carry_over(old, config, now_s=now, clock=self.clock)
         self.reloads += 1
         self.decisions.resize(config.telemetry.decisions_kept)
         for lane in carried.replaced_lanes:

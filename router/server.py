@@ -84,14 +84,6 @@ async def _serve(config: ModeshiftConfig, path: Path) -> int:
     runtime = Runtime(config, config_path=path)
     router = RunningRouter(runtime)
     await router.start()
-    event(
-        logger,
-        "listening",
-        data=f"http://{router.data_address[0]}:{router.data_address[1]}",
-        admin=f"http://{router.admin_address[0]}:{router.admin_address[1]}",
-        config=str(path),
-        mode=runtime.state.control.controller.mode,
-    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -104,6 +96,16 @@ async def _serve(config: ModeshiftConfig, path: Path) -> int:
     loop.add_signal_handler(signal.SIGHUP, reload)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
+    # Logged once the signal handlers are in place: a supervisor that sends
+    # SIGHUP as soon as it reads this line must not kill the process.
+    event(
+        logger,
+        "listening",
+        data=f"http://{router.data_address[0]}:{router.data_address[1]}",
+        admin=f"http://{router.admin_address[0]}:{router.admin_address[1]}",
+        config=str(path),
+        mode=runtime.state.control.controller.mode,
+    )
     await stop.wait()
     event(logger, "stopping", in_flight=sum(lane.gate.in_flight for lane in runtime.state.lanes.values()))
     await router.stop()

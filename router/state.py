@@ -22,6 +22,8 @@ What a reload keeps, so that it never throws traffic around:
 from __future__ import annotations
 
 import random
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from configs.assembly import build_control_loop, mode_weights
@@ -54,9 +56,9 @@ class Carried:
     abandoned_transition: str | None
 
 
-def build_state(config: ModeshiftConfig, *, now_s: float) -> RouterState:
+def build_state(config: ModeshiftConfig, *, now_s: float, clock: Callable[[], float] = time.monotonic) -> RouterState:
     control = build_control_loop(config, now_s=now_s, rng=random.Random(config.server.seed))
-    lanes = {name: Lane(name, lane, control.monitor.lanes[name]) for name, lane in config.lanes.items()}
+    lanes = {name: Lane(name, lane, control.monitor.lanes[name], clock) for name, lane in config.lanes.items()}
     return RouterState(config, lanes, RouteTable(config.routes), control, random.Random(config.server.seed))
 
 
@@ -71,9 +73,11 @@ def _control_inputs(config: ModeshiftConfig) -> tuple:
     )
 
 
-def carry_over(old: RouterState, config: ModeshiftConfig, *, now_s: float) -> tuple[RouterState, Carried]:
+def carry_over(
+    old: RouterState, config: ModeshiftConfig, *, now_s: float, clock: Callable[[], float] = time.monotonic
+) -> tuple[RouterState, Carried]:
     """A state for `config` that keeps what it can of `old` (see the module docstring)."""
-    new = build_state(config, now_s=now_s)
+    new = build_state(config, now_s=now_s, clock=clock)
     kept_control = _control_inputs(old.config) == _control_inputs(config)
     abandoned = None
     if kept_control:

@@ -1,0 +1,216 @@
+"""A lane's router-side micro-batcher: many client requests, one upstream call.
+
+For a lane with a `batching:` section, requests on a batchable route
+(backends.codecs) are read into parts and queued by key: the codec's key
+(model, encoding, tensor layout), the upstream target, and the client's
+credentials, so no request rides on another client's API key. Each key has
+its own queue (policies.batching, run by backends.batch_loop) with the
+lane's flush rule; all keys share the lane's `max_in_flight` as the cap on
+merged calls at once, and a full queue answers 503.
+
+A merged call goes to the lane's least-loaded upstream; a connect failure
+tries the lane's other upstreams, then fails every part with NothingSent so
+the proxy can fail each over to another lane. A 2xx answer is split back by
+the codec. Any other answer that is about the request (a 4xx or a 500) is
+bisected: each half is sent again, down to single requests, so one bad input
+fails only its own request and the others still get their answers. An
+answer about the upstream (429, 502, 503, 504) goes to every part as it is,
+since sending more would not help.
+
+Each part is charged its share (by items) of the attributed cost of every
+call it rode in. What must not live here: merging and splitting (the codecs),
+the flush rule (policies.flush), the timers (backends.batch_loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from backends.batch_loop import BatchLoop
+from backends.codecs import Codec, CodecError, Part, Reply
+from configs.schema import LaneConfig
+from policies.batching import Batcher, BatchItem
+from router.errors import (
+    REQUEST_ID_HEADER,
+    NothingSent,
+    ProxyError,
+    batch_queue_full,
+    unsplittable_answer,
+    upstream_failed,
+    upstream_timeout,
+)
+from router.upstream_client import ConnectFailed, UpstreamBrokeOff, UpstreamClient
+from router.upstreams import UpstreamPool
+
+# Headers that say who is calling: requests merge only when these agree.
+CREDENTIAL_HEADERS = ("authorization", "api-key", "x-api-key", "openai-organization", "openai-project")
+BATCH_HEADER = "X-Modeshift-Batch"
+# Answers about the upstream rather than the request: splitting would not help.
+_UPSTREAM_TROUBLE = frozenset({429, 502, 503, 504})
+
+# Cost of a call: (input tokens, busy seconds) -> USD.
+CallCost = Callable[[int, float], float]
+
+
+class Batched(NamedTuple):
+    reply: Reply
+    cost_usd: float
+    batch: str  # "<batch id>/<requests in the call that answered>"
+
+
+@dataclass(slots=True)
+class _Waiting:
+    part: Part
+    done: asyncio.Future[Batched]
+    cost: CallCost
+    cost_usd: float = field(default=0.0)
+
+
+_batch_ids = itertools.count(1)
+_BATCH_PREFIX = f"mb-{int(time.time()) % 100000:05d}-"
+
+
+class MicroBatcher:
+    def __init__(
+        self, lane: str, config: LaneConfig, pool: UpstreamPool, client: UpstreamClient, clock: Callable[[], float]
+    ):
+        assert config.batching is not None
+        self.lane = lane
+        self.clock = clock  # the router's: the pool's ejection times are on it
+        self.params = config.batching
+        self.timeout_s = config.timeout_s
+        self.pool = pool
+        self.client = client
+        self._slots = asyncio.Semaphore(config.max_in_flight)
+        self._loops: dict[Hashable, BatchLoop] = {}
+
+    @property
+    def waiting(self) -> int:
+        return sum(loop.waiting for loop in self._loops.values())
+
+    async def submit(
+        self, codec: Codec, target: str, part: Part, headers: CIMultiDictProxy[str], cost: CallCost
+    ) -> Batched:
+        """Queue `part`; its share of the merged answer, or NothingSent / ProxyError."""
+        credentials = tuple(headers.get(name, "") for name in CREDENTIAL_HEADERS)
+        key = (codec.name, target, credentials, part.key)
+        loop = self._loops.get(key)
+        if loop is None:
+            run = self._runner(codec, target, credentials)
+            batcher = Batcher(self.params.build(), capacity=self.params.queue_capacity)
+            loop = self._loops[key] = BatchLoop(batcher, run, slots=self._slots)
+        done: asyncio.Future[Batched] = asyncio.get_running_loop().create_future()
+        if not loop.offer(BatchItem(payload=_Waiting(part, done, cost), items=part.items)):
+            raise batch_queue_full(self.lane, self.waiting)
+        return await done
+
+    def _runner(self, codec: Codec, target: str, credentials: tuple[str, ...]):
+        headers = CIMultiDict({"Content-Type": "application/json"})
+        for name, value in zip(CREDENTIAL_HEADERS, credentials):
+            if value:
+                headers[name] = value
+
+        async def run(batch: list[BatchItem], waited: list[float]) -> None:
+            waiting = [item.payload for item in batch if not item.payload.done.done()]
+            if waiting:
+                await self._call(codec, target, headers, waiting)
+
+        return run
+
+    async def _call(self, codec: Codec, target: str, headers: CIMultiDict[str], waiting: list[_Waiting]) -> None:
+        parts = [w.part for w in waiting]
+        batch = f"{_BATCH_PREFIX}{next(_batch_ids)}"
+        call_headers = CIMultiDict(headers)
+        call_headers[REQUEST_ID_HEADER] = batch
+        started = self.clock()
+        try:
+            status, body, content_type = await self._send(target, call_headers, codec.merge(parts))
+        except (NothingSent, ProxyError) as exc:
+            _fail(waiting, exc)
+            return
+        busy_s = self.clock() - started
+        label = f"{batch}/{len(waiting)}"
+        if 200 <= status < 300:
+            try:
+                replies = codec.split(body, parts)
+            except CodecError as exc:
+                _fail(waiting, unsplittable_answer(self.lane, str(exc)))
+                return
+            self._charge(waiting, sum(r.input_tokens for r in replies), busy_s)
+            for w, reply in zip(waiting, replies):
+                _deliver(w, reply, label)
+        elif len(waiting) > 1 and status not in _UPSTREAM_TROUBLE:
+            self._charge(waiting, 0, busy_s)
+            half = len(waiting) // 2
+            await asyncio.gather(
+                self._call(codec, target, headers, waiting[:half]),
+                self._call(codec, target, headers, waiting[half:]),
+            )
+        else:
+            self._charge(waiting, 0, busy_s)
+            for w in waiting:
+                _deliver(w, Reply(status, body, content_type), label)
+
+    async def _send(self, target: str, headers: CIMultiDict[str], body: bytes) -> tuple[int, bytes, str]:
+        """One merged call, on the first upstream of the lane that takes the connection."""
+        tried = []
+        failure = "no upstream left to try"
+        now = self.clock
+        while (upstream := self.pool.pick(now(), exclude=tuple(tried))) is not None:
+            upstream.in_flight += 1
+            try:
+                answer = await self.client.request(upstream.base, "POST", target, headers, body)
+                try:
+                    data = await answer.read()
+                finally:
+                    answer.release()
+            except ConnectFailed as exc:
+                self.pool.failed(upstream, now())
+                tried.append(upstream)
+                failure = str(exc)
+                continue
+            except TimeoutError:
+                self.pool.failed(upstream, now())
+                raise upstream_timeout(self.lane, self.timeout_s) from None
+            except UpstreamBrokeOff as exc:
+                self.pool.failed(upstream, now())
+                raise upstream_failed(self.lane, str(exc)) from None
+            finally:
+                upstream.in_flight -= 1
+            if answer.status < 500:
+                self.pool.succeeded(upstream, now())
+            else:
+                self.pool.failed(upstream, now())
+            return answer.status, data, answer.headers.get("Content-Type", "application/json")
+        raise NothingSent(failure)
+
+    def _charge(self, waiting: list[_Waiting], input_tokens: int, busy_s: float) -> None:
+        items = sum(w.part.items for w in waiting)
+        total = waiting[0].cost(input_tokens, busy_s)
+        for w in waiting:
+            w.cost_usd += total * w.part.items / items
+
+    async def close(self) -> None:
+        """Stop the queues; requests still waiting get 503."""
+        for loop in self._loops.values():
+            for item in await loop.close():
+                _fail([item.payload], batch_queue_full(self.lane, 0))
+        self._loops.clear()
+
+
+def _deliver(w: _Waiting, reply: Reply, label: str) -> None:
+    if not w.done.done():
+        w.done.set_result(Batched(reply, w.cost_usd, label))
+
+
+def _fail(waiting: list[_Waiting], error: Exception) -> None:
+    for w in waiting:
+        if not w.done.done():
+            w.done.set_exception(error)
