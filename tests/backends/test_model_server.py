@@ -9,42 +9,9 @@ import threading
 import aiohttp
 import numpy as np
 import pytest
-from aiohttp.test_utils import TestServer
 
-from backends.model_server import ModelService, build_app
 from tests.backends.test_embedder import MIXED
-
-
-class Wrapped:
-    """The real embedder, with a poison text that fails a pass and an optional gate to hold passes."""
-
-    def __init__(self, embedder, gate: threading.Event | None = None):
-        self.inner = embedder
-        self.gate = gate
-        self.name, self.device, self.dimension = embedder.name, embedder.device, embedder.dimension
-
-    def embed(self, texts):
-        if self.gate is not None:
-            self.gate.wait(timeout=10)
-        if "poison" in texts:
-            raise ValueError("this input poisons the pass")
-        return self.inner.embed(texts)
-
-
-@pytest.fixture
-async def serve():
-    servers: list[TestServer] = []
-
-    async def start(embedder, **options) -> tuple[str, ModelService]:
-        service = ModelService(embedder, **options)
-        server = TestServer(build_app(service), host="127.0.0.1")
-        await server.start_server()
-        servers.append(server)
-        return str(server.make_url("")).rstrip("/"), service
-
-    yield start
-    for server in servers:
-        await server.close()
+from tests.conftest import Wrapped
 
 
 async def embed(session, url, body):
@@ -52,8 +19,8 @@ async def embed(session, url, body):
         return response.status, await response.json()
 
 
-async def test_openai_float_and_base64_answers_carry_the_same_vectors(serve, embedder):
-    url, _ = await serve(embedder, mode="realtime")
+async def test_openai_float_and_base64_answers_carry_the_same_vectors(model_server, embedder):
+    url, _ = await model_server(embedder, mode="realtime")
     async with aiohttp.ClientSession() as session:
         status, floats = await embed(session, url, {"input": MIXED[:3], "model": "all-MiniLM-L6-v2"})
         _, packed = await embed(session, url, {"input": MIXED[:3], "encoding_format": "base64"})
@@ -67,8 +34,8 @@ async def test_openai_float_and_base64_answers_carry_the_same_vectors(serve, emb
     assert floats["usage"] == {"prompt_tokens": tokens, "total_tokens": tokens}
 
 
-async def test_kserve_v2_infer_and_metadata(serve, embedder):
-    url, _ = await serve(embedder, mode="realtime")
+async def test_kserve_v2_infer_and_metadata(model_server, embedder):
+    url, _ = await model_server(embedder, mode="realtime")
     body = {"id": "r1", "inputs": [{"name": "text", "shape": [2], "datatype": "BYTES", "data": MIXED[:2]}]}
     async with aiohttp.ClientSession() as session:
         async with session.post(f"{url}/v2/models/all-MiniLM-L6-v2/infer", json=body) as response:
@@ -99,16 +66,16 @@ async def test_kserve_v2_infer_and_metadata(serve, embedder):
         ({"input": ["x"] * 2049}, 400, "at most 2048"),
     ],
 )
-async def test_bad_embedding_requests_get_openai_shaped_errors(serve, embedder, body, status, says):
-    url, _ = await serve(embedder, mode="realtime")
+async def test_bad_embedding_requests_get_openai_shaped_errors(model_server, embedder, body, status, says):
+    url, _ = await model_server(embedder, mode="realtime")
     async with aiohttp.ClientSession() as session:
         got, answer = await embed(session, url, body)
     assert got == status
     assert says in answer["error"]["message"] and answer["error"]["type"] == "invalid_request_error"
 
 
-async def test_batch_mode_shares_passes_and_changes_no_vector(serve, embedder):
-    url, service = await serve(embedder, mode="batch", max_batch=64, max_wait_s=0.02)
+async def test_batch_mode_shares_passes_and_changes_no_vector(model_server, embedder):
+    url, service = await model_server(embedder, mode="batch", max_batch=64, max_wait_s=0.02)
     texts = [MIXED[i % len(MIXED)] + f" #{i}" * (i % 4) for i in range(40)]
     async with aiohttp.ClientSession() as session:
         answers = await asyncio.gather(*(embed(session, url, {"input": text}) for text in texts))
@@ -121,17 +88,17 @@ async def test_batch_mode_shares_passes_and_changes_no_vector(serve, embedder):
     assert figures["forward_passes"] < 40 / 4  # requests really shared passes
 
 
-async def test_realtime_mode_gives_each_request_its_own_pass(serve, embedder):
-    url, service = await serve(embedder, mode="realtime", workers=2)
+async def test_realtime_mode_gives_each_request_its_own_pass(model_server, embedder):
+    url, service = await model_server(embedder, mode="realtime", workers=2)
     async with aiohttp.ClientSession() as session:
         answers = await asyncio.gather(*(embed(session, url, {"input": [t, t]}) for t in MIXED))
     assert all(status == 200 for status, _ in answers)
     assert service.describe()["forward_passes"] == len(MIXED)
 
 
-async def test_a_poisoned_input_fails_only_its_own_request(serve, embedder):
+async def test_a_poisoned_input_fails_only_its_own_request(model_server, embedder):
     gate = threading.Event()
-    url, service = await serve(Wrapped(embedder, gate), mode="batch", max_batch=64, max_wait_s=0.05)
+    url, service = await model_server(Wrapped(embedder, gate), mode="batch", max_batch=64, max_wait_s=0.05)
     texts = ["fine one", "poison", "fine two", "fine three"]
     async with aiohttp.ClientSession() as session:
         pending = [asyncio.ensure_future(embed(session, url, {"input": text})) for text in texts]
@@ -144,9 +111,9 @@ async def test_a_poisoned_input_fails_only_its_own_request(serve, embedder):
     assert service.describe()["forward_passes"] == 1 + len(texts)  # the merged pass, then one each
 
 
-async def test_a_full_batch_queue_answers_503_with_retry_after(serve, embedder):
+async def test_a_full_batch_queue_answers_503_with_retry_after(model_server, embedder):
     gate = threading.Event()
-    url, _ = await serve(Wrapped(embedder, gate), mode="batch", max_batch=1, max_wait_s=0.0, queue_capacity=1)
+    url, _ = await model_server(Wrapped(embedder, gate), mode="batch", max_batch=1, max_wait_s=0.0, queue_capacity=1)
     async with aiohttp.ClientSession() as session:
         first = asyncio.ensure_future(embed(session, url, {"input": "one"}))
         await asyncio.sleep(0.1)  # taken, its pass held at the gate
