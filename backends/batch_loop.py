@@ -91,11 +91,13 @@ class BatchLoop:
                 continue
             now = self._loop.time()
             if due > now:
+                # Wake at `due`, or sooner when a new item may make it due:
+                # a timer that sets the event, so no cancellation is involved.
+                timer = self._loop.call_at(due, self._changed.set)
                 try:
-                    async with asyncio.timeout(due - now):
-                        await self._changed.wait()  # a new item may make it due sooner
-                except TimeoutError:
-                    pass
+                    await self._changed.wait()
+                finally:
+                    timer.cancel()
                 continue
             taken = self.batcher.take(now)
             if taken.expired:

@@ -128,6 +128,8 @@ class UpstreamResponse:
             return b"".join([chunk async for chunk in self.chunks()])
         body = b"".join(self._buffer)
         self._buffer.clear()
+        self._buffered = 0
+        self._unpause()
         return body
 
     async def chunks(self) -> AsyncIterator[bytes]:
@@ -138,9 +140,7 @@ class UpstreamResponse:
                 chunk = buffer.popleft()
                 self._buffered -= len(chunk)
                 if self._paused and self._buffered <= LOW_WATER:
-                    self._paused = False
-                    if self._conn is not None:
-                        self._conn.resume()
+                    self._unpause()
                 yield chunk
             elif self._error is not None:
                 raise self._error
@@ -153,6 +153,12 @@ class UpstreamResponse:
                 finally:
                     self._waiter = None
 
+    def _unpause(self) -> None:
+        if self._paused:
+            self._paused = False
+            if self._conn is not None:
+                self._conn.resume()
+
     def release(self) -> None:
         """Hand the connection back: to the pool when the answer was read whole, else closed."""
         conn, self._conn = self._conn, None
@@ -160,6 +166,9 @@ class UpstreamResponse:
             return
         conn.response = None
         if self.done and self._error is None and self._keep_alive and not self._buffer:
+            if self._paused:  # paused by a large answer that all came in: the next one must be read
+                self._paused = False
+                conn.resume()
             conn.client.put_idle(conn)
         else:
             conn.close()

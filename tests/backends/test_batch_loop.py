@@ -131,3 +131,23 @@ async def test_a_failing_batch_does_not_stop_the_loop():
     loop.offer(BatchItem(payload=1))
     await settle(lambda: batches == [[1]])
     await loop.close()
+
+
+async def test_items_arriving_as_the_wait_ends_never_stall_the_loop():
+    """Offers that land just as the max_wait timer fires: every item is still served."""
+    served = 0
+
+    async def run(batch, waited):
+        nonlocal served
+        await asyncio.sleep(0)
+        served += len(batch)
+
+    loop = BatchLoop(Batcher(HybridRule(max_batch=64, max_wait_s=0.0005).build(), capacity=10_000), run)
+    offered = 0
+    for round_ in range(300):
+        for _ in range(1 + round_ % 3):
+            loop.offer(BatchItem(payload=offered))
+            offered += 1
+        await asyncio.sleep(0.0005 * (round_ % 4))
+    await settle(lambda: served == offered, limit_s=10)
+    await loop.close()

@@ -275,3 +275,18 @@ async def test_reading_pauses_while_the_caller_falls_behind(client):
         body = b"".join([chunk async for chunk in response.chunks()])
         assert len(body) == size
         response.release()
+
+
+async def test_a_large_answer_that_arrived_whole_leaves_its_connection_reading(client):
+    big = b"y" * (HIGH_WATER + 1000)  # its last bytes cross the mark: the answer ends with reading paused
+    async with raw_server(lambda ref: keep_answering(ref, ok(big))) as server:
+        response = await client.request(server.url, "GET", "/", CIMultiDict())
+        for _ in range(200):
+            if response.done:
+                break
+            await asyncio.sleep(0.01)
+        assert response.done and not response._conn.transport.is_reading()
+        assert await response.read() == big
+        response.release()
+        assert await fetch(client, server.url) == (200, big)  # the same connection, reading again
+        assert server.connections == 1
