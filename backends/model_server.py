@@ -4,7 +4,7 @@
 
 - POST /v1/embeddings (OpenAI), POST /v2/models/{name}/infer (KServe v2),
   GET /v1/models, GET /v2/models/{name}, GET /v2/health/live|ready, and
-  GET /health with the mode, device and counters (requests, forward passes,
+  GET /health with the mode, device and counters (requests, model calls,
   items).
 - realtime: each request is its own forward pass, started at once on one of
   `workers` threads (more requests than threads wait their turn).
@@ -51,15 +51,15 @@ class QueueFull(Exception):
 @dataclass
 class Counters:
     requests: int = 0
-    passes: int = 0
+    calls: int = 0  # embed() calls; each runs one or more forward passes
     items: int = 0
 
     def as_dict(self) -> dict[str, float]:
         return {
             "requests": self.requests,
-            "forward_passes": self.passes,
+            "model_calls": self.calls,
             "items": self.items,
-            "mean_items_per_pass": self.items / self.passes if self.passes else 0.0,
+            "mean_items_per_call": self.items / self.calls if self.calls else 0.0,
         }
 
 
@@ -97,7 +97,7 @@ class ModelService:
         return await done
 
     async def _pass(self, texts: list[str]) -> Embeddings:
-        self.counters.passes += 1
+        self.counters.calls += 1
         self.counters.items += len(texts)
         return await asyncio.get_running_loop().run_in_executor(self._pool, self.embedder.embed, texts)
 

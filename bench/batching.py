@@ -9,10 +9,11 @@ Side by side in one run, on this machine:
                hybrid flush) in front of the realtime server
   router-pass  the same router passing each request through to the realtime
                server (micro-batching off)
-Each client sends one text per request (the texts vary in length, 8 to 40
-words), closed loop, `concurrency` clients at once, for --seconds; items/s
-and p50/p99 latency per run. Targets: batch / realtime >= 3x items/s on CPU
-(>= 10x on a GPU). Output also goes to bench/out/batching.txt.
+Each client sends one text per request, closed loop, `concurrency` clients
+at once, for --seconds; items/s and p50/p99 latency per run. Two corpora:
+"short" texts of 4 to 12 words (queries, titles) and "mixed" texts of 8 to
+40 words. Targets: batch / realtime >= 3x items/s on CPU (>= 10x on a GPU).
+Output also goes to bench/out/batching.txt.
 """
 
 from __future__ import annotations
@@ -41,13 +42,19 @@ WORDS = (
 ).split()
 
 
-def texts(n: int, seed: int = 7) -> list[str]:
+# Words per text: short queries or titles, and a mix up to a paragraph.
+CORPORA = {"short": (4, 12), "mixed": (8, 40)}
+
+
+def texts(n: int, words: tuple[int, int] = CORPORA["mixed"], seed: int = 7) -> list[str]:
     rng = random.Random(seed)
-    return [" ".join(rng.choices(WORDS, k=rng.randint(8, 40))) for _ in range(n)]
+    return [" ".join(rng.choices(WORDS, k=rng.randint(*words))) for _ in range(n)]
 
 
-async def load(url: str, concurrency: int, seconds: float, headers: dict[str, str]) -> dict[str, float]:
-    corpus = texts(1000)
+async def load(
+    url: str, concurrency: int, seconds: float, headers: dict[str, str], words: tuple[int, int]
+) -> dict[str, float]:
+    corpus = texts(1000, words)
     latencies: list[float] = []
     failures = 0
     connector = aiohttp.TCPConnector(limit=0)
@@ -117,22 +124,23 @@ def main() -> int:
     parser.add_argument("--device", default=None, help="torch device for the backends (default: cuda if present)")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
-    rows: list[tuple[str, int, dict]] = []
+    rows: list[tuple[str, str, int, dict]] = []
 
-    def run(name: str, url: str, concurrency: int, headers: dict[str, str] | None = None) -> None:
-        figures = asyncio.run(load(url, concurrency, args.seconds, headers or {}))
-        rows.append((name, concurrency, figures))
+    def run(name: str, corpus: str, url: str, concurrency: int, headers: dict[str, str] | None = None) -> None:
+        figures = asyncio.run(load(url, concurrency, args.seconds, headers or {}, CORPORA[corpus]))
+        rows.append((name, corpus, concurrency, figures))
         print(
-            f"{name:<12} c={concurrency:<4} {figures['items_s']:9.1f} items/s   p50 {figures['p50_ms']:8.1f} ms   "
-            f"p99 {figures['p99_ms']:8.1f} ms   failures {figures['failures']}",
+            f"{name:<12} {corpus:<6} c={concurrency:<4} {figures['items_s']:9.1f} items/s   "
+            f"p50 {figures['p50_ms']:8.1f} ms   p99 {figures['p99_ms']:8.1f} ms   failures {figures['failures']}",
             flush=True,
         )
 
     for mode in ("realtime", "batch"):
         port = free_port()
         with backend(mode, port, args.device):
-            for c in levels:
-                run(mode, f"http://127.0.0.1:{port}/v1/embeddings", c)
+            for corpus in CORPORA:
+                for c in levels:
+                    run(mode, corpus, f"http://127.0.0.1:{port}/v1/embeddings", c)
 
     top = max(levels)
     with tempfile.TemporaryDirectory() as tmp:
@@ -141,25 +149,31 @@ def main() -> int:
         with backend("realtime", upstream_port, args.device):
             with process([PY, "-m", "router.cli", "serve", "-c", str(config)], router_port):
                 url = f"http://127.0.0.1:{router_port}/v1/embeddings"
-                run("router-mb", url, top, {"X-Modeshift-Mode": "batch"})
-                run("router-pass", url, top, {"X-Modeshift-Mode": "realtime"})
+                for corpus in CORPORA:
+                    run("router-mb", corpus, url, top, {"X-Modeshift-Mode": "batch"})
+                    run("router-pass", corpus, url, top, {"X-Modeshift-Mode": "realtime"})
 
-    def best(name: str) -> float:
-        return max(f["items_s"] for n, _, f in rows if n == name)
+    def at(name: str, corpus: str, c: int) -> float:
+        return next(f["items_s"] for n, k, cc, f in rows if (n, k, cc) == (name, corpus, c))
 
-    def at(name: str, c: int) -> float:
-        return next(f["items_s"] for n, k, f in rows if n == name and k == c)
+    def best(name: str, corpus: str) -> float:
+        return max(f["items_s"] for n, k, _, f in rows if (n, k) == (name, corpus))
 
     lines = ["", "ratios (items/s)"]
-    for c in levels:
-        lines.append(f"  batch / realtime at c={c:<4} {at('batch', c) / at('realtime', c):6.2f}x")
-    lines.append(f"  batch best / realtime best   {best('batch') / best('realtime'):6.2f}x  (target >= 3x on CPU)")
-    lines.append(f"  router micro-batching on / off at c={top}  {at('router-mb', top) / at('router-pass', top):6.2f}x")
+    for corpus in CORPORA:
+        per_level = "  ".join(f"c={c}: {at('batch', corpus, c) / at('realtime', corpus, c):.2f}x" for c in levels)
+        lines.append(f"  {corpus:<6} batch / realtime   {per_level}")
+        lines.append(
+            f"  {corpus:<6} batch best / realtime best  {best('batch', corpus) / best('realtime', corpus):.2f}x"
+            "  (target >= 3x on CPU, >= 10x on GPU)"
+        )
+        mb = at("router-mb", corpus, top) / at("router-pass", corpus, top)
+        lines.append(f"  {corpus:<6} router micro-batching on / off at c={top}  {mb:.2f}x")
     print("\n".join(lines))
     OUT.mkdir(exist_ok=True)
     table = [
-        f"{n:<12} c={c:<4} {f['items_s']:9.1f} items/s p50 {f['p50_ms']:.1f} ms p99 {f['p99_ms']:.1f} ms"
-        for n, c, f in rows
+        f"{n:<12} {k:<6} c={c:<4} {f['items_s']:9.1f} items/s p50 {f['p50_ms']:.1f} ms p99 {f['p99_ms']:.1f} ms"
+        for n, k, c, f in rows
     ]
     (OUT / "batching.txt").write_text("\n".join(table + lines) + "\n")
     return 0

@@ -44,3 +44,13 @@ def test_an_empty_call_returns_no_vectors(embedder):
 def test_a_directory_that_is_not_a_model_is_refused(tmp_path):
     with pytest.raises(ModelUnavailable, match="not a sentence-transformers model directory"):
         Embedder(tmp_path, device="cpu")
+
+
+def test_texts_split_over_several_passes_come_back_in_order(embedder):
+    alone = np.vstack([embedder.embed([text]).vectors for text in MIXED])
+    chunk, embedder.chunk = embedder.chunk, 2
+    try:
+        out = embedder.embed(MIXED)
+    finally:
+        embedder.chunk = chunk
+    assert np.abs(out.vectors - alone).max() <= 1e-5

@@ -85,7 +85,7 @@ async def test_batch_mode_shares_passes_and_changes_no_vector(model_server, embe
     assert np.abs(got - alone).max() <= 1e-5
     figures = service.describe()
     assert figures["requests"] == 40 and figures["items"] == 40
-    assert figures["forward_passes"] < 40 / 4  # requests really shared passes
+    assert figures["model_calls"] < 40 / 4  # requests really shared passes
 
 
 async def test_realtime_mode_gives_each_request_its_own_pass(model_server, embedder):
@@ -93,7 +93,7 @@ async def test_realtime_mode_gives_each_request_its_own_pass(model_server, embed
     async with aiohttp.ClientSession() as session:
         answers = await asyncio.gather(*(embed(session, url, {"input": [t, t]}) for t in MIXED))
     assert all(status == 200 for status, _ in answers)
-    assert service.describe()["forward_passes"] == len(MIXED)
+    assert service.describe()["model_calls"] == len(MIXED)
 
 
 async def test_a_poisoned_input_fails_only_its_own_request(model_server, embedder):
@@ -108,7 +108,7 @@ async def test_a_poisoned_input_fails_only_its_own_request(model_server, embedde
     statuses = [status for status, _ in answers]
     assert statuses == [200, 500, 200, 200]
     assert "poisons the pass" in answers[1][1]["error"]["message"]
-    assert service.describe()["forward_passes"] == 1 + len(texts)  # the merged pass, then one each
+    assert service.describe()["model_calls"] == 1 + len(texts)  # the merged pass, then one each
 
 
 async def test_a_full_batch_queue_answers_503_with_retry_after(model_server, embedder):
