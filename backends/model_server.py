@@ -261,10 +261,11 @@ def serve_backend(
     workers: int = 1,
     max_batch: int = 64,
     max_wait_s: float = 0.005,
+    threads: int | None = None,
 ) -> int:
     """Load the model, then serve it until SIGTERM or SIGINT."""
     try:
-        embedder = Embedder(model_dir, device=device)
+        embedder = Embedder(model_dir, device=device, threads=threads)
     except ModelUnavailable as exc:
         print(f"modeshift backend: {exc}", file=sys.stderr)
         return 2

@@ -158,6 +158,11 @@ class LaneWindow:
         if self.in_flight:
             self.in_flight -= 1
 
+    @property
+    def since_start(self) -> LaneTotals:
+        """Counters since the lane was created (a copy)."""
+        return self._totals.copy()
+
     def abandoned(self, now_s: float) -> None:
         """A request that `arrived` here was given up by its client: neither success nor error."""
         if now_s >= self._next_mark_s:

@@ -74,6 +74,7 @@ def _backend(args: argparse.Namespace) -> int:
         workers=args.workers,
         max_batch=args.max_batch,
         max_wait_s=args.max_wait_ms / 1000.0,
+        threads=args.threads,
     )
 
 
@@ -108,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     backend.add_argument("--workers", type=int, default=1, help="realtime: forward passes at once")
     backend.add_argument("--max-batch", type=int, default=64, help="batch: most texts in one pass")
     backend.add_argument("--max-wait-ms", type=float, default=5.0, help="batch: longest a request waits for company")
+    backend.add_argument("--threads", type=int, help="CPU threads per forward pass (default: one per core)")
     backend.set_defaults(run=_backend)
     return parser
 

@@ -61,7 +61,14 @@ class Lane:
         return max(1, math.ceil((self.gate.waiting + 1) / figures.throughput_per_s))
 
     def describe(self, now_s: float) -> dict:
+        totals = self.window.since_start
         return {
+            "since_start": {
+                "requests": totals.completions,
+                "errors": totals.errors,
+                "cost_usd": totals.cost_usd,
+                "input_tokens": totals.input_tokens,
+            },
             "slots_taken": self.gate.in_flight,
             "queued": self.gate.waiting,
             "max_in_flight": self.gate.max_in_flight,

@@ -203,7 +203,9 @@ class Proxy:
             lane.window.queue_depth = lane.batching.waiting
         now = self.runtime.now_s()
         reply = result.reply
-        lane.window.completed(now, now - started_s, ok=reply.status < 500, cost_usd=result.cost_usd)
+        lane.window.completed(
+            now, now - started_s, ok=reply.status < 500, cost_usd=result.cost_usd, input_tokens=reply.input_tokens
+        )
         headers = {
             "Content-Type": reply.content_type,
             LANE_HEADER: lane.name,
