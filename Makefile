@@ -30,6 +30,7 @@ bench: $(VENV)/.installed
 		echo "wrk/nginx not installed: the proxy benchmark runs without them"
 	$(PY) bench/core.py
 	$(PY) bench/proxy_overhead.py
+	$(PY) bench/batching.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
