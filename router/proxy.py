@@ -148,7 +148,7 @@ class Proxy:
                     while (upstream := lane.pool.pick(self.runtime.now_s(), exclude=tuple(tried))) is not None:
                         try:
                             return await self._forward(
-                                request, state, lane, upstream, body, headers, request_id, started_s
+                                request, state, lane, upstream, codec, body, headers, request_id, started_s
                             )
                         except NothingSent as exc:
                             failure = str(exc)
@@ -243,6 +243,7 @@ class Proxy:
         state: RouterState,
         lane: Lane,
         upstream: Upstream,
+        codec: Codec,
         body: bytes,
         headers,
         request_id: str,
@@ -267,7 +268,7 @@ class Proxy:
                 lane.window.abandoned(self.runtime.now_s())
                 raise
             try:
-                return await self._relay(request, state, lane, upstream, answer, request_id, started_s)
+                return await self._relay(request, state, lane, upstream, codec, answer, request_id, started_s)
             finally:
                 answer.release()
         finally:
@@ -279,6 +280,7 @@ class Proxy:
         state: RouterState,
         lane: Lane,
         upstream: Upstream,
+        codec: Codec,
         answer: UpstreamResponse,
         request_id: str,
         started_s: float,
@@ -286,9 +288,11 @@ class Proxy:
         ok = answer.status < 500
         headers = client_response_headers(answer.headers, lane=lane.name, request_id=request_id)
         length = answer.content_length
+        tokens = None  # (input, output) when the protocol reports them, for per-token prices
         try:
             if length is not None and length <= WHOLE_RESPONSE_BYTES:
                 body = await answer.read()
+                tokens = codec.usage(body) if answer.status < 300 else None
                 response: web.StreamResponse = web.Response(
                     status=answer.status, reason=answer.reason, body=body, headers=headers
                 )
@@ -297,9 +301,13 @@ class Proxy:
                 if length is not None:
                     response.content_length = length
                 await response.prepare(request)
+                reader = codec.stream_usage()
                 async for chunk in answer.chunks():
+                    if reader is not None:
+                        reader.feed(chunk)
                     await response.write(chunk)
                 await response.write_eof()
+                tokens = reader.usage if reader is not None else None
         except (asyncio.CancelledError, ConnectionError):  # the client went away
             lane.window.abandoned(self.runtime.now_s())
             raise
@@ -320,8 +328,11 @@ class Proxy:
         else:
             lane.pool.failed(upstream, now)
         latency_s = now - started_s
-        cost_usd = state.control.monitor.attributed_cost_usd(lane.name, busy_s=latency_s)
-        lane.window.completed(now, latency_s, ok=ok, cost_usd=cost_usd)
+        input_tokens, output_tokens = tokens or (0, 0)
+        cost_usd = state.control.monitor.attributed_cost_usd(lane.name, input_tokens, output_tokens, busy_s=latency_s)
+        lane.window.completed(
+            now, latency_s, ok=ok, cost_usd=cost_usd, input_tokens=input_tokens, output_tokens=output_tokens
+        )
         return response
 
     def _upstream_error(self, lane: Lane, upstream: Upstream, started_s: float) -> None:

@@ -56,6 +56,14 @@ class Codec:
     def split(self, body: bytes, parts: Sequence[Part]) -> list[Reply]:
         raise NotImplementedError
 
+    def usage(self, body: bytes) -> tuple[int, int] | None:
+        """(input, output) tokens of a whole answer, when the protocol reports them."""
+        return None
+
+    def stream_usage(self) -> Any:
+        """A reader with `feed(chunk)` and `.usage` for streamed answers, or None."""
+        return None
+
 
 def apportion(total: int, weights: Sequence[float]) -> list[int]:
     """Split the integer `total` in proportion to `weights`; the shares sum to `total` (largest remainder)."""

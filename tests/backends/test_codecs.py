@@ -124,3 +124,22 @@ def test_passthrough_protocols_never_merge():
     for protocol in ("http", "openai-chat"):
         codec = codec_for(protocol)
         assert not codec.batchable and codec.read(body({"input": "x"})) is None
+
+
+def test_chat_usage_is_read_from_a_whole_answer_and_from_a_stream_cut_anywhere():
+    chat = codec_for("openai-chat")
+    assert chat.usage(body({"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 3}})) == (7, 3)
+    assert chat.usage(b"not json") is None and chat.usage(body({"choices": []})) is None
+    events = (
+        b'data: {"choices": [{"delta": {"content": "hi"}}]}\n\n'
+        b'data: {"choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": 2}}\n\n'
+        b"data: [DONE]\n\n"
+    )
+    for cut in range(1, len(events)):
+        reader = chat.stream_usage()
+        reader.feed(events[:cut])
+        reader.feed(events[cut:])
+        assert reader.usage == (11, 2), cut
+    silent = chat.stream_usage()
+    silent.feed(b'data: {"choices": [{"delta": {"content": "no usage here"}}]}\n\n')
+    assert silent.usage is None
