@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import statistics
 import time
 from collections import Counter
@@ -63,6 +64,9 @@ def run_demo(schedule: Schedule = Schedule()) -> int:
         f"a rush of {schedule.speedup:g}x from {rush_from:.0f} s to {rush_to:.0f} s"
     )
     stack = LocalStack(config_path)
+    # SIGTERM (a supervisor, a killed `make`) unwinds like Ctrl-C, so the
+    # children are stopped by the `finally` below rather than left running.
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         with console.status("starting two reference backends (loading the model) and the router..."):
             stack.start()
@@ -72,9 +76,17 @@ def run_demo(schedule: Schedule = Schedule()) -> int:
         stack.stop()
         _report(console, results, _decisions(stack, began), status)
         return 0
+    except KeyboardInterrupt:
+        console.print("interrupted: stopping the backends and the router")
+        return 130
     finally:
         stack.stop()
         stack.cleanup()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 async def _drive(stack: LocalStack, trace: list[TraceRequest], console: Console) -> tuple[list[Result], dict]:
