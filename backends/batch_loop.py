@@ -69,6 +69,11 @@ class BatchLoop:
     def waiting(self) -> int:
         return len(self.batcher)
 
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and no batch running."""
+        return not len(self.batcher) and not self._running
+
     async def _serve(self) -> None:
         while True:
             await self._slots.acquire()

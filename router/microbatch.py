@@ -49,6 +49,8 @@ from router.errors import (
 from router.upstream_client import ConnectFailed, UpstreamBrokeOff, UpstreamClient
 from router.upstreams import UpstreamPool
 
+# Queues kept before the idle ones are dropped: one per (route, options, credentials).
+MAX_QUEUES = 256
 # Headers that say who is calling: requests merge only when these agree.
 CREDENTIAL_HEADERS = ("authorization", "api-key", "x-api-key", "openai-organization", "openai-project")
 BATCH_HEADER = "X-Modeshift-Batch"
@@ -90,6 +92,7 @@ class MicroBatcher:
         self.client = client
         self._slots = asyncio.Semaphore(config.max_in_flight)
         self._loops: dict[Hashable, BatchLoop] = {}
+        self._closing: set[asyncio.Task] = set()
 
     @property
     def waiting(self) -> int:
@@ -103,6 +106,8 @@ class MicroBatcher:
         key = (codec.name, target, credentials, part.key)
         loop = self._loops.get(key)
         if loop is None:
+            if len(self._loops) >= MAX_QUEUES:
+                self._drop_idle()
             run = self._runner(codec, target, credentials)
             batcher = Batcher(self.params.build(), capacity=self.params.queue_capacity)
             loop = self._loops[key] = BatchLoop(batcher, run, slots=self._slots)
@@ -190,6 +195,14 @@ class MicroBatcher:
                 self.pool.failed(upstream, now())
             return answer.status, data, answer.headers.get("Content-Type", "application/json")
         raise NothingSent(failure)
+
+    def _drop_idle(self) -> None:
+        """Forget the queues with nothing in them (many clients' keys must not pile up)."""
+        for key, loop in list(self._loops.items()):
+            if loop.idle:
+                del self._loops[key]
+                self._closing.add(task := asyncio.get_running_loop().create_task(loop.close()))
+                task.add_done_callback(self._closing.discard)
 
     def _charge(self, waiting: list[_Waiting], input_tokens: int, busy_s: float) -> None:
         items = sum(w.part.items for w in waiting)

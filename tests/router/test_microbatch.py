@@ -151,3 +151,20 @@ async def test_a_full_batch_queue_spills_to_the_realtime_lane_when_the_lane_says
     gate.set()
     waiting.cancel()
     await asyncio.gather(waiting, return_exceptions=True)
+
+
+async def test_idle_queues_are_dropped_once_many_keys_have_come_and_gone(upstream, start_router, client, monkeypatch):
+    monkeypatch.setattr("router.microbatch.MAX_QUEUES", 3)
+
+    async def embeddings(request: web.Request) -> web.Response:
+        n = len((await request.json())["input"])
+        data = [{"object": "embedding", "index": i, "embedding": [0.0]} for i in range(n)]
+        return web.json_response({"object": "list", "data": data, "model": "m", "usage": {"prompt_tokens": 0}})
+
+    server = await upstream(embeddings)
+    router = await start_router(batching_config(server.url, server.url, max_wait="1ms"))
+    for i in range(10):
+        headers = {**BATCH, "Authorization": f"Bearer client-{i}"}
+        status, _, _ = await post_json(client, f"{router.url}/v1/embeddings", {"input": "x"}, headers)
+        assert status == 200
+    assert len(router.runtime.state.lanes["batch"].batching._loops) <= 3
