@@ -35,10 +35,10 @@ from simulator.traces import TraceRequest, bundled_azure_slice, with_rush
 class Schedule:
     """The slice at its own rate (about 5 req/s), then a rush `speedup` times faster, then calm again."""
 
-    calm_s: float = 15.0
-    rush_s: float = 30.0
+    calm_s: float = 10.0
+    rush_s: float = 25.0
     speedup: float = 8.0
-    length_s: float = 105.0
+    length_s: float = 95.0
 
     def trace(self) -> tuple[list[TraceRequest], int, int]:
         """The requests to send, and where the rush starts and ends (indices)."""
