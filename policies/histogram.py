@@ -74,8 +74,27 @@ class Histogram:
     def count(self) -> int:
         return self._total
 
+    @property
+    def sum(self) -> float:
+        return self._sum
+
     def mean(self) -> float:
         return self._sum / self._total if self._total else math.nan
+
+    def counts_at_most(self, bounds: Iterable[float]) -> list[int]:
+        """For each bound (ascending), how many values its bucket and those below hold.
+
+        The bucket that holds a bound may hold values up to RELATIVE_ACCURACY
+        above it, so each count is exact to within that margin (cumulative
+        buckets for Prometheus' `le`).
+        """
+        limits = [bucket_index(b) for b in bounds]
+        out = [0] * len(limits)
+        for index, n in self._counts.items():
+            for k, limit in enumerate(limits):
+                if index <= limit:
+                    out[k] += n
+        return out
 
     def copy(self) -> Histogram:
         return Histogram(self._counts, self._sum)

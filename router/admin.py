@@ -5,6 +5,7 @@ of the environment variable the config names (server.admin_token_env); with
 the variable unset, the admin API answers 401 to everyone and says so.
 
     GET  /status     mode, weights, transition, per-lane figures and upstreams, recent decisions
+    GET  /metrics    the same figures for Prometheus (router.prometheus)
     POST /mode       {"mode": "batch", "gradual": true, "reason": "..."}
     POST /pause      stop moving (the rollback guard stays armed)
     POST /resume
@@ -160,10 +161,18 @@ async def _reload(request: web.Request) -> web.Response:
     return web.json_response(record, dumps=_dumps)
 
 
+async def _metrics(request: web.Request) -> web.Response:
+    from router.prometheus import CONTENT_TYPE, exposition
+
+    body = exposition(request.app[_RUNTIME])
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
 def admin_app(runtime: Runtime) -> web.Application:
     app = web.Application(middlewares=[_authorize])
     app[_RUNTIME] = runtime
     app.router.add_get("/status", _status)
+    app.router.add_get("/metrics", _metrics)
     app.router.add_post("/mode", _mode)
     app.router.add_post("/pause", _simple(Pause))
     app.router.add_post("/resume", _simple(Resume))

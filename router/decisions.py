@@ -8,7 +8,7 @@ ring of the last `kept` for the admin API.
 from __future__ import annotations
 
 import logging
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable
 
 from policies.actions import Action
@@ -20,6 +20,8 @@ logger = logging.getLogger("modeshift.decisions")
 class DecisionLog:
     def __init__(self, kept: int):
         self.ring: deque[dict] = deque(maxlen=kept)
+        self.counts: Counter[str] = Counter()  # records by kind since start (for /metrics)
+        self.rollback_causes: Counter[str] = Counter()
 
     def record(self, actions: Iterable[Action]) -> None:
         for action in actions:
@@ -27,6 +29,9 @@ class DecisionLog:
 
     def add(self, record: dict) -> None:
         self.ring.append(record)
+        self.counts[record.get("kind", "")] += 1
+        if record.get("kind") == "RolledBack":
+            self.rollback_causes[record.get("cause", "")] += 1
         event(logger, "decision", **record)
 
     def recent(self, n: int | None = None) -> list[dict]:

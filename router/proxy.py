@@ -60,6 +60,7 @@ logger = logging.getLogger("modeshift.proxy")
 # Answers up to this size with a known length are read whole and sent in one
 # write; anything larger, or of unknown length (chunked, SSE), streams.
 WHOLE_RESPONSE_BYTES = 64 * 1024
+_ROUTE = web.RequestKey("route", str)  # the matched route's path, kept on the request for the route stats
 
 
 class Proxy:
@@ -69,15 +70,24 @@ class Proxy:
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         state = self.runtime.state  # a reload swaps runtime.state; this request keeps its own
         request_id = request_id_from(request.headers)
+        started_s = self.runtime.now_s()
         try:
-            return await self._handle(request, state, request_id)
+            response = await self._handle(request, state, request_id)
         except ProxyError as error:
-            return error.response(request_id)
+            response = error.response(request_id)
+        self.runtime.route_stats.record(
+            request.get(_ROUTE, "unmatched"),
+            response.headers.get(LANE_HEADER, "none"),
+            response.status,
+            self.runtime.now_s() - started_s,
+        )
+        return response
 
     async def _handle(self, request: web.BaseRequest, state: RouterState, request_id: str) -> web.StreamResponse:
         server = state.config.server
         check_header_size(request, server.max_header_bytes)
         route = state.routes.match(request.rel_url.path)
+        request[_ROUTE] = route.path
         header_pin = requested_lane(request.headers.get(MODE_HEADER), state.lanes)
         deadline = deadline_s(request.headers.get(DEADLINE_HEADER))
         body = await read_body(request, limit=server.max_body_bytes, timeout_s=server.receive_timeout_s)

@@ -23,6 +23,7 @@ from configs.schema import ModeshiftConfig
 from policies.actions import Action, Command
 from router.decisions import DecisionLog
 from router.logs import event
+from router.route_stats import RouteStats
 from router.state import build_state, carry_over
 
 logger = logging.getLogger("modeshift.router")
@@ -40,6 +41,7 @@ class Runtime:
         self.config_path = config_path
         self.state = build_state(config, now_s=clock(), clock=clock)
         self.decisions = DecisionLog(config.telemetry.decisions_kept)
+        self.route_stats = RouteStats()  # survives reloads, like the decision log
         self.started_s = clock()
         self.reloads = 0
         self._ticker: asyncio.Task | None = None

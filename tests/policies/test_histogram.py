@@ -71,3 +71,13 @@ def test_bucket_value_is_within_accuracy_of_every_member(value):
 
 def test_mean_is_exact_not_bucketed():
     assert Histogram.of([0.1, 0.2, 0.3]).mean() == pytest.approx(0.2, rel=1e-12)
+
+
+@given(st.lists(st.floats(1e-4, 100.0), min_size=1, max_size=300))
+def test_counts_at_most_a_bound_are_exact_but_for_the_bound_bucket(values):
+    hist = Histogram.of(values)
+    bounds = (0.001, 0.01, 0.1, 1.0, 10.0)
+    counted = hist.counts_at_most(bounds)
+    for bound, n in zip(bounds, counted):
+        assert sum(v <= bound for v in values) <= n <= sum(v <= bound * 1.03 for v in values)
+    assert counted == sorted(counted) and hist.sum == pytest.approx(sum(values))
