@@ -1,12 +1,11 @@
 """The HTTP/1.1 client the proxy calls its upstreams with: pooled, lean, streaming.
 
-Why not aiohttp's ClientSession: a general client builds per call what a
-proxy never needs (cookie handling, tracing hooks, redirects, URL objects,
-request and response wrappers), and in the proxy benchmark it took about 60%
-of the router's CPU per request. A proxy's upstream call is narrow: the body
-is already buffered, the headers already filtered, the URL is the lane's base
-plus the request's target. So this module writes the request in one go and
-parses the answer with httptools (llhttp, the parser Node.js uses).
+Why not aiohttp's ClientSession: it builds per call what a proxy never needs
+(cookies, tracing hooks, redirects, URL and wrapper objects) and took about
+60% of the router's CPU per request. A proxy's upstream call is narrow: body
+buffered, headers filtered, URL the lane's base plus the request's target.
+So this writes the request in one go and parses the answer with httptools
+(llhttp, Node.js's parser).
 
 What it guarantees:
 - Keep-alive connections per origin, reused newest first. An idle connection
@@ -161,14 +160,14 @@ class UpstreamResponse:
 
     def release(self) -> None:
         """Hand the connection back: to the pool when the answer was read whole, else closed."""
-        conn, self._conn = self._conn, None
+        conn = self._conn
         if conn is None:
             return
-        conn.response = None
-        if self.done and self._error is None and self._keep_alive and not self._buffer:
-            if self._paused:  # paused by a large answer that all came in: the next one must be read
-                self._paused = False
-                conn.resume()
+        reusable = self.done and self._error is None and self._keep_alive and not self._buffer
+        if reusable:
+            self._unpause()  # a large answer may have ended with reading paused; the next must be read
+        self._conn = conn.response = None
+        if reusable:
             conn.client.put_idle(conn)
         else:
             conn.close()
