@@ -158,7 +158,7 @@ def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
 
 async def _json_body(request: web.Request) -> Any:
     try:
-        return await request.json(loads=json.loads)
+        return await request.json()
     except ValueError as exc:
         raise ApiError(400, f"the body is not valid JSON: {exc}") from None
 
@@ -214,8 +214,11 @@ def build_app(service: ModelService) -> web.Application:
     async def health(request: web.Request) -> web.Response:
         return _json(service.describe())
 
-    async def alive(request: web.Request) -> web.Response:
-        return _json({"live": True} if "live" in request.path else {"ready": True})
+    async def live(request: web.Request) -> web.Response:
+        return _json({"live": True})
+
+    async def ready(request: web.Request) -> web.Response:  # the model loads before the server listens
+        return _json({"ready": True})
 
     async def close_service(app: web.Application) -> None:
         await service.close()
@@ -226,8 +229,8 @@ def build_app(service: ModelService) -> web.Application:
     app.router.add_get("/v2/models/{model}", metadata)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/health", health)
-    app.router.add_get("/v2/health/live", alive)
-    app.router.add_get("/v2/health/ready", alive)
+    app.router.add_get("/v2/health/live", live)
+    app.router.add_get("/v2/health/ready", ready)
     app.on_cleanup.append(close_service)
     return app
 
