@@ -124,3 +124,16 @@ async def test_a_full_batch_queue_answers_503_with_retry_after(model_server, emb
             assert "queue is full" in (await response.json())["error"]["message"]
         gate.set()
         assert [status for status, _ in await asyncio.gather(first, second)] == [200, 200]
+
+
+async def test_health_paths_and_model_list(model_server, embedder):
+    url, _ = await model_server(embedder, mode="batch")
+    async with aiohttp.ClientSession() as session:
+        for path, expected in (("/v2/health/live", {"live": True}), ("/v2/health/ready", {"ready": True})):
+            async with session.get(url + path) as response:
+                assert response.status == 200 and await response.json() == expected
+        async with session.get(f"{url}/v1/models") as response:
+            assert [m["id"] for m in (await response.json())["data"]] == ["all-MiniLM-L6-v2"]
+        async with session.get(f"{url}/health") as response:
+            health = await response.json()
+    assert health["mode"] == "batch" and health["dimension"] == 384 and health["device"] == "cpu"
