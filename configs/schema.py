@@ -125,8 +125,14 @@ class TelemetryConfig(_Section):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = Field(False, description="one JSON line per request")
     prometheus: bool = Field(True, description="serve /metrics on the admin listener")
-    otlp_endpoint: str | None = Field(None, description="OTLP collector; None disables export")
-    trace_sampling: float = Field(0.01, ge=0, le=1, description="share of requests traced")
+    otlp_endpoint: str | None = Field(
+        None, description="OTLP/HTTP collector base URL, e.g. http://127.0.0.1:4318; None: no spans or OTLP metrics"
+    )
+    otlp_interval_s: Duration = Field(10.0, alias="otlp_interval", gt=0, description="how often metrics are pushed")
+    service_name: str = Field("modeshift", description="service.name on spans and metrics")
+    trace_sampling: float = Field(
+        0.01, ge=0, le=1, description="share of requests traced when the client sent no traceparent"
+    )
     decisions_kept: int = Field(1000, ge=1, description="size of the decision audit ring")
 
 

@@ -7,6 +7,9 @@ forwarding headers are set after the stripping, so a client that lists
 adds. `Host` and the body framing (`Content-Length`, `Transfer-Encoding`) are
 never copied; the upstream connection sets its own.
 
+`parent_trace` reads a W3C `traceparent` (it passes through like any
+end-to-end header; router.tracing replaces it for a traced request).
+
 What must not live here: choosing lanes or upstreams (router.routing).
 """
 
@@ -37,6 +40,8 @@ HOP_BY_HOP = frozenset(
 _NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length", "expect"}
 _FORWARDING = ("x-forwarded-for", "x-forwarded-proto", "x-forwarded-host")
 
+TRACEPARENT = "traceparent"  # W3C Trace Context
+
 # A client's request id is kept when it is a reasonable token: it ends up in
 # logs and headers, so no spaces, control characters or novels.
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
@@ -53,6 +58,22 @@ def request_id_from(headers: CIMultiDictProxy[str]) -> str:
     if given is not None and _REQUEST_ID.match(given):
         return given
     return f"{_ID_PREFIX}{next(_id_counter):012x}"
+
+
+def parent_trace(value: str) -> tuple[str, bool] | None:
+    """(trace id, sampled) from a traceparent header; None when it is not valid W3C trace context."""
+    parts = value.strip().split("-")
+    if len(parts) < 4 or len(parts[0]) != 2 or parts[0] == "ff" or len(parts[1]) != 32 or len(parts[3]) != 2:
+        return None
+    version, trace_id, parent_id, flags = parts[:4]
+    if version == "00" and len(parts) != 4:
+        return None
+    try:
+        if int(trace_id, 16) == 0 or len(parent_id) != 16 or int(parent_id, 16) == 0:
+            return None
+        return trace_id.lower(), bool(int(flags, 16) & 1)
+    except ValueError:
+        return None
 
 
 def _connection_named(headers: CIMultiDictProxy[str]) -> set[str]:

@@ -65,6 +65,7 @@ class Batched(NamedTuple):
     reply: Reply
     cost_usd: float
     batch: str  # "<batch id>/<requests in the call that answered>"
+    wait_s: float  # time in the queue before the first call it rode in
 
 
 @dataclass(slots=True)
@@ -73,6 +74,7 @@ class _Waiting:
     done: asyncio.Future[Batched]
     cost: CallCost
     cost_usd: float = field(default=0.0)
+    wait_s: float = field(default=0.0)
 
 
 _batch_ids = itertools.count(1)
@@ -123,6 +125,8 @@ class MicroBatcher:
                 headers[name] = value
 
         async def run(batch: list[BatchItem], waited: list[float]) -> None:
+            for item, wait_s in zip(batch, waited):
+                item.payload.wait_s = wait_s
             waiting = [item.payload for item in batch if not item.payload.done.done()]
             if waiting:
                 await self._call(codec, target, headers, waiting)
@@ -220,7 +224,7 @@ class MicroBatcher:
 
 def _deliver(w: _Waiting, reply: Reply, label: str) -> None:
     if not w.done.done():
-        w.done.set_result(Batched(reply, w.cost_usd, label))
+        w.done.set_result(Batched(reply, w.cost_usd, label, w.wait_s))
 
 
 def _fail(waiting: list[_Waiting], error: Exception) -> None:

@@ -25,7 +25,6 @@ rules (router.routing), the control tick (router.runtime).
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -45,22 +44,19 @@ from router.errors import (
 from router.headers import client_response_headers, request_id_from, upstream_request_headers
 from router.intake import check_header_size, read_body
 from router.lanes import Lane
-from router.logs import event
 from router.microbatch import BATCH_HEADER
 from router.routing import DEADLINE_HEADER, MODE_HEADER, LaneChoice, choose_lane, deadline_s, requested_lane
 from router.state import RouterState
+from router.trail import Trail
 from router.upstream_client import ConnectFailed, UpstreamBrokeOff, UpstreamResponse
 from router.upstreams import Upstream
 
 if TYPE_CHECKING:
     from router.runtime import Runtime
 
-logger = logging.getLogger("modeshift.proxy")
-
 # Answers up to this size with a known length are read whole and sent in one
 # write; anything larger, or of unknown length (chunked, SSE), streams.
 WHOLE_RESPONSE_BYTES = 64 * 1024
-_ROUTE = web.RequestKey("route", str)  # the matched route's path, kept on the request for the route stats
 
 
 class Proxy:
@@ -68,26 +64,33 @@ class Proxy:
         self.runtime = runtime
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
-        state = self.runtime.state  # a reload swaps runtime.state; this request keeps its own
-        request_id = request_id_from(request.headers)
-        started_s = self.runtime.now_s()
+        runtime = self.runtime
+        state = runtime.state  # a reload swaps runtime.state; this request keeps its own
+        trail = Trail(request_id_from(request.headers), request.method, request.rel_url.path, runtime.now_s())
+        span = runtime.telemetry.begin(trail, request.headers)
         try:
-            response = await self._handle(request, state, request_id)
+            response = await self._handle(request, state, trail, span)
         except ProxyError as error:
-            response = error.response(request_id)
-        self.runtime.route_stats.record(
-            request.get(_ROUTE, "unmatched"),
-            response.headers.get(LANE_HEADER, "none"),
-            response.status,
-            self.runtime.now_s() - started_s,
-        )
+            trail.error, trail.detail = error.kind, error.message
+            response = error.response(trail.request_id)
+        except BaseException:
+            trail.duration_s = runtime.now_s() - trail.started_s
+            runtime.telemetry.abandon(span, trail)
+            raise
+        trail.status = response.status
+        trail.lane = response.headers.get(LANE_HEADER)
+        trail.duration_s = runtime.now_s() - trail.started_s
+        runtime.route_stats.record(trail.route, trail.lane or "none", trail.status, trail.duration_s)
+        runtime.telemetry.finish(span, trail)
         return response
 
-    async def _handle(self, request: web.BaseRequest, state: RouterState, request_id: str) -> web.StreamResponse:
+    async def _handle(
+        self, request: web.BaseRequest, state: RouterState, trail: Trail, span: object | None
+    ) -> web.StreamResponse:
         server = state.config.server
         check_header_size(request, server.max_header_bytes)
         route = state.routes.match(request.rel_url.path)
-        request[_ROUTE] = route.path
+        trail.route = route.path
         header_pin = requested_lane(request.headers.get(MODE_HEADER), state.lanes)
         deadline = deadline_s(request.headers.get(DEADLINE_HEADER))
         body = await read_body(request, limit=server.max_body_bytes, timeout_s=server.receive_timeout_s)
@@ -105,12 +108,15 @@ class Proxy:
             available=[name for name, lane in state.lanes.items() if lane.pool.available(now)],
             u=state.draw.random(),
         )
+        trail.pinned = choice.pinned
         headers = upstream_request_headers(
-            request.headers, peer=request.remote, scheme=request.scheme, request_id=request_id
+            request.headers, peer=request.remote, scheme=request.scheme, request_id=trail.request_id
         )
+        if span is not None:
+            self.runtime.telemetry.inject(span, headers)
         state.retries.active += 1
         try:
-            return await self._dispatch(request, state, choice, codec_for(route.protocol), body, headers, request_id)
+            return await self._dispatch(request, state, choice, codec_for(route.protocol), body, headers, trail)
         finally:
             state.retries.active -= 1
 
@@ -122,7 +128,7 @@ class Proxy:
         codec: Codec,
         body: bytes,
         headers,
-        request_id: str,
+        trail: Trail,
     ) -> web.StreamResponse:
         lane = state.lanes[choice.lane]
         visited: list[str] = []
@@ -137,7 +143,7 @@ class Proxy:
                         part = codec.read(body) or False
                     if part:
                         try:
-                            return await self._batched(request, state, lane, codec, part, request_id, visited)
+                            return await self._batched(request, state, lane, codec, part, trail, visited)
                         except NothingSent as exc:
                             failure = str(exc)
                             if not retrying and not (retrying := state.retries.try_acquire()):
@@ -151,14 +157,14 @@ class Proxy:
                             continue
                         lane = None if choice.pinned else _failover_lane(state, visited)
                         continue
-                lane = await self._admit(state, lane, choice, visited)
+                lane = await self._admit(state, lane, choice, visited, trail)
                 started_s = self.runtime.now_s()
                 lane.window.arrived(started_s)
                 try:
                     while (upstream := lane.pool.pick(self.runtime.now_s(), exclude=tuple(tried))) is not None:
                         try:
                             return await self._forward(
-                                request, state, lane, upstream, codec, body, headers, request_id, started_s
+                                request, state, lane, upstream, codec, body, headers, trail, started_s
                             )
                         except NothingSent as exc:
                             failure = str(exc)
@@ -185,7 +191,7 @@ class Proxy:
         lane: Lane,
         codec: Codec,
         part: Part,
-        request_id: str,
+        trail: Trail,
         visited: list[str],
     ) -> web.Response:
         """Ride in the lane's next merged call; the answer is this request's share."""
@@ -213,18 +219,21 @@ class Proxy:
             lane.window.queue_depth = lane.batching.waiting
         now = self.runtime.now_s()
         reply = result.reply
+        trail.batch, trail.cost_usd, trail.queue_wait_s = result.batch, result.cost_usd, result.wait_s
         lane.window.completed(
             now, now - started_s, ok=reply.status < 500, cost_usd=result.cost_usd, input_tokens=reply.input_tokens
         )
         headers = {
             "Content-Type": reply.content_type,
             LANE_HEADER: lane.name,
-            REQUEST_ID_HEADER: request_id,
+            REQUEST_ID_HEADER: trail.request_id,
             BATCH_HEADER: result.batch,
         }
         return web.Response(status=reply.status, body=reply.body, headers=headers)
 
-    async def _admit(self, state: RouterState, lane: Lane, choice: LaneChoice, visited: list[str]) -> Lane:
+    async def _admit(
+        self, state: RouterState, lane: Lane, choice: LaneChoice, visited: list[str], trail: Trail
+    ) -> Lane:
         """Enter `lane`'s gate, or spill to the next lane that has room; 503 when none does."""
         first = lane
         while True:
@@ -232,6 +241,7 @@ class Proxy:
             if lane.gate.try_enter():
                 return lane
             lane.window.queue_depth = lane.gate.waiting + 1
+            queued_s = self.runtime.now_s()
             try:
                 await lane.gate.enter()
                 return lane
@@ -239,6 +249,7 @@ class Proxy:
                 pass
             finally:
                 lane.window.queue_depth = lane.gate.waiting
+                trail.queue_wait_s += self.runtime.now_s() - queued_s
             spill_to = None if choice.pinned or not lane.config.spill else _failover_lane(state, visited)
             if spill_to is None:
                 now = self.runtime.now_s()
@@ -256,9 +267,10 @@ class Proxy:
         codec: Codec,
         body: bytes,
         headers,
-        request_id: str,
+        trail: Trail,
         started_s: float,
     ) -> web.StreamResponse:
+        trail.upstream = upstream.base
         upstream.in_flight += 1
         try:
             try:
@@ -278,7 +290,7 @@ class Proxy:
                 lane.window.abandoned(self.runtime.now_s())
                 raise
             try:
-                return await self._relay(request, state, lane, upstream, codec, answer, request_id, started_s)
+                return await self._relay(request, state, lane, upstream, codec, answer, trail, started_s)
             finally:
                 answer.release()
         finally:
@@ -292,11 +304,11 @@ class Proxy:
         upstream: Upstream,
         codec: Codec,
         answer: UpstreamResponse,
-        request_id: str,
+        trail: Trail,
         started_s: float,
     ) -> web.StreamResponse:
         ok = answer.status < 500
-        headers = client_response_headers(answer.headers, lane=lane.name, request_id=request_id)
+        headers = client_response_headers(answer.headers, lane=lane.name, request_id=trail.request_id)
         length = answer.content_length
         tokens = None  # (input, output) when the protocol reports them, for per-token prices
         try:
@@ -328,7 +340,7 @@ class Proxy:
                 raise upstream_failed(lane.name, detail) from None
             # The status line is gone. Cut the connection, so the client sees
             # a broken response rather than a complete-looking short one.
-            event(logger, "upstream_broke_off", logging.WARNING, lane=lane.name, request_id=request_id, detail=detail)
+            trail.error, trail.detail = "upstream_broke_off", detail
             if request.transport is not None:
                 request.transport.abort()
             return response
@@ -340,6 +352,7 @@ class Proxy:
         latency_s = now - started_s
         input_tokens, output_tokens = tokens or (0, 0)
         cost_usd = state.control.monitor.attributed_cost_usd(lane.name, input_tokens, output_tokens, busy_s=latency_s)
+        trail.cost_usd = cost_usd
         lane.window.completed(
             now, latency_s, ok=ok, cost_usd=cost_usd, input_tokens=input_tokens, output_tokens=output_tokens
         )

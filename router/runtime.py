@@ -22,9 +22,11 @@ from configs import load_config
 from configs.schema import ModeshiftConfig
 from policies.actions import Action, Command
 from router.decisions import DecisionLog
+from router.figures import collect
 from router.logs import event
 from router.route_stats import RouteStats
 from router.state import build_state, carry_over
+from router.telemetry import Telemetry
 
 logger = logging.getLogger("modeshift.router")
 
@@ -36,12 +38,14 @@ class Runtime:
         *,
         config_path: str | Path | None = None,
         clock: Callable[[], float] = time.monotonic,
+        telemetry: Telemetry | None = None,
     ):
         self.clock = clock
         self.config_path = config_path
         self.state = build_state(config, now_s=clock(), clock=clock)
         self.decisions = DecisionLog(config.telemetry.decisions_kept)
         self.route_stats = RouteStats()  # survives reloads, like the decision log
+        self.telemetry = telemetry or Telemetry.build(config.telemetry, lambda: collect(self))
         self.started_s = clock()
         self.reloads = 0
         self._ticker: asyncio.Task | None = None
@@ -71,6 +75,7 @@ class Runtime:
         self.state, carried = carry_over(old, config, now_s=now, clock=self.clock)
         self.reloads += 1
         self.decisions.resize(config.telemetry.decisions_kept)
+        self.telemetry.configure(config.telemetry)
         for lane in carried.replaced_lanes:
             task = asyncio.get_running_loop().create_task(lane.close_when_idle(config.server.shutdown_timeout_s))
             self._closing.add(task)
@@ -113,6 +118,7 @@ class Runtime:
         for lane in self.state.lanes.values():
             await lane.close()
         await asyncio.gather(*self._closing, return_exceptions=True)
+        await self.telemetry.close()
 
 
 def _listeners(config: ModeshiftConfig) -> tuple[str, str]:

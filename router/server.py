@@ -26,6 +26,7 @@ from router.dataplane import DataPlaneServer
 from router.logs import event
 from router.proxy import Proxy
 from router.runtime import Runtime
+from router.telemetry import TelemetryUnavailable
 
 logger = logging.getLogger("modeshift.server")
 
@@ -70,6 +71,7 @@ class RunningRouter:
         await admin_site.start()
         self.data_address = self._data.addresses[0][:2]
         self.admin_address = self._admin.addresses[0][:2]
+        self.runtime.telemetry.start()
         if ticking:
             self.runtime.start()
 
@@ -81,7 +83,11 @@ class RunningRouter:
 
 
 async def _serve(config: ModeshiftConfig, path: Path) -> int:
-    runtime = Runtime(config, config_path=path)
+    try:
+        runtime = Runtime(config, config_path=path)
+    except TelemetryUnavailable as exc:
+        print(exc, file=sys.stderr)
+        return 2
     router = RunningRouter(runtime)
     await router.start()
     stop = asyncio.Event()

@@ -1,0 +1,50 @@
+"""What one client request went through, for its span, its log lines and the route stats.
+
+The proxy fills a `Trail` as the request moves (route, lane, pinned or auto,
+upstream, micro-batch, queue wait, attributed cost, status, the router's own
+error), and router.telemetry reads it once the answer is done. Plain data:
+nothing here reads a clock or does I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class Trail:
+    request_id: str
+    method: str
+    path: str
+    started_s: float
+    route: str = "unmatched"
+    lane: str | None = None  # the lane that answered; None when the router answered before choosing
+    pinned: bool = False
+    upstream: str | None = None
+    batch: str | None = None  # "<batch id>/<requests in the call>" when micro-batched
+    queue_wait_s: float = 0.0
+    cost_usd: float = 0.0
+    status: int = 0
+    error: str | None = None  # the router's own error type, when it answered itself or cut an answer
+    detail: str | None = None  # and its message
+    trace_id: str | None = None  # 32 hex digits, when traced or the client sent a traceparent
+    duration_s: float = 0.0
+
+    def access_record(self) -> dict:
+        return {
+            "request_id": self.request_id,
+            "trace_id": self.trace_id,
+            "method": self.method,
+            "path": self.path,
+            "route": self.route,
+            "lane": self.lane,
+            "pinned": self.pinned,
+            "upstream": self.upstream,
+            "batch": self.batch,
+            "status": self.status,
+            "error": self.error,
+            "detail": self.detail,
+            "duration_ms": round(self.duration_s * 1000, 3),
+            "queue_wait_ms": round(self.queue_wait_s * 1000, 3),
+            "cost_usd": self.cost_usd,
+        }
