@@ -2,9 +2,15 @@
 
 Every request needs `Authorization: Bearer <token>`, the token being the value
 of the environment variable the config names (server.admin_token_env); with
-the variable unset, the admin API answers 401 to everyone and says so.
+the variable unset, the admin API answers 401 to everyone and says so. The
+one exception is the status page's HTML at `/`, which holds no data: its
+script asks for the token (or reads it from the URL's `#token=` fragment,
+which browsers never send) and calls the API with it.
 
+    GET  /           the status page (router/status_page.html)
     GET  /status     mode, weights, transition, per-lane figures and upstreams, recent decisions
+    GET  /history    per-lane rate, latency, cost and weight, one sample per tick (router.history)
+    GET  /decisions  the decision audit log, JSON Lines, oldest first (?limit=N, ?kind=A,B)
     GET  /metrics    the same figures for Prometheus (router.prometheus)
     POST /mode       {"mode": "batch", "gradual": true, "reason": "..."}
     POST /pause      stop moving (the rollback guard stays armed)
@@ -22,6 +28,7 @@ import hmac
 import json
 import os
 from collections.abc import Awaitable, Callable
+from importlib import resources
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -35,6 +42,7 @@ from router.runtime import Runtime
 
 RECENT_DECISIONS = 50
 _RUNTIME = web.AppKey("runtime", Runtime)
+_PAGE = resources.files("router").joinpath("status_page.html").read_bytes()
 
 
 class _ModeBody(BaseModel):
@@ -61,6 +69,8 @@ def _dumps(value) -> str:
 
 @web.middleware
 async def _authorize(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+    if request.path == "/" and request.method == "GET":
+        return await handler(request)  # the page's HTML only; its data needs the token
     runtime = request.app[_RUNTIME]
     variable = runtime.state.config.server.admin_token_env
     token = os.environ.get(variable, "")
@@ -123,6 +133,7 @@ def status(runtime: Runtime) -> dict:
         "decisions": runtime.decisions.recent(RECENT_DECISIONS),
         "config": {"path": str(runtime.config_path) if runtime.config_path else None, "reloads": runtime.reloads},
         "uptime_s": now - runtime.started_s,
+        "now_s": now,
     }
 
 
@@ -161,6 +172,41 @@ async def _reload(request: web.Request) -> web.Response:
     return web.json_response(record, dumps=_dumps)
 
 
+async def _page(request: web.Request) -> web.Response:
+    return web.Response(body=_PAGE, content_type="text/html", headers={"Cache-Control": "no-store"})
+
+
+async def _history(request: web.Request) -> web.Response:
+    runtime = request.app[_RUNTIME]
+    after = _number(request, "after", float, None)
+    return web.json_response({"now_s": runtime.now_s(), "samples": runtime.history.after(after)}, dumps=_dumps)
+
+
+async def _decisions(request: web.Request) -> web.Response:
+    """The audit log in the simulator's format: one `Action.as_record()` per line."""
+    runtime = request.app[_RUNTIME]
+    limit = _number(request, "limit", int, None)
+    if limit is not None and limit < 1:
+        raise bad_request(f"limit must be a positive whole number, got {limit}")
+    kinds = {k for k in request.query.get("kind", "").split(",") if k}
+    records = [r for r in runtime.decisions.recent() if not kinds or r.get("kind") in kinds]
+    if limit is not None:
+        records = records[-limit:]
+    body = "".join(_dumps(record) + "\n" for record in records)
+    return web.Response(text=body, content_type="application/x-ndjson")
+
+
+def _number(request: web.Request, name: str, kind: type, default):
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        return kind(raw)
+    except ValueError:
+        what = "a whole number" if kind is int else "a number"
+        raise bad_request(f"query parameter {name} must be {what}, got {raw!r}") from None
+
+
 async def _metrics(request: web.Request) -> web.Response:
     from router.prometheus import CONTENT_TYPE, exposition
 
@@ -171,7 +217,10 @@ async def _metrics(request: web.Request) -> web.Response:
 def admin_app(runtime: Runtime) -> web.Application:
     app = web.Application(middlewares=[_authorize])
     app[_RUNTIME] = runtime
+    app.router.add_get("/", _page)
     app.router.add_get("/status", _status)
+    app.router.add_get("/history", _history)
+    app.router.add_get("/decisions", _decisions)
     app.router.add_get("/metrics", _metrics)
     app.router.add_post("/mode", _mode)
     app.router.add_post("/pause", _simple(Pause))

@@ -23,6 +23,7 @@ from configs.schema import ModeshiftConfig
 from policies.actions import Action, Command
 from router.decisions import DecisionLog
 from router.figures import collect
+from router.history import History
 from router.logs import event
 from router.route_stats import RouteStats
 from router.state import build_state, carry_over
@@ -45,6 +46,7 @@ class Runtime:
         self.state = build_state(config, now_s=clock(), clock=clock)
         self.decisions = DecisionLog(config.telemetry.decisions_kept)
         self.route_stats = RouteStats()  # survives reloads, like the decision log
+        self.history = History()
         self.telemetry = telemetry or Telemetry.build(config.telemetry, lambda: collect(self))
         self.started_s = clock()
         self.reloads = 0
@@ -55,8 +57,11 @@ class Runtime:
         return self.clock()
 
     def tick(self) -> list[Action]:
-        actions = self.state.control.tick(self.now_s())
+        now = self.now_s()
+        state = self.state
+        actions = state.control.tick(now)
         self.decisions.record(actions)
+        self.history.record(now, state.lanes, state.control.weights.as_dict())
         return actions
 
     def command(self, command: Command) -> list[Action]:

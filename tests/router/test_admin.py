@@ -11,7 +11,8 @@ from tests.router.conftest import admin_headers, gather_limited, two_lane_config
 async def test_every_admin_path_needs_the_token(upstream, start_router, client, monkeypatch):
     realtime = await upstream()
     router = await start_router(two_lane_config([realtime.url], [realtime.url]))
-    for method, path in (("GET", "/status"), ("POST", "/mode"), ("POST", "/reload"), ("GET", "/nope")):
+    paths = (("GET", "/status"), ("GET", "/history"), ("GET", "/decisions"), ("POST", "/mode"), ("GET", "/nope"))
+    for method, path in paths:
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic dGVzdA=="}):
             async with client.request(method, f"{router.admin_url}{path}", headers=headers) as response:
                 assert response.status == 401
