@@ -10,6 +10,8 @@ one run:
   modeshift   `modeshift serve` with every feature of the data plane on
               (two lanes at 50/50, admission, outlier ejection, retry budget,
               limits, the control tick, JSON decision log)
+  telemetry   the same with OpenTelemetry on: spans at 1% sampling and OTLP
+              metrics pushed every second, to bench/otlp_sink.py
   nginx       nginx as a reverse proxy with upstream keep-alive, when installed
 
 Throughput: wrk (its own process) with 64 connections for --seconds.
@@ -17,7 +19,8 @@ Latency: bench/fixed_rate.py, open loop at --rate req/s for --rate-seconds.
 With two or more cores, proxies run on one core and the upstream and the load
 generator on the others (taskset), so the proxy's core is its own.
 Targets: modeshift throughput >= bare; added latency at 500 req/s over direct
-p50 <= 0.5 ms and p99 <= 2 ms. Output also goes to bench/out/proxy_overhead.txt.
+p50 <= 0.5 ms and p99 <= 2 ms; telemetry costs <= 10% of modeshift's
+throughput. Output also goes to bench/out/proxy_overhead.txt.
 """
 
 from __future__ import annotations
@@ -86,7 +89,7 @@ def nginx(template: str, workdir: Path, **kw) -> list[str]:
     return ["nginx", "-c", str(conf), "-g", "daemon off;"]
 
 
-def modeshift_config(port: int, admin_port: int, upstream: str) -> dict:
+def modeshift_config(port: int, admin_port: int, upstream: str, otlp: str | None = None) -> dict:
     lane = {"upstreams": [upstream], "max_in_flight": 1024, "queue_depth": 1024, "timeout": "10s"}
     return {
         "server": {"listen": f"127.0.0.1:{port}", "admin_listen": f"127.0.0.1:{admin_port}"},
@@ -102,6 +105,7 @@ def modeshift_config(port: int, admin_port: int, upstream: str) -> dict:
         },
         "switching": {"tick": "1s"},
         "metrics": {"window": "10s", "slot": "1s"},
+        "telemetry": {"otlp_endpoint": otlp, "trace_sampling": 0.01, "otlp_interval": "1s"},
     }
 
 
@@ -143,12 +147,15 @@ def fixed_rate(url: str, rate: float, seconds: float, prefix: list[str]) -> dict
     return json.loads(out)
 
 
-def target_command(name: str, port: int, upstream_url: str, up_port: int, workdir: Path, cpu: list[str]) -> list[str]:
+def target_command(
+    name: str, port: int, upstream_url: str, up_port: int, workdir: Path, cpu: list[str], otlp: str
+) -> list[str]:
     if name == "bare":
         return [*cpu, PY, str(HERE / "bare_proxy.py"), str(port), upstream_url]
-    if name == "modeshift":
-        config = workdir / "modeshift.yaml"
-        config.write_text(yaml.safe_dump(modeshift_config(port, free_port(), upstream_url)))
+    if name in ("modeshift", "telemetry"):
+        config = workdir / f"{name}.yaml"
+        telemetry = otlp if name == "telemetry" else None
+        config.write_text(yaml.safe_dump(modeshift_config(port, free_port(), upstream_url, telemetry)))
         return [*cpu, PY, "-m", "router.cli", "serve", "-c", str(config)]
     return [*cpu, *nginx(NGINX_PROXY, workdir, port=port, upstream=up_port)]
 
@@ -159,6 +166,7 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=500.0)
     parser.add_argument("--rate-seconds", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=1, help="repeat all targets; medians are printed")
+    parser.add_argument("--targets", default="direct,bare,modeshift,telemetry,nginx", help="comma-separated subset")
     args = parser.parse_args()
     have_wrk, have_nginx = bool(shutil.which("wrk")), bool(shutil.which("nginx"))
     if not have_wrk:
@@ -178,20 +186,27 @@ def main() -> int:
         upstream_cmd = nginx(NGINX_UPSTREAM, workdir, port=up_port)
     else:
         upstream_cmd = [PY, str(HERE / "fast_upstream.py"), str(up_port)]
-    names = ["direct", "bare", "modeshift"] + (["nginx"] if have_nginx else [])
+    wanted = args.targets.split(",")
+    names = [n for n in ("direct", "bare", "modeshift", "telemetry", "nginx") if n in wanted]
+    names = [n for n in names if n != "nginx" or have_nginx]
     results: dict[str, list[dict]] = {name: [] for name in names}
     say(
         f"upstream: {'nginx' if have_nginx else 'bench/fast_upstream.py'}; load: wrk -t1 -c64, then {args.rate:g} req/s"
     )
     proxy_cores, other_cores = (proxy_cpu[-1], other_cpu[-1]) if proxy_cpu else ("any", "any")
     say(f"cpus: proxies on {proxy_cores}, upstream and load on {other_cores}")
-    with process([*other_cpu, *upstream_cmd], up_port):
+    sink_port = free_port()
+    otlp = f"http://127.0.0.1:{sink_port}"
+    sink_cmd = [*other_cpu, PY, str(HERE / "otlp_sink.py"), str(sink_port)]
+    with process([*other_cpu, *upstream_cmd], up_port), process(sink_cmd, sink_port):
         for round_index in range(args.rounds):
             for name in names:
                 port = up_port if name == "direct" else free_port()
                 url = f"http://127.0.0.1:{port}/v1/embeddings"
                 cmd = (
-                    None if name == "direct" else target_command(name, port, upstream_url, up_port, workdir, proxy_cpu)
+                    None
+                    if name == "direct"
+                    else target_command(name, port, upstream_url, up_port, workdir, proxy_cpu, otlp)
                 )
                 with process(cmd, port, cwd=ROOT) if cmd else _nothing() as proc:
                     pgid = proc.pid if proc else None
@@ -208,29 +223,41 @@ def main() -> int:
         return statistics.median(r[key] for r in results[name])
 
     say()
+    base = "bare" if "bare" in names else names[0]
+    direct = "direct" if "direct" in names else None
     say(
-        f"{'target':<10} {'req/s':>9} {'vs bare':>8} {'CPU us/req':>11} {'vs bare':>8}"
+        f"{'target':<10} {'req/s':>9} {'vs ' + base:>10} {'CPU us/req':>11} {'vs ' + base:>10}"
         f"   {'p50 ms':>7} {'+direct':>8}   {'p99 ms':>7} {'+direct':>8}"
     )
     for name in names:
         rps, cpu, p50, p99 = (median(name, k) for k in ("rps", "cpu_us", "p50_ms", "p99_ms"))
-        rps_ratio, cpu_ratio = rps / median("bare", "rps"), cpu / median("bare", "cpu_us")
-        added_50, added_99 = p50 - median("direct", "p50_ms"), p99 - median("direct", "p99_ms")
+        rps_ratio, cpu_ratio = rps / median(base, "rps"), cpu / median(base, "cpu_us")
+        added_50 = p50 - median(direct, "p50_ms") if direct else math.nan
+        added_99 = p99 - median(direct, "p99_ms") if direct else math.nan
         say(
-            f"{name:<10} {rps:>9,.0f} {rps_ratio:>7.2f}x {cpu:>11.1f} {cpu_ratio:>7.2f}x"
+            f"{name:<10} {rps:>9,.0f} {rps_ratio:>9.2f}x {cpu:>11.1f} {cpu_ratio:>9.2f}x"
             f"   {p50:>7.3f} {added_50:>+8.3f}   {p99:>7.3f} {added_99:>+8.3f}"
         )
-    added_p50 = median("modeshift", "p50_ms") - median("direct", "p50_ms")
-    added_p99 = median("modeshift", "p99_ms") - median("direct", "p99_ms")
     say()
-    say(
-        f"modeshift / bare: throughput {median('modeshift', 'rps') / median('bare', 'rps'):.2f}x (target >= 1.00), "
-        f"CPU per request {median('modeshift', 'cpu_us') / median('bare', 'cpu_us'):.2f}x"
-    )
-    say(
-        f"modeshift added latency at {args.rate:g} req/s: p50 {added_p50:+.3f} ms (target <= 0.5), "
-        f"p99 {added_p99:+.3f} ms (target <= 2)"
-    )
+    if {"modeshift", "bare"} <= set(names):
+        say(
+            f"modeshift / bare: throughput {median('modeshift', 'rps') / median('bare', 'rps'):.2f}x "
+            f"(target >= 1.00), CPU per request {median('modeshift', 'cpu_us') / median('bare', 'cpu_us'):.2f}x"
+        )
+    if direct and "modeshift" in names:
+        added_p50 = median("modeshift", "p50_ms") - median("direct", "p50_ms")
+        added_p99 = median("modeshift", "p99_ms") - median("direct", "p99_ms")
+        say(
+            f"modeshift added latency at {args.rate:g} req/s: p50 {added_p50:+.3f} ms (target <= 0.5), "
+            f"p99 {added_p99:+.3f} ms (target <= 2)"
+        )
+    if {"modeshift", "telemetry"} <= set(names):
+        pairs = [t["rps"] / m["rps"] for m, t in zip(results["modeshift"], results["telemetry"])]
+        say(
+            f"telemetry on / off: throughput {median('telemetry', 'rps') / median('modeshift', 'rps'):.2f}x "
+            f"(target >= 0.90), CPU per request {median('telemetry', 'cpu_us') / median('modeshift', 'cpu_us'):.2f}x; "
+            f"per round {', '.join(f'{r:.2f}x' for r in pairs)}"
+        )
     (OUT / "proxy_overhead.txt").write_text("\n".join(lines) + "\n")
     return 0
 

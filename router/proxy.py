@@ -18,6 +18,10 @@ abandonment when the client went away. A failed visit counts as an error of
 the lane that failed, even when another lane then served the request, so the
 controller sees a lane that breaks.
 
+What the request went through (route, lane, upstream, batch, queue wait,
+cost, status) goes on its `Trail` (router.trail), which router.telemetry
+turns into its span and log lines once the answer is done.
+
 What must not live here: limits parsing (router.intake), the lane choice
 rules (router.routing), the control tick (router.runtime).
 """
@@ -73,9 +77,14 @@ class Proxy:
         except ProxyError as error:
             trail.error, trail.detail = error.kind, error.message
             response = error.response(trail.request_id)
-        except BaseException:
+        except (asyncio.CancelledError, ConnectionError):
             trail.duration_s = runtime.now_s() - trail.started_s
-            runtime.telemetry.abandon(span, trail)
+            runtime.telemetry.abandon(span, trail)  # the client went away
+            raise
+        except Exception as exc:  # a bug: aiohttp answers 500 and logs the traceback
+            trail.status, trail.error, trail.detail = 500, "internal_error", repr(exc)
+            trail.duration_s = runtime.now_s() - trail.started_s
+            runtime.telemetry.finish(span, trail)
             raise
         trail.status = response.status
         trail.lane = response.headers.get(LANE_HEADER)
