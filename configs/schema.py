@@ -138,7 +138,13 @@ class TelemetryConfig(_Section):
 
 class JobsConfig(_Section):
     enabled: bool = True
-    database: str = Field("modeshift-jobs.sqlite3", description="SQLite file of the durable job store")
+    database: str = Field(
+        "modeshift-jobs.sqlite3", description="SQLite file of the durable job store, made when the first job arrives"
+    )
+    lane: Name | None = Field(None, description='the lane jobs run on; default: the lane named "batch", else the first')
+    schedule: Literal["asap", "idle"] = Field(
+        "asap", description="asap: within max_share at once; idle: only while the lane has no queue"
+    )
     max_share: float = Field(0.5, gt=0, le=1, description="share of the batch lane that jobs may use")
     attempts: int = Field(3, ge=1, description="tries per item before it fails")
     backoff_s: Duration = Field(1.0, alias="backoff", description="first retry delay")
@@ -196,6 +202,8 @@ def _cross_problems(cfg: ModeshiftConfig):
         seen_paths.add(route.path)
         if route.pin is not None and route.pin not in cfg.lanes:
             yield _problem(("routes", i, "pin"), route.pin, "unknown_lane", f"no such lane; lanes: {known_lanes}")
+    if cfg.jobs.lane is not None and cfg.jobs.lane not in cfg.lanes:
+        yield _problem(("jobs", "lane"), cfg.jobs.lane, "unknown_lane", f"no such lane; lanes: {known_lanes}")
     if cfg.server.listen == cfg.server.admin_listen:
         yield _problem(
             ("server", "admin_listen"), cfg.server.admin_listen, "shared_port", "the admin API needs its own address"

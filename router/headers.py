@@ -83,7 +83,7 @@ def _connection_named(headers: CIMultiDictProxy[str]) -> set[str]:
     return named
 
 
-def _end_to_end(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+def end_to_end(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     """A copy without the hop-by-hop headers, those `Connection` names, Host and framing."""
     out = CIMultiDict(headers)  # copied in C; then the few that must go are removed
     drop = _NOT_FORWARDED | _connection_named(headers) if "Connection" in headers else _NOT_FORWARDED
@@ -97,7 +97,7 @@ def upstream_request_headers(
     headers: CIMultiDictProxy[str], *, peer: str | None, scheme: str, request_id: str
 ) -> CIMultiDict[str]:
     """The headers to send upstream for a client request with `headers`."""
-    out = _end_to_end(headers)
+    out = end_to_end(headers)
     prior = out.getall("X-Forwarded-For", ())
     for name in _FORWARDING:
         out.popall(name, None)
@@ -114,7 +114,7 @@ def upstream_request_headers(
 
 def client_response_headers(headers: CIMultiDictProxy[str], *, lane: str, request_id: str) -> CIMultiDict[str]:
     """The headers to send the client for an upstream response with `headers`."""
-    out = _end_to_end(headers)
+    out = end_to_end(headers)
     out[LANE_HEADER] = lane
     out[REQUEST_ID_HEADER] = request_id
     return out

@@ -47,6 +47,7 @@ from router.errors import (
 )
 from router.headers import client_response_headers, request_id_from, upstream_request_headers
 from router.intake import check_header_size, read_body
+from router.jobs_api import JOBS_PREFIX, prefers_async
 from router.lanes import Lane
 from router.microbatch import BATCH_HEADER
 from router.routing import DEADLINE_HEADER, MODE_HEADER, LaneChoice, choose_lane, deadline_s, requested_lane
@@ -98,11 +99,17 @@ class Proxy:
     ) -> web.StreamResponse:
         server = state.config.server
         check_header_size(request, server.max_header_bytes)
+        jobs = self.runtime.jobs
+        if jobs is not None and request.rel_url.path.startswith(JOBS_PREFIX):
+            trail.route = JOBS_PREFIX
+            return await jobs.handle(request)
         route = state.routes.match(request.rel_url.path)
         trail.route = route.path
         header_pin = requested_lane(request.headers.get(MODE_HEADER), state.lanes)
         deadline = deadline_s(request.headers.get(DEADLINE_HEADER))
         body = await read_body(request, limit=server.max_body_bytes, timeout_s=server.receive_timeout_s)
+        if jobs is not None and "Prefer" in request.headers and prefers_async(request.headers):
+            return await jobs.accept(request, body, trail.request_id)
         now = self.runtime.now_s()
         expected: dict[str, float] = {}
         if deadline is not None:

@@ -24,6 +24,7 @@ from policies.actions import Action, Command
 from router.decisions import DecisionLog
 from router.figures import collect
 from router.history import History
+from router.jobs_api import Jobs
 from router.logs import event
 from router.route_stats import RouteStats
 from router.state import build_state, carry_over
@@ -47,6 +48,7 @@ class Runtime:
         self.decisions = DecisionLog(config.telemetry.decisions_kept)
         self.route_stats = RouteStats()  # survives reloads, like the decision log
         self.history = History()
+        self.jobs = Jobs(config, lambda: self.state.lanes[self.jobs.lane_name]) if config.jobs.enabled else None
         self.telemetry = telemetry or Telemetry.build(config.telemetry, lambda: collect(self))
         self.started_s = clock()
         self.reloads = 0

@@ -72,11 +72,18 @@ class RunningRouter:
         self.data_address = self._data.addresses[0][:2]
         self.admin_address = self._admin.addresses[0][:2]
         self.runtime.telemetry.start()
+        if self.runtime.jobs is not None:
+            await self.runtime.jobs.start(_loopback_url(*self.data_address))
         if ticking:
             self.runtime.start()
 
     async def stop(self) -> None:
-        """Stop accepting, finish in-flight requests (within shutdown_timeout), close upstream clients."""
+        """Stop accepting, finish in-flight requests (within shutdown_timeout), close upstream clients.
+
+        Running jobs go back to the queue first: they run again at the next start.
+        """
+        if self.runtime.jobs is not None:
+            await self.runtime.jobs.close()
         await self._data.cleanup()
         await self._admin.cleanup()
         await self.runtime.close()
@@ -133,3 +140,10 @@ def serve(path: str | Path) -> int:
     except ImportError:
         return asyncio.run(_serve(config, Path(path)))
     return uvloop.run(_serve(config, Path(path)))
+
+
+def _loopback_url(host: str, port: int) -> str:
+    """How this process reaches its own data plane (the job runner sends jobs there)."""
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"

@@ -1,0 +1,211 @@
+"""Async jobs on the data plane: `Prefer: respond-async` (RFC 7240) and /v1/jobs.
+
+    POST /v1/embeddings  + Prefer: respond-async    202, Location: /v1/jobs/{id}, Preference-Applied
+    GET    /v1/jobs/{id}          the job: status, attempts, and once done the upstream's answer or the error
+    GET    /v1/jobs/{id}/result   once done, the upstream's answer itself (status, headers, body); 202 before
+    DELETE /v1/jobs/{id}          cancel a job that has not started; 409 once it has
+
+A job is acknowledged (202) only after it is stored durably. Any route
+takes `Prefer: respond-async`; the request is checked like any other (route,
+size limits) before it is stored, with its end-to-end headers (credentials
+included: the database needs the care of a secrets file).
+
+`Idempotency-Key` (IETF httpapi draft): the same key with the same method,
+path and body gives the job stored first; the same key with a different
+request is 422; a second request with a key whose first request is still
+being stored is 409.
+
+The store is made when the first job arrives, so a router whose clients
+never ask for async jobs writes no file. What must not live here: storage
+(router.job_store), running jobs (router.job_runner).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from configs.schema import ModeshiftConfig
+from router.errors import REQUEST_ID_HEADER, ProxyError, bad_request
+from router.headers import HOP_BY_HOP, end_to_end
+from router.job_runner import Answer, JobRunner, share_of
+from router.job_store import FINAL, IdempotencyConflict, Job, JobStore, NewJob
+from router.routing import MODE_HEADER
+from router.upstream_client import UpstreamClient
+
+JOBS_PREFIX = "/v1/jobs/"
+JOB_HEADER = "X-Modeshift-Job"
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+_NOT_STORED = ("prefer", "idempotency-key", MODE_HEADER.lower(), REQUEST_ID_HEADER.lower(), JOB_HEADER.lower())
+_NOT_KEPT = HOP_BY_HOP | {"content-length"}  # of an answer: the framing is made again when it is served
+_MAX_KEY = 255
+
+
+def prefers_async(headers: CIMultiDictProxy[str]) -> bool:
+    """True when a `Prefer` header holds the preference respond-async (RFC 7240: tokens, case-insensitive)."""
+    for value in headers.getall("Prefer", ()):
+        for preference in value.split(","):
+            if preference.split(";", 1)[0].split("=", 1)[0].strip().lower() == "respond-async":
+                return True
+    return False
+
+
+def job_not_found(job_id: str) -> ProxyError:
+    return ProxyError(404, "job_not_found", f"no job {job_id!r}: job ids come from the Location of a 202 answer")
+
+
+class Jobs:
+    def __init__(self, config: ModeshiftConfig, lane_of: Callable[[], object], clock: Callable[[], float] = time.time):
+        self.config = config.jobs
+        self.lane_name = config.jobs.lane or ("batch" if "batch" in config.lanes else next(iter(config.lanes)))
+        self.lane_of = lane_of  # the jobs lane as it is now (a reload may replace it)
+        self.clock = clock
+        self.store: JobStore | None = None
+        self.runner: JobRunner | None = None
+        self.data_url = ""
+        self._client: UpstreamClient | None = None
+        self._storing: set[str] = set()
+
+    async def start(self, data_url: str) -> None:
+        """Remember where the data plane listens; resume the jobs of an earlier run, if its database exists."""
+        self.data_url = data_url
+        if Path(self.config.database).exists():
+            self._open()
+
+    def _open(self) -> JobStore:
+        if self.store is None:
+            lane = self.lane_of()
+            self.store = JobStore(self.config.database)
+            self._client = UpstreamClient(connect_timeout_s=5.0, read_timeout_s=lane.config.timeout_s + 5.0)
+            self.runner = JobRunner(
+                self.store,
+                self.config,
+                self._send,
+                slots=lambda: share_of(self.lane_of().config.max_in_flight, self.config.max_share),
+                lane_queued=lambda: self.lane_of().gate.waiting,
+                lease_s=max(self.config.lease_s, lane.config.timeout_s + 5.0),
+                clock=self.clock,
+            )
+            self.runner.start()
+        return self.store
+
+    async def _send(self, job: Job) -> Answer:
+        headers = CIMultiDict(job.headers)
+        headers[MODE_HEADER] = self.lane_name
+        headers[REQUEST_ID_HEADER] = job.id
+        headers[JOB_HEADER] = job.id
+        answer = await self._client.request(self.data_url, job.method, job.target, headers, job.body)
+        try:
+            body = await answer.read()
+        finally:
+            answer.release()
+        kept = [(k, v) for k, v in answer.headers.items() if k.lower() not in _NOT_KEPT]
+        return Answer(answer.status, kept, body)
+
+    async def accept(self, request: web.BaseRequest, body: bytes, request_id: str) -> web.Response:
+        """Store the request as a job; 202 once it is on the disk."""
+        key = request.headers.get(IDEMPOTENCY_HEADER)
+        if key is not None and not 0 < len(key) <= _MAX_KEY:
+            raise bad_request(f"{IDEMPOTENCY_HEADER} must be 1 to {_MAX_KEY} characters, got {len(key)}")
+        headers = [(k, v) for k, v in end_to_end(request.headers).items() if k.lower() not in _NOT_STORED]
+        job = NewJob(request.method, request.rel_url.raw_path_qs, headers, body, key)
+        if key is not None:
+            if key in self._storing:
+                raise ProxyError(
+                    409, "idempotency_key_in_use", f"a request with {IDEMPOTENCY_HEADER} {key!r} is still being stored"
+                )
+            self._storing.add(key)
+        try:
+            stored, new = await self._open().submit(job, self.clock())
+        except IdempotencyConflict:
+            raise ProxyError(
+                422,
+                "idempotency_key_reused",
+                f"{IDEMPOTENCY_HEADER} {key!r} was used for a different request; use a new key for a new request",
+            ) from None
+        finally:
+            self._storing.discard(key)
+        if new:
+            self.runner.wake()
+        headers = {
+            "Location": f"{JOBS_PREFIX}{stored.id}",
+            "Preference-Applied": "respond-async",
+            REQUEST_ID_HEADER: request_id,
+        }
+        if not new:
+            headers["Idempotent-Replayed"] = "true"
+        return web.json_response(view(stored), status=202, headers=headers)
+
+    async def handle(self, request: web.BaseRequest) -> web.Response:
+        """GET or DELETE /v1/jobs/{id}, GET /v1/jobs/{id}/result."""
+        rest = request.rel_url.path[len(JOBS_PREFIX) :]
+        job_id, _, tail = rest.partition("/")
+        if tail not in ("", "result") or (tail == "result" and request.method != "GET"):
+            raise ProxyError(
+                404, "not_found", f"no such job path; see {JOBS_PREFIX}{{id}} and {JOBS_PREFIX}{{id}}/result"
+            )
+        if request.method not in ("GET", "DELETE"):
+            raise ProxyError(405, "method_not_allowed", "jobs take GET (status, result) and DELETE (cancel)")
+        if self.store is None and not Path(self.config.database).exists():
+            raise job_not_found(job_id)
+        store = self._open()
+        if request.method == "DELETE":
+            job = await store.cancel(job_id, self.clock())
+            if job is None:
+                raise job_not_found(job_id)
+            if job.state != "cancelled":
+                raise ProxyError(409, "job_started", f"job {job_id} is {job.state}; only a queued job can be cancelled")
+            return web.json_response(view(job))
+        job = await store.get(job_id)
+        if job is None:
+            raise job_not_found(job_id)
+        if tail == "result":
+            if job.state not in FINAL:
+                return web.json_response(view(job), status=202, headers={"Retry-After": "1"})
+            if job.status_code is None:
+                raise ProxyError(409, "no_result", f"job {job_id} is {job.state} without an answer: {job.error}")
+            return web.Response(
+                status=job.status_code, body=job.response_body, headers=CIMultiDict(job.response_headers)
+            )
+        return web.json_response(view(job))
+
+    async def close(self) -> None:
+        if self.runner is not None:
+            await self.runner.close()
+        if self.store is not None:
+            await self.store.close()
+        if self._client is not None:
+            await self._client.close()
+
+
+def view(job: Job) -> dict:
+    """A job as its owner sees it."""
+    out: dict = {
+        "id": job.id,
+        "object": "job",
+        "status": job.state,
+        "method": job.method,
+        "path": job.target,
+        "created_at": job.created_at,
+        "finished_at": job.finished_at,
+        "attempts": job.attempts,
+        "error": job.error if job.state != "succeeded" else None,
+        "response": None,
+    }
+    if job.status_code is not None:
+        headers = dict(job.response_headers or [])
+        response: dict = {"status_code": job.status_code, "headers": headers}
+        content_type = next((v for k, v in headers.items() if k.lower() == "content-type"), "")
+        body = job.response_body or b""
+        try:
+            response["body"] = json.loads(body) if "json" in content_type else body.decode()
+        except ValueError:
+            response["body_base64"] = base64.b64encode(body).decode()
+        out["response"] = response
+    return out
