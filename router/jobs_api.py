@@ -82,14 +82,14 @@ class Jobs:
         if self.store is None:
             lane = self.lane_of()
             self.store = JobStore(self.config.database)
-            self._client = UpstreamClient(connect_timeout_s=5.0, read_timeout_s=lane.config.timeout_s + 5.0)
+            self._client = UpstreamClient(connect_timeout_s=5.0, read_timeout_s=lane.config.timeout_s + 1.0)
             self.runner = JobRunner(
                 self.store,
                 self.config,
                 self._send,
                 slots=lambda: share_of(self.lane_of().config.max_in_flight, self.config.max_share),
                 lane_queued=lambda: self.lane_of().gate.waiting,
-                lease_s=max(self.config.lease_s, lane.config.timeout_s + 5.0),
+                lease_s=max(self.config.lease_s, lane.config.timeout_s + 1.0),
                 clock=self.clock,
             )
             self.runner.start()
