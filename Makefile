@@ -31,6 +31,7 @@ bench: $(VENV)/.installed
 	$(PY) bench/core.py
 	$(PY) bench/proxy_overhead.py
 	$(PY) bench/batching.py
+	$(PY) bench/jobs.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

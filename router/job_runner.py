@@ -33,7 +33,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import NamedTuple
 
-from configs.schema import JobsConfig
+from configs.schema import JobsConfig, LaneConfig
 from router.job_store import Job, JobStore
 from router.logs import event
 
@@ -156,6 +156,10 @@ class JobRunner:
             await self.store.release([job for job, _ in held])
 
 
-def share_of(max_in_flight: int, share: float) -> int:
-    """Jobs allowed at once on a lane: the share of its slots, at least one."""
-    return max(1, math.floor(max_in_flight * share))
+def share_of(lane: LaneConfig, share: float) -> int:
+    """Jobs allowed at once on a lane: the share of the requests it holds at once, at least one.
+
+    A micro-batching lane's slots are merged calls of up to max_batch requests each.
+    """
+    per_slot = lane.batching.max_batch if lane.batching is not None else 1
+    return max(1, math.floor(lane.max_in_flight * per_slot * share))

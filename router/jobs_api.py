@@ -87,7 +87,7 @@ class Jobs:
                 self.store,
                 self.config,
                 self._send,
-                slots=lambda: share_of(self.lane_of().config.max_in_flight, self.config.max_share),
+                slots=lambda: share_of(self.lane_of().config, self.config.max_share),
                 lane_queued=lambda: self.lane_of().gate.waiting,
                 lease_s=max(self.config.lease_s, lane.config.timeout_s + 1.0),
                 clock=self.clock,
