@@ -90,7 +90,11 @@ class JobRunner:
             free = self.slots() - len(self.running)
             if self.config.schedule == "idle" and self.lane_queued() > 0:
                 free = 0
-            jobs = await self.store.claim(free, self.clock(), self.lease_s) if free > 0 else []
+            try:
+                jobs = await self.store.claim(free, self.clock(), self.lease_s) if free > 0 else []
+            except Exception:  # the disk: keep the router serving, try again shortly
+                logger.exception("claiming jobs failed")
+                jobs = []
             for job in jobs:
                 task = asyncio.get_running_loop().create_task(self._run(job))
                 self.running[job.id] = (job, task)
