@@ -150,7 +150,8 @@ class JobsConfig(_Section):
     backoff_s: Duration = Field(1.0, alias="backoff", description="first retry delay")
     backoff_multiplier: float = Field(2.0, ge=1)
     lease_s: Duration = Field(60.0, alias="lease", gt=0, description="a worker's claim on an item")
-    completion_window_s: Duration = Field(86400.0, alias="completion_window", description="batches expire after this")
+    openai_api: bool = Field(True, description="serve /v1/files and /v1/batches (off to pass them to a provider lane)")
+    max_file_bytes: ByteSize = Field(200 * 2**20, description="largest batch input file")
 
 
 class ModeshiftConfig(_Section):

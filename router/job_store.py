@@ -58,9 +58,27 @@ CREATE TABLE IF NOT EXISTS jobs (
     response_headers TEXT,
     response_body BLOB,
     error TEXT,
-    finished_at REAL
+    finished_at REAL,
+    batch_id TEXT,
+    custom_id TEXT,
+    line INTEGER
 );
 CREATE INDEX IF NOT EXISTS jobs_ready ON jobs (state, not_before);
+CREATE INDEX IF NOT EXISTS jobs_batch ON jobs (batch_id, line);
+CREATE TABLE IF NOT EXISTS files (
+    id TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    filename TEXT NOT NULL,
+    purpose TEXT NOT NULL,
+    bytes INTEGER NOT NULL,
+    content BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS batches (
+    id TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    status TEXT NOT NULL,
+    record TEXT NOT NULL
+);
 """
 _GROUP = 512  # operations per transaction at most
 FINAL = ("succeeded", "failed", "cancelled")
@@ -164,7 +182,7 @@ class JobStore:
                 try:
                     outcomes.append((future, loop, fn(db), None))
                     db.execute("RELEASE op")
-                except (IdempotencyConflict, sqlite3.IntegrityError) as exc:
+                except Exception as exc:  # this operation's own failure: the others still commit
                     db.execute("ROLLBACK TO op")
                     db.execute("RELEASE op")
                     outcomes.append((future, loop, None, exc))

@@ -22,8 +22,10 @@ never ask for async jobs writes no file. What must not live here: storage
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +38,8 @@ from router.errors import REQUEST_ID_HEADER, ProxyError, bad_request
 from router.headers import HOP_BY_HOP, end_to_end
 from router.job_runner import Answer, JobRunner, share_of
 from router.job_store import FINAL, IdempotencyConflict, Job, JobStore, NewJob
+from router.microbatch import CREDENTIAL_HEADERS
+from router.openai_batches import SWEEP_S, OpenAIBatches
 from router.routing import MODE_HEADER
 from router.upstream_client import UpstreamClient
 
@@ -45,6 +49,7 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 _NOT_STORED = ("prefer", "idempotency-key", MODE_HEADER.lower(), REQUEST_ID_HEADER.lower(), JOB_HEADER.lower())
 _NOT_KEPT = HOP_BY_HOP | {"content-length"}  # of an answer: the framing is made again when it is served
 _MAX_KEY = 255
+logger = logging.getLogger("modeshift.jobs")
 
 
 def prefers_async(headers: CIMultiDictProxy[str]) -> bool:
@@ -71,6 +76,8 @@ class Jobs:
         self.data_url = ""
         self._client: UpstreamClient | None = None
         self._storing: set[str] = set()
+        self._sweeper: asyncio.Task | None = None
+        self.batches = OpenAIBatches(self._open, clock, config.jobs.max_file_bytes) if config.jobs.openai_api else None
 
     async def start(self, data_url: str) -> None:
         """Remember where the data plane listens; resume the jobs of an earlier run, if its database exists."""
@@ -93,7 +100,24 @@ class Jobs:
                 clock=self.clock,
             )
             self.runner.start()
+            if self.batches is not None:
+                self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
         return self.store
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_S)
+            try:
+                await self.batches.sweep()
+            except Exception:
+                logger.exception("sweeping batches failed")
+
+    async def handle_openai(self, request: web.BaseRequest) -> web.Response:
+        """/v1/files and /v1/batches; a new batch's lines run with the caller's credentials."""
+        credentials = [(name, request.headers[name]) for name in CREDENTIAL_HEADERS if name in request.headers]
+        response = await self.batches.handle(request, credentials)
+        self.runner.wake()
+        return response
 
     async def _send(self, job: Job) -> Answer:
         headers = CIMultiDict(job.headers)
@@ -176,6 +200,9 @@ class Jobs:
         return web.json_response(view(job))
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
         if self.runner is not None:
             await self.runner.close()
         if self.store is not None:

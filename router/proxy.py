@@ -100,9 +100,14 @@ class Proxy:
         server = state.config.server
         check_header_size(request, server.max_header_bytes)
         jobs = self.runtime.jobs
-        if jobs is not None and request.rel_url.path.startswith(JOBS_PREFIX):
-            trail.route = JOBS_PREFIX
-            return await jobs.handle(request)
+        if jobs is not None:
+            path = request.rel_url.path
+            if path.startswith(JOBS_PREFIX):
+                trail.route = JOBS_PREFIX
+                return await jobs.handle(request)
+            if jobs.batches is not None and jobs.batches.serves(path):
+                trail.route = path.split("/", 3)[2]  # "files" or "batches"
+                return await jobs.handle_openai(request)
         route = state.routes.match(request.rel_url.path)
         trail.route = route.path
         header_pin = requested_lane(request.headers.get(MODE_HEADER), state.lanes)
