@@ -6,10 +6,12 @@ import asyncio
 import json
 import time
 
+import numpy as np
 import openai
 import pytest
 from aiohttp import web
 
+from tests.router.conftest import two_lane_config
 from tests.router.test_jobs import jobs_config
 
 
@@ -145,3 +147,35 @@ async def test_an_expired_batch_keeps_its_finished_lines(upstream, start_router,
     assert batch.output_file_id is not None and 1 <= batch.request_counts.completed < 10
     errors = [json.loads(line) for line in (await client.files.content(batch.error_file_id)).text.splitlines()]
     assert {e["error"]["code"] for e in errors} == {"batch_expired"}
+
+
+async def test_a_batch_of_embeddings_on_the_reference_model_matches_the_model(
+    model_server, embedder, upstream, start_router, tmp_path, client_for
+):
+    realtime_url, _ = await model_server(embedder, mode="realtime")
+    batch_url, batch_service = await model_server(embedder, mode="batch")
+    config = two_lane_config(
+        [realtime_url],
+        [batch_url],
+        lanes={
+            "realtime": {"upstreams": [realtime_url]},
+            "batch": {"upstreams": [batch_url], "batching": {"rule": "hybrid", "max_batch": 16, "max_wait": "20ms"}},
+        },
+        routes=[{"path": "/v1/embeddings", "protocol": "openai-embeddings"}],
+        jobs={"database": str(tmp_path / "jobs.sqlite3")},
+    )
+    router = await start_router(config)
+    client = await client_for(router)
+    texts = [f"sentence number {i} about batching" for i in range(12)]
+    lines = [
+        {**request_line(f"t{i}", t), "body": {"model": "all-MiniLM-L6-v2", "input": t}} for i, t in enumerate(texts)
+    ]
+    upload = await client.files.create(file=("in.jsonl", jsonl(lines)), purpose="batch")
+    batch = await client.batches.create(input_file_id=upload.id, endpoint="/v1/embeddings", completion_window="24h")
+    batch = await finished(client, batch.id, timeout_s=60)
+    assert batch.status == "completed" and batch.request_counts.completed == 12
+    output = [json.loads(line) for line in (await client.files.content(batch.output_file_id)).text.splitlines()]
+    got = np.array([line["response"]["body"]["data"][0]["embedding"] for line in output])
+    assert [line["custom_id"] for line in output] == [f"t{i}" for i in range(12)]
+    assert np.abs(got - embedder.embed(texts).vectors).max() <= 1e-5
+    assert batch_service.counters.items == 12 and batch_service.counters.requests < 12  # lines were merged
