@@ -155,3 +155,33 @@ def test_prefer_is_read_as_rfc_7240_tokens():
     assert prefers("wait=10", "respond-async")
     assert not prefers("respond-asynchronously", "return=representation")
     assert not prefers()
+
+
+async def test_idle_scheduling_waits_while_live_traffic_queues_for_the_lane(upstream, start_router, client, tmp_path):
+    gate = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.Response:
+        if request.path == "/live":
+            await gate.wait()
+        return web.json_response({"path": request.path})
+
+    server = await upstream(handler)
+    config = jobs_config(server.url, server.url, tmp_path, schedule="idle", max_share=1.0)
+    config.lanes["batch"] = config.lanes["batch"].model_copy(update={"max_in_flight": 1, "queue_depth": 8})
+    router = await start_router(config)
+    pinned = {"X-Modeshift-Mode": "batch"}
+    live = [asyncio.ensure_future(client.get(f"{router.url}/live", headers=pinned)) for _ in range(2)]
+    lane = router.runtime.state.lanes["batch"]
+    async with asyncio.timeout(5):
+        while lane.gate.waiting < 1:  # one live request holds the slot, one queues behind it
+            await asyncio.sleep(0.01)
+    async with client.post(f"{router.url}/job", headers=ASYNC) as response:
+        location = response.headers["Location"]
+    await asyncio.sleep(0.6)  # three runner polls
+    async with client.get(f"{router.url}{location}") as response:
+        assert (await response.json())["status"] == "queued"
+    gate.set()
+    for answer in await asyncio.gather(*live):
+        assert answer.status == 200
+        answer.release()
+    assert (await wait_done(client, router, location))["status"] == "succeeded"
