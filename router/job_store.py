@@ -304,9 +304,6 @@ class JobStore:
 
         await self._do(release)
 
-    async def counts(self) -> dict[str, int]:
-        return await self._do(lambda db: dict(db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state")))
-
 
 def _get(db: sqlite3.Connection, job_id: str) -> Job | None:
     row = db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
