@@ -78,21 +78,23 @@ class Proxy:
         except ProxyError as error:
             trail.error, trail.detail = error.kind, error.message
             response = error.response(trail.request_id)
-        except (asyncio.CancelledError, ConnectionError):
-            trail.duration_s = runtime.now_s() - trail.started_s
-            runtime.telemetry.abandon(span, trail)  # the client went away
+        except (asyncio.CancelledError, ConnectionError):  # the client went away: nginx's 499
+            self._finish(span, trail, 499, "client_closed_request")
             raise
         except Exception as exc:  # a bug: aiohttp answers 500 and logs the traceback
-            trail.status, trail.error, trail.detail = 500, "internal_error", repr(exc)
-            trail.duration_s = runtime.now_s() - trail.started_s
-            runtime.telemetry.finish(span, trail)
+            self._finish(span, trail, 500, "internal_error", repr(exc))
             raise
-        trail.status = response.status
         trail.lane = response.headers.get(LANE_HEADER)
-        trail.duration_s = runtime.now_s() - trail.started_s
+        self._finish(span, trail, response.status)
         runtime.route_stats.record(trail.route, trail.lane or "none", trail.status, trail.duration_s)
-        runtime.telemetry.finish(span, trail)
         return response
+
+    def _finish(self, span, trail: Trail, status: int, error: str | None = None, detail: str | None = None) -> None:
+        trail.status = status
+        trail.duration_s = self.runtime.now_s() - trail.started_s
+        if error is not None:
+            trail.error, trail.detail = error, detail
+        self.runtime.telemetry.finish(span, trail)
 
     async def _handle(
         self, request: web.BaseRequest, state: RouterState, trail: Trail, span: object | None

@@ -10,8 +10,8 @@
 - the access log, one JSON line per request, when `access_log` is on.
 
 The proxy calls `begin` when a request arrives, `inject` to carry its trace
-upstream, and `finish` (or `abandon`, when the client went away) once the
-answer is done. With nothing configured, each is a check of one attribute.
+upstream, and `finish` once the answer is done or the client went away. With
+nothing configured, each is a check of one attribute.
 
 What must not live here: what a request went through (router.trail, filled
 by the proxy), which figures exist (router.figures).
@@ -118,11 +118,6 @@ class Telemetry:
             event(error_logger, "request_failed", level, **trail.access_record())
         if self.access_log:
             event(access_logger, "access", **trail.access_record())
-
-    def abandon(self, span: Any, trail: Trail) -> None:
-        """The client went away before its answer was done (nginx's 499)."""
-        trail.status, trail.error = 499, "client_closed_request"
-        self.finish(span, trail)
 
     def start(self) -> None:
         if self.pusher is not None:
