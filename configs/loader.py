@@ -12,14 +12,16 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from configs.errors import format_error
 from configs.schema import ModeshiftConfig
 from policies.units import UNITS_REQUIRED
+
+M = TypeVar("M", bound=BaseModel)
 
 READY_CONFIGS = ("default", "openai-vllm", "kserve-triton", "provider")
 
@@ -49,6 +51,11 @@ class _Loader(yaml.SafeLoader):
 
 
 def parse_config(text: str, source: str = "<config>") -> ModeshiftConfig:
+    return parse_document(text, source, ModeshiftConfig, "a mapping of sections (server, lanes, modes, ...)")
+
+
+def parse_document(text: str, source: str, model: type[M], expected: str) -> M:
+    """Any YAML document validated into `model`, with errors naming file, line, field and value."""
     loader = _Loader(text)
     try:
         root = loader.get_single_node()
@@ -60,22 +67,24 @@ def parse_config(text: str, source: str = "<config>") -> ModeshiftConfig:
     finally:
         loader.dispose()
     if not isinstance(data, dict):
-        raise ConfigError([f"{source}:1: expected a mapping of sections (server, lanes, modes, ...)"])
+        raise ConfigError([f"{source}:1: expected {expected}"])
     try:
-        return ModeshiftConfig.model_validate(data, context={UNITS_REQUIRED: True})
+        return model.model_validate(data, context={UNITS_REQUIRED: True})
     except ValidationError as exc:
-        raise ConfigError(
-            [format_error(source, root, data, ModeshiftConfig, error) for error in exc.errors()]
-        ) from None
+        raise ConfigError([format_error(source, root, data, model, error) for error in exc.errors()]) from None
 
 
-def load_config(path: str | Path) -> ModeshiftConfig:
+def load_document(path: str | Path, model: type[M], expected: str) -> M:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
-    return parse_config(text, str(path))
+    return parse_document(text, str(path), model, expected)
+
+
+def load_config(path: str | Path) -> ModeshiftConfig:
+    return load_document(path, ModeshiftConfig, "a mapping of sections (server, lanes, modes, ...)")
 
 
 def ready_config_path(name: str) -> Path:

@@ -16,6 +16,7 @@ the same objects, so a policy behaves the same in both.
 - actions, switching, switching_params: the controller's outputs, state machine and parameters
 - control: the loop that ties monitor, policy and controller together
 - flush, batching: micro-batch flush rules and the bounded batch queue
+- lane_choice: which lane one request goes to (pins, deadlines, weights)
 """
 
 from policies.actions import (

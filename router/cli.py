@@ -5,6 +5,8 @@
     modeshift serve -c FILE              the proxy: data plane and admin API, until SIGTERM
     modeshift demo                       the control core on a real trace with a rush
     modeshift backend --mode M --port N  the reference embedding model server
+    modeshift simulate --trace T -c FILE --service MODEL [--policy SPEC ...]
+                                         policies compared offline, with baselines and the oracle
 
 Subcommands import what they need when they run, so `modeshift validate`
 starts without loading the proxy.
@@ -78,6 +80,12 @@ def _backend(args: argparse.Namespace) -> int:
     )
 
 
+def _simulate(args: argparse.Namespace) -> int:
+    from simulator.command import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="modeshift",
@@ -111,6 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
     backend.add_argument("--max-wait-ms", type=float, default=5.0, help="batch: longest a request waits for company")
     backend.add_argument("--threads", type=int, help="CPU threads per forward pass (default: one per core)")
     backend.set_defaults(run=_backend)
+
+    from simulator.command import add_arguments as simulate_arguments
+
+    simulate = commands.add_parser("simulate", help="compare policies on a trace, offline, in virtual time")
+    simulate_arguments(simulate)
+    simulate.set_defaults(run=_simulate)
     return parser
 
 

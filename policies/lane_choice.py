@@ -1,0 +1,81 @@
+"""Which lane one request goes to: pins, deadlines, ejected lanes, then the weights.
+
+Lane choice, in order:
+1. a route with `pin` sends everything to that lane;
+2. a request pinned by its client (the router's `X-Modeshift-Mode: <lane>`,
+   a trace's `mode`) goes to that lane;
+3. a request with a deadline rules out every lane whose expected latency
+   (its p95 over the metrics window) exceeds it; a lane with no figures yet
+   is not ruled out ("no data" is not "too slow");
+4. a lane whose upstreams are all ejected is left out of the draw;
+5. a weighted draw from the controller's weights over the lanes still in,
+   with a uniform sample `u` from the driver's seeded RNG, so a split is
+   exact over many requests and reproducible from the seed.
+When 3 and 4 leave no lane with a share, the request goes to the lane still
+in with the lowest expected latency, or, if nothing is left, is drawn as if
+nothing was ruled out.
+
+The router and the simulator both call `choose_lane`, so a trace request
+lands where the live router would have sent it. Nothing here reads headers,
+a clock or a socket.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Mapping
+from typing import NamedTuple
+
+from policies.weights import Weights
+
+
+class LaneChoice(NamedTuple):
+    lane: str
+    how: str  # "route", "pinned", "deadline" or "auto"
+
+    @property
+    def pinned(self) -> bool:
+        return self.how in ("route", "pinned")
+
+
+def choose_lane(
+    *,
+    route_pin: str | None,
+    header_pin: str | None,
+    deadline: float | None,
+    weights: Weights,
+    expected_latency_s: Mapping[str, float],
+    available: Collection[str],
+    u: float,
+) -> LaneChoice:
+    if route_pin is not None:
+        return LaneChoice(route_pin, "route")
+    if header_pin is not None:
+        return LaneChoice(header_pin, "pinned")
+    lanes = weights.lanes
+    if deadline is None and len(available) == len(lanes):
+        return LaneChoice(weights.draw(u), "auto")  # the common case, kept short
+    fast_enough = [lane for lane in lanes if not _too_slow(expected_latency_s.get(lane, math.nan), deadline)]
+    allowed = [lane for lane in fast_enough if lane in available]
+    how = "deadline" if len(fast_enough) < len(lanes) else "auto"
+    if len(allowed) == len(lanes):
+        return LaneChoice(weights.draw(u), how)
+    total = math.fsum(weights[lane] for lane in allowed)
+    if total > 0:
+        target = u * total
+        for lane in allowed:
+            target -= weights[lane]
+            if target < 0 and weights[lane] > 0:
+                return LaneChoice(lane, how)
+        return LaneChoice(max(allowed, key=weights.__getitem__), how)
+    if allowed:
+        return LaneChoice(min(allowed, key=lambda lane: _latency_key(expected_latency_s.get(lane, math.nan))), how)
+    return LaneChoice(weights.draw(u), how)
+
+
+def _too_slow(expected_s: float, deadline: float | None) -> bool:
+    return deadline is not None and not math.isnan(expected_s) and expected_s > deadline
+
+
+def _latency_key(expected_s: float) -> float:
+    return math.inf if math.isnan(expected_s) else expected_s

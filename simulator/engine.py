@@ -1,0 +1,432 @@
+"""The discrete-event engine: a trace through the control core, in virtual time.
+
+One run builds the control loop from the config exactly as the router does
+(configs.assembly, the same seeds), and plays the router's request path over
+the lanes' service models:
+
+- each request's route and lane come from configs.routes and
+  policies.lane_choice, with a uniform draw from `random.Random(server.seed)`,
+  the router's own stream, taken once per request in arrival order;
+- a gated lane admits up to `max_in_flight` calls, queues up to
+  `queue_depth` more for at most `queue_timeout`, and spills (when `spill`
+  is on and the request is not pinned) or answers 503, as router.admission
+  and router.proxy do; admitted calls then wait for one of the lane's
+  `replicas x concurrency` servers;
+- a lane with `batching:` merges requests on batchable routes with the
+  policies.batching Batcher and the lane's flush rule, at most
+  `max_in_flight` merged calls at once, each charged to its items by share;
+- a `batch_api` lane answers after its turnaround, with no queue;
+- every completion is recorded into the monitor's LaneWindow with the
+  latency and attributed cost the router would record (from admission, not
+  from arrival), and the loop ticks every `switching.tick`.
+
+Events sit on one heap ordered by (time, seq); arrivals come from the sorted
+trace and go after heap events at the same time (so a tick at t sees the
+requests before t, as the router's would). The random sources are the
+config's seed for routing and policy, and `seed` for service times, so a run
+is a pure function of (config, service model, trace, seed).
+
+What must not live here: reading files, printing, plotting (simulator.report).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from collections import deque
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from backends.codecs import codec_for
+from configs.assembly import build_control_loop
+from configs.routes import RoutesByPrefix
+from configs.schema import ModeshiftConfig
+from policies.actions import Action
+from policies.batching import Batcher, BatchItem
+from policies.lane_choice import choose_lane
+from simulator.outcome import NO_LANE, Outcome, TimelineRow
+from simulator.service import BatchApiLane, ServerLane, ServiceModel, check_covers
+from simulator.traces import TraceRequest
+
+OK, LANE_FULL = 200, 503
+_DONE, _BATCH_DONE, _FLUSH, _GATE_TIMEOUT, _TICK = range(5)
+
+
+class _Lane:
+    """One lane's queues and servers during a run."""
+
+    def __init__(self, index: int, name: str, config: ModeshiftConfig, service: ServerLane | BatchApiLane, monitor):
+        lane_config = config.lanes[name]
+        self.index = index
+        self.name = name
+        self.window = monitor.lanes[name]
+        self.cost = monitor.costs[name].request_cost_usd
+        self.limit = lane_config.max_in_flight
+        self.depth = lane_config.queue_depth
+        self.queue_timeout_s = lane_config.queue_timeout_s
+        self.spill = lane_config.spill
+        self.in_gate = 0
+        self.gate: deque[list] = deque()  # [request, pinned, visited, first lane, still waiting]
+        self.waiting = 0
+        self.batch_api = isinstance(service, BatchApiLane)
+        self.service = service
+        if isinstance(service, ServerLane):
+            latency = service.latency
+            self.coef = (latency.base_s, latency.per_item_s, latency.per_input_token_s, latency.per_output_token_s)
+            self.sigma = latency.jitter
+            self.free = service.servers
+        self.backlog: deque[tuple] = deque()  # calls waiting for a server
+        self.batcher = None
+        if lane_config.batching is not None:
+            self.batcher = Batcher(lane_config.batching.build(), capacity=lane_config.batching.queue_capacity)
+            self.running = 0
+            self.armed_at = math.inf
+
+    def call_s(self, items: int, input_tokens: int, output_tokens: int, z: float) -> float:
+        if self.batch_api:
+            s = self.service
+            return min(s.turnaround_median_s * math.exp(s.turnaround_sigma * z), s.max_turnaround_s)
+        base, per_item, per_in, per_out = self.coef
+        mean = base + per_item * items + per_in * input_tokens + per_out * output_tokens
+        sigma = self.sigma
+        return mean * math.exp(sigma * z - 0.5 * sigma * sigma) if sigma else mean
+
+
+class Engine:
+    def __init__(self, config: ModeshiftConfig, service: ServiceModel, *, seed: int = 0):
+        check_covers(service, list(config.lanes))
+        self.config = config
+        self.service = service
+        self.seed = seed
+
+    def run(
+        self,
+        trace: Sequence[TraceRequest],
+        *,
+        progress: Callable[[int], None] | None = None,
+        progress_every: int = 10_000,
+    ) -> Outcome:
+        return _Run(self, trace, progress, progress_every).play()
+
+
+class _Run:
+    def __init__(self, engine: Engine, trace: Sequence[TraceRequest], progress, progress_every: int):
+        config = engine.config
+        self.config = config
+        self.trace = trace
+        self.progress = progress
+        self.progress_every = progress_every
+        self.loop = build_control_loop(config, now_s=0.0, rng=random.Random(config.server.seed))
+        self.draw = random.Random(config.server.seed)
+        names = tuple(config.lanes)
+        self.lanes = {
+            name: _Lane(i, name, config, engine.service.lanes[name], self.loop.monitor) for i, name in enumerate(names)
+        }
+        n = len(trace)
+        self.z = np.random.default_rng(engine.seed).standard_normal(n).tolist()
+        self.routes = RoutesByPrefix(config.routes)
+        self.heap: list[tuple] = []
+        self.seq = 0
+        self.lane_of = [NO_LANE] * n
+        self.status = [0] * n
+        self.done_s = [math.nan] * n
+        self.started_s = [0.0] * n
+        self.cost = [0.0] * n
+        self.pinned = [False] * n
+        self.in_flight = 0
+        self.last_arrival_s = trace[-1].t_s if n else 0.0
+        self.decisions: list[dict] = []
+        self.timeline: list[TimelineRow] = []
+
+    # -- the event loop ---------------------------------------------------
+
+    def play(self) -> Outcome:
+        trace, heap = self.trace, self.heap
+        tick_s = self.config.switching.tick_s
+        self._push(tick_s, _TICK, None, None)
+        route_info = self._route_info()
+        handlers = (self._on_done, self._on_batch_done, self._on_flush, self._on_gate_timeout)
+        for i, request in enumerate(trace):
+            t = request.t_s
+            while heap and heap[0][0] <= t:
+                self._handle(heapq.heappop(heap), handlers, tick_s)
+            self._arrive(i, request, t, *route_info(request))
+            if self.progress is not None and i % self.progress_every == 0:
+                self.progress(i)
+        while self.in_flight and heap:
+            self._handle(heapq.heappop(heap), handlers, tick_s)
+        end_s = max((d for d in self.done_s if not math.isnan(d)), default=0.0)
+        end_s = max(end_s, trace[-1].t_s if trace else 0.0)
+        if self.progress is not None:
+            self.progress(len(trace))
+        return self._outcome(end_s)
+
+    def _handle(self, event: tuple, handlers, tick_s: float) -> None:
+        t, _, kind, lane, payload = event
+        if kind == _TICK:
+            self._tick(t)
+            # Ticks stop with the last arrival: a batch API's answers may take
+            # hours to drain, and no decision then changes where anything goes.
+            if t < self.last_arrival_s:
+                self._push(t + tick_s, _TICK, None, None)
+        else:
+            handlers[kind](t, lane, payload)
+
+    def _push(self, t: float, kind: int, lane: _Lane | None, payload) -> None:
+        self.seq += 1
+        heapq.heappush(self.heap, (t, self.seq, kind, lane, payload))
+
+    def _tick(self, t: float) -> None:
+        actions: list[Action] = self.loop.tick(t)
+        self.decisions.extend(action.as_record() for action in actions)
+        snapshot = self.loop.last_snapshot
+        self.timeline.append(
+            TimelineRow(
+                t_s=t,
+                arrival_rate_per_s=snapshot.arrival_rate_per_s,
+                weights=tuple(self.loop.weights.values()),
+                p95_s=tuple(snapshot.lanes[name].p95_s for name in self.lanes),
+                cost_usd=tuple(
+                    snapshot.lanes[name].cumulative.cost_usd + self.loop.monitor.costs[name].idle_cost_usd(t)
+                    for name in self.lanes
+                ),
+            )
+        )
+
+    # -- the request path -------------------------------------------------
+
+    def _route_info(self):
+        """Per request: (route pin, batchable), cached by route path."""
+        cache: dict[str, tuple[str | None, bool]] = {}
+        lanes, routes = self.lanes, self.routes
+
+        def info(request: TraceRequest) -> tuple[str | None, bool]:
+            found = cache.get(request.route)
+            if found is None:
+                route = routes.find(request.route)
+                if route is None:
+                    raise ValueError(f"trace route {request.route!r} matches no configured route")
+                found = cache[request.route] = (route.pin, codec_for(route.protocol).batchable)
+            if request.mode is not None and request.mode not in lanes:
+                raise ValueError(f"trace request pinned to {request.mode!r}, which is not a lane of this config")
+            return found
+
+        return info
+
+    def _arrive(self, i: int, request: TraceRequest, t: float, route_pin: str | None, batchable: bool) -> None:
+        deadline = request.deadline_ms / 1000.0 if request.deadline_ms is not None else None
+        expected = {}
+        if deadline is not None and (snapshot := self.loop.last_snapshot) is not None:
+            expected = {name: figures.p95_s for name, figures in snapshot.lanes.items()}
+        choice = choose_lane(
+            route_pin=route_pin,
+            header_pin=request.mode,
+            deadline=deadline,
+            weights=self.loop.weights,
+            expected_latency_s=expected,
+            available=self.lanes,
+            u=self.draw.random(),
+        )
+        self.pinned[i] = choice.pinned
+        self.in_flight += 1
+        self._dispatch(i, self.lanes[choice.lane], choice.pinned, t, [], batchable)
+
+    def _dispatch(self, i: int, lane: _Lane, pinned: bool, t: float, visited: list[str], batchable: bool) -> None:
+        while lane.batcher is not None and batchable:
+            visited.append(lane.name)
+            if self._offer(i, lane, t):
+                return
+            spill = None if pinned or not lane.spill else self._failover(visited)
+            if spill is None:
+                self._finish(i, lane, t, LANE_FULL)
+                return
+            lane = spill
+        self._admit(i, lane, pinned, t, visited, lane)
+
+    def _admit(self, i: int, lane: _Lane, pinned: bool, t: float, visited: list[str], first: _Lane) -> None:
+        visited.append(lane.name)
+        if lane.in_gate < lane.limit and not lane.waiting:
+            lane.in_gate += 1
+            self._start(i, lane, t)
+        elif lane.waiting < lane.depth:
+            waiter = [i, pinned, visited, first, True]
+            lane.gate.append(waiter)
+            lane.waiting += 1
+            lane.window.queue_depth = lane.waiting
+            self._push(t + lane.queue_timeout_s, _GATE_TIMEOUT, lane, waiter)
+        else:
+            self._overflow(i, lane, pinned, t, visited, first)
+
+    def _overflow(self, i: int, lane: _Lane, pinned: bool, t: float, visited: list[str], first: _Lane) -> None:
+        spill = None if pinned or not lane.spill else self._failover(visited)
+        if spill is not None:
+            self._admit(i, spill, pinned, t, visited, first)
+            return
+        first.window.arrived(t)
+        first.window.completed(t, None, ok=False)
+        self._finish(i, first, t, LANE_FULL)
+
+    def _failover(self, visited: list[str]) -> _Lane | None:
+        weights = self.loop.weights
+        rest = [name for name in self.lanes if name not in visited]
+        return self.lanes[max(rest, key=weights.__getitem__)] if rest else None
+
+    def _start(self, i: int, lane: _Lane, t: float) -> None:
+        """Admitted: the router records the arrival and sends the call."""
+        request = self.trace[i]
+        self.started_s[i] = t
+        self.lane_of[i] = lane.index
+        lane.window.arrived(t)
+        service_s = lane.call_s(request.items, request.input_tokens, request.output_tokens, self.z[i])
+        self._call(lane, t, service_s, _DONE, i)
+
+    def _call(self, lane: _Lane, t: float, service_s: float, kind: int, payload) -> None:
+        if lane.batch_api:
+            self._push(t + service_s, kind, lane, payload)
+        elif lane.free:
+            lane.free -= 1
+            self._push(t + service_s, kind, lane, payload)
+        else:
+            lane.backlog.append((service_s, kind, payload))
+
+    def _server_freed(self, lane: _Lane, t: float) -> None:
+        if lane.batch_api:
+            return
+        if lane.backlog:
+            service_s, kind, payload = lane.backlog.popleft()
+            self._push(t + service_s, kind, lane, payload)
+        else:
+            lane.free += 1
+
+    def _on_done(self, t: float, lane: _Lane, i: int) -> None:
+        request = self.trace[i]
+        latency = t - self.started_s[i]
+        usd = lane.cost(request.input_tokens, request.output_tokens, latency)
+        lane.window.completed(
+            t,
+            latency,
+            items=request.items,
+            input_tokens=request.input_tokens,
+            output_tokens=request.output_tokens,
+            cost_usd=usd,
+        )
+        self.cost[i] = usd
+        self._finish(i, lane, t, OK)
+        self._server_freed(lane, t)
+        self._leave_gate(lane, t)
+
+    def _leave_gate(self, lane: _Lane, t: float) -> None:
+        gate = lane.gate
+        while gate:
+            waiter = gate.popleft()
+            if waiter[4]:
+                waiter[4] = False
+                lane.waiting -= 1
+                lane.window.queue_depth = lane.waiting
+                self._start(waiter[0], lane, t)  # the slot passes to the waiter
+                return
+        lane.in_gate -= 1
+
+    def _on_gate_timeout(self, t: float, lane: _Lane, waiter: list) -> None:
+        if not waiter[4]:
+            return  # admitted before its time ran out
+        waiter[4] = False
+        lane.waiting -= 1
+        lane.window.queue_depth = lane.waiting
+        i, pinned, visited, first = waiter[:4]
+        self._overflow(i, lane, pinned, t, visited, first)
+
+    # -- micro-batching ---------------------------------------------------
+
+    def _offer(self, i: int, lane: _Lane, t: float) -> bool:
+        request = self.trace[i]
+        lane.window.arrived(t)
+        self.started_s[i] = t
+        self.lane_of[i] = lane.index
+        if not lane.batcher.offer(BatchItem(payload=i, items=request.items), t):
+            lane.window.completed(t, 0.0, ok=False)
+            return False
+        lane.window.queue_depth = len(lane.batcher)
+        self._arm(lane, t)
+        return True
+
+    def _arm(self, lane: _Lane, t: float) -> None:
+        """Wake the lane's batcher when its next batch is due, if a merged call may start."""
+        if lane.running >= self.config.lanes[lane.name].max_in_flight:
+            return
+        due = lane.batcher.due_at()
+        if due is None or due == math.inf:
+            return
+        due = max(due, t)
+        if due < lane.armed_at:
+            lane.armed_at = due
+            self._push(due, _FLUSH, lane, due)
+
+    def _on_flush(self, t: float, lane: _Lane, armed_for: float) -> None:
+        if armed_for != lane.armed_at:
+            return  # superseded by an earlier wake-up
+        lane.armed_at = math.inf
+        if lane.running >= self.config.lanes[lane.name].max_in_flight:
+            return
+        taken = lane.batcher.take(t)
+        lane.window.queue_depth = len(lane.batcher)
+        if taken.batch:
+            members = [item.payload for item in taken.batch]
+            trace = self.trace
+            items = sum(trace[j].items for j in members)
+            input_tokens = sum(trace[j].input_tokens for j in members)
+            output_tokens = sum(trace[j].output_tokens for j in members)
+            lane.running += 1
+            service_s = lane.call_s(items, input_tokens, output_tokens, self.z[members[0]])
+            self._call(lane, t, service_s, _BATCH_DONE, (members, t))
+        self._arm(lane, t)
+
+    def _on_batch_done(self, t: float, lane: _Lane, payload: tuple[list[int], float]) -> None:
+        members, sent_s = payload
+        trace = self.trace
+        items = sum(trace[j].items for j in members)
+        # The router reads the input tokens of a merged answer; a batch call's
+        # busy time is its time upstream, shared out by items.
+        input_tokens = sum(trace[j].input_tokens for j in members)
+        total = lane.cost(input_tokens, 0, t - sent_s)
+        for j in members:
+            share = total * trace[j].items / items
+            lane.window.completed(
+                t, t - self.started_s[j], items=trace[j].items, input_tokens=trace[j].input_tokens, cost_usd=share
+            )
+            self.cost[j] = share
+            self._finish(j, lane, t, OK)
+        lane.batcher.rule.observe(items, t - sent_s)
+        lane.running -= 1
+        self._server_freed(lane, t)
+        self._arm(lane, t)
+
+    # -- results ----------------------------------------------------------
+
+    def _finish(self, i: int, lane: _Lane, t: float, status: int) -> None:
+        self.lane_of[i] = lane.index
+        self.status[i] = status
+        self.done_s[i] = t
+        self.in_flight -= 1
+
+    def _outcome(self, end_s: float) -> Outcome:
+        trace = self.trace
+        monitor = self.loop.monitor
+        return Outcome(
+            lanes=tuple(self.lanes),
+            arrival_s=np.fromiter((r.t_s for r in trace), float, len(trace)),
+            lane=np.array(self.lane_of, dtype=np.int16),
+            status=np.array(self.status, dtype=np.int16),
+            latency_s=np.array(self.done_s) - np.fromiter((r.t_s for r in trace), float, len(trace)),
+            cost_usd=np.array(self.cost),
+            pinned=np.array(self.pinned, dtype=bool),
+            deadline_s=np.fromiter(
+                (r.deadline_ms / 1000.0 if r.deadline_ms is not None else math.nan for r in trace), float, len(trace)
+            ),
+            idle_cost_usd={name: monitor.costs[name].idle_cost_usd(end_s) for name in self.lanes},
+            end_s=end_s,
+            decisions=self.decisions,
+            timeline=self.timeline,
+        )

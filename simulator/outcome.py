@@ -1,0 +1,142 @@
+"""What a simulated run produced, and the figures read from it.
+
+`Outcome` holds one row per trace request (numpy arrays: arrival, lane,
+status, end-to-end latency, attributed cost, pinned, deadline), the decision
+records (`Action.as_record()`, the router's /decisions format), a timeline
+of one row per control tick, and each lane's provisioned cost over the run.
+
+`summarize` turns an outcome into the comparison's figures: per lane and in
+total, requests, errors, p50/p95/p99 latency, SLO attainment per traffic
+class, cost and cost per 1,000 requests, transitions and rollbacks.
+
+SLO attainment: a request meets its SLO when it was answered (2xx) within
+its target: its own deadline if the trace gives one, else the target of its
+class (`pinned`: real-time traffic that may not move; `switchable`: the
+rest). A class with no requests attains NaN, never 100%.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+
+NO_LANE = -1
+TOTAL = "total"
+
+
+class TimelineRow(NamedTuple):
+    t_s: float
+    arrival_rate_per_s: float
+    weights: tuple[float, ...]  # by lane, in Outcome.lanes order
+    p95_s: tuple[float, ...]
+    cost_usd: tuple[float, ...]  # cumulative, provisioned share included
+
+
+@dataclass(frozen=True, slots=True)
+class SloTargets:
+    pinned_s: float = 1.0
+    switchable_s: float = 30.0
+    attainment: float = 0.99  # the share a class must reach to "meet" its SLO (the oracle's test)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    lanes: tuple[str, ...]
+    arrival_s: np.ndarray
+    lane: np.ndarray  # index into lanes; NO_LANE when never placed
+    status: np.ndarray  # 200, or the router's error status (503)
+    latency_s: np.ndarray  # arrival to answer
+    cost_usd: np.ndarray  # variable cost attributed to the request
+    pinned: np.ndarray
+    deadline_s: np.ndarray  # NaN where the trace gave none
+    idle_cost_usd: Mapping[str, float]  # provisioned cost of each lane over the run
+    end_s: float
+    decisions: list[dict] = field(default_factory=list)
+    timeline: list[TimelineRow] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.arrival_s)
+
+    def met(self, slo: SloTargets) -> np.ndarray:
+        """Per request: answered within its target."""
+        by_class = np.where(self.pinned, slo.pinned_s, slo.switchable_s)
+        target = np.where(np.isnan(self.deadline_s), by_class, self.deadline_s)
+        return (self.status < 300) & (self.latency_s <= target)
+
+    def select(self, mask: np.ndarray) -> Outcome:
+        """The requests under `mask`, with no decisions, timeline or provisioned cost."""
+        return Outcome(
+            lanes=self.lanes,
+            arrival_s=self.arrival_s[mask],
+            lane=self.lane[mask],
+            status=self.status[mask],
+            latency_s=self.latency_s[mask],
+            cost_usd=self.cost_usd[mask],
+            pinned=self.pinned[mask],
+            deadline_s=self.deadline_s[mask],
+            idle_cost_usd={lane: 0.0 for lane in self.lanes},
+            end_s=self.end_s,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    requests: int
+    errors: int
+    p50_s: float
+    p95_s: float
+    p99_s: float
+    slo_pinned: float
+    slo_switchable: float
+    cost_usd: float
+
+    @property
+    def cost_per_1k_usd(self) -> float:
+        return 1000.0 * self.cost_usd / self.requests if self.requests else math.nan
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    label: str
+    rows: Mapping[str, Row]  # each lane, then TOTAL
+    transitions: int
+    rollbacks: int
+
+    @property
+    def total(self) -> Row:
+        return self.rows[TOTAL]
+
+
+def summarize(outcome: Outcome, slo: SloTargets, label: str) -> Summary:
+    met = outcome.met(slo)
+    rows = {}
+    for index, lane in enumerate(outcome.lanes):
+        rows[lane] = _row(outcome, outcome.lane == index, met, outcome.idle_cost_usd.get(lane, 0.0))
+    rows[TOTAL] = _row(outcome, np.ones(len(outcome), dtype=bool), met, sum(outcome.idle_cost_usd.values()))
+    kinds = [d.get("kind") for d in outcome.decisions]
+    return Summary(label, rows, kinds.count("TransitionStarted"), kinds.count("RolledBack"))
+
+
+def _row(outcome: Outcome, mask: np.ndarray, met: np.ndarray, idle_cost_usd: float) -> Row:
+    answered = mask & (outcome.status < 300)
+    latencies = outcome.latency_s[answered]
+    p50, p95, p99 = np.percentile(latencies, (50, 95, 99)) if latencies.size else (math.nan,) * 3
+    pinned = outcome.pinned
+    return Row(
+        requests=int(mask.sum()),
+        errors=int((mask & (outcome.status >= 300)).sum()),
+        p50_s=float(p50),
+        p95_s=float(p95),
+        p99_s=float(p99),
+        slo_pinned=_share(met[mask & pinned]),
+        slo_switchable=_share(met[mask & ~pinned]),
+        cost_usd=float(outcome.cost_usd[mask].sum()) + idle_cost_usd,
+    )
+
+
+def _share(flags: np.ndarray) -> float:
+    return float(flags.mean()) if flags.size else math.nan
