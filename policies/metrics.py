@@ -35,6 +35,7 @@ class LaneTotals:
     """Cumulative counters of one lane since it was created."""
 
     arrivals: int = 0
+    pinned_arrivals: int = 0  # arrivals that could not have gone to another lane
     completions: int = 0
     errors: int = 0
     items: int = 0
@@ -47,6 +48,7 @@ class LaneTotals:
     def copy(self) -> LaneTotals:
         return LaneTotals(
             self.arrivals,
+            self.pinned_arrivals,
             self.completions,
             self.errors,
             self.items,
@@ -61,6 +63,7 @@ class LaneTotals:
         """What happened since `earlier`, a copy of these totals taken before."""
         return LaneTotals(
             self.arrivals - earlier.arrivals,
+            self.pinned_arrivals - earlier.pinned_arrivals,
             self.completions - earlier.completions,
             self.errors - earlier.errors,
             self.items - earlier.items,
@@ -117,11 +120,17 @@ class LaneWindow:
         self.in_flight = 0
         self.queue_depth = 0
 
-    def arrived(self, now_s: float) -> None:
-        """A request entered this lane (it counts toward the request rate and in-flight)."""
+    def arrived(self, now_s: float, pinned: bool = False) -> None:
+        """A request entered this lane (it counts toward the request rate and in-flight).
+
+        `pinned`: it was sent here by a pin, not by the weights, so no mode
+        would have moved it.
+        """
         if now_s >= self._next_mark_s:
             self._mark(now_s)
         self._totals.arrivals += 1
+        if pinned:
+            self._totals.pinned_arrivals += 1
         self.in_flight += 1
 
     def completed(

@@ -86,6 +86,7 @@ class Monitor:
             completions=w.completions,
             errors=w.errors,
             arrival_rate_per_s=_rate(w.arrivals, span),
+            pinned_arrival_rate_per_s=_rate(w.pinned_arrivals, span),
             throughput_per_s=_rate(w.completions, span),
             items_per_s=_rate(w.items, span),
             input_tokens_per_s=_rate(w.input_tokens, span),

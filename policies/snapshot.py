@@ -14,7 +14,7 @@ completions) is NaN, never 0: "no data" must not read as "healthy".
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 
 from policies.metrics import LaneTotals
@@ -31,6 +31,7 @@ class LaneFigures:
     completions: int
     errors: int
     arrival_rate_per_s: float
+    pinned_arrival_rate_per_s: float
     throughput_per_s: float
     items_per_s: float
     input_tokens_per_s: float
@@ -73,6 +74,7 @@ class ControlView:
     state: str
     mode: str | None
     weights: Weights
+    modes: Mapping[str, Weights] = field(default_factory=dict)  # every configured mode's weights
     transition: TransitionView | None = None
     holding_target: str | None = None
     holding_since_s: float | None = None

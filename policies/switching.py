@@ -45,6 +45,7 @@ import enum
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from policies.actions import (
     Action,
@@ -137,6 +138,7 @@ class SwitchingController:
         if initial_mode not in modes:
             raise ValueError(f"initial mode {initial_mode!r} is not one of {sorted(modes)}")
         self.modes = dict(modes)
+        self._modes_view = MappingProxyType(self.modes)
         self.params = params
         self.state = State.STEADY
         self.mode: str | None = initial_mode
@@ -166,6 +168,7 @@ class SwitchingController:
             state=self.state.value,
             mode=self.mode,
             weights=self.weights,
+            modes=self._modes_view,
             transition=transition,
             holding_target=self._hold.target_mode if self._hold else None,
             holding_since_s=self._hold_since_s if self._hold else None,

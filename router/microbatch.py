@@ -66,6 +66,7 @@ class Batched(NamedTuple):
     cost_usd: float
     batch: str  # "<batch id>/<requests in the call that answered>"
     wait_s: float  # time in the queue before the first call it rode in
+    busy_s: float  # its share (by items) of the upstream time of the calls it rode in
 
 
 @dataclass(slots=True)
@@ -75,6 +76,7 @@ class _Waiting:
     cost: CallCost
     cost_usd: float = field(default=0.0)
     wait_s: float = field(default=0.0)
+    busy_s: float = field(default=0.0)
 
 
 _batch_ids = itertools.count(1)
@@ -212,7 +214,9 @@ class MicroBatcher:
         items = sum(w.part.items for w in waiting)
         total = waiting[0].cost(input_tokens, busy_s)
         for w in waiting:
-            w.cost_usd += total * w.part.items / items
+            share = w.part.items / items
+            w.cost_usd += total * share
+            w.busy_s += busy_s * share
 
     async def close(self) -> None:
         """Stop the queues; requests still waiting get 503."""
@@ -224,7 +228,7 @@ class MicroBatcher:
 
 def _deliver(w: _Waiting, reply: Reply, label: str) -> None:
     if not w.done.done():
-        w.done.set_result(Batched(reply, w.cost_usd, label, w.wait_s))
+        w.done.set_result(Batched(reply, w.cost_usd, label, w.wait_s, w.busy_s))
 
 
 def _fail(waiting: list[_Waiting], error: Exception) -> None:

@@ -166,7 +166,7 @@ class Proxy:
                         part = codec.read(body) or False
                     if part:
                         try:
-                            return await self._batched(request, state, lane, codec, part, trail, visited)
+                            return await self._batched(request, state, lane, codec, part, trail, visited, choice)
                         except NothingSent as exc:
                             failure = str(exc)
                             if not retrying and not (retrying := state.retries.try_acquire()):
@@ -182,7 +182,7 @@ class Proxy:
                         continue
                 lane = await self._admit(state, lane, choice, visited, trail)
                 started_s = self.runtime.now_s()
-                lane.window.arrived(started_s)
+                lane.window.arrived(started_s, choice.pinned)
                 try:
                     while (upstream := lane.pool.pick(self.runtime.now_s(), exclude=tuple(tried))) is not None:
                         try:
@@ -216,6 +216,7 @@ class Proxy:
         part: Part,
         trail: Trail,
         visited: list[str],
+        choice: LaneChoice,
     ) -> web.Response:
         """Ride in the lane's next merged call; the answer is this request's share."""
         visited.append(lane.name)
@@ -225,7 +226,7 @@ class Proxy:
             return monitor.attributed_cost_usd(name, input_tokens=input_tokens, busy_s=busy_s)
 
         started_s = self.runtime.now_s()
-        lane.window.arrived(started_s)
+        lane.window.arrived(started_s, choice.pinned)
         try:
             result = await lane.batching.submit(codec, request.rel_url.raw_path_qs, part, request.headers, cost)
         except NothingSent:
@@ -244,7 +245,12 @@ class Proxy:
         reply = result.reply
         trail.batch, trail.cost_usd, trail.queue_wait_s = result.batch, result.cost_usd, result.wait_s
         lane.window.completed(
-            now, now - started_s, ok=reply.status < 500, cost_usd=result.cost_usd, input_tokens=reply.input_tokens
+            now,
+            now - started_s,
+            ok=reply.status < 500,
+            cost_usd=result.cost_usd,
+            input_tokens=reply.input_tokens,
+            busy_s=result.busy_s,
         )
         headers = {
             "Content-Type": reply.content_type,
@@ -276,7 +282,7 @@ class Proxy:
             spill_to = None if choice.pinned or not lane.config.spill else _failover_lane(state, visited)
             if spill_to is None:
                 now = self.runtime.now_s()
-                first.window.arrived(now)
+                first.window.arrived(now, choice.pinned)
                 first.window.completed(now, None, ok=False)
                 raise lane_full(first.name, first.retry_after_s(state.control.last_snapshot))
             lane = spill_to
@@ -377,7 +383,13 @@ class Proxy:
         cost_usd = state.control.monitor.attributed_cost_usd(lane.name, input_tokens, output_tokens, busy_s=latency_s)
         trail.cost_usd = cost_usd
         lane.window.completed(
-            now, latency_s, ok=ok, cost_usd=cost_usd, input_tokens=input_tokens, output_tokens=output_tokens
+            now,
+            latency_s,
+            ok=ok,
+            cost_usd=cost_usd,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            busy_s=latency_s,
         )
         return response
 

@@ -264,7 +264,7 @@ class _Run:
         if spill is not None:
             self._admit(i, spill, pinned, t, visited, first)
             return
-        first.window.arrived(t)
+        first.window.arrived(t, pinned)
         first.window.completed(t, None, ok=False)
         self._finish(i, first, t, LANE_FULL)
 
@@ -278,7 +278,7 @@ class _Run:
         request = self.trace[i]
         self.started_s[i] = t
         self.lane_of[i] = lane.index
-        lane.window.arrived(t)
+        lane.window.arrived(t, self.pinned[i])
         service_s = lane.call_s(request.items, request.input_tokens, request.output_tokens, self.z[i])
         self._call(lane, t, service_s, _DONE, i)
 
@@ -311,6 +311,7 @@ class _Run:
             input_tokens=request.input_tokens,
             output_tokens=request.output_tokens,
             cost_usd=usd,
+            busy_s=latency,
         )
         self.cost[i] = usd
         self._finish(i, lane, t, OK)
@@ -342,7 +343,7 @@ class _Run:
 
     def _offer(self, i: int, lane: _Lane, t: float) -> bool:
         request = self.trace[i]
-        lane.window.arrived(t)
+        lane.window.arrived(t, self.pinned[i])
         self.started_s[i] = t
         self.lane_of[i] = lane.index
         if not lane.batcher.offer(BatchItem(payload=i, items=request.items), t):
@@ -390,13 +391,19 @@ class _Run:
         # The router reads the input tokens of a merged answer; a batch call's
         # busy time is its time upstream, shared out by items.
         input_tokens = sum(trace[j].input_tokens for j in members)
-        total = lane.cost(input_tokens, 0, t - sent_s)
+        busy_s = t - sent_s
+        total = lane.cost(input_tokens, 0, busy_s)
         for j in members:
-            share = total * trace[j].items / items
+            share = trace[j].items / items
             lane.window.completed(
-                t, t - self.started_s[j], items=trace[j].items, input_tokens=trace[j].input_tokens, cost_usd=share
+                t,
+                t - self.started_s[j],
+                items=trace[j].items,
+                input_tokens=trace[j].input_tokens,
+                cost_usd=total * share,
+                busy_s=busy_s * share,
             )
-            self.cost[j] = share
+            self.cost[j] = total * share
             self._finish(j, lane, t, OK)
         lane.batcher.rule.observe(items, t - sent_s)
         lane.running -= 1
