@@ -12,7 +12,8 @@ the same objects, so a policy behaves the same in both.
 - snapshot, monitor: the frozen view policies read, and what builds it
 - weights: the traffic split as a value
 - protocol, registry: what a policy is, and finding one by name
-- load, cost, latency, adaptive, static, composite: the built-in policies
+- load, cost, latency, adaptive, slo, static, composite: the built-in policies
+- queueing: M/G/c latency predictions (Erlang C), for the slo policy
 - actions, switching, switching_params: the controller's outputs, state machine and parameters
 - control: the loop that ties monitor, policy and controller together
 - flush, batching: micro-batch flush rules and the bounded batch queue

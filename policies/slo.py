@@ -1,0 +1,135 @@
+"""`slo`: the cheapest mode whose predicted p95 on the protected lane meets the SLO.
+
+Each tick, for every configured mode, the policy predicts the arrival rate
+the protected `lane` would take in that mode (its pinned traffic plus the
+mode's share of the switchable traffic, from the snapshot's rates) and that
+lane's p95 at that rate with an M/G/c model (policies.queueing): `servers`
+calls at once, the service time measured on the lane, its spread from the
+lane's mean and median. Of the modes whose prediction stays within
+`headroom x p95` (the mode in force: within `p95`, so a rate hovering at
+the edge cannot flap the mode), it proposes the cheapest, ranking modes by
+their weights over the lanes' estimated cost per request. When none fits,
+it proposes the one that loads the lane least. So it moves before the
+breach a latency guard would wait for.
+
+Service time: `service_time` when given; otherwise the lane's mean latency
+from the last window in which it was lightly loaded (fewer calls in flight,
+by Little's law, than half its servers), so queueing does not pass for
+service; until there is one, the current mean, which errs slow.
+
+Costs: each lane's estimated cost per request from the snapshot, remembered
+from the last window in which the lane served anything (a lane with no
+traffic has no busy time to price, so until it has served, its estimate
+counts as it stands). The other lanes' latency is not
+predicted: guard it with a `latency` guard in a composite.
+"""
+
+from __future__ import annotations
+
+import math
+
+from pydantic import Field
+
+from policies.protocol import BasePolicy, LaneName, PolicyParams, Proposal
+from policies.queueing import p95_sojourn_s, scv_from_quantiles
+from policies.snapshot import LaneFigures, Snapshot
+from policies.units import Duration
+
+LIGHT_LOAD = 0.5  # calls in flight per server below which latency is service, not queueing
+
+
+class SloParams(PolicyParams):
+    lane: LaneName = Field("realtime", description="the lane whose p95 the SLO protects")
+    p95_s: Duration = Field(1.0, alias="p95", gt=0, description="the p95 latency the lane must keep")
+    servers: int = Field(ge=1, description="calls the lane serves at once (replicas x concurrency)")
+    service_time_s: Duration | None = Field(
+        None, alias="service_time", gt=0, description="mean service time; measured on the lane when not given"
+    )
+    headroom: float = Field(0.8, gt=0, le=1, description="a mode to move to must keep the p95 under headroom x p95")
+    hold_s: Duration = Field(10.0, alias="hold", description="how long a proposal must persist")
+
+
+class SloPolicy(BasePolicy):
+    name = "slo"
+    Params = SloParams
+    params: SloParams
+
+    def __init__(self, params: SloParams, rng=None):
+        super().__init__(params, rng)
+        self._service: tuple[float, float] | None = None  # (mean, scv) from a lightly loaded window
+        self._costs: dict[str, float] = {}
+
+    def decide(self, snapshot: Snapshot) -> Proposal | None:
+        p = self.params
+        lane = snapshot.lanes.get(p.lane)
+        modes = snapshot.control.modes
+        if lane is None or not modes:
+            return None
+        self._learn(snapshot)
+        service = self._service_now(lane)
+        if service is None:
+            return None
+        mean_s, scv = service
+        pinned = {name: f.pinned_arrival_rate_per_s for name, f in snapshot.lanes.items()}
+        switchable = max(0.0, snapshot.arrival_rate_per_s - sum(pinned.values()))
+        predicted = {
+            mode: p95_sojourn_s(pinned[p.lane] + weights[p.lane] * switchable, p.servers, mean_s, scv)
+            for mode, weights in modes.items()
+        }
+        cost = {mode: self._mode_cost(weights, snapshot) for mode, weights in modes.items()}
+        fits = [mode for mode in modes if predicted[mode] <= p.p95_s * (1.0 if mode == snapshot.mode else p.headroom)]
+        figures = {
+            "arrival_rate_per_s": snapshot.arrival_rate_per_s,
+            "switchable_rate_per_s": switchable,
+            "service_s": mean_s,
+            "service_scv": scv,
+            **{f"{mode}.predicted_p95_s": value for mode, value in predicted.items()},
+            **{f"{mode}.cost_per_request_usd": value for mode, value in cost.items()},
+        }
+        if fits:
+            best = min(fits, key=lambda mode: (_nan_last(cost[mode]), predicted[mode]))
+            reason = (
+                f"{best} is the cheapest mode keeping {p.p95_s * 1000:.0f} ms: "
+                f"{p.lane} p95 predicted {predicted[best] * 1000:.0f} ms at {switchable:.1f} switchable req/s"
+            )
+        else:
+            best = min(modes, key=lambda mode: (predicted[mode], _nan_last(cost[mode])))
+            reason = (
+                f"no mode keeps {p.lane} p95 under {p.p95_s * 1000:.0f} ms; "
+                f"{best} loads it least ({_ms(predicted[best])} predicted)"
+            )
+        return self.propose(best, reason, figures, p.hold_s)
+
+    def _learn(self, snapshot: Snapshot) -> None:
+        for name, figures in snapshot.lanes.items():
+            if figures.completions and not math.isnan(figures.estimated_cost_per_request_usd):
+                self._costs[name] = figures.estimated_cost_per_request_usd
+        lane = snapshot.lanes[self.params.lane]
+        if lane.completions and lane.throughput_per_s * lane.mean_latency_s < LIGHT_LOAD * self.params.servers:
+            self._service = (lane.mean_latency_s, scv_from_quantiles(lane.mean_latency_s, lane.p50_s))
+
+    def _service_now(self, lane: LaneFigures) -> tuple[float, float] | None:
+        if self.params.service_time_s is not None:
+            scv = self._service[1] if self._service else 1.0
+            return self.params.service_time_s, scv
+        if self._service is not None:
+            return self._service
+        if lane.completions and lane.mean_latency_s > 0:
+            return lane.mean_latency_s, scv_from_quantiles(lane.mean_latency_s, lane.p50_s)
+        return None
+
+    def _mode_cost(self, weights, snapshot: Snapshot) -> float:
+        """Cost per switchable request in a mode; a lane never priced yet counts at its current estimate."""
+        return math.fsum(
+            w * self._costs.get(lane, snapshot.lanes[lane].estimated_cost_per_request_usd)
+            for lane, w in weights.items()
+            if w > 0
+        )
+
+
+def _nan_last(x: float) -> float:
+    return math.inf if math.isnan(x) else x
+
+
+def _ms(seconds: float) -> str:
+    return "unbounded" if math.isinf(seconds) else f"{seconds * 1000:.0f} ms"
