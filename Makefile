@@ -32,6 +32,7 @@ bench: $(VENV)/.installed
 	$(PY) bench/proxy_overhead.py
 	$(PY) bench/batching.py
 	$(PY) bench/jobs.py
+	$(PY) bench/simulation.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
