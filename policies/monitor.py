@@ -49,8 +49,11 @@ class Monitor:
         arrivals_per_s = sum(_rate(r.window.arrivals, r.span_s) for r in readings.values())
         mix_input = _ratio(sum(r.window.input_tokens for r in readings.values()), completions)
         mix_output = _ratio(sum(r.window.output_tokens for r in readings.values()), completions)
+        # A lane that served nothing has no busy time of its own to price; the
+        # other lanes' mean stands in (NaN when no lane served anything).
+        mix_busy = _ratio(sum(r.window.busy_s for r in readings.values()), completions)
         figures = {
-            lane: self._figures(lane, reading, arrivals_per_s, mix_input, mix_output)
+            lane: self._figures(lane, reading, arrivals_per_s, mix_input, mix_output, mix_busy)
             for lane, reading in readings.items()
         }
         return Snapshot(
@@ -67,6 +70,7 @@ class Monitor:
         arrivals_per_s: float,
         mix_input: float,
         mix_output: float,
+        mix_busy: float,
     ) -> LaneFigures:
         w = reading.window
         span = reading.span_s
@@ -77,7 +81,7 @@ class Monitor:
             rate_per_s=arrivals_per_s,
             input_tokens=mix_input,
             output_tokens=mix_output,
-            busy_s=_ratio(w.busy_s, w.completions),
+            busy_s=_ratio(w.busy_s, w.completions) if w.completions else mix_busy,
         )
         return LaneFigures(
             lane=lane,

@@ -15,7 +15,8 @@ the lanes' service models:
 - a lane with `batching:` merges requests on batchable routes with the
   policies.batching Batcher and the lane's flush rule, at most
   `max_in_flight` merged calls at once, each charged to its items by share;
-- a `batch_api` lane answers after its turnaround, with no queue;
+- a `batch_api` lane answers after its turnaround, with no queue and no
+  gate: its requests are submitted as jobs, not held open as calls;
 - every completion is recorded into the monitor's LaneWindow with the
   latency and attributed cost the router would record (from admission, not
   from arrival), and the loop ticks every `switching.tick`.
@@ -247,7 +248,9 @@ class _Run:
 
     def _admit(self, i: int, lane: _Lane, pinned: bool, t: float, visited: list[str], first: _Lane) -> None:
         visited.append(lane.name)
-        if lane.in_gate < lane.limit and not lane.waiting:
+        if lane.batch_api:
+            self._start(i, lane, t)  # submitted, not held open: no slot to wait for
+        elif lane.in_gate < lane.limit and not lane.waiting:
             lane.in_gate += 1
             self._start(i, lane, t)
         elif lane.waiting < lane.depth:
@@ -316,7 +319,8 @@ class _Run:
         self.cost[i] = usd
         self._finish(i, lane, t, OK)
         self._server_freed(lane, t)
-        self._leave_gate(lane, t)
+        if not lane.batch_api:
+            self._leave_gate(lane, t)
 
     def _leave_gate(self, lane: _Lane, t: float) -> None:
         gate = lane.gate

@@ -18,7 +18,7 @@ each lane one of two kinds:
     lanes:
       realtime: {kind: server, replicas: 2, concurrency: 4,
                  latency: {base: 20ms, per_input_token: 0.05ms, per_output_token: 12ms, jitter: 0.2}}
-      batch:    {kind: batch_api, turnaround_median: 20min, turnaround_sigma: 0.8}
+      batch:    {kind: batch_api, turnaround_median: 20m, turnaround_sigma: 0.8}
 
 What must not live here: queueing (simulator.engine), prices (the config's
 cost models).

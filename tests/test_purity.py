@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_core_configs_and_simulator_do_not_import_aiohttp_or_asyncio():
     code = (
         "import sys, policies, configs, simulator\n"
-        "import policies.switching, policies.control, configs.loader\n"
+        "import policies.switching, policies.control, policies.slo, configs.loader\n"
+        "import simulator.engine, simulator.compare, simulator.report, simulator.command, simulator.generators\n"
         "loaded = sorted(m for m in ('aiohttp', 'asyncio') if m in sys.modules)\n"
         "print(','.join(loaded))\n"
     )

@@ -1,0 +1,152 @@
+"""The discrete-event engine: queueing, admission, micro-batching, pins and determinism."""
+
+import random
+
+import numpy as np
+import pytest
+
+from configs import parse_config
+from policies.queueing import erlang_c
+from simulator import generators
+from simulator.engine import Engine
+from simulator.outcome import NO_LANE, SloTargets, summarize
+from simulator.service import BatchApiLane, Latency, ServerLane, ServiceModel
+from simulator.traces import TraceRequest, with_pinned_share
+
+CONFIG = """
+lanes:
+  realtime:
+    upstreams: ["http://127.0.0.1:1"]
+    max_in_flight: {rt_slots}
+    queue_depth: {rt_queue}
+    queue_timeout: 5s
+    spill: {rt_spill}
+    cost: {{per_hour: 3.6, billing: busy}}
+  batch:
+    upstreams: ["http://127.0.0.1:2"]
+    max_in_flight: 2
+    {batching}
+    cost: {{per_hour: 0.36, billing: busy}}
+routes:
+  - {{path: /v1/embeddings, protocol: openai-embeddings}}
+  - {{path: /, protocol: http}}
+modes:
+  realtime: {{realtime: 1.0}}
+  batch: {{batch: 1.0}}
+initial_mode: {initial}
+policy: {{type: static, params: {{mode: {initial}}}}}
+"""
+
+
+def config(rt_slots=4, rt_queue=100, rt_spill="false", batching="", initial="realtime"):
+    return parse_config(
+        CONFIG.format(rt_slots=rt_slots, rt_queue=rt_queue, rt_spill=rt_spill, batching=batching, initial=initial)
+    )
+
+
+def service(rt_servers=4, rt_s=0.1, batch=None, jitter=0.0):
+    return ServiceModel(
+        lanes={
+            "realtime": ServerLane(concurrency=rt_servers, latency=Latency(base_s=rt_s, jitter=jitter)),
+            "batch": batch or ServerLane(concurrency=2, latency=Latency(base_s=0.05, per_item_s=0.01)),
+        }
+    )
+
+
+def at(*times, route="/", **kw):
+    return [TraceRequest(t, 100, 10, route, **kw) for t in times]
+
+
+def test_a_request_waits_for_a_free_server_fifo():
+    out = Engine(config(rt_slots=8), service(rt_servers=1)).run(at(0.0, 0.0, 0.0))
+    assert out.latency_s.tolist() == pytest.approx([0.1, 0.2, 0.3])
+    assert (out.status == 200).all()
+
+
+def test_a_full_gate_answers_503_and_a_spilling_lane_overflows_to_the_other():
+    refused = Engine(config(rt_slots=1, rt_queue=0), service()).run(at(0.0, 0.0))
+    assert refused.status.tolist() == [200, 503]
+    spilled = Engine(config(rt_slots=1, rt_queue=0, rt_spill="true"), service()).run(at(0.0, 0.0))
+    assert spilled.status.tolist() == [200, 200]
+    assert [spilled.lanes[i] for i in spilled.lane] == ["realtime", "batch"]
+
+
+def test_a_queued_request_that_outwaits_the_queue_timeout_is_refused():
+    slow = service(rt_servers=1, rt_s=10.0)
+    out = Engine(config(rt_slots=1, rt_queue=10), slow).run(at(0.0, 0.1))
+    assert out.status.tolist() == [200, 503]
+    assert out.latency_s[1] == pytest.approx(5.0)  # the queue_timeout
+
+
+def test_micro_batching_merges_items_and_shares_the_call_cost():
+    batching = "batching: {rule: hybrid, max_batch: 4, max_wait: 20ms}"
+    cfg = config(batching=batching, initial="batch")
+    out = Engine(cfg, service()).run(at(0.0, 0.001, 0.002, 0.003, 0.004, route="/v1/embeddings"))
+    # The first four fill a batch at once: 50 ms + 4 x 10 ms; the fifth waits 20 ms for company.
+    assert out.latency_s[:4] + out.arrival_s[:4] == pytest.approx([0.093] * 4)
+    assert out.latency_s[4] == pytest.approx(0.02 + 0.06)
+    call_usd = 0.36 * 0.09 / 3600
+    assert out.cost_usd[:4].sum() == pytest.approx(call_usd)
+    # The http route is not batchable: the same lane serves it one by one, two at a time.
+    plain = Engine(cfg, service()).run(at(0.0, 0.0, 0.0))
+    assert plain.latency_s.tolist() == pytest.approx([0.06, 0.06, 0.12])
+
+
+def test_a_batch_api_lane_answers_after_its_turnaround_within_the_ceiling():
+    api = BatchApiLane(kind="batch_api", turnaround_median_s=600.0, turnaround_sigma=2.0, max_turnaround_s=3600.0)
+    trace = generators.poisson(5.0, 200.0, np.random.default_rng(1))
+    out = Engine(config(initial="batch"), service(batch=api), seed=3).run(trace)
+    assert (out.latency_s <= 3600.0 + 1e-9).all()
+    assert 300 < np.median(out.latency_s) < 1200
+    assert (out.latency_s == 3600.0).any()  # sigma 2 puts a share above the ceiling
+
+
+def test_pinned_requests_go_to_their_lane_whatever_the_weights():
+    trace = with_pinned_share(at(*[i * 0.01 for i in range(200)]), 0.3, random.Random(1))
+    out = Engine(config(initial="batch"), service()).run(trace)
+    on = np.array([out.lanes[i] for i in out.lane])
+    assert (on[out.pinned] == "realtime").all()
+    assert (on[~out.pinned] == "batch").all()
+    assert 40 < out.pinned.sum() < 80
+
+
+def test_simulated_waits_match_erlang_c():
+    # M/M/4 at 80% load: exponential service (a log-normal with scv 1 is close
+    # enough for the mean wait) against the Erlang C mean wait C / (c mu - lambda).
+    servers, mean_s, rate = 4, 0.1, 32.0
+    sigma = np.sqrt(np.log(2.0))
+    trace = generators.poisson(rate, 4000.0, np.random.default_rng(11))
+    out = Engine(config(rt_slots=servers, rt_queue=100_000), service(servers, mean_s, jitter=sigma), seed=5).run(trace)
+    waited = out.latency_s.mean() - mean_s
+    expected = erlang_c(servers, rate * mean_s) / (servers / mean_s - rate)
+    assert waited == pytest.approx(expected, rel=0.15)
+
+
+def test_identical_inputs_give_identical_runs():
+    trace = with_pinned_share(generators.poisson(40.0, 120.0, np.random.default_rng(2)), 0.2, random.Random(2))
+    cfg = config(rt_slots=2, rt_queue=5, rt_spill="true")
+    first, second = (Engine(cfg, service(jitter=0.3), seed=9).run(trace) for _ in range(2))
+    assert first.latency_s.tolist() == second.latency_s.tolist()
+    assert first.lane.tolist() == second.lane.tolist()
+    other = Engine(cfg, service(jitter=0.3), seed=10).run(trace)
+    assert other.latency_s.tolist() != first.latency_s.tolist()
+
+
+def test_summary_counts_classes_and_costs():
+    trace = at(0.0, 1.0, mode=None) + at(2.0, mode="realtime")
+    out = Engine(config(), service()).run(trace)
+    summary = summarize(out, SloTargets(pinned_s=0.05, switchable_s=1.0), "x")
+    assert summary.total.requests == 3 and summary.total.errors == 0
+    assert summary.total.slo_switchable == 1.0
+    assert summary.total.slo_pinned == 0.0  # 100 ms against a 50 ms target
+    assert summary.rows["batch"].requests == 0 and np.isnan(summary.rows["batch"].slo_pinned)
+    assert summary.total.cost_usd == pytest.approx(3 * 3.6 * 0.1 / 3600)
+    assert NO_LANE not in out.lane
+
+
+def test_a_trace_route_no_route_takes_or_an_unknown_pin_is_an_error():
+    with pytest.raises(ValueError, match="not a lane"):
+        Engine(config(), service()).run(at(0.0, mode="gpu"))
+    missing = ServiceModel(lanes={"realtime": ServerLane()})
+    with pytest.raises(ValueError, match="no entry for lane"):
+        Engine(config(), missing)
