@@ -71,7 +71,8 @@ def test_bare_number_duration_is_refused():
 def test_unknown_policy_lists_known_ones():
     lines = errors_of(GOOD.replace("type: load", "type: latncy"))
     assert lines == [
-        'prod.yaml:17: policy.type = "latncy": unknown policy; known: adaptive, composite, cost, latency, load, slo, static'
+        'prod.yaml:17: policy.type = "latncy": unknown policy; '
+        "known: adaptive, composite, cost, latency, load, slo, static"
     ]
 
 
