@@ -7,6 +7,7 @@
     modeshift backend --mode M --port N  the reference embedding model server
     modeshift simulate --trace T -c FILE --service MODEL [--policy SPEC ...]
                                          policies compared offline, with baselines and the oracle
+    modeshift profile --url URL --out MODEL   a live backend measured into a service model
 
 Subcommands import what they need when they run, so `modeshift validate`
 starts without loading the proxy.
@@ -86,6 +87,12 @@ def _simulate(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _profile(args: argparse.Namespace) -> int:
+    from router.profile import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="modeshift",
@@ -125,6 +132,17 @@ def build_parser() -> argparse.ArgumentParser:
     simulate = commands.add_parser("simulate", help="compare policies on a trace, offline, in virtual time")
     simulate_arguments(simulate)
     simulate.set_defaults(run=_simulate)
+
+    profile = commands.add_parser("profile", help="measure a live backend; write the simulator's service model")
+    profile.add_argument("--url", required=True, help="the endpoint, e.g. http://127.0.0.1:8101/v1/embeddings")
+    profile.add_argument("--protocol", choices=("openai-embeddings", "openai-chat"), default="openai-embeddings")
+    profile.add_argument("--lane", default="realtime", help="the lane name to write the model under")
+    profile.add_argument("--out", required=True, metavar="FILE", help="the service model file (lanes are merged in)")
+    profile.add_argument("--batch-sizes", default="1,2,4,8,16,32", help="texts per call (chat: max_tokens)")
+    profile.add_argument("--concurrency", default="1,2,4,8", help="client counts for the concurrency sweep")
+    profile.add_argument("--calls", type=int, default=12, help="calls per batch size and per client")
+    profile.add_argument("--model", help="the model name to send in each request (default: none sent)")
+    profile.set_defaults(run=_profile)
     return parser
 
 
