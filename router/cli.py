@@ -8,6 +8,7 @@
     modeshift simulate --trace T -c FILE --service MODEL [--policy SPEC ...]
                                          policies compared offline, with baselines and the oracle
     modeshift profile --url URL --out MODEL   a live backend measured into a service model
+    modeshift replay --trace T --target URL   a trace sent live with its timing; results as CSV
 
 Subcommands import what they need when they run, so `modeshift validate`
 starts without loading the proxy.
@@ -93,6 +94,12 @@ def _profile(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _replay(args: argparse.Namespace) -> int:
+    from router.replay import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="modeshift",
@@ -143,6 +150,22 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--calls", type=int, default=12, help="calls per batch size and per client")
     profile.add_argument("--model", help="the model name to send in each request (default: none sent)")
     profile.set_defaults(run=_profile)
+
+    replay = commands.add_parser("replay", help="send a trace to a live router with its timing; write the results")
+    replay.add_argument("--trace", required=True, help="a trace file (JSONL, Azure CSV, Mooncake JSONL) or 'bundled'")
+    replay.add_argument(
+        "--target", required=True, help="where default-route requests go, e.g. http://host/v1/embeddings"
+    )
+    replay.add_argument("--speed", type=float, default=1.0, help="send this many times faster than the trace")
+    replay.add_argument("--slice", metavar="START:END", help="only this stretch of the trace (seconds)")
+    replay.add_argument("--pinned-share", type=float, default=0.0, help="pin this share of requests to a lane")
+    replay.add_argument("--pinned-lane", default="realtime")
+    replay.add_argument("--slo-pinned", default="1s")
+    replay.add_argument("--slo-switchable", default="30s")
+    replay.add_argument("--timeout", type=float, default=60.0, help="seconds one request may take")
+    replay.add_argument("--seed", type=int, default=0)
+    replay.add_argument("--out", metavar="FILE", help="per-request CSV, in the simulator's format")
+    replay.set_defaults(run=_replay)
     return parser
 
 
