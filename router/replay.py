@@ -135,18 +135,18 @@ def run(args) -> int:
     from policies.units import parse_duration_s
     from simulator.outcome import SloTargets, summarize
     from simulator.report import lane_table, write_requests_csv
-    from simulator.traces import bundled_azure_slice, load_trace, sliced, with_pinned_share
+    from simulator.traces import prepared
 
     try:
-        trace = bundled_azure_slice() if args.trace == "bundled" else load_trace(args.trace)
-        if args.slice:
-            start, _, end = args.slice.partition(":")
-            trace = sliced(trace, float(start or 0), float(end) if end else None)
-        if args.pinned_share:
-            trace = with_pinned_share(trace, args.pinned_share, random.Random(args.seed), args.pinned_lane)
+        trace = prepared(
+            args.trace, window=args.slice, pinned_share=args.pinned_share, pinned_lane=args.pinned_lane, seed=args.seed
+        )
         slo = SloTargets(parse_duration_s(args.slo_pinned), parse_duration_s(args.slo_switchable))
     except ValueError as exc:
         print(exc, file=sys.stderr)
+        return 2
+    if not trace:
+        print(f"{args.trace}: no requests in the trace (after --slice)", file=sys.stderr)
         return 2
     console = Console(width=None if sys.stdout.isatty() else 160)
     console.print(f"sending {len(trace):,} requests over {trace[-1].t_s / args.speed:,.0f} s to {args.target}")

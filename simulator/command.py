@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -32,7 +31,7 @@ from simulator.compare import OWN, Comparison, baseline_label, compare, variants
 from simulator.outcome import SloTargets
 from simulator.report import comparison_table, lane_table, write_decisions, write_requests_csv
 from simulator.service import check_covers, load_service_model
-from simulator.traces import bundled_azure_slice, load_trace, sliced, time_scaled, with_pinned_share
+from simulator.traces import prepared
 
 EXIT_OK = 0
 EXIT_INVALID = 2
@@ -63,7 +62,14 @@ def run(args: argparse.Namespace) -> int:
         config = load_config(args.config)
         service = load_service_model(args.service)
         check_covers(service, list(config.lanes), args.service)
-        trace = _trace(args)
+        trace = prepared(
+            args.trace,
+            window=args.slice,
+            speed=args.speed,
+            pinned_share=args.pinned_share,
+            pinned_lane=args.pinned_lane,
+            seed=args.seed,
+        )
         slo = SloTargets(parse_duration_s(args.slo_pinned), parse_duration_s(args.slo_switchable), args.attainment)
         window_s = parse_duration_s(args.oracle_window)
         contenders = list(variants(config, args.policy))
@@ -98,18 +104,6 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         _write(result, slo, Path(args.out), console, args.plots)
     return EXIT_OK
-
-
-def _trace(args: argparse.Namespace):
-    trace = bundled_azure_slice() if args.trace == "bundled" else load_trace(args.trace)
-    if args.slice:
-        start, _, end = args.slice.partition(":")
-        trace = sliced(trace, float(start or 0), float(end) if end else None)
-    if args.speed != 1.0:
-        trace = time_scaled(trace, args.speed)
-    if args.pinned_share:
-        trace = with_pinned_share(trace, args.pinned_share, random.Random(args.seed), args.pinned_lane)
-    return trace
 
 
 def _write(result: Comparison, slo: SloTargets, out: Path, console: Console, plots: bool) -> None:

@@ -191,3 +191,24 @@ def with_rush(trace: list[TraceRequest], start: int, end: int, speedup: float) -
             t += gap / speedup if start <= i < end else gap
         out.append(replace(request, t_s=t))
     return out
+
+
+def prepared(
+    source: str,
+    *,
+    window: str | None = None,
+    speed: float = 1.0,
+    pinned_share: float = 0.0,
+    pinned_lane: str = "realtime",
+    seed: int = 0,
+) -> list[TraceRequest]:
+    """A trace as the commands take it: a file or "bundled", then `START:END`, speed and a pinned share."""
+    trace = bundled_azure_slice() if source == "bundled" else load_trace(source)
+    if window:
+        start, _, end = window.partition(":")
+        trace = sliced(trace, float(start or 0), float(end) if end else None)
+    if speed != 1.0:
+        trace = time_scaled(trace, speed)
+    if pinned_share:
+        trace = with_pinned_share(trace, pinned_share, random.Random(seed), pinned_lane)
+    return trace
