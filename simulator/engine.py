@@ -48,7 +48,7 @@ from policies.actions import Action
 from policies.batching import Batcher, BatchItem
 from policies.lane_choice import choose_lane
 from simulator.outcome import NO_LANE, Outcome, TimelineRow
-from simulator.service import BatchApiLane, ServerLane, ServiceModel, check_covers
+from simulator.service import BatchApiLane, ServerLane, ServiceModel, check_covers, jittered_s
 from simulator.traces import TraceRequest
 
 OK, LANE_FULL = 200, 503
@@ -90,9 +90,7 @@ class _Lane:
             s = self.service
             return min(s.turnaround_median_s * math.exp(s.turnaround_sigma * z), s.max_turnaround_s)
         base, per_item, per_in, per_out = self.coef
-        mean = base + per_item * items + per_in * input_tokens + per_out * output_tokens
-        sigma = self.sigma
-        return mean * math.exp(sigma * z - 0.5 * sigma * sigma) if sigma else mean
+        return jittered_s(base + per_item * items + per_in * input_tokens + per_out * output_tokens, self.sigma, z)
 
 
 class Engine:

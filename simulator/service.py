@@ -145,13 +145,6 @@ def fit_latency(measurements: Sequence[Measurement]) -> Latency:
     )
 
 
-def lognormal_mean_one(rng: np.random.Generator, sigma: float, size: int) -> np.ndarray:
-    """Factors with mean 1 and log-spread `sigma` (all ones when sigma is 0)."""
-    if sigma == 0:
-        return np.ones(size)
-    return rng.lognormal(-0.5 * sigma * sigma, sigma, size)
-
-
-def turnarounds(lane: BatchApiLane, rng: np.random.Generator, size: int) -> np.ndarray:
-    draws = rng.lognormal(math.log(lane.turnaround_median_s), lane.turnaround_sigma, size) if size else np.empty(0)
-    return np.minimum(draws, lane.max_turnaround_s)
+def jittered_s(mean_s: float, sigma: float, z: float) -> float:
+    """`mean_s` times the log-normal factor (mean 1, spread sigma) of a standard normal draw `z`."""
+    return mean_s * math.exp(sigma * z - 0.5 * sigma * sigma) if sigma else mean_s
