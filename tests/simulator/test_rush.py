@@ -1,23 +1,29 @@
-"""The control loop built from the demo config, fed with real Azure arrivals.
+"""The demo config in the simulator, fed with real Azure arrivals.
 
 A slice of the Azure LLM trace is replayed in virtual time with a rush in the
-middle (the arrivals compressed 8x). The lanes follow a fixed service model
-(real-time 20 ms, batch 150 ms), so the decisions depend only on the policy
-and controller code: the rush must move traffic to batch and back, and two
-runs must log identical decisions.
+middle (the arrivals compressed 8x). The lanes take a fixed time per call
+(real-time 20 ms, batch 150 ms, no jitter), so the decisions depend only on
+the policy and controller code: the rush must move traffic to batch and
+back, and two runs must log identical decisions.
 """
 
 from configs import load_config, ready_config_path
-from simulator.fixed_lanes import replay as replay_fixed
+from simulator.engine import Engine
+from simulator.service import Latency, ServerLane, ServiceModel
 from simulator.traces import bundled_azure_slice, with_rush
 
-SERVICE_S = {"realtime": 0.02, "batch": 0.15}
+SERVICE = ServiceModel(
+    lanes={
+        "realtime": ServerLane(concurrency=64, latency=Latency(base_s=0.02)),
+        "batch": ServerLane(concurrency=64, latency=Latency(base_s=0.15)),
+    }
+)
 
 
 def replay() -> list[dict]:
     config = load_config(ready_config_path("default"))
     trace = with_rush(bundled_azure_slice(), 1000, 2500, 8.0)
-    return replay_fixed(config, trace, SERVICE_S, seed=42).decisions
+    return Engine(config, SERVICE, seed=42).run(trace).decisions
 
 
 def test_a_rush_moves_traffic_to_batch_and_back():
