@@ -135,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     backend.set_defaults(run=_backend)
 
     from simulator.command import add_arguments as simulate_arguments
+    from simulator.command import add_trace_arguments as simulate_trace_arguments
 
     simulate = commands.add_parser("simulate", help="compare policies on a trace, offline, in virtual time")
     simulate_arguments(simulate)
@@ -152,18 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     profile.set_defaults(run=_profile)
 
     replay = commands.add_parser("replay", help="send a trace to a live router with its timing; write the results")
-    replay.add_argument("--trace", required=True, help="a trace file (JSONL, Azure CSV, Mooncake JSONL) or 'bundled'")
+    simulate_trace_arguments(replay, "send this many times faster than the trace")
     replay.add_argument(
         "--target", required=True, help="where default-route requests go, e.g. http://host/v1/embeddings"
     )
-    replay.add_argument("--speed", type=float, default=1.0, help="send this many times faster than the trace")
-    replay.add_argument("--slice", metavar="START:END", help="only this stretch of the trace (seconds)")
-    replay.add_argument("--pinned-share", type=float, default=0.0, help="pin this share of requests to a lane")
-    replay.add_argument("--pinned-lane", default="realtime")
-    replay.add_argument("--slo-pinned", default="1s")
-    replay.add_argument("--slo-switchable", default="30s")
     replay.add_argument("--timeout", type=float, default=60.0, help="seconds one request may take")
-    replay.add_argument("--seed", type=int, default=0)
     replay.add_argument("--out", metavar="FILE", help="per-request CSV, in the simulator's format")
     replay.set_defaults(run=_replay)
     return parser

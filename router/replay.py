@@ -106,7 +106,7 @@ async def replay(
     return [r for r in results if r is not None]
 
 
-def as_outcome(trace: Sequence[TraceRequest], results: Sequence[Result], speed: float = 1.0) -> Outcome:
+def as_outcome(trace: Sequence[TraceRequest], results: Sequence[Result]) -> Outcome:
     """Live results in the simulator's shape (no cost: the router's /metrics has it in total)."""
     lanes = tuple(sorted({r.lane for r in results if r.lane}))
     index = {lane: i for i, lane in enumerate(lanes)}
@@ -132,8 +132,8 @@ def run(args) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from policies.units import parse_duration_s
-    from simulator.outcome import SloTargets, summarize
+    from simulator.command import slo_targets
+    from simulator.outcome import summarize
     from simulator.report import lane_table, write_requests_csv
     from simulator.traces import prepared
 
@@ -141,7 +141,7 @@ def run(args) -> int:
         trace = prepared(
             args.trace, window=args.slice, pinned_share=args.pinned_share, pinned_lane=args.pinned_lane, seed=args.seed
         )
-        slo = SloTargets(parse_duration_s(args.slo_pinned), parse_duration_s(args.slo_switchable))
+        slo = slo_targets(args)
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return 2

@@ -37,20 +37,29 @@ EXIT_OK = 0
 EXIT_INVALID = 2
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_trace_arguments(parser: argparse.ArgumentParser, speed_help: str) -> None:
+    """The trace and SLO options `simulate` and `replay` share (read by `prepared` and `slo_targets`)."""
     parser.add_argument("--trace", required=True, help="a trace file (JSONL, Azure CSV, Mooncake JSONL) or 'bundled'")
-    parser.add_argument("-c", "--config", required=True, metavar="FILE", help="the router config to simulate")
-    parser.add_argument("--service", required=True, metavar="FILE", help="the lanes' service model (YAML)")
-    parser.add_argument("--policy", action="append", default=[], metavar="SPEC", help="TYPE or TYPE:key=value,...")
-    parser.add_argument("--speed", type=float, default=1.0, help="play the trace this many times faster")
+    parser.add_argument("--speed", type=float, default=1.0, help=speed_help)
     parser.add_argument("--slice", metavar="START:END", help="only this stretch of the trace (seconds)")
     parser.add_argument("--pinned-share", type=float, default=0.0, help="pin this share of requests to a lane")
     parser.add_argument("--pinned-lane", default="realtime", help="the lane --pinned-share pins to")
     parser.add_argument("--slo-pinned", default="1s", help="latency target of pinned requests")
     parser.add_argument("--slo-switchable", default="30s", help="latency target of the other requests")
     parser.add_argument("--attainment", type=float, default=0.99, help="share of a class that must meet its target")
-    parser.add_argument("--oracle-window", default="60s", help="the oracle chooses a mode per window this long")
     parser.add_argument("--seed", type=int, default=0, help="seed of service times and pinning")
+
+
+def slo_targets(args: argparse.Namespace) -> SloTargets:
+    return SloTargets(parse_duration_s(args.slo_pinned), parse_duration_s(args.slo_switchable), args.attainment)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_trace_arguments(parser, "play the trace this many times faster")
+    parser.add_argument("-c", "--config", required=True, metavar="FILE", help="the router config to simulate")
+    parser.add_argument("--service", required=True, metavar="FILE", help="the lanes' service model (YAML)")
+    parser.add_argument("--policy", action="append", default=[], metavar="SPEC", help="TYPE or TYPE:key=value,...")
+    parser.add_argument("--oracle-window", default="60s", help="the oracle chooses a mode per window this long")
     parser.add_argument("--out", metavar="DIR", help="write per-request CSVs, decision logs and summary.json here")
     parser.add_argument("--plots", action="store_true", help="with --out: PNG plots too (needs modeshift[plots])")
 
@@ -70,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
             pinned_lane=args.pinned_lane,
             seed=args.seed,
         )
-        slo = SloTargets(parse_duration_s(args.slo_pinned), parse_duration_s(args.slo_switchable), args.attainment)
+        slo = slo_targets(args)
         window_s = parse_duration_s(args.oracle_window)
         contenders = list(variants(config, args.policy))
     except ConfigError as exc:

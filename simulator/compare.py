@@ -113,7 +113,7 @@ def oracle(by_mode: Mapping[str, Outcome], slo: SloTargets, window_s: float) -> 
     for mode, outcome in by_mode.items():
         met = outcome.met(slo)
         cost = np.bincount(window, weights=outcome.cost_usd, minlength=n_windows)
-        cost += sum(outcome.idle_cost_usd.values()) * window_s / max(outcome.end_s, window_s)
+        cost += sum(_idle_per_window(outcome, window_s).values())
         worst = np.ones(n_windows)
         for cls in (outcome.pinned, ~outcome.pinned):
             count = np.bincount(window[cls], minlength=n_windows)
@@ -150,9 +150,8 @@ def _concatenated(
     # Each lane's provisioned cost, paid per window in the mode chosen there.
     idle = {lane: 0.0 for lane in first.lanes}
     for mode in chosen:
-        outcome = by_mode[mode]
-        for lane, usd in outcome.idle_cost_usd.items():
-            idle[lane] += usd * window_s / max(outcome.end_s, window_s)
+        for lane, usd in _idle_per_window(by_mode[mode], window_s).items():
+            idle[lane] += usd
     return Outcome(
         lanes=first.lanes,
         arrival_s=joined("arrival_s"),
@@ -165,6 +164,12 @@ def _concatenated(
         idle_cost_usd=idle,
         end_s=end_s,
     )
+
+
+def _idle_per_window(outcome: Outcome, window_s: float) -> dict[str, float]:
+    """Each lane's provisioned cost over one window of the run."""
+    share = window_s / max(outcome.end_s, window_s)
+    return {lane: usd * share for lane, usd in outcome.idle_cost_usd.items()}
 
 
 def _with_transitions(summary: Summary, transitions: int) -> Summary:

@@ -357,7 +357,7 @@ class _Run:
 
     def _arm(self, lane: _Lane, t: float) -> None:
         """Wake the lane's batcher when its next batch is due, if a merged call may start."""
-        if lane.running >= self.config.lanes[lane.name].max_in_flight:
+        if lane.running >= lane.limit:
             return
         due = lane.batcher.due_at()
         if due is None or due == math.inf:
@@ -371,7 +371,7 @@ class _Run:
         if armed_for != lane.armed_at:
             return  # superseded by an earlier wake-up
         lane.armed_at = math.inf
-        if lane.running >= self.config.lanes[lane.name].max_in_flight:
+        if lane.running >= lane.limit:
             return
         taken = lane.batcher.take(t)
         lane.window.queue_depth = len(lane.batcher)
@@ -423,12 +423,13 @@ class _Run:
     def _outcome(self, end_s: float) -> Outcome:
         trace = self.trace
         monitor = self.loop.monitor
+        arrival_s = np.fromiter((r.t_s for r in trace), float, len(trace))
         return Outcome(
             lanes=tuple(self.lanes),
-            arrival_s=np.fromiter((r.t_s for r in trace), float, len(trace)),
+            arrival_s=arrival_s,
             lane=np.array(self.lane_of, dtype=np.int16),
             status=np.array(self.status, dtype=np.int16),
-            latency_s=np.array(self.done_s) - np.fromiter((r.t_s for r in trace), float, len(trace)),
+            latency_s=np.array(self.done_s) - arrival_s,
             cost_usd=np.array(self.cost),
             pinned=np.array(self.pinned, dtype=bool),
             deadline_s=np.fromiter(
