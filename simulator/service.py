@@ -19,6 +19,13 @@ each lane one of two kinds:
       realtime: {kind: server, replicas: 2, concurrency: 4,
                  latency: {base: 20ms, per_input_token: 0.05ms, per_output_token: 12ms, jitter: 0.2}}
       batch:    {kind: batch_api, turnaround_median: 20m, turnaround_sigma: 0.8}
+    hop: 1.5ms
+
+`hop` (default 0) is the time the router itself and the network add to
+every answer as the client sees it: the simulated latencies include it, the
+lanes' busy time and the router's own latency windows do not. It matters
+where calls take milliseconds (embeddings on a CPU), hardly where they take
+seconds; `modeshift profile --via` measures it.
 
 What must not live here: queueing (simulator.engine), prices (the config's
 cost models).
@@ -94,6 +101,12 @@ LaneService = Annotated[ServerLane | BatchApiLane, Field(discriminator="kind")]
 
 class ServiceModel(_Model):
     lanes: dict[str, LaneService] = Field(min_length=1)
+    hop_s: Duration = Field(
+        0.0,
+        alias="hop",
+        ge=0,
+        description="what the router and the network add to each answer the client sees, outside the lane's call",
+    )
     source: str | None = Field(None, description="where the figures came from (a URL and a date, a paper)")
 
 
@@ -120,21 +133,28 @@ class Measurement(_Model):
 def fit_latency(measurements: Sequence[Measurement]) -> Latency:
     """Non-negative least squares over (1, items, input, output); jitter from the log residuals.
 
-    A feature that never varies in the data cannot be told apart from the
-    base time, so it gets no coefficient of its own.
+    The squares are of relative errors: the noise is a factor on each call,
+    so a 400 ms call is no surer a witness than a 12 ms one, and fitting
+    absolute errors would let the largest batches set the base time (a
+    single-item call came out 70% slow that way). A feature that never varies
+    in the data cannot be told apart from the base time, so it gets no
+    coefficient of its own.
     """
     if len(measurements) < 2:
         raise ValueError("fitting a latency model needs at least two measurements")
     x = np.array([[1.0, m.items, m.input_tokens, m.output_tokens] for m in measurements])
     y = np.array([m.latency_s for m in measurements])
+    if (y <= 0).any():
+        raise ValueError("every measured latency must be positive")
     varies = [0] + [j for j in (1, 2, 3) if np.ptp(x[:, j]) > 0]
-    # Scale the columns so tokens (thousands) and the constant weigh alike.
+    # Scale the columns so tokens (thousands) and the constant weigh alike,
+    # and each row by its latency, so the squares are relative errors.
     scale = np.abs(x[:, varies]).max(axis=0)
-    solution, _ = nnls(x[:, varies] / scale, y)
+    solution, _ = nnls(x[:, varies] / scale / y[:, None], np.ones_like(y))
     coef = np.zeros(4)
     coef[varies] = solution / scale
     predicted = x @ coef
-    ok = (predicted > 0) & (y > 0)
+    ok = predicted > 0
     jitter = float(np.std(np.log(y[ok] / predicted[ok]))) if ok.sum() > 1 else 0.0
     return Latency(
         base_s=float(coef[0]),

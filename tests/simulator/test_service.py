@@ -28,6 +28,23 @@ def test_fit_recovers_a_linear_model_and_its_jitter():
     assert fitted.jitter == pytest.approx(0.1, abs=0.03)
 
 
+def test_fit_weighs_small_calls_as_much_as_large_ones():
+    # A profile's sweep: 12 calls at each batch size, with a noise factor on
+    # each. The big calls' absolute noise must not decide the small calls' time.
+    truth = Latency(base_s=0.005, per_item_s=0.006, jitter=0.15)
+    rng = np.random.default_rng(0)
+    points = [
+        Measurement(items=n, input_tokens=0, output_tokens=0, latency_s=truth.mean_s(n, 0, 0) * rng.lognormal(0, 0.15))
+        for n in (1, 2, 4, 8, 16, 32, 64)
+        for _ in range(12)
+    ]
+    fitted = fit_latency(points)
+    assert fitted.mean_s(1, 0, 0) == pytest.approx(truth.mean_s(1, 0, 0), rel=0.1)
+    assert fitted.mean_s(64, 0, 0) == pytest.approx(truth.mean_s(64, 0, 0), rel=0.1)
+    with pytest.raises(ValueError, match="positive"):
+        fit_latency([*points, Measurement(items=1, input_tokens=0, output_tokens=0, latency_s=0.0)])
+
+
 def test_fit_never_returns_negative_coefficients():
     points = [Measurement(items=n, input_tokens=0, output_tokens=0, latency_s=0.5 - 0.001 * n) for n in range(1, 50)]
     fitted = fit_latency(points)
