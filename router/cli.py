@@ -147,9 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--lane", default="realtime", help="the lane name to write the model under")
     profile.add_argument("--out", required=True, metavar="FILE", help="the service model file (lanes are merged in)")
     profile.add_argument("--batch-sizes", default="1,2,4,8,16,32", help="texts per call (chat: max_tokens)")
+    profile.add_argument("--lengths", default="4,16,64,128", help="words per text (chat: prompt) in the length sweep")
     profile.add_argument("--concurrency", default="1,2,4,8", help="client counts for the concurrency sweep")
     profile.add_argument("--calls", type=int, default=12, help="calls per batch size and per client")
     profile.add_argument("--model", help="the model name to send in each request (default: none sent)")
+    profile.add_argument("--via", metavar="URL", help="the same endpoint through the router: measure its hop too")
+    profile.add_argument("--via-lane", help="the lane to pin the calls via the router to (default: --lane)")
     profile.set_defaults(run=_profile)
 
     replay = commands.add_parser("replay", help="send a trace to a live router with its timing; write the results")

@@ -2,15 +2,24 @@
 
     modeshift profile --url http://127.0.0.1:8101/v1/embeddings --lane realtime --out service.yaml
 
-Two sweeps, closed loop, on real HTTP:
+Three sweeps, closed loop, on real HTTP:
 1. one call at a time, at each batch size in `--batch-sizes` (embeddings:
-   texts per call of varied lengths; chat: `max_tokens` per call), so the
-   time of a call can be fitted against what it carries
-   (simulator.service.fit_latency: non-negative least squares, jitter from
-   the residuals);
-2. at each level in `--concurrency`, that many clients sending single-item
+   texts per call of varied lengths; chat: `max_tokens` per call);
+2. one call at a time, one text (chat: one prompt) of each length in
+   `--lengths` words, so the time per input token is told apart from the
+   time per item (in the first sweep the two grow together);
+3. at each level in `--concurrency`, that many clients sending single-item
    calls, to find how many calls the backend serves at once: the most
-   calls/s seen, times the one-at-a-time service time (Little's law).
+   calls/s seen, times the time one call took at the fewest clients
+   (Little's law).
+The first two are fitted together: the time of a call against what it
+carries (simulator.service.fit_latency: non-negative least squares of
+relative errors, jitter from the residuals).
+
+With `--via` (the same endpoint through the router) it also measures the
+router's hop: single-item calls, direct and via the router pinned to the
+lane (`--via-lane`, which must not micro-batch the route), the difference
+of the medians. It goes into the model's `hop`.
 
 Input tokens are read from the answer's `usage` where it has one, else
 counted as words. The lane goes into `--out`, added to the lanes already
@@ -35,7 +44,10 @@ from pathlib import Path
 
 import aiohttp
 import yaml
+from multidict import CIMultiDictProxy
 
+from router.microbatch import BATCH_HEADER
+from router.routing import MODE_HEADER
 from simulator.service import Measurement, ServerLane, ServiceModel, fit_latency, load_service_model
 
 _WORDS = (
@@ -53,35 +65,41 @@ class Plan:
     url: str
     protocol: str = "openai-embeddings"  # or "openai-chat"
     batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+    lengths: tuple[int, ...] = (4, 16, 64, 128)  # words in the one text (prompt) of a length sweep call
     concurrency: tuple[int, ...] = (1, 2, 4, 8)
     calls: int = 12  # per batch size, and per client at each concurrency level
     model: str | None = None  # sent as "model" when given
+    via: str | None = None  # the same endpoint through the router, to measure the hop
     seed: int = 0
 
 
-def body_for(plan: Plan, size: int, rng: random.Random) -> tuple[dict, int]:
-    """A request carrying `size` (texts, or output tokens for chat), and its input words."""
+def body_for(plan: Plan, size: int, rng: random.Random, words: int | None = None) -> tuple[dict, int]:
+    """A request carrying `size` (texts, or output tokens for chat), and its input words.
+
+    With `words`, each text (the prompt) has that many; else a few, drawn.
+    """
+
+    def text() -> str:
+        return " ".join(rng.choices(_WORDS, k=words or rng.randint(4, 24)))
+
     if plan.protocol == "openai-chat":
-        words = rng.randint(8, 40)
-        text = " ".join(rng.choices(_WORDS, k=words))
-        body = {"messages": [{"role": "user", "content": text}], "max_tokens": size}
+        prompt = text()
+        body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": size}
+        sent = len(prompt.split())
     else:
-        texts = [" ".join(rng.choices(_WORDS, k=rng.randint(4, 24))) for _ in range(size)]
-        body, words = {"input": texts}, sum(len(t.split()) for t in texts)
+        texts = [text() for _ in range(size)]
+        body, sent = {"input": texts}, sum(len(t.split()) for t in texts)
     if plan.model is not None:
         body["model"] = plan.model
-    return body, words
+    return body, sent
 
 
-async def _call(session: aiohttp.ClientSession, plan: Plan, size: int, rng: random.Random) -> Measurement:
-    body, words = body_for(plan, size, rng)
-    started = time.perf_counter()
-    async with session.post(plan.url, json=body) as response:
-        data = await response.read()
-        if not 200 <= response.status < 300:
-            raise ProfileFailed(f"{plan.url} answered {response.status}: {data[:300].decode(errors='replace')}")
-    latency = time.perf_counter() - started
-    usage = _usage(data)
+async def _call(
+    session: aiohttp.ClientSession, plan: Plan, size: int, rng: random.Random, words: int | None = None
+) -> Measurement:
+    body, words = body_for(plan, size, rng, words)
+    latency, data, _ = await _post(session, plan.url, body)
+    usage = answer_usage(data)
     input_tokens = usage.get("prompt_tokens", words)
     if plan.protocol == "openai-chat":
         return Measurement(
@@ -90,7 +108,47 @@ async def _call(session: aiohttp.ClientSession, plan: Plan, size: int, rng: rand
     return Measurement(items=size, input_tokens=input_tokens, output_tokens=0, latency_s=latency)
 
 
-def _usage(data: bytes) -> dict:
+async def _post(
+    session: aiohttp.ClientSession, url: str, body: dict, headers: dict[str, str] | None = None
+) -> tuple[float, bytes, CIMultiDictProxy[str]]:
+    """One timed call that must answer 2xx: its seconds, body and headers."""
+    started = time.perf_counter()
+    async with session.post(url, json=body, headers=headers) as response:
+        data = await response.read()
+        if not 200 <= response.status < 300:
+            raise ProfileFailed(f"{url} answered {response.status}: {data[:300].decode(errors='replace')}")
+    return time.perf_counter() - started, data, response.headers
+
+
+async def measure_hop(plan: Plan, lane: str) -> float:
+    """Seconds the router adds to a call: the same single-item calls direct and via `plan.via`, pinned to `lane`.
+
+    Pairs alternate which goes first, so neither side always meets a
+    backend that has just worked. The lane must not micro-batch the route
+    (a merged call waits for its flush, which the simulator models itself).
+    """
+    rng = random.Random(plan.seed + 1)
+    pin = {MODE_HEADER: lane}
+    timeout = aiohttp.ClientTimeout(total=300)
+    direct, via = [], []
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        for k in range(2 * plan.calls + 2):
+            body, _ = body_for(plan, plan.batch_sizes[0], rng)
+            calls = [(direct, plan.url, None), (via, plan.via, pin)]
+            for out, url, headers in calls if k % 2 else reversed(calls):
+                latency, _, answered = await _post(session, url, body, headers)
+                if BATCH_HEADER in answered:
+                    raise ProfileFailed(
+                        f"the router micro-batched the call on lane {lane!r}: measure the hop on a lane that does "
+                        f"not micro-batch (--via-lane)"
+                    )
+                if k >= 2:  # the first pair warms the connections
+                    out.append(latency)
+    return max(0.0, statistics.median(via) - statistics.median(direct))
+
+
+def answer_usage(data: bytes) -> dict[str, int]:
+    """The numbers in an answer's `usage` (prompt_tokens, ...); empty when it has none."""
     try:
         usage = json.loads(data).get("usage") or {}
     except (ValueError, AttributeError):
@@ -99,7 +157,7 @@ def _usage(data: bytes) -> dict:
 
 
 async def measure(plan: Plan, on_step=None) -> tuple[list[Measurement], dict[int, float]]:
-    """The one-at-a-time calls, and calls/s at each concurrency level."""
+    """The one-at-a-time calls (both sweeps), and calls/s at each concurrency level."""
     rng = random.Random(plan.seed)
     timeout = aiohttp.ClientTimeout(total=300)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as session:
@@ -108,10 +166,11 @@ async def measure(plan: Plan, on_step=None) -> tuple[list[Measurement], dict[int
         for size in plan.batch_sizes:
             for _ in range(plan.calls):
                 points.append(await _call(session, plan, size, rng))
-            if on_step is not None:
-                on_step(
-                    f"batch size {size}: median {statistics.median(p.latency_s for p in points[-plan.calls :]):.4f} s"
-                )
+            _report(on_step, f"batch size {size}", points[-plan.calls :])
+        for words in plan.lengths:
+            for _ in range(plan.calls):
+                points.append(await _call(session, plan, plan.batch_sizes[0], rng, words))
+            _report(on_step, f"{words} words", points[-plan.calls :])
         rates = {}
         for clients in plan.concurrency:
 
@@ -128,10 +187,16 @@ async def measure(plan: Plan, on_step=None) -> tuple[list[Measurement], dict[int
     return points, rates
 
 
+def _report(on_step, what: str, points: list[Measurement]) -> None:
+    if on_step is not None:
+        on_step(f"{what}: median {statistics.median(p.latency_s for p in points):.4f} s")
+
+
 def build_lane(points: list[Measurement], rates: dict[int, float]) -> ServerLane:
     latency = fit_latency(points)
-    single = [p.latency_s for p in points if p.items == 1] or [p.latency_s for p in points]
-    service_s = statistics.mean(single)
+    # The fewest clients (one, by default) see the calls' own service time.
+    fewest = min(rates)
+    service_s = fewest / rates[fewest]
     concurrency = max(1, round(max(rates.values()) * service_s))
     return ServerLane(replicas=1, concurrency=concurrency, latency=latency)
 
@@ -142,17 +207,22 @@ def run(args) -> int:
         url=args.url,
         protocol=args.protocol,
         batch_sizes=tuple(int(x) for x in args.batch_sizes.split(",")),
+        lengths=tuple(int(x) for x in args.lengths.split(",")) if args.lengths else (),
         concurrency=tuple(int(x) for x in args.concurrency.split(",")),
         calls=args.calls,
         model=args.model,
+        via=args.via,
     )
     try:
         points, rates = asyncio.run(measure(plan, on_step=lambda line: print(line, flush=True)))
+        hop_s = asyncio.run(measure_hop(plan, args.via_lane or args.lane)) if plan.via else None
     except (ProfileFailed, aiohttp.ClientError, TimeoutError) as exc:
         print(f"profile failed: {exc}", file=sys.stderr)
         return 1
     lane = build_lane(points, rates)
-    write_lane(Path(args.out), args.lane, lane, args.url)
+    write_lane(Path(args.out), args.lane, lane, args.url, hop_s=hop_s)
+    if hop_s is not None:
+        print(f"the router's hop: {hop_s * 1000:.2f} ms")
     latency = lane.latency
     print(
         f"{args.lane}: {latency.base_s * 1000:.2f} ms + {latency.per_item_s * 1000:.3f} ms/item "
@@ -162,13 +232,20 @@ def run(args) -> int:
     return 0
 
 
-def write_lane(path: Path, lane_name: str, lane: ServerLane, url: str) -> ServiceModel:
-    """Add (or replace) `lane_name` in the model at `path`, creating the file when absent."""
-    lanes = dict(load_service_model(path).lanes) if path.exists() else {}
+def write_lane(path: Path, lane_name: str, lane: ServerLane, url: str, *, hop_s: float | None = None) -> ServiceModel:
+    """Add (or replace) `lane_name` in the model at `path`, creating the file when absent.
+
+    The hop is set when given, else kept from the file.
+    """
+    known = load_service_model(path) if path.exists() else None
+    lanes = dict(known.lanes) if known else {}
     lanes[lane_name] = lane
+    if hop_s is None:
+        hop_s = known.hop_s if known else 0.0
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    model = ServiceModel(lanes=lanes, source=f"modeshift profile {url}, {stamp}")
+    model = ServiceModel(lanes=lanes, hop_s=hop_s, source=f"modeshift profile {url}, {stamp}")
     data = model.model_dump(by_alias=True, exclude_none=True)
+    data["hop"] = _duration(hop_s)
     for entry in data["lanes"].values():  # durations as the loader reads them: with units
         if "latency" in entry:
             entry["latency"] = {k: _duration(v) if k != "jitter" else round(v, 4) for k, v in entry["latency"].items()}
