@@ -19,7 +19,10 @@ the lanes' service models:
   gate: its requests are submitted as jobs, not held open as calls;
 - every completion is recorded into the monitor's LaneWindow with the
   latency and attributed cost the router would record (from admission, not
-  from arrival), and the loop ticks every `switching.tick`.
+  from arrival), and the loop ticks every `switching.tick`;
+- the latency in the outcome is the client's: the service model's `hop`
+  (the router's own time and the network's) is added to it, and to nothing
+  the control loop reads.
 
 Events sit on one heap ordered by (time, seq); arrivals come from the sorted
 trace and go after heap events at the same time (so a tick at t sees the
@@ -117,6 +120,7 @@ class _Run:
         self.trace = trace
         self.progress = progress
         self.progress_every = progress_every
+        self.hop_s = engine.service.hop_s
         self.loop = build_control_loop(config, now_s=0.0, rng=random.Random(config.server.seed))
         self.draw = random.Random(config.server.seed)
         names = tuple(config.lanes)
@@ -429,7 +433,7 @@ class _Run:
             arrival_s=arrival_s,
             lane=np.array(self.lane_of, dtype=np.int16),
             status=np.array(self.status, dtype=np.int16),
-            latency_s=np.array(self.done_s) - arrival_s,
+            latency_s=np.array(self.done_s) - arrival_s + self.hop_s,
             cost_usd=np.array(self.cost),
             pinned=np.array(self.pinned, dtype=bool),
             deadline_s=np.fromiter(

@@ -150,3 +150,13 @@ def test_a_trace_route_no_route_takes_or_an_unknown_pin_is_an_error():
     missing = ServiceModel(lanes={"realtime": ServerLane()})
     with pytest.raises(ValueError, match="no entry for lane"):
         Engine(config(), missing)
+
+
+def test_the_hop_adds_to_what_the_client_sees_and_to_nothing_the_router_reads():
+    trace = generators.poisson(30.0, 60.0, np.random.default_rng(2))
+    plain = Engine(config(), service(jitter=0.3), seed=4).run(trace)
+    hopped = Engine(config(), service(jitter=0.3).model_copy(update={"hop_s": 0.5}), seed=4).run(trace)
+    np.testing.assert_allclose(hopped.latency_s - plain.latency_s, 0.5)
+    np.testing.assert_array_equal(hopped.cost_usd, plain.cost_usd)  # busy time excludes it
+    assert [row.p95_s for row in hopped.timeline] == [row.p95_s for row in plain.timeline]
+    assert any(p > 0 for row in plain.timeline for p in row.p95_s if p == p)
