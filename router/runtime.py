@@ -107,19 +107,20 @@ class Runtime:
         self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
 
     async def _tick_forever(self) -> None:
-        loop = asyncio.get_running_loop()
-        next_s = loop.time()
+        due_s = self.now_s()
         while True:
             tick_s = self.state.config.switching.tick_s
-            next_s += tick_s
-            await asyncio.sleep(max(next_s - loop.time(), 0.0))
-            # The tick is stamped when it was due, not when the timer woke
-            # (a few ms later, by how busy the loop was): else a 5 s step
-            # read 4.998 s at its fifth tick and lasted six, by chance. A
-            # stall longer than half a tick is not hidden.
-            late_s = min(max(loop.time() - next_s, 0.0), tick_s / 2)
+            due_s += tick_s
+            await asyncio.sleep(max(due_s - self.now_s(), 0.0))
+            # The tick is stamped when it was due, not when the timer woke (a
+            # few ms off, by how busy the loop was and uvloop's millisecond
+            # timers): else a 5 s step read 4.999 s at its fifth tick and
+            # lasted six, by chance. A stall of over half a tick is not
+            # hidden: the schedule starts again from it.
+            if abs(self.now_s() - due_s) > tick_s / 2:
+                due_s = self.now_s()
             try:
-                self.tick(self.now_s() - late_s)
+                self.tick(due_s)
             except Exception:
                 # A bug in a policy must not stop the router: the weights stay
                 # where they are, and the error is in the log.
