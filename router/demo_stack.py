@@ -14,6 +14,7 @@ What must not live here: the traffic (router.replay), the report (router.demo).
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -50,6 +51,7 @@ class LocalStack:
         self.dir = Path(self._dir.name)
         self._children: list[tuple[str, subprocess.Popen]] = []
         self.data_url = self.admin_url = ""
+        self.upstreams: dict[str, str] = {}  # lane -> its backend's base URL, once started
         self.router_log = self.dir / "router.log"
 
     def __enter__(self) -> LocalStack:
@@ -76,7 +78,8 @@ class LocalStack:
         waits = []
         for lane in ("realtime", "batch"):
             port = free_port()
-            raw["lanes"][lane]["upstreams"] = [f"http://127.0.0.1:{port}"]
+            self.upstreams[lane] = f"http://127.0.0.1:{port}"
+            raw["lanes"][lane]["upstreams"] = [self.upstreams[lane]]
             # One CPU thread each: the two lanes stand for two machines, and
             # must not fight over the same cores.
             args = ["backend", "--mode", lane, "--port", str(port), "--threads", "1"]
@@ -119,10 +122,14 @@ class LocalStack:
         raise StackFailed(f"the {name} did not listen on port {port} within {STARTUP_S:g} s")
 
     async def status(self, session: aiohttp.ClientSession) -> dict[str, Any]:
+        return json.loads(await self.admin_get(session, "/status"))
+
+    async def admin_get(self, session: aiohttp.ClientSession, path: str) -> bytes:
+        """GET an admin endpoint (`/status`, `/metrics`, `/decisions`) with the stack's token."""
         headers = {"Authorization": f"Bearer {self.token}"}
-        async with session.get(f"{self.admin_url}/status", headers=headers) as response:
+        async with session.get(f"{self.admin_url}{path}", headers=headers) as response:
             response.raise_for_status()
-            return await response.json()
+            return await response.read()
 
     def stop(self) -> None:
         """Stop every child: the router first (it drains), then the backends."""

@@ -24,13 +24,14 @@ import random
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import numpy as np
 
 from router.errors import LANE_HEADER
+from router.profile import answer_usage
 from router.routing import DEADLINE_HEADER, MODE_HEADER
 from simulator.outcome import NO_LANE, Outcome
 from simulator.traces import TraceRequest
@@ -48,6 +49,7 @@ class Result:
     status: int  # 0 when no answer came (connection error, timeout)
     latency_s: float
     index: int = 0  # the request's place in the trace
+    input_tokens: int = 0  # as the answer's usage counted them, else the words sent
 
 
 def text_for(request: TraceRequest, rng: random.Random, *, tokens_per_word: int = 32, most_words: int = 24) -> str:
@@ -83,14 +85,16 @@ async def replay(
             if request.deadline_ms is not None:
                 headers[DEADLINE_HEADER] = f"{request.deadline_ms:g}"
             started = time.perf_counter()
-            lane, status = "", 0
+            lane, status, tokens = "", 0, len(body["input"].split())
             try:
                 async with session.post(target, json=body, headers=headers) as response:
-                    await response.read()
+                    data = await response.read()
                     lane, status = response.headers.get(LANE_HEADER, ""), response.status
+                    tokens = answer_usage(data).get("prompt_tokens", tokens)
             except (aiohttp.ClientError, TimeoutError):
                 pass
-            result = results[index] = Result(at_s, lane, status, time.perf_counter() - started, index)
+            latency_s = time.perf_counter() - started
+            result = results[index] = Result(at_s, lane, status, latency_s, index, tokens)
             if on_result is not None:
                 on_result(result)
 
@@ -104,6 +108,16 @@ async def replay(
             tasks.append(asyncio.create_task(send(index, request, body, at_s)))
         await asyncio.gather(*tasks)
     return [r for r in results if r is not None]
+
+
+def as_sent(trace: Sequence[TraceRequest], results: Sequence[Result]) -> list[TraceRequest]:
+    """The trace as the router received it, to simulate against a live run.
+
+    A replay sends short texts, not the trace's token counts, and embeddings
+    produce no output tokens: each request carries the input tokens of its
+    result and no output.
+    """
+    return [replace(trace[r.index], input_tokens=r.input_tokens, output_tokens=0) for r in results]
 
 
 def as_outcome(trace: Sequence[TraceRequest], results: Sequence[Result]) -> Outcome:
