@@ -33,6 +33,7 @@ bench: $(VENV)/.installed
 	$(PY) bench/batching.py
 	$(PY) bench/jobs.py
 	$(PY) bench/simulation.py
+	$(PY) bench/fidelity.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
