@@ -60,6 +60,11 @@ class ProfileFailed(RuntimeError):
     pass
 
 
+def words_text(rng: random.Random, words: int) -> str:
+    """A synthetic text of `words` words, for the calls a profile or a replay sends."""
+    return " ".join(rng.choices(_WORDS, k=words))
+
+
 @dataclass(frozen=True, slots=True)
 class Plan:
     url: str
@@ -80,7 +85,7 @@ def body_for(plan: Plan, size: int, rng: random.Random, words: int | None = None
     """
 
     def text() -> str:
-        return " ".join(rng.choices(_WORDS, k=words or rng.randint(4, 24)))
+        return words_text(rng, words or rng.randint(4, 24))
 
     if plan.protocol == "openai-chat":
         prompt = text()

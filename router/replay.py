@@ -31,15 +31,10 @@ import aiohttp
 import numpy as np
 
 from router.errors import LANE_HEADER
-from router.profile import answer_usage
+from router.profile import answer_usage, words_text
 from router.routing import DEADLINE_HEADER, MODE_HEADER
 from simulator.outcome import NO_LANE, Outcome
 from simulator.traces import TraceRequest
-
-_WORDS = (
-    "router lane batch realtime policy weight transition rollback latency cost queue upstream model embedding "
-    "request trace window snapshot controller flush deadline budget spill replica token throughput"
-).split()
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +49,7 @@ class Result:
 
 def text_for(request: TraceRequest, rng: random.Random, *, tokens_per_word: int = 32, most_words: int = 24) -> str:
     words = min(max(request.input_tokens // tokens_per_word, 4), most_words)
-    return " ".join(rng.choices(_WORDS, k=words))
+    return words_text(rng, words)
 
 
 async def replay(
