@@ -11,6 +11,7 @@ import random
 from configs.schema import ModeshiftConfig
 from policies.control import ControlLoop
 from policies.monitor import Monitor
+from policies.objectives import Objectives
 from policies.switching import SwitchingController
 from policies.weights import Weights
 
@@ -27,6 +28,7 @@ def build_control_loop(config: ModeshiftConfig, *, now_s: float, rng: random.Ran
         now_s=now_s,
         window_s=config.metrics.window_s,
         slot_s=config.metrics.slot_s,
+        objectives=Objectives(config.objectives),
     )
     controller = SwitchingController(mode_weights(config), config.initial_mode, config.switching)
     return ControlLoop(monitor, config.policy.build(rng), controller)

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from policies.flush import BatchingParams
+from policies.objectives import BUILT_IN, ObjectiveParams
 from policies.pricing import CostModel
 from policies.registry import PolicySpec
 from policies.switching_params import SwitchingParams
@@ -101,6 +102,9 @@ class RouteConfig(_Section):
     path: str = Field(description="path prefix, e.g. /v1/embeddings")
     protocol: Protocol = Field("http", description="how requests on this route are read, merged and split")
     pin: Name | None = Field(None, description="send every request on this route to this lane")
+    traffic_class: Name | None = Field(
+        None, alias="class", description="the traffic class (objectives) of this route's requests"
+    )
 
     @field_validator("path")
     @classmethod
@@ -158,6 +162,9 @@ class ModeshiftConfig(_Section):
     server: ServerConfig = Field(default_factory=ServerConfig)
     lanes: dict[Name, LaneConfig] = Field(min_length=1)
     routes: tuple[RouteConfig, ...] = Field((RouteConfig(path="/"),), min_length=1)
+    objectives: dict[Name, ObjectiveParams] = Field(
+        default_factory=dict, description="traffic class -> its objective; pinned and switchable always exist"
+    )
     modes: dict[Name, dict[str, Weight]] = Field(min_length=1, description="mode name -> {lane: weight}")
     initial_mode: str
     policy: PolicySpec
@@ -203,6 +210,15 @@ def _cross_problems(cfg: ModeshiftConfig):
         seen_paths.add(route.path)
         if route.pin is not None and route.pin not in cfg.lanes:
             yield _problem(("routes", i, "pin"), route.pin, "unknown_lane", f"no such lane; lanes: {known_lanes}")
+    known_classes = ", ".join(sorted({*BUILT_IN, *cfg.objectives}))
+    for i, route in enumerate(cfg.routes):
+        if route.traffic_class is not None and route.traffic_class not in {*BUILT_IN, *cfg.objectives}:
+            yield _problem(
+                ("routes", i, "class"),
+                route.traffic_class,
+                "unknown_class",
+                f"no objective for this class; declare it under objectives (classes: {known_classes})",
+            )
     if cfg.jobs.lane is not None and cfg.jobs.lane not in cfg.lanes:
         yield _problem(("jobs", "lane"), cfg.jobs.lane, "unknown_lane", f"no such lane; lanes: {known_lanes}")
     if cfg.server.listen == cfg.server.admin_listen:

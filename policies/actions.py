@@ -4,6 +4,8 @@ Outputs (past tense for events, imperative for the one instruction):
 - SetWeights: the driver must route auto traffic with these weights now.
 - TransitionStarted, StepAdvanced, TransitionCompleted, RolledBack: the
   steps of a transition.
+- RollbackWithheld: the stream regressed, but the lanes a rollback would
+  send traffic back to miss their objectives too; the step holds.
 - ProposalIgnored: a policy's proposal was seen and not acted on, and why.
 - Paused, Resumed, CommandRejected: answers to operator commands.
 
@@ -83,14 +85,28 @@ class TransitionCompleted(Action):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RolledBack(Action):
-    """`cause`: "regression" (a lane that gained traffic got worse), "stalled"
-    (no step could be promoted for progress_deadline_s) or "manual"."""
+    """`cause`: "regression" (the stream kept its objectives worse than before
+    the step, and the lanes it returns to were keeping theirs), "stalled" (no
+    step could be promoted for progress_deadline_s) or "manual";
+    `traffic_class`: the class whose regression decided it; `lane`: the lane
+    that had gained the most traffic."""
 
     from_mode: str | None
     to_mode: str
     cause: str
     restored_weights: Weights
     lane: str | None = None
+    traffic_class: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RollbackWithheld(Action):
+    """A rollback would not make the stream better: `failing_lanes` (where the
+    traffic would return) miss their objectives as well."""
+
+    to_mode: str
+    step_index: int
+    failing_lanes: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

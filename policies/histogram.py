@@ -96,6 +96,10 @@ class Histogram:
                     out[k] += n
         return out
 
+    def count_at_most(self, bound: float) -> int:
+        """How many values are at most `bound` (to within RELATIVE_ACCURACY of it)."""
+        return self.counts_at_most((bound,))[0]
+
     def copy(self) -> Histogram:
         return Histogram(self._counts, self._sum)
 

@@ -6,9 +6,12 @@ Two triggers, either one proposes `realtime_mode`:
 - the lanes cannot keep up: traffic arrives at `min_throughput_rps` or more
   but fewer requests than that complete per second. (A floor on throughput
   alone would fire whenever traffic is simply light.)
-Otherwise no opinion. Used alone, or as a guard in a composite that vetoes a
-move to batch while latency is out of bounds. Defaults from the cost guide:
-100 ms, 50 req/s, held 120 s.
+Otherwise no opinion. It never proposes a move *onto* the lane that is
+failing: when the slow (or lagging) lane is one `realtime_mode` would give
+more traffic, sending traffic there would make things worse, so it has no
+opinion. Used alone, or as a guard in a composite that vetoes a move to
+batch while latency is out of bounds. Defaults from the cost guide: 100 ms,
+50 req/s, held 120 s.
 """
 
 from __future__ import annotations
@@ -42,15 +45,17 @@ class LatencyPolicy(BasePolicy):
             for lane, figs in snapshot.lanes.items()
             if snapshot.weights[lane] > 0 and figs.completions >= p.min_samples and figs.p95_s == figs.p95_s
         ]
+        target = snapshot.control.modes.get(p.realtime_mode)
         if judged:
             worst = max(judged, key=lambda f: f.p95_s)
-            if worst.p95_s > p.max_latency_s:
+            if worst.p95_s > p.max_latency_s and not _loads(target, snapshot, worst.lane):
                 figures = {f"{worst.lane}.p95_s": worst.p95_s, "max_latency_s": p.max_latency_s}
                 reason = f"p95 of lane {worst.lane} {worst.p95_s * 1000:.0f} ms > {p.max_latency_s * 1000:.0f} ms"
                 return self.propose(p.realtime_mode, reason, figures, p.hold_s)
         demand = snapshot.arrival_rate_per_s
         served = sum(f.throughput_per_s for f in snapshot.lanes.values())
-        if demand >= p.min_throughput_rps > served:
+        lagging = [f.lane for f in snapshot.lanes.values() if f.arrival_rate_per_s > f.throughput_per_s]
+        if demand >= p.min_throughput_rps > served and not any(_loads(target, snapshot, lane) for lane in lagging):
             figures = {
                 "arrival_rate_per_s": demand,
                 "throughput_per_s": served,
@@ -59,3 +64,8 @@ class LatencyPolicy(BasePolicy):
             reason = f"throughput {served:.1f} req/s < {p.min_throughput_rps:g} while {demand:.1f} req/s arrive"
             return self.propose(p.realtime_mode, reason, figures, p.hold_s)
         return None
+
+
+def _loads(target, snapshot: Snapshot, lane: str) -> bool:
+    """`target` weights would give `lane` more traffic than it has now (unknown modes: assume so not)."""
+    return target is not None and target[lane] > snapshot.weights[lane]

@@ -74,6 +74,23 @@ class LaneTotals:
             self.latency.minus(earlier.latency),
         )
 
+    def plus(self, other: LaneTotals) -> LaneTotals:
+        """These totals and `other`'s together (two lanes, two classes, two replicas)."""
+        latency = self.latency.copy()
+        latency.merge(other.latency)
+        return LaneTotals(
+            self.arrivals + other.arrivals,
+            self.pinned_arrivals + other.pinned_arrivals,
+            self.completions + other.completions,
+            self.errors + other.errors,
+            self.items + other.items,
+            self.input_tokens + other.input_tokens,
+            self.output_tokens + other.output_tokens,
+            self.cost_usd + other.cost_usd,
+            self.busy_s + other.busy_s,
+            latency,
+        )
+
     @property
     def error_rate(self) -> float:
         return self.errors / self.completions if self.completions else math.nan

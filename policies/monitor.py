@@ -2,6 +2,10 @@
 
 The drivers (router, simulator) record into `monitor.lanes[name]` as requests
 arrive and complete, and call `snapshot(now_s, control_view)` once per tick.
+When a request has finished for its client, the driver also calls
+`served(...)` once with its traffic class, the lane it ended on and the
+client's latency: those outcomes, per (class, lane), are what objectives are
+judged on (a lane window counts visits, an outcome counts requests).
 The monitor turns window totals into rates, percentiles and dollars: the
 variable cost the driver attributed to each request plus the provisioned
 (hourly) cost of the window's span.
@@ -13,10 +17,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from types import MappingProxyType
 
 from policies.metrics import LaneWindow, WindowReading
+from policies.objectives import Objectives
 from policies.pricing import CostModel
-from policies.snapshot import ControlView, LaneFigures, Snapshot, freeze_lanes
+from policies.snapshot import ControlView, LaneFigures, OutcomeFigures, Snapshot, freeze_lanes
 
 _QUANTILES = (0.5, 0.95, 0.99)
 
@@ -29,11 +35,29 @@ class Monitor:
         now_s: float,
         window_s: float = 60.0,
         slot_s: float = 1.0,
+        objectives: Objectives | None = None,
     ):
         self.costs = dict(costs)
+        self.objectives = objectives if objectives is not None else Objectives()
         self.lanes: dict[str, LaneWindow] = {
             lane: LaneWindow(now_s=now_s, window_s=window_s, slot_s=slot_s) for lane in self.costs
         }
+        self.outcomes: dict[tuple[str, str], LaneWindow] = {
+            (traffic_class, lane): LaneWindow(now_s=now_s, window_s=window_s, slot_s=slot_s)
+            for traffic_class in self.objectives
+            for lane in self.costs
+        }
+
+    def served(self, now_s: float, traffic_class: str, lane: str, latency_s: float, ok: bool) -> None:
+        """A request of `traffic_class` finished on `lane` for its client, `latency_s` after it arrived.
+
+        `ok` False: it failed (any 5xx, the router's own refusals included);
+        its latency is not recorded, so a fast refusal never passes for a
+        fast answer.
+        """
+        window = self.outcomes[(traffic_class, lane)]
+        window.arrived(now_s)
+        window.completed(now_s, latency_s if ok else None, ok=ok)
 
     def attributed_cost_usd(
         self, lane: str, input_tokens: int = 0, output_tokens: int = 0, busy_s: float = 0.0
@@ -56,11 +80,17 @@ class Monitor:
             lane: self._figures(lane, reading, arrivals_per_s, mix_input, mix_output, mix_busy)
             for lane, reading in readings.items()
         }
+        outcomes = {}
+        for (traffic_class, lane), window in self.outcomes.items():
+            reading = window.read(now_s)
+            outcomes[(traffic_class, lane)] = OutcomeFigures(traffic_class, lane, reading.window, reading.cumulative)
         return Snapshot(
             now_s=now_s,
             lanes=freeze_lanes(figures),
             arrival_rate_per_s=arrivals_per_s,
             control=control,
+            objectives=self.objectives,
+            outcomes=MappingProxyType(outcomes),
         )
 
     def _figures(

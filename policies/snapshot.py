@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 
 from policies.metrics import LaneTotals
+from policies.objectives import Objectives
 from policies.weights import Weights
 
 
@@ -54,6 +55,21 @@ class LaneFigures:
 
 
 @dataclass(frozen=True, slots=True)
+class OutcomeFigures:
+    """How the requests of one traffic class that ended on one lane fared.
+
+    Totals of finished requests only (a request counts once, on the lane it
+    ended on, its client's latency recorded when it was answered): over the
+    metrics window, and since the start (for "since this step began").
+    """
+
+    traffic_class: str
+    lane: str
+    window: LaneTotals
+    cumulative: LaneTotals
+
+
+@dataclass(frozen=True, slots=True)
 class TransitionView:
     """A transition in progress, as the snapshot shows it."""
 
@@ -87,6 +103,8 @@ class Snapshot:
     lanes: Mapping[str, LaneFigures]
     arrival_rate_per_s: float
     control: ControlView
+    objectives: Objectives = field(default_factory=Objectives)
+    outcomes: Mapping[tuple[str, str], OutcomeFigures] = field(default_factory=dict)  # by (class, lane)
 
     @property
     def mode(self) -> str | None:
@@ -107,7 +125,19 @@ class Snapshot:
             out[f"{lane}.weight"] = self.weights[lane]
             for name, value in figs.numbers().items():
                 out[f"{lane}.{name}"] = value
+        for traffic_class, objective in self.objectives.items():
+            totals = [o.window for (c, _), o in self.outcomes.items() if c == traffic_class]
+            if totals and (window := _sum(totals)).completions:
+                out[f"class.{traffic_class}.requests"] = float(window.completions)
+                out[f"class.{traffic_class}.attainment"] = objective.attainment(window)
         return out
+
+
+def _sum(totals: list[LaneTotals]) -> LaneTotals:
+    out = totals[0]
+    for more in totals[1:]:
+        out = out.plus(more)
+    return out
 
 
 def freeze_lanes(lanes: Mapping[str, LaneFigures]) -> Mapping[str, LaneFigures]:

@@ -4,32 +4,42 @@ Theory of operation. A policy proposes a target mode on every tick. The
 controller starts a transition only after the same proposal has persisted for
 the hold time (the switch delay), then moves the weights in steps, each a
 fraction of the way from the pre-transition weights to the target mode's
-(default 0.2, 0.5, 0.8, 1.0: 80/20 -> 50/50 -> 20/80 -> 0/100). A step is
-promoted after `step_s` only when every lane that gained traffic has served
-at least `min_samples` requests in the step and is healthy; a lane that got
-worse than its baseline rolls the transition back at once. After a completion
-or a rollback, proposals are ignored for `cooldown_s`.
+(default 0.2, 0.5, 0.8, 1.0: 80/20 -> 50/50 -> 20/80 -> 0/100). After a
+completion or a rollback, proposals are ignored for `cooldown_s`.
 
-Health, per lane that gained traffic, judged on what happened since the
-current step began (a difference of cumulative totals, so the metrics window
-does not blur one step into the next):
-- errors: the lane's error rate minus the error rate the whole stream had
-  before the transition (0 when there was no traffic) must not exceed
-  `max_error_increase`: errors are errors, whichever lane serves them;
-- latency: the lane's p95 must not exceed (1 + `max_latency_regression`) x
-  its baseline p95. A batch lane is slower than a real-time lane by design,
-  so a lane is compared with itself: its p95 before the transition if it had
-  `min_samples` then, else its p95 in the first step where it has them.
-Missing or NaN evidence never promotes a step; if no step can be promoted for
-`progress_deadline_s`, the transition rolls back (cause "stalled").
+Health is the stream's, judged by its objectives (policies.objectives), never
+by a lane against its own calm past: a batch lane is meant to get slower as
+its batches fill. The evidence is what the requests that ended since the
+step began got (a difference of cumulative totals, so the metrics window does
+not blur one step into the next), per traffic class, over every lane, the
+one that lost traffic included, with the router's refusals counted as misses.
+policies.stream_health does the statistics (only what is shown at 95%
+confidence counts). On every tick of a transition:
+
+1. regression: a class doing confidently worse than its objective and than
+   before the step (the previous step's evidence, or the metrics window
+   before the transition) asks for a rollback. A rollback must make the
+   stream better: when a lane that would take traffic back (one whose weight
+   the transition lowered) misses its objectives itself, the controller holds
+   the step and says so once (RollbackWithheld); else it rolls back at once.
+2. urgency: when a lane the transition takes traffic from misses its
+   objectives over the metrics window and no lane it gives traffic to does,
+   waiting helps nobody. With `urgency: skip` one step is taken per tick,
+   with `jump` the target is taken at once, with `off` nothing changes; a
+   proposal that takes traffic from such a lane skips its hold as well.
+3. promotion: a step is promoted after `step_s` when every lane that gained
+   traffic served at least `min_samples` requests in it and nothing above
+   objected. Missing evidence never promotes a step; if no step can be
+   promoted for `progress_deadline_s`, the transition rolls back ("stalled").
 
 Invariants (tests/policies/test_switching_*.py check them):
 - the weights always name every lane, each in [0, 1], summing to 1;
 - during a transition each lane's weight moves monotonically from its
   pre-transition value toward its target value; only a rollback reverses it;
-- a rollback restores the exact pre-transition weights (the same object);
-- every state change is a row of TRANSITIONS below; anything else is a bug
-  and raises;
+- a rollback restores the exact pre-transition weights (the same object),
+  and only when the lanes it returns traffic to are not missing objectives;
+- every state change is a row of policies.switching_table.TRANSITIONS;
+  anything else is a bug and raises;
 - the controller reads no clock and holds no randomness: the same snapshots,
   proposals and commands give the same outputs.
 
@@ -41,12 +51,11 @@ to stop moving, not to stop protecting.
 
 from __future__ import annotations
 
-import enum
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from policies import stream_health as health
 from policies.actions import (
     Action,
     Command,
@@ -58,6 +67,7 @@ from policies.actions import (
     Resume,
     Resumed,
     Rollback,
+    RollbackWithheld,
     RolledBack,
     SetWeights,
     StepAdvanced,
@@ -68,44 +78,10 @@ from policies.metrics import LaneTotals
 from policies.protocol import Proposal
 from policies.snapshot import ControlView, Snapshot, TransitionView
 from policies.switching_params import SwitchingParams
+from policies.switching_table import TRANSITIONS, State
 from policies.weights import Weights
 
-
-class State(enum.Enum):
-    STEADY = "steady"  # weights at rest; a proposal for another mode starts a hold
-    HOLDING = "holding"  # a proposal is persisting; the transition starts after hold_s
-    RAMPING = "ramping"  # a transition is moving the weights step by step
-    COOLDOWN = "cooldown"  # after a completion or rollback; proposals are ignored
-    PAUSED = "paused"  # operator pause; a transition in progress is frozen
-
-
-_ACTIVE = (State.STEADY, State.HOLDING, State.RAMPING, State.COOLDOWN)
-
-# (from, trigger, to): every state change the controller may make.
-TRANSITIONS: frozenset[tuple[State, str, State]] = frozenset(
-    {
-        (State.STEADY, "proposal", State.HOLDING),
-        (State.HOLDING, "proposal_changed", State.HOLDING),
-        (State.HOLDING, "proposal_lapsed", State.STEADY),
-        (State.HOLDING, "hold_elapsed", State.RAMPING),
-        (State.RAMPING, "step_promoted", State.RAMPING),
-        (State.RAMPING, "completed", State.COOLDOWN),
-        (State.RAMPING, "regressed", State.COOLDOWN),
-        (State.RAMPING, "stalled", State.COOLDOWN),
-        (State.COOLDOWN, "cooled", State.STEADY),
-        (State.PAUSED, "regressed", State.PAUSED),
-        (State.PAUSED, "resume", State.STEADY),
-        (State.PAUSED, "resume", State.COOLDOWN),
-        (State.PAUSED, "resume", State.RAMPING),
-        (State.PAUSED, "force_gradual", State.RAMPING),
-        (State.PAUSED, "force_now", State.PAUSED),
-        (State.PAUSED, "rollback", State.PAUSED),
-        *((s, "force_gradual", State.RAMPING) for s in _ACTIVE),
-        *((s, "force_now", State.COOLDOWN) for s in _ACTIVE),
-        *((s, "rollback", State.COOLDOWN) for s in _ACTIVE),
-        *((s, "pause", State.PAUSED) for s in _ACTIVE),
-    }
-)
+__all__ = ["TRANSITIONS", "State", "SwitchingController"]
 
 
 @dataclass(slots=True)
@@ -116,12 +92,14 @@ class _Transition:
     baseline: Weights
     target: Weights
     gaining: tuple[str, ...]
+    losing: tuple[str, ...]
     started_s: float
-    error_baseline: float
-    latency_baseline_s: dict[str, float]
     step_index: int = 0
     step_started_s: float = 0.0
-    step_marks: dict[str, LaneTotals] = field(default_factory=dict)
+    step_marks: dict[str, LaneTotals] = field(default_factory=dict)  # lane totals at the step's start
+    outcome_marks: health.Evidence = field(default_factory=dict)  # outcome totals at the step's start
+    before: health.Evidence = field(default_factory=dict)  # the outcomes the step is compared with
+    withheld: bool = False  # RollbackWithheld was said for this step
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +159,7 @@ class SwitchingController:
         out: list[Action] = []
         if self.state is State.PAUSED:
             if self._transition is not None:
-                self._check_regression(snapshot, out)
+                self._judge(snapshot, out)
             self._ignore(proposal, snapshot, "controller is paused", out)
             return out
         if self.state is State.COOLDOWN and now >= (self._cooldown_until_s or 0.0):
@@ -220,10 +198,12 @@ class SwitchingController:
             self._hold, self._hold_since_s = proposal, now
         else:
             return
-        if now - self._hold_since_s >= self._hold_s(self._hold):
+        urgent = self._urgency(snapshot, self.weights, self.modes[self._hold.target_mode])
+        if urgent is not None or now - self._hold_since_s >= self._hold_s(self._hold):
             held, self._hold = self._hold, None
-            self._move("hold_elapsed", State.RAMPING)
-            self._start(snapshot, held.target_mode, "policy", held.reason, held.figures, out)
+            self._move("hold_elapsed" if urgent is None else "urgent", State.RAMPING)
+            reason = held.reason if urgent is None else f"{held.reason}; urgent, no hold: {urgent}"
+            self._start(snapshot, held.target_mode, "policy", reason, held.figures, out)
 
     def _hold_s(self, proposal: Proposal) -> float:
         return self.params.hold_s if proposal.hold_s is None else proposal.hold_s
@@ -242,23 +222,16 @@ class SwitchingController:
     ) -> None:
         now = snapshot.now_s
         baseline, target = self.weights, self.modes[target_mode]
-        gaining = target.gained(baseline)
-        lanes = snapshot.lanes
-        completions = sum(f.completions for f in lanes.values())
-        errors = sum(f.errors for f in lanes.values())
         self._transition = t = _Transition(
             from_mode=self.mode,
             to_mode=target_mode,
             cause=cause,
             baseline=baseline,
             target=target,
-            gaining=gaining,
+            gaining=target.gained(baseline),
+            losing=baseline.gained(target),
             started_s=now,
-            error_baseline=errors / completions if completions else 0.0,
-            latency_baseline_s={
-                lane: lanes[lane].p95_s if lanes[lane].completions >= self.params.min_samples else math.nan
-                for lane in gaining
-            },
+            before=health.windows(snapshot.outcomes),
         )
         self._undo = _Undo(self.mode, target_mode, baseline)
         self.mode = None
@@ -277,16 +250,21 @@ class SwitchingController:
         )
         self._enter_step(0, snapshot, out)
 
-    def _enter_step(self, index: int, snapshot: Snapshot, out: list[Action]) -> None:
+    def _enter_step(self, index: int, snapshot: Snapshot, out: list[Action], why: str | None = None) -> None:
         t = self._transition
+        if index:
+            finished = health.since(snapshot.outcomes, t.outcome_marks)
+            if sum(totals.completions for totals in finished.values()) >= self.params.min_samples:
+                t.before = finished  # else the older, better-founded evidence stays the bar
         t.step_index = index
+        t.withheld = False
         self._restart_step_clock(snapshot)
         self.weights = t.baseline.toward(t.target, self.params.steps[index])
         if index:
             out.append(
                 StepAdvanced(
                     at_s=snapshot.now_s,
-                    reason=f"step {index} healthy",
+                    reason=why or f"step {index - 1} healthy",
                     figures=snapshot.figures(),
                     to_mode=t.to_mode,
                     step_index=index,
@@ -300,14 +278,27 @@ class SwitchingController:
         t = self._transition
         t.step_started_s = snapshot.now_s
         t.step_marks = {lane: snapshot.lanes[lane].cumulative for lane in t.gaining}
+        t.outcome_marks = health.marks(snapshot.outcomes)
 
     def _advance(self, snapshot: Snapshot, out: list[Action]) -> None:
-        """One tick of a transition: roll back, promote, or wait."""
-        if self._check_regression(snapshot, out):
+        """One tick of a transition: roll back, hurry, promote, or wait."""
+        verdict = self._judge(snapshot, out)
+        if verdict == "rolled_back":
             return
         t = self._transition
         now = snapshot.now_s
         p = self.params
+        urgent = self._urgency(snapshot, self.weights, t.target)
+        if urgent is not None:
+            why = f"urgent: {urgent}"
+            if t.step_index + 1 == len(p.steps):
+                self._complete(snapshot, out, why)
+            else:
+                self._move("urgent_step", State.RAMPING)
+                self._enter_step(len(p.steps) - 1 if p.urgency == "jump" else t.step_index + 1, snapshot, out, why)
+            return
+        if verdict == "withheld":
+            return
         if now - t.step_started_s >= p.step_s and all(
             self._step_evidence(snapshot, lane).completions >= p.min_samples for lane in t.gaining
         ):
@@ -315,54 +306,62 @@ class SwitchingController:
                 self._move("step_promoted", State.RAMPING)
                 self._enter_step(t.step_index + 1, snapshot, out)
             else:
-                self._complete(snapshot, out)
+                self._complete(snapshot, out, f"all {len(p.steps)} steps healthy")
         elif now - t.step_started_s >= p.progress_deadline_s:
             waited = now - t.step_started_s
             reason = (
                 f"step {t.step_index} could not be promoted in {waited:g}s: too few requests on {', '.join(t.gaining)}"
             )
-            self._roll_back(snapshot, "stalled", reason, None, {}, out)
+            self._roll_back(snapshot, "stalled", reason, out)
 
     def _step_evidence(self, snapshot: Snapshot, lane: str) -> LaneTotals:
         return snapshot.lanes[lane].cumulative.minus(self._transition.step_marks[lane])
 
-    def _check_regression(self, snapshot: Snapshot, out: list[Action]) -> bool:
-        """Roll back if a gaining lane is worse than its baseline; True if it did."""
+    def _judge(self, snapshot: Snapshot, out: list[Action]) -> str:
+        """The stream since the step began, against before: "healthy", "rolled_back" or "withheld"."""
         t = self._transition
         p = self.params
-        for lane in t.gaining:
-            evidence = self._step_evidence(snapshot, lane)
-            if evidence.completions < p.min_samples:
-                continue
-            error_rate = evidence.error_rate
-            p95 = evidence.latency.quantile(0.95)
-            baseline_p95 = t.latency_baseline_s[lane]
-            if math.isnan(baseline_p95):
-                t.latency_baseline_s[lane] = baseline_p95 = p95
-            facts = {
-                "evidence.samples": float(evidence.completions),
-                "evidence.error_rate": error_rate,
-                "evidence.baseline_error_rate": t.error_baseline,
-                "evidence.p95_s": p95,
-                "evidence.baseline_p95_s": baseline_p95,
-            }
-            if error_rate - t.error_baseline > p.max_error_increase:
+        objectives = snapshot.objectives
+        evidence = health.since(snapshot.outcomes, t.outcome_marks)
+        regressed = health.regressions(evidence, t.before, objectives, p.min_samples)
+        if not regressed:
+            return "healthy"
+        worst = min(regressed, key=lambda r: r.now.attainment)
+        # Where a rollback sends traffic is judged on the recent window: is it failing now?
+        failing = health.failing_returns(
+            health.windows(snapshot.outcomes), t.before, objectives, t.losing, p.min_samples
+        )
+        facts = health.facts(regressed, failing)
+        if failing:
+            if not t.withheld:
+                t.withheld = True
+                self._move("rollback_withheld", self.state)
+                lanes = ", ".join(failing)
                 reason = (
-                    f"lane {lane} error rate {error_rate:.3f} vs baseline {t.error_baseline:.3f}: "
-                    f"rise above {p.max_error_increase:g}"
+                    f"{worst.describe()}, but a rollback would return traffic to {lanes}, which misses its "
+                    f"objectives too ({'; '.join(r.describe() for r in failing.values())}): holding step {t.step_index}"
                 )
-                self._roll_back(snapshot, "regression", reason, lane, facts, out)
-                return True
-            if p95 > (1.0 + p.max_latency_regression) * baseline_p95:
-                reason = (
-                    f"lane {lane} p95 {p95 * 1000:.1f} ms > (1 + {p.max_latency_regression:g}) x "
-                    f"baseline {baseline_p95 * 1000:.1f} ms"
+                out.append(
+                    RollbackWithheld(
+                        at_s=snapshot.now_s,
+                        reason=reason,
+                        figures={**snapshot.figures(), **facts},
+                        to_mode=t.to_mode,
+                        step_index=t.step_index,
+                        failing_lanes=tuple(failing),
+                    )
                 )
-                self._roll_back(snapshot, "regression", reason, lane, facts, out)
-                return True
-        return False
+            return "withheld"
+        self._roll_back(snapshot, "regression", worst.describe(), out, facts, worst.now.objective.traffic_class)
+        return "rolled_back"
 
-    def _complete(self, snapshot: Snapshot, out: list[Action]) -> None:
+    def _urgency(self, snapshot: Snapshot, current: Weights, target: Weights) -> str | None:
+        if self.params.urgency == "off":
+            return None
+        window = health.windows(snapshot.outcomes)
+        return health.urgency(window, snapshot.objectives, current, target, self.params.min_samples)
+
+    def _complete(self, snapshot: Snapshot, out: list[Action], reason: str) -> None:
         t = self._transition
         self._move("completed", State.COOLDOWN)
         self._transition = None
@@ -371,7 +370,7 @@ class SwitchingController:
         out.append(
             TransitionCompleted(
                 at_s=snapshot.now_s,
-                reason=f"all {len(self.params.steps)} steps healthy",
+                reason=reason,
                 figures=snapshot.figures(),
                 mode=t.to_mode,
                 weights=self.weights,
@@ -383,11 +382,13 @@ class SwitchingController:
         snapshot: Snapshot,
         cause: str,
         reason: str,
-        lane: str | None,
-        facts: Mapping[str, float],
         out: list[Action],
+        facts: Mapping[str, float] | None = None,
+        traffic_class: str | None = None,
     ) -> None:
         undo = self._undo
+        t = self._transition
+        lane = max(t.gaining, key=lambda name: t.target[name] - t.baseline[name], default=None) if t else None
         trigger = "rollback" if cause == "manual" else ("regressed" if cause == "regression" else "stalled")
         self._move(trigger, State.PAUSED if self.state is State.PAUSED else State.COOLDOWN)
         self._transition = None
@@ -399,12 +400,13 @@ class SwitchingController:
             RolledBack(
                 at_s=snapshot.now_s,
                 reason=reason,
-                figures={**snapshot.figures(), **facts},
+                figures={**snapshot.figures(), **(facts or {})},
                 from_mode=undo.from_mode,
                 to_mode=undo.to_mode,
                 cause=cause,
                 restored_weights=undo.baseline,
-                lane=lane,
+                lane=lane if cause == "regression" else None,
+                traffic_class=traffic_class,
             )
         )
         out.append(SetWeights(at_s=snapshot.now_s, reason=f"rollback ({cause})", weights=self.weights))
@@ -464,7 +466,7 @@ class SwitchingController:
             if self._undo is None:
                 return reject("nothing to roll back")
             self._hold = None
-            self._roll_back(snapshot, "manual", command.reason, None, {}, out)
+            self._roll_back(snapshot, "manual", command.reason, out)
         else:
             raise TypeError(f"unknown command {command!r}")
         return out

@@ -1,12 +1,15 @@
 """The `switching:` section: the parameters of the switching controller.
 
 What each one means is explained in policies.switching, which runs them;
-the defaults follow the cost guide (steps 0.2 / 0.5 / 0.8 / 1.0, a 10%
-latency regression threshold) and canary practice (no promotion without
-`min_samples` of evidence).
+the defaults follow the cost guide (steps 0.2 / 0.5 / 0.8 / 1.0) and canary
+practice (no promotion without `min_samples` of evidence). Health is judged
+by the traffic's objectives (the `objectives:` section), so no threshold
+here compares a latency with a number.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
@@ -27,9 +30,9 @@ class SwitchingParams(BaseModel):
     )
     step_s: Duration = Field(30.0, alias="step", description="minimum time on each step")
     min_samples: int = Field(50, ge=1, description="requests a gaining lane must serve in a step to be judged")
-    max_error_increase: float = Field(0.02, ge=0, le=1, description="error-rate rise that triggers a rollback")
-    max_latency_regression: float = Field(
-        0.1, ge=0, description="p95 rise over the baseline, as a fraction, that triggers a rollback"
+    urgency: Literal["skip", "jump", "off"] = Field(
+        "skip",
+        description="when the lane losing traffic misses its objectives: a step per tick, the target at once, or wait",
     )
     progress_deadline_s: Duration = Field(
         300.0, alias="progress_deadline", description="a step not promoted within this rolls back"

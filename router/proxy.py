@@ -50,7 +50,16 @@ from router.intake import check_header_size, read_body
 from router.jobs_api import JOBS_PREFIX, prefers_async
 from router.lanes import Lane
 from router.microbatch import BATCH_HEADER
-from router.routing import DEADLINE_HEADER, MODE_HEADER, LaneChoice, choose_lane, deadline_s, requested_lane
+from router.routing import (
+    DEADLINE_HEADER,
+    MODE_HEADER,
+    PRIORITY_HEADER,
+    LaneChoice,
+    choose_lane,
+    deadline_s,
+    requested_class,
+    requested_lane,
+)
 from router.state import RouterState
 from router.trail import Trail
 from router.upstream_client import ConnectFailed, UpstreamBrokeOff, UpstreamResponse
@@ -87,6 +96,9 @@ class Proxy:
         trail.lane = response.headers.get(LANE_HEADER)
         self._finish(span, trail, response.status)
         runtime.route_stats.record(trail.route, trail.lane or "none", trail.status, trail.duration_s)
+        if trail.traffic_class is not None and trail.lane in state.lanes:
+            ok = trail.status < 500 and trail.error != "upstream_broke_off"
+            state.control.monitor.served(runtime.now_s(), trail.traffic_class, trail.lane, trail.duration_s, ok)
         return response
 
     def _finish(self, span, trail: Trail, status: int, error: str | None = None, detail: str | None = None) -> None:
@@ -113,6 +125,8 @@ class Proxy:
         route = state.routes.match(request.rel_url.path)
         trail.route = route.path
         header_pin = requested_lane(request.headers.get(MODE_HEADER), state.lanes)
+        objectives = state.control.monitor.objectives
+        header_class = requested_class(request.headers.get(PRIORITY_HEADER), objectives)
         deadline = deadline_s(request.headers.get(DEADLINE_HEADER))
         body = await read_body(request, limit=server.max_body_bytes, timeout_s=server.receive_timeout_s)
         if jobs is not None and "Prefer" in request.headers and prefers_async(request.headers):
@@ -132,6 +146,9 @@ class Proxy:
             u=state.draw.random(),
         )
         trail.pinned = choice.pinned
+        trail.traffic_class = objectives.classify(
+            pinned=choice.pinned, route_class=route.traffic_class, header_class=header_class
+        )
         headers = upstream_request_headers(
             request.headers, peer=request.remote, scheme=request.scheme, request_id=trail.request_id
         )

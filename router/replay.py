@@ -6,7 +6,8 @@ keep up), sent at its arrival time (divided by `speed`) however slow earlier
 answers are (open loop: a slow server meets the load the trace describes,
 not less). A request on the default route "/" goes to `url`; one with its
 own route goes to that path on the same host. A trace's `mode` becomes
-X-Modeshift-Mode (a pin) and its `deadline_ms` X-Modeshift-Deadline-Ms. A
+X-Modeshift-Mode (a pin), its `deadline_ms` X-Modeshift-Deadline-Ms and its
+class X-Modeshift-Priority. A
 result records when it was sent, the lane that served it (X-Modeshift-Lane),
 its status and latency.
 
@@ -32,7 +33,7 @@ import numpy as np
 
 from router.errors import LANE_HEADER
 from router.profile import answer_usage, words_text
-from router.routing import DEADLINE_HEADER, MODE_HEADER
+from router.routing import DEADLINE_HEADER, MODE_HEADER, PRIORITY_HEADER
 from simulator.outcome import NO_LANE, Outcome
 from simulator.traces import TraceRequest
 
@@ -79,6 +80,8 @@ async def replay(
                 headers[MODE_HEADER] = request.mode
             if request.deadline_ms is not None:
                 headers[DEADLINE_HEADER] = f"{request.deadline_ms:g}"
+            if request.traffic_class is not None:
+                headers[PRIORITY_HEADER] = request.traffic_class
             started = time.perf_counter()
             lane, status, tokens = "", 0, len(body["input"].split())
             try:

@@ -1,8 +1,9 @@
 """The router's side of routing: the route table, and the lane headers.
 
 `RouteTable` answers 404 for a path no route takes; `X-Modeshift-Mode`
-pins a request to a lane (`auto` or no header: switchable) and
-`X-Modeshift-Deadline-Ms` gives it a deadline. Choosing the lane from those
+pins a request to a lane (`auto` or no header: switchable),
+`X-Modeshift-Deadline-Ms` gives it a deadline and `X-Modeshift-Priority`
+names its traffic class (policies.objectives). Choosing the lane from those
 is policies.lane_choice, shared with the simulator (re-exported here).
 
 Nothing here does I/O or reads a clock: the proxy passes in what it knows.
@@ -18,10 +19,21 @@ from configs.schema import RouteConfig
 from policies.lane_choice import LaneChoice, choose_lane
 from router.errors import bad_request, no_route
 
-__all__ = ["DEADLINE_HEADER", "MODE_HEADER", "LaneChoice", "RouteTable", "choose_lane", "deadline_s", "requested_lane"]
+__all__ = [
+    "DEADLINE_HEADER",
+    "MODE_HEADER",
+    "PRIORITY_HEADER",
+    "LaneChoice",
+    "RouteTable",
+    "choose_lane",
+    "deadline_s",
+    "requested_class",
+    "requested_lane",
+]
 
 MODE_HEADER = "X-Modeshift-Mode"
 DEADLINE_HEADER = "X-Modeshift-Deadline-Ms"
+PRIORITY_HEADER = "X-Modeshift-Priority"
 AUTO = "auto"
 
 
@@ -42,6 +54,16 @@ def requested_lane(value: str | None, lanes: Collection[str]) -> str | None:
     name = value.strip()
     if name not in lanes:
         raise bad_request(f"{MODE_HEADER}: {value!r} is not a lane; use one of {', '.join(sorted(lanes))} or auto")
+    return name
+
+
+def requested_class(value: str | None, classes: Collection[str]) -> str | None:
+    """The traffic class `X-Modeshift-Priority` names, or None when absent."""
+    if value is None:
+        return None
+    name = value.strip()
+    if name not in classes:
+        raise bad_request(f"{PRIORITY_HEADER}: {value!r} is not a traffic class; use one of {', '.join(classes)}")
     return name
 
 

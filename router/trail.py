@@ -20,6 +20,7 @@ class Trail:
     route: str = "unmatched"
     lane: str | None = None  # the lane that answered; None when the router answered before choosing
     pinned: bool = False
+    traffic_class: str | None = None  # the objectives it is judged by, once its lane was chosen
     upstream: str | None = None
     batch: str | None = None  # "<batch id>/<requests in the call>" when micro-batched
     queue_wait_s: float = 0.0
@@ -39,6 +40,7 @@ class Trail:
             "route": self.route,
             "lane": self.lane,
             "pinned": self.pinned,
+            "class": self.traffic_class,
             "upstream": self.upstream,
             "batch": self.batch,
             "status": self.status,

@@ -138,6 +138,8 @@ class _Run:
         self.started_s = [0.0] * n
         self.cost = [0.0] * n
         self.pinned = [False] * n
+        self.traffic_class = [""] * n
+        self.objectives = self.loop.monitor.objectives
         self.in_flight = 0
         self.last_arrival_s = trace[-1].t_s if n else 0.0
         self.decisions: list[dict] = []
@@ -201,24 +203,31 @@ class _Run:
     # -- the request path -------------------------------------------------
 
     def _route_info(self):
-        """Per request: (route pin, batchable), cached by route path."""
-        cache: dict[str, tuple[str | None, bool]] = {}
-        lanes, routes = self.lanes, self.routes
+        """Per request: (route pin, batchable, route class), cached by route path."""
+        cache: dict[str, tuple[str | None, bool, str | None]] = {}
+        lanes, routes, objectives = self.lanes, self.routes, self.objectives
 
-        def info(request: TraceRequest) -> tuple[str | None, bool]:
+        def info(request: TraceRequest) -> tuple[str | None, bool, str | None]:
             found = cache.get(request.route)
             if found is None:
                 route = routes.find(request.route)
                 if route is None:
                     raise ValueError(f"trace route {request.route!r} matches no configured route")
-                found = cache[request.route] = (route.pin, codec_for(route.protocol).batchable)
+                batchable = codec_for(route.protocol).batchable
+                found = cache[request.route] = (route.pin, batchable, route.traffic_class)
             if request.mode is not None and request.mode not in lanes:
                 raise ValueError(f"trace request pinned to {request.mode!r}, which is not a lane of this config")
+            if request.traffic_class is not None and request.traffic_class not in objectives:
+                raise ValueError(
+                    f"trace request of class {request.traffic_class!r}, which this config has no objective for"
+                )
             return found
 
         return info
 
-    def _arrive(self, i: int, request: TraceRequest, t: float, route_pin: str | None, batchable: bool) -> None:
+    def _arrive(
+        self, i: int, request: TraceRequest, t: float, route_pin: str | None, batchable: bool, route_class: str | None
+    ) -> None:
         deadline = request.deadline_ms / 1000.0 if request.deadline_ms is not None else None
         expected = {}
         if deadline is not None and (snapshot := self.loop.last_snapshot) is not None:
@@ -233,6 +242,9 @@ class _Run:
             u=self.draw.random(),
         )
         self.pinned[i] = choice.pinned
+        self.traffic_class[i] = self.objectives.classify(
+            pinned=choice.pinned, route_class=route_class, header_class=request.traffic_class
+        )
         self.in_flight += 1
         self._dispatch(i, self.lanes[choice.lane], choice.pinned, t, [], batchable)
 
@@ -423,6 +435,7 @@ class _Run:
         self.status[i] = status
         self.done_s[i] = t
         self.in_flight -= 1
+        self.loop.monitor.served(t, self.traffic_class[i], lane.name, t - self.trace[i].t_s, status < 500)
 
     def _outcome(self, end_s: float) -> Outcome:
         trace = self.trace

@@ -43,6 +43,7 @@ class TraceRequest:
     mode: str | None = None  # the lane it is pinned to, if any
     deadline_ms: float | None = None
     id: str | None = None
+    traffic_class: str | None = None  # its objectives' class ("class" in JSONL), as X-Modeshift-Priority names it
 
     def as_record(self) -> dict:
         record = {"t": self.t_s, "route": self.route, "input_tokens": self.input_tokens}
@@ -52,10 +53,12 @@ class TraceRequest:
         for key in ("mode", "deadline_ms", "id"):
             if (value := getattr(self, key)) is not None:
                 record[key] = value
+        if self.traffic_class is not None:
+            record["class"] = self.traffic_class
         return record
 
 
-_FIELDS = {"t", "route", "input_tokens", "output_tokens", "items", "mode", "deadline_ms", "id"}
+_FIELDS = {"t", "route", "input_tokens", "output_tokens", "items", "mode", "deadline_ms", "id", "class"}
 
 
 def read_jsonl(path: str | Path) -> list[TraceRequest]:
@@ -83,6 +86,7 @@ def read_jsonl(path: str | Path) -> list[TraceRequest]:
                     mode=record.get("mode"),
                     deadline_ms=float(record["deadline_ms"]) if record.get("deadline_ms") is not None else None,
                     id=str(record["id"]) if record.get("id") is not None else None,
+                    traffic_class=str(record["class"]) if record.get("class") is not None else None,
                 )
             )
         except (TypeError, ValueError) as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 from policies.monitor import Monitor
+from policies.objectives import ObjectiveParams, Objectives
 from policies.pricing import CostModel
 from policies.snapshot import ControlView, Snapshot
 from policies.switching import SwitchingController
@@ -19,9 +20,16 @@ MODES = {
 }
 
 
+# The scenarios' promises: switchable traffic within 1 s (the batch lane's 0.2 s
+# is well inside), pinned within 0.5 s, 1% errors each.
+OBJECTIVES = Objectives(
+    {"switchable": ObjectiveParams(latency_s=1.0), "pinned": ObjectiveParams(latency_s=0.5)},
+)
+
+
 def make_monitor(now_s: float = 0.0, window_s: float = 10.0, **costs: CostModel) -> Monitor:
     models = {lane: costs.get(lane, CostModel()) for lane in LANES}
-    return Monitor(models, now_s=now_s, window_s=window_s, slot_s=1.0)
+    return Monitor(models, now_s=now_s, window_s=window_s, slot_s=1.0, objectives=OBJECTIVES)
 
 
 def feed(
@@ -62,16 +70,25 @@ def feed_split(
     latency_s: dict[str, float],
     rng: random.Random,
     errors: dict[str, float] | None = None,
-) -> None:
-    """Traffic drawn over lanes by `weights`, with per-lane latency and error probability."""
+) -> list[tuple[str, float, bool]]:
+    """Switchable traffic drawn over lanes by `weights`, with per-lane latency and error probability.
+
+    Each request is recorded as the lane sees it and as its client does
+    (its outcome); the (lane, latency, ok) of each is returned.
+    """
     n = int(round((end_s - start_s) * rate_per_s))
+    fed = []
     for i in range(n):
         t = start_s + i / rate_per_s
         lane = weights.draw(rng.random())
         window = monitor.lanes[lane]
         window.arrived(t)
         failed = rng.random() < (errors or {}).get(lane, 0.0)
-        window.completed(t, latency_s[lane] * (0.9 + 0.2 * rng.random()), ok=not failed)
+        latency = latency_s[lane] * (0.9 + 0.2 * rng.random())
+        window.completed(t, latency, ok=not failed)
+        monitor.served(t, "switchable", lane, latency, not failed)
+        fed.append((lane, latency, not failed))
+    return fed
 
 
 def snapshot_at(monitor: Monitor, controller: SwitchingController, now_s: float) -> Snapshot:
@@ -79,7 +96,7 @@ def snapshot_at(monitor: Monitor, controller: SwitchingController, now_s: float)
 
 
 def static_view(weights: Weights, mode: str | None = None) -> ControlView:
-    return ControlView(state="steady", mode=mode, weights=weights)
+    return ControlView(state="steady", mode=mode, weights=weights, modes=MODES)
 
 
 def quick_params(**overrides) -> SwitchingParams:

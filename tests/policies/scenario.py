@@ -21,6 +21,7 @@ class Scenario:
         self.latency_s = {"realtime": 0.02, "batch": 0.2}
         self.errors: dict[str, float] = {}
         self.rate_per_s = 40.0
+        self.fed: list[tuple[float, list[tuple[str, float, bool]]]] = []  # (tick time, what came before it)
 
     def run(
         self, seconds: float, target: str | None = None, policy: str = "test", hold_s: float | None = None
@@ -28,7 +29,7 @@ class Scenario:
         """Advance `seconds`, one tick per second, proposing `target` each tick."""
         out: list[Action] = []
         for _ in range(int(seconds)):
-            feed_split(
+            fed = feed_split(
                 self.monitor,
                 self.controller.weights,
                 self.now_s,
@@ -39,6 +40,7 @@ class Scenario:
                 self.errors,
             )
             self.now_s += 1.0
+            self.fed.append((self.now_s, fed))
             proposal = Proposal(target, f"test wants {target}", policy, {}, hold_s) if target else None
             out += self.controller.on_tick(self.snapshot(), proposal)
         self.log += out
@@ -48,6 +50,10 @@ class Scenario:
         out = self.controller.handle(command, self.snapshot())
         self.log += out
         return out
+
+    def requests(self, lane: str, after_s: float, until_s: float) -> list[tuple[str, float, bool]]:
+        """What was fed to `lane` for the ticks in (after_s, until_s]."""
+        return [r for t, fed in self.fed if after_s < t <= until_s for r in fed if r[0] == lane]
 
     def snapshot(self):
         return self.monitor.snapshot(self.now_s, self.controller.view())

@@ -72,6 +72,24 @@ def test_latency_guard_on_p95_of_lanes_in_use():
     assert policy.decide(snapshot({"realtime": 5.0, "batch": 5.0}, {"batch": 0.3})) is None
 
 
+def test_latency_guard_never_proposes_the_lane_that_is_itself_slow():
+    policy = build("latency", max_latency="100ms", min_throughput_rps=1000)
+    drowning = snapshot({"realtime": 5.0, "batch": 5.0}, {"realtime": 0.3}, weights=MODES["hybrid"], mode="hybrid")
+    assert policy.decide(drowning) is None  # more traffic on realtime would make it worse
+    monitor = make_monitor()
+    lagging = monitor.lanes["realtime"]
+    for i in range(600):  # 60 req/s arrive on realtime, a third complete
+        lagging.arrived(i / 60)
+        if i % 3 == 0:
+            lagging.completed(i / 60, 0.05)
+    assert (
+        build("latency", max_latency="1s", min_throughput_rps=50).decide(
+            monitor.snapshot(10.0, static_view(MODES["hybrid"], "hybrid"))
+        )
+        is None
+    )
+
+
 def test_latency_guard_on_throughput_only_when_demand_reaches_the_floor():
     policy = build("latency", max_latency="1s", min_throughput_rps=50)
     light = snapshot({"realtime": 10.0})

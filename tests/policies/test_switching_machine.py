@@ -1,5 +1,11 @@
 """A hypothesis state machine drives the controller with proposals, traffic,
-regressions and operator commands, and checks its invariants after every step."""
+regressions and operator commands, and checks its invariants after every step.
+
+Besides the weights' invariants, two health rules are checked against what
+the scenario fed: no step is promoted on a lane without `min_samples`
+requests of evidence (urgent moves aside: they wait for nobody), and a
+rollback never sends traffic back to a lane that the evidence it saw shows
+missing its objectives."""
 
 import math
 
@@ -7,6 +13,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
+from policies import stream_health as health
 from policies.actions import (
     Force,
     Pause,
@@ -14,6 +21,7 @@ from policies.actions import (
     Rollback,
     RolledBack,
     SetWeights,
+    StepAdvanced,
     TransitionCompleted,
     TransitionStarted,
 )
@@ -27,17 +35,34 @@ targets = st.sampled_from([None, "realtime", "hybrid", "batch", "turbo"])
 class ControllerMachine(RuleBasedStateMachine):
     def __init__(self):
         super().__init__()
+        self.min_samples = 10
         self.s = Scenario(
             quick_params(hold_s=2.0, step_s=3.0, cooldown_s=6.0, min_samples=10, progress_deadline_s=12.0)
         )
+        self.ramp_baseline = None
         self.current = self.s.controller.weights  # as the SetWeights outputs tell it
         self.undo_baseline = None  # what a rollback must restore
         self.ramp_target = None
         self.ramp_prev = None
+        self.step_started_s = 0.0
 
     def absorb(self, actions):
         for action in actions:
+            if isinstance(action, (StepAdvanced, TransitionCompleted)) and not action.reason.startswith("urgent"):
+                if self.ramp_target is not None and self.ramp_baseline is not None:
+                    for lane in self.ramp_target.gained(self.ramp_baseline):
+                        fed = self.s.requests(lane, self.step_started_s, action.at_s)
+                        assert len(fed) >= self.min_samples, f"promoted with {len(fed)} requests on {lane}"
+            if isinstance(action, RolledBack) and action.cause == "regression":
+                snapshot = self.s.snapshot()
+                assert snapshot.now_s == action.at_s
+                returns = action.restored_weights.gained(self.current)
+                window = health.windows(snapshot.outcomes)
+                assert not health.failing_lanes(window, snapshot.objectives, returns, self.min_samples)
+            if isinstance(action, SetWeights):
+                self.step_started_s = action.at_s
             if isinstance(action, TransitionStarted):
+                self.ramp_baseline = action.baseline_weights
                 assert action.baseline_weights == self.current
                 self.undo_baseline = action.baseline_weights
                 self.ramp_target, self.ramp_prev = action.target_weights, action.baseline_weights
@@ -58,7 +83,8 @@ class ControllerMachine(RuleBasedStateMachine):
 
     @rule(seconds=st.integers(1, 8), wanted=targets, hold=st.sampled_from([None, 0.0, 1.0]))
     def run(self, seconds, wanted, hold):
-        self.absorb(self.s.run(seconds, wanted, hold_s=hold))
+        for _ in range(seconds):  # tick by tick, so each decision is checked against the snapshot it saw
+            self.absorb(self.s.run(1, wanted, hold_s=hold))
 
     @rule(lane=st.sampled_from(LANES), latency=st.sampled_from([0.02, 0.2, 2.0]))
     def set_latency(self, lane, latency):
