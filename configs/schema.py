@@ -78,8 +78,17 @@ class LaneConfig(_Section):
     upstreams: tuple[str, ...] = Field(min_length=1, description="base URLs of the lane's servers")
     max_in_flight: int = Field(256, ge=1, description="requests sent upstream at once")
     queue_depth: int = Field(1024, ge=0, description="requests waiting for a slot; more get 503 or spill")
-    queue_timeout_s: Duration = Field(5.0, alias="queue_timeout", description="longest wait for a slot")
-    spill: bool = Field(False, description="send overflow to the other lane instead of answering 503")
+    queue_timeout_s: Duration = Field(
+        5.0, alias="queue_timeout", description="longest wait for a slot, then 503 queue_timeout (or spill)"
+    )
+    aging_s: Duration = Field(
+        2.0, alias="aging", gt=0, description="a queued request moves up one priority level per this much waiting"
+    )
+    spill: bool = Field(
+        False,
+        description="when no lane is predicted to meet a switchable request's objective, queue it on another "
+        "lane rather than answer 503",
+    )
     timeout_s: Duration = Field(
         60.0, alias="timeout", description="longest upstream silence, before the answer (504) or within it (cut)"
     )

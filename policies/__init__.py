@@ -14,10 +14,14 @@ the same objects, so a policy behaves the same in both.
 - protocol, registry: what a policy is, and finding one by name
 - load, cost, latency, adaptive, slo, static, composite: the built-in policies
 - queueing: M/G/c latency predictions (Erlang C), for the slo policy
-- actions, switching, switching_params: the controller's outputs, state machine and parameters
+- objectives: what each traffic class was promised, as values
+- stream_health: the stream's attainment against its objectives, per class and lane
+- actions, switching, switching_table, switching_params: the controller's outputs,
+  rules, state table and parameters
 - control: the loop that ties monitor, policy and controller together
 - flush, batching: micro-batch flush rules and the bounded batch queue
 - lane_choice: which lane one request goes to (pins, deadlines, weights)
+- admission: a lane's gate (slots, priority queue with aging) and where a request may wait
 """
 
 from policies.actions import (

@@ -1,10 +1,12 @@
-"""Admission to a lane: at most `max_in_flight` upstream calls, then a bounded queue.
+"""A lane's admission gate, live: policies.admission.Gate with asyncio futures as tickets.
 
-A request either takes a free slot at once, waits in the lane's queue (at
-most `queue_depth` waiting, each for at most `queue_timeout_s`), or is turned
-away with `LaneFull`, which the proxy answers with 503 + Retry-After or
-spills to another lane. A released slot passes straight to the oldest
-waiter, so a queued request cannot be overtaken by one that arrives later.
+The rules (slots, the priority queue with aging, who gets a released slot,
+the predicted wait) are the sans-I/O Gate's, shared with the simulator; this
+module only waits. A request either takes a free slot at once or waits in
+the queue for at most `queue_timeout_s`; `enter` raises `LaneFull` when the
+queue has no room and `QueueTimedOut` when the wait ran out. Whether a
+request should wait here at all is decided before, by
+policies.admission.place (router.proxy asks it).
 
 What must not live here: what to do when a lane is full (router.proxy).
 """
@@ -12,83 +14,92 @@ What must not live here: what to do when a lane is full (router.proxy).
 from __future__ import annotations
 
 import asyncio
-from collections import deque
+import math
+import time
+from collections.abc import Callable
+
+from policies.admission import Gate
 
 
 class LaneFull(Exception):
-    """The lane has no free slot and no room (or no time) left in its queue."""
+    """The lane has no free slot and no room left in its queue."""
+
+
+class QueueTimedOut(Exception):
+    """The request waited `queue_timeout_s` in the lane's queue without a slot."""
 
 
 class LaneGate:
-    def __init__(self, max_in_flight: int, queue_depth: int, queue_timeout_s: float):
-        self.max_in_flight = max_in_flight
-        self.queue_depth = queue_depth
+    def __init__(
+        self,
+        max_in_flight: int,
+        queue_depth: int,
+        queue_timeout_s: float,
+        aging_s: float = math.inf,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.core: Gate[asyncio.Future[None]] = Gate(max_in_flight, queue_depth, aging_s)
         self.queue_timeout_s = queue_timeout_s
-        self.in_flight = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self.clock = clock
         self._idle = asyncio.Event()
         self._idle.set()
 
     @property
+    def max_in_flight(self) -> int:
+        return self.core.slots
+
+    @property
+    def queue_depth(self) -> int:
+        return self.core.depth
+
+    @property
+    def in_flight(self) -> int:
+        return self.core.in_flight
+
+    @property
     def waiting(self) -> int:
-        return len(self._waiters)
+        return self.core.waiting
 
     @property
     def idle(self) -> bool:
-        return self.in_flight == 0 and not self._waiters
+        return self.core.idle
 
     def try_enter(self) -> bool:
         """Take a free slot if there is one, without waiting."""
-        if self.in_flight < self.max_in_flight and not self._waiters:
-            self.in_flight += 1
+        if self.core.try_enter():
             self._idle.clear()
             return True
         return False
 
-    async def enter(self) -> None:
-        """Take a slot, queueing for it if need be; raises LaneFull."""
+    async def enter(self, priority: int = 1) -> None:
+        """Take a slot, queueing for it at `priority` if need be; LaneFull or QueueTimedOut."""
         if self.try_enter():
             return
-        if len(self._waiters) >= self.queue_depth:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiter = self.core.enqueue(future, priority, self.clock())
+        if waiter is None:
             raise LaneFull
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
         try:
             async with asyncio.timeout(self.queue_timeout_s):
-                await waiter
+                await future
         except TimeoutError:
-            if _handed_over(waiter):
-                return  # the slot arrived together with the timeout: keep it
-            self._discard(waiter)
-            raise LaneFull from None
+            if self.core.withdraw(waiter):
+                raise QueueTimedOut from None
+            # the slot arrived together with the timeout: keep it
         except asyncio.CancelledError:
-            if _handed_over(waiter):
+            if not self.core.withdraw(waiter):
                 self.leave()  # the slot arrived as we were cancelled: pass it on
-            else:
-                self._discard(waiter)
             raise
 
     def leave(self) -> None:
-        """Give a slot back: to the oldest waiter, or to the pool."""
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)  # the slot moves to the waiter; in_flight is unchanged
-                return
-        self.in_flight -= 1
-        if self.in_flight == 0:
+        """Give a slot back: to the best waiter, or to the pool."""
+        waiter = self.core.release(self.clock())
+        if waiter is not None:
+            if not waiter.ticket.done():
+                waiter.ticket.set_result(None)  # the slot moves to the waiter; in_flight is unchanged
+        elif self.core.idle:
             self._idle.set()
 
     async def wait_idle(self) -> None:
         """Return once no slot is taken and nobody waits."""
         await self._idle.wait()
-
-    def _discard(self, waiter: asyncio.Future[None]) -> None:
-        try:
-            self._waiters.remove(waiter)
-        except ValueError:
-            pass
-
-
-def _handed_over(waiter: asyncio.Future[None]) -> bool:
-    return waiter.done() and not waiter.cancelled()

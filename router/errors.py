@@ -13,6 +13,7 @@ building the aiohttp response object.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 
 from aiohttp import web
@@ -141,12 +142,39 @@ def upstream_timeout(lane: str, timeout_s: float) -> ProxyError:
     )
 
 
-def lane_full(lane: str, retry_after_s: int) -> ProxyError:
+def lane_full(lane: str, retry_after_s: int, waiting: int, spill: bool) -> ProxyError:
+    advice = f"lanes.{lane}.max_in_flight or queue_depth" + ("" if spill else f", or set lanes.{lane}.spill: true")
     return ProxyError(
         503,
         "lane_full",
-        f"the {lane} lane is at max_in_flight and its queue is full; retry after {retry_after_s}s "
-        f"(or raise lanes.{lane}.max_in_flight or queue_depth, or set lanes.{lane}.spill: true)",
+        f"the {lane} lane is at max_in_flight and its queue is full ({waiting} requests wait); "
+        f"retry after {retry_after_s}s (or raise {advice})",
+        lane=lane,
+        headers={"Retry-After": str(retry_after_s)},
+    )
+
+
+def predicted_miss(lane: str, traffic_class: str, latency_s: float, wait_s: float, retry_after_s: int) -> ProxyError:
+    if math.isinf(latency_s):
+        promise = f"within lanes.{lane}.queue_timeout"
+    else:
+        promise = f"within the {traffic_class} objective's {latency_s:g}s"
+    return ProxyError(
+        503,
+        "lane_full",
+        f"the {lane} lane cannot answer {promise}: the predicted wait for a slot is {wait_s:.2g}s, and no other "
+        f"lane can take it in time; refused at once rather than after the wait. Retry after {retry_after_s}s",
+        lane=lane,
+        headers={"Retry-After": str(retry_after_s)},
+    )
+
+
+def queue_timeout(lane: str, timeout_s: float, retry_after_s: int) -> ProxyError:
+    return ProxyError(
+        503,
+        "queue_timeout",
+        f"the request waited {timeout_s:g}s (lanes.{lane}.queue_timeout) in the {lane} lane's queue without a slot; "
+        f"retry after {retry_after_s}s",
         lane=lane,
         headers={"Retry-After": str(retry_after_s)},
     )

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 
 from configs.schema import LaneConfig
+from policies.admission import Outlook, outlook, retry_after_s
 from policies.metrics import LaneWindow
 from policies.snapshot import Snapshot
 from router.admission import LaneGate
@@ -36,7 +37,7 @@ class Lane:
             base_ejection_s=config.outlier.base_ejection_s,
             max_ejected_fraction=config.outlier.max_ejected_fraction,
         )
-        self.gate = LaneGate(config.max_in_flight, config.queue_depth, config.queue_timeout_s)
+        self.gate = LaneGate(config.max_in_flight, config.queue_depth, config.queue_timeout_s, config.aging_s, clock)
         # The lane's timeout is the longest the upstream may stay silent,
         # before its answer and between chunks.
         self.client = UpstreamClient(connect_timeout_s=config.connect_timeout_s, read_timeout_s=config.timeout_s)
@@ -52,13 +53,27 @@ class Lane:
         return snapshot.lanes[self.name].p95_s
 
     def retry_after_s(self, snapshot: Snapshot | None) -> int:
-        """A client's wait before a retry can expect a slot: the queue's drain time, at least 1 s."""
+        """A client's wait before a retry can expect a slot: the queue's predicted drain time, at least 1 s."""
+        return retry_after_s(self.gate.core.drain_s(self.service_s(snapshot)))
+
+    def service_s(self, snapshot: Snapshot | None) -> float:
+        """Time from admission to answer over the last window (NaN when nothing was measured)."""
         if snapshot is None or self.name not in snapshot.lanes:
-            return 1
-        figures = snapshot.lanes[self.name]
-        if not figures.throughput_per_s or math.isnan(figures.throughput_per_s):
-            return 1
-        return max(1, math.ceil((self.gate.waiting + 1) / figures.throughput_per_s))
+            return math.nan
+        return snapshot.lanes[self.name].mean_latency_s
+
+    def outlook(self, snapshot: Snapshot | None, priority: int, batched: bool) -> Outlook:
+        """This lane for one request of `priority` (`batched`: it would ride in the micro-batcher)."""
+        config = self.config
+        return outlook(
+            self.name,
+            snapshot,
+            gate=None if batched else self.gate.core,
+            priority=priority,
+            queue_timeout_s=config.queue_timeout_s,
+            spill=config.spill,
+            batch_room=batched and self.batching.waiting < config.batching.queue_capacity,
+        )
 
     def describe(self, now_s: float) -> dict:
         totals = self.window.since_start

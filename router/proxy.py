@@ -34,13 +34,17 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from backends.codecs import Codec, Part, codec_for
-from router.admission import LaneFull
+from policies.admission import Placed, place
+from router.admission import LaneFull, QueueTimedOut
 from router.errors import (
     LANE_HEADER,
     REQUEST_ID_HEADER,
     NothingSent,
     ProxyError,
+    batch_queue_full,
     lane_full,
+    predicted_miss,
+    queue_timeout,
     upstream_failed,
     upstream_refused,
     upstream_timeout,
@@ -178,6 +182,7 @@ class Proxy:
         part: Part | None | bool = None  # read only when a micro-batching lane needs it; False: not mergeable
         try:
             while lane is not None:
+                lane = self._place(state, lane, choice, codec, visited, trail)
                 if lane.batching is not None and codec.batchable:
                     if part is None:
                         part = codec.read(body) or False
@@ -277,11 +282,47 @@ class Proxy:
         }
         return web.Response(status=reply.status, body=reply.body, headers=headers)
 
+    def _place(
+        self, state: RouterState, lane: Lane, choice: LaneChoice, codec: Codec, visited: list[str], trail: Trail
+    ) -> Lane:
+        """Where the request should wait (policies.admission.place), or its 503 at once."""
+        objective = state.control.monitor.objectives[trail.traffic_class]
+        snapshot = state.control.last_snapshot
+        now = self.runtime.now_s()
+        outlooks = {
+            name: other.outlook(snapshot, objective.priority, other.batching is not None and codec.batchable)
+            for name, other in state.lanes.items()
+            if name == lane.name or other.pool.available(now)
+        }
+        placed = place(
+            lane.name,
+            outlooks,
+            movable=not choice.pinned,
+            latency_s=objective.latency_s,
+            visited=visited,
+            weights=state.control.weights,
+        )
+        if isinstance(placed, Placed):
+            if placed.how != "drawn":
+                trail.placement = placed.how
+            return state.lanes[placed.lane]
+        lane.window.arrived(now, choice.pinned)
+        lane.window.completed(now, None, ok=False)
+        if lane.batching is not None and codec.batchable:
+            raise batch_queue_full(lane.name, lane.batching.waiting)
+        if placed.kind == "lane_full":
+            raise lane_full(lane.name, placed.retry_after_s, lane.gate.waiting, lane.config.spill)
+        raise predicted_miss(
+            lane.name, objective.traffic_class, objective.latency_s, placed.wait_s, placed.retry_after_s
+        )
+
     async def _admit(
         self, state: RouterState, lane: Lane, choice: LaneChoice, visited: list[str], trail: Trail
     ) -> Lane:
         """Enter `lane`'s gate, or spill to the next lane that has room; 503 when none does."""
         first = lane
+        priority = state.control.monitor.objectives[trail.traffic_class].priority
+        snapshot = state.control.last_snapshot
         while True:
             visited.append(lane.name)
             if lane.gate.try_enter():
@@ -289,10 +330,12 @@ class Proxy:
             lane.window.queue_depth = lane.gate.waiting + 1
             queued_s = self.runtime.now_s()
             try:
-                await lane.gate.enter()
+                await lane.gate.enter(priority)
                 return lane
             except LaneFull:
-                pass
+                error = lane_full(lane.name, lane.retry_after_s(snapshot), lane.gate.waiting, lane.config.spill)
+            except QueueTimedOut:
+                error = queue_timeout(lane.name, lane.gate.queue_timeout_s, lane.retry_after_s(snapshot))
             finally:
                 lane.window.queue_depth = lane.gate.waiting
                 trail.queue_wait_s += self.runtime.now_s() - queued_s
@@ -301,7 +344,7 @@ class Proxy:
                 now = self.runtime.now_s()
                 first.window.arrived(now, choice.pinned)
                 first.window.completed(now, None, ok=False)
-                raise lane_full(first.name, first.retry_after_s(state.control.last_snapshot))
+                raise error
             lane = spill_to
 
     async def _forward(

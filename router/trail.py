@@ -21,6 +21,7 @@ class Trail:
     lane: str | None = None  # the lane that answered; None when the router answered before choosing
     pinned: bool = False
     traffic_class: str | None = None  # the objectives it is judged by, once its lane was chosen
+    placement: str | None = None  # "moved" or "spilled" when admission sent it off its drawn lane
     upstream: str | None = None
     batch: str | None = None  # "<batch id>/<requests in the call>" when micro-batched
     queue_wait_s: float = 0.0
@@ -41,6 +42,7 @@ class Trail:
             "lane": self.lane,
             "pinned": self.pinned,
             "class": self.traffic_class,
+            "placement": self.placement,
             "upstream": self.upstream,
             "batch": self.batch,
             "status": self.status,

@@ -7,11 +7,13 @@ the lanes' service models:
 - each request's route and lane come from configs.routes and
   policies.lane_choice, with a uniform draw from `random.Random(server.seed)`,
   the router's own stream, taken once per request in arrival order;
-- a gated lane admits up to `max_in_flight` calls, queues up to
-  `queue_depth` more for at most `queue_timeout`, and spills (when `spill`
-  is on and the request is not pinned) or answers 503, as router.admission
-  and router.proxy do; admitted calls then wait for one of the lane's
-  `replicas x concurrency` servers;
+- admission is the router's own rules, called here too: policies.admission
+  `place` chooses where a request may wait (its drawn lane, the cheapest
+  lane predicted to meet its objective, a spill, or a 503 at once) and a
+  policies.admission Gate per lane admits up to `max_in_flight` calls and
+  queues up to `queue_depth` more by priority for at most `queue_timeout`,
+  then spills or answers 503; admitted calls then wait for one of the
+  lane's `replicas x concurrency` servers;
 - a lane with `batching:` merges requests on batchable routes with the
   policies.batching Batcher and the lane's flush rule, at most
   `max_in_flight` merged calls at once, each charged to its items by share;
@@ -38,7 +40,6 @@ from __future__ import annotations
 import heapq
 import math
 import random
-from collections import deque
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -48,52 +49,16 @@ from configs.assembly import build_control_loop
 from configs.routes import RoutesByPrefix
 from configs.schema import ModeshiftConfig
 from policies.actions import Action
-from policies.batching import Batcher, BatchItem
+from policies.admission import Placed, Waiter, place
+from policies.batching import BatchItem
 from policies.lane_choice import choose_lane
+from simulator.lane_run import LaneRun, Queued
 from simulator.outcome import NO_LANE, Outcome, TimelineRow
-from simulator.service import BatchApiLane, ServerLane, ServiceModel, check_covers, jittered_s
+from simulator.service import ServiceModel, check_covers
 from simulator.traces import TraceRequest
 
 OK, LANE_FULL = 200, 503
 _DONE, _BATCH_DONE, _FLUSH, _GATE_TIMEOUT, _TICK = range(5)
-
-
-class _Lane:
-    """One lane's queues and servers during a run."""
-
-    def __init__(self, index: int, name: str, config: ModeshiftConfig, service: ServerLane | BatchApiLane, monitor):
-        lane_config = config.lanes[name]
-        self.index = index
-        self.name = name
-        self.window = monitor.lanes[name]
-        self.cost = monitor.costs[name].request_cost_usd
-        self.limit = lane_config.max_in_flight
-        self.depth = lane_config.queue_depth
-        self.queue_timeout_s = lane_config.queue_timeout_s
-        self.spill = lane_config.spill
-        self.in_gate = 0
-        self.gate: deque[list] = deque()  # [request, pinned, visited, first lane, still waiting]
-        self.waiting = 0
-        self.batch_api = isinstance(service, BatchApiLane)
-        self.service = service
-        if isinstance(service, ServerLane):
-            latency = service.latency
-            self.coef = (latency.base_s, latency.per_item_s, latency.per_input_token_s, latency.per_output_token_s)
-            self.sigma = latency.jitter
-            self.free = service.servers
-        self.backlog: deque[tuple] = deque()  # calls waiting for a server
-        self.batcher = None
-        if lane_config.batching is not None:
-            self.batcher = Batcher(lane_config.batching.build(), capacity=lane_config.batching.queue_capacity)
-            self.running = 0
-            self.armed_at = math.inf
-
-    def call_s(self, items: int, input_tokens: int, output_tokens: int, z: float) -> float:
-        if self.batch_api:
-            s = self.service
-            return min(s.turnaround_median_s * math.exp(s.turnaround_sigma * z), s.max_turnaround_s)
-        base, per_item, per_in, per_out = self.coef
-        return jittered_s(base + per_item * items + per_in * input_tokens + per_out * output_tokens, self.sigma, z)
 
 
 class Engine:
@@ -125,7 +90,8 @@ class _Run:
         self.draw = random.Random(config.server.seed)
         names = tuple(config.lanes)
         self.lanes = {
-            name: _Lane(i, name, config, engine.service.lanes[name], self.loop.monitor) for i, name in enumerate(names)
+            name: LaneRun(i, name, config, engine.service.lanes[name], self.loop.monitor)
+            for i, name in enumerate(names)
         }
         n = len(trace)
         self.z = np.random.default_rng(engine.seed).standard_normal(n).tolist()
@@ -179,7 +145,7 @@ class _Run:
         else:
             handlers[kind](t, lane, payload)
 
-    def _push(self, t: float, kind: int, lane: _Lane | None, payload) -> None:
+    def _push(self, t: float, kind: int, lane: LaneRun | None, payload) -> None:
         self.seq += 1
         heapq.heappush(self.heap, (t, self.seq, kind, lane, payload))
 
@@ -248,8 +214,14 @@ class _Run:
         self.in_flight += 1
         self._dispatch(i, self.lanes[choice.lane], choice.pinned, t, [], batchable)
 
-    def _dispatch(self, i: int, lane: _Lane, pinned: bool, t: float, visited: list[str], batchable: bool) -> None:
-        while lane.batcher is not None and batchable:
+    def _dispatch(self, i: int, lane: LaneRun, pinned: bool, t: float, visited: list[str], batchable: bool) -> None:
+        while True:
+            placed = self._place(i, lane, pinned, t, visited, batchable)
+            if placed is None:
+                return
+            lane = placed
+            if lane.batcher is None or not batchable:
+                break
             visited.append(lane.name)
             if self._offer(i, lane, t):
                 return
@@ -260,23 +232,47 @@ class _Run:
             lane = spill
         self._admit(i, lane, pinned, t, visited, lane)
 
-    def _admit(self, i: int, lane: _Lane, pinned: bool, t: float, visited: list[str], first: _Lane) -> None:
+    def _place(
+        self, i: int, lane: LaneRun, pinned: bool, t: float, visited: list[str], batchable: bool
+    ) -> LaneRun | None:
+        """policies.admission.place, as the router asks it; None when refused (503 recorded)."""
+        objective = self.objectives[self.traffic_class[i]]
+        snapshot = self.loop.last_snapshot
+        outlooks = {
+            name: other.outlook(snapshot, objective.priority, other.batcher is not None and batchable)
+            for name, other in self.lanes.items()
+        }
+        placed = place(
+            lane.name,
+            outlooks,
+            movable=not pinned,
+            latency_s=objective.latency_s,
+            visited=visited,
+            weights=self.loop.weights,
+        )
+        if isinstance(placed, Placed):
+            return self.lanes[placed.lane]
+        lane.window.arrived(t, pinned)
+        lane.window.completed(t, None, ok=False)
+        self._finish(i, lane, t, LANE_FULL)
+        return None
+
+    def _admit(self, i: int, lane: LaneRun, pinned: bool, t: float, visited: list[str], first: LaneRun) -> None:
         visited.append(lane.name)
         if lane.batch_api:
             self._start(i, lane, t)  # submitted, not held open: no slot to wait for
-        elif lane.in_gate < lane.limit and not lane.waiting:
-            lane.in_gate += 1
+        elif lane.gate.try_enter():
             self._start(i, lane, t)
-        elif lane.waiting < lane.depth:
-            waiter = [i, pinned, visited, first, True]
-            lane.gate.append(waiter)
-            lane.waiting += 1
-            lane.window.queue_depth = lane.waiting
+        elif (waiter := lane.gate.enqueue(Queued(i, pinned, visited, first), self._priority(i), t)) is not None:
+            lane.window.queue_depth = lane.gate.waiting
             self._push(t + lane.queue_timeout_s, _GATE_TIMEOUT, lane, waiter)
         else:
             self._overflow(i, lane, pinned, t, visited, first)
 
-    def _overflow(self, i: int, lane: _Lane, pinned: bool, t: float, visited: list[str], first: _Lane) -> None:
+    def _priority(self, i: int) -> int:
+        return self.objectives[self.traffic_class[i]].priority
+
+    def _overflow(self, i: int, lane: LaneRun, pinned: bool, t: float, visited: list[str], first: LaneRun) -> None:
         spill = None if pinned or not lane.spill else self._failover(visited)
         if spill is not None:
             self._admit(i, spill, pinned, t, visited, first)
@@ -285,12 +281,12 @@ class _Run:
         first.window.completed(t, None, ok=False)
         self._finish(i, first, t, LANE_FULL)
 
-    def _failover(self, visited: list[str]) -> _Lane | None:
+    def _failover(self, visited: list[str]) -> LaneRun | None:
         weights = self.loop.weights
         rest = [name for name in self.lanes if name not in visited]
         return self.lanes[max(rest, key=weights.__getitem__)] if rest else None
 
-    def _start(self, i: int, lane: _Lane, t: float) -> None:
+    def _start(self, i: int, lane: LaneRun, t: float) -> None:
         """Admitted: the router records the arrival and sends the call."""
         request = self.trace[i]
         self.started_s[i] = t
@@ -299,7 +295,7 @@ class _Run:
         service_s = lane.call_s(request.items, request.input_tokens, request.output_tokens, self.z[i])
         self._call(lane, t, service_s, _DONE, i)
 
-    def _call(self, lane: _Lane, t: float, service_s: float, kind: int, payload) -> None:
+    def _call(self, lane: LaneRun, t: float, service_s: float, kind: int, payload) -> None:
         if lane.batch_api:
             self._push(t + service_s, kind, lane, payload)
         elif lane.free:
@@ -308,7 +304,7 @@ class _Run:
         else:
             lane.backlog.append((service_s, kind, payload))
 
-    def _server_freed(self, lane: _Lane, t: float) -> None:
+    def _server_freed(self, lane: LaneRun, t: float) -> None:
         if lane.batch_api:
             return
         if lane.backlog:
@@ -317,7 +313,7 @@ class _Run:
         else:
             lane.free += 1
 
-    def _on_done(self, t: float, lane: _Lane, i: int) -> None:
+    def _on_done(self, t: float, lane: LaneRun, i: int) -> None:
         request = self.trace[i]
         latency = t - self.started_s[i]
         usd = lane.cost(request.input_tokens, request.output_tokens, latency)
@@ -336,30 +332,22 @@ class _Run:
         if not lane.batch_api:
             self._leave_gate(lane, t)
 
-    def _leave_gate(self, lane: _Lane, t: float) -> None:
-        gate = lane.gate
-        while gate:
-            waiter = gate.popleft()
-            if waiter[4]:
-                waiter[4] = False
-                lane.waiting -= 1
-                lane.window.queue_depth = lane.waiting
-                self._start(waiter[0], lane, t)  # the slot passes to the waiter
-                return
-        lane.in_gate -= 1
+    def _leave_gate(self, lane: LaneRun, t: float) -> None:
+        waiter = lane.gate.release(t)
+        if waiter is not None:  # the slot passes to the waiter
+            lane.window.queue_depth = lane.gate.waiting
+            self._start(waiter.ticket.i, lane, t)
 
-    def _on_gate_timeout(self, t: float, lane: _Lane, waiter: list) -> None:
-        if not waiter[4]:
+    def _on_gate_timeout(self, t: float, lane: LaneRun, waiter: Waiter[Queued]) -> None:
+        if not lane.gate.withdraw(waiter):
             return  # admitted before its time ran out
-        waiter[4] = False
-        lane.waiting -= 1
-        lane.window.queue_depth = lane.waiting
-        i, pinned, visited, first = waiter[:4]
-        self._overflow(i, lane, pinned, t, visited, first)
+        lane.window.queue_depth = lane.gate.waiting
+        queued = waiter.ticket
+        self._overflow(queued.i, lane, queued.pinned, t, queued.visited, queued.first)
 
     # -- micro-batching ---------------------------------------------------
 
-    def _offer(self, i: int, lane: _Lane, t: float) -> bool:
+    def _offer(self, i: int, lane: LaneRun, t: float) -> bool:
         request = self.trace[i]
         lane.window.arrived(t, self.pinned[i])
         self.started_s[i] = t
@@ -371,7 +359,7 @@ class _Run:
         self._arm(lane, t)
         return True
 
-    def _arm(self, lane: _Lane, t: float) -> None:
+    def _arm(self, lane: LaneRun, t: float) -> None:
         """Wake the lane's batcher when its next batch is due, if a merged call may start."""
         if lane.running >= lane.limit:
             return
@@ -383,7 +371,7 @@ class _Run:
             lane.armed_at = due
             self._push(due, _FLUSH, lane, due)
 
-    def _on_flush(self, t: float, lane: _Lane, armed_for: float) -> None:
+    def _on_flush(self, t: float, lane: LaneRun, armed_for: float) -> None:
         if armed_for != lane.armed_at:
             return  # superseded by an earlier wake-up
         lane.armed_at = math.inf
@@ -402,7 +390,7 @@ class _Run:
             self._call(lane, t, service_s, _BATCH_DONE, (members, t))
         self._arm(lane, t)
 
-    def _on_batch_done(self, t: float, lane: _Lane, payload: tuple[list[int], float]) -> None:
+    def _on_batch_done(self, t: float, lane: LaneRun, payload: tuple[list[int], float]) -> None:
         members, sent_s = payload
         trace = self.trace
         items = sum(trace[j].items for j in members)
@@ -430,7 +418,7 @@ class _Run:
 
     # -- results ----------------------------------------------------------
 
-    def _finish(self, i: int, lane: _Lane, t: float, status: int) -> None:
+    def _finish(self, i: int, lane: LaneRun, t: float, status: int) -> None:
         self.lane_of[i] = lane.index
         self.status[i] = status
         self.done_s[i] = t

@@ -2,7 +2,7 @@ import asyncio
 
 import pytest
 
-from router.admission import LaneFull, LaneGate
+from router.admission import LaneFull, LaneGate, QueueTimedOut
 
 
 async def test_slots_then_queue_then_full():
@@ -52,9 +52,28 @@ async def test_a_cancelled_waiter_leaves_the_queue():
     assert gate.idle
 
 
-async def test_queue_timeout_is_lane_full():
+async def test_a_wait_past_queue_timeout_is_its_own_error():
     gate = LaneGate(max_in_flight=1, queue_depth=5, queue_timeout_s=0.01)
     await gate.enter()
-    with pytest.raises(LaneFull):
+    with pytest.raises(QueueTimedOut):
         await gate.enter()
     assert gate.waiting == 0 and gate.in_flight == 1
+
+
+async def test_a_released_slot_goes_to_the_most_urgent_waiter():
+    gate = LaneGate(max_in_flight=1, queue_depth=10, queue_timeout_s=30)
+    await gate.enter()
+    order: list[str] = []
+
+    async def wait(name: str, priority: int) -> None:
+        await gate.enter(priority)
+        order.append(name)
+        gate.leave()
+
+    tasks = [asyncio.create_task(wait(name, p)) for name, p in (("shed", 2), ("switch", 1), ("pinned", 0))]
+    await asyncio.sleep(0)
+    assert gate.waiting == 3
+    gate.leave()
+    await asyncio.gather(*tasks)
+    assert order == ["pinned", "switch", "shed"]
+    assert gate.idle

@@ -63,12 +63,12 @@ def test_a_request_waits_for_a_free_server_fifo():
     assert (out.status == 200).all()
 
 
-def test_a_full_gate_answers_503_and_a_spilling_lane_overflows_to_the_other():
-    refused = Engine(config(rt_slots=1, rt_queue=0), service()).run(at(0.0, 0.0))
+def test_a_full_gate_refuses_a_pinned_request_and_binds_a_switchable_one_to_the_lane_with_room():
+    refused = Engine(config(rt_slots=1, rt_queue=0), service()).run(at(0.0, 0.0, mode="realtime"))
     assert refused.status.tolist() == [200, 503]
-    spilled = Engine(config(rt_slots=1, rt_queue=0, rt_spill="true"), service()).run(at(0.0, 0.0))
-    assert spilled.status.tolist() == [200, 200]
-    assert [spilled.lanes[i] for i in spilled.lane] == ["realtime", "batch"]
+    moved = Engine(config(rt_slots=1, rt_queue=0), service()).run(at(0.0, 0.0))
+    assert moved.status.tolist() == [200, 200]
+    assert [moved.lanes[i] for i in moved.lane] == ["realtime", "batch"]
 
 
 def test_a_queued_request_that_outwaits_the_queue_timeout_is_refused():

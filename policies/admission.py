@@ -1,0 +1,250 @@
+"""Admission to a lane, as rules: a gate of slots with a priority queue, and where a request may wait.
+
+`Gate` is one lane's admission state, sans-I/O: `slots` calls at once, then
+at most `depth` waiters, ordered by priority (a lower number first: pinned
+and priority classes before switchable, switchable before sheddable) and,
+within a priority, by arrival. Aging stops starvation: a waiter's priority
+improves by one level for every `aging_s` it has waited, so a switchable
+request that waited `aging_s` goes before a pinned one that just came. A
+released slot passes straight to the best waiter (its in-flight count never
+drops in between), so nobody can overtake the queue by arriving at the
+right moment.
+
+`place` decides where one request goes before it waits anywhere (late
+binding, Little's law): a lane's predicted wait is the waiters ahead of the
+request times the service time, over the slots. A request that can take a
+free slot, or whose wait plus service on its drawn lane meets its
+objective, stays there. A switchable one that would miss goes to the
+cheapest lane predicted to meet it. With none, it spills when its lane has
+`spill` set (the operator chose a late answer over none), and is otherwise
+refused at once, with a Retry-After from the drawn lane's predicted drain
+time: never after a long wait that was bound to fail. "No data" never
+counts as "too slow": a lane with no service time measured yet is predicted
+to meet any objective.
+
+The router (router.admission, with asyncio futures as tickets) and the
+simulator (integers, with events for timeouts) drive the same Gate and call
+the same `place`, so overload plays out alike in both. Nothing here reads a
+clock: time is the `now_s` of each call.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from policies.snapshot import Snapshot
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class Waiter(Generic[T]):
+    """A place in a gate's queue; `ticket` is whatever the driver wakes when the slot comes."""
+
+    ticket: T
+    priority: int
+    since_s: float
+    seq: int
+    waiting: bool = True
+
+
+class Gate(Generic[T]):
+    def __init__(self, slots: int, depth: int, aging_s: float = math.inf):
+        if slots < 1 or depth < 0 or aging_s <= 0:
+            raise ValueError(f"need slots >= 1, depth >= 0, aging_s > 0; got {slots}, {depth}, {aging_s}")
+        self.slots = slots
+        self.depth = depth
+        self.aging_s = aging_s
+        self.in_flight = 0
+        self.waiting = 0
+        self._queues: dict[int, deque[Waiter[T]]] = {}
+        self._seq = itertools.count()
+
+    @property
+    def free(self) -> bool:
+        """A newcomer could take a slot now (nobody waits and a slot is free)."""
+        return self.in_flight < self.slots and not self.waiting
+
+    @property
+    def room(self) -> bool:
+        return self.waiting < self.depth
+
+    @property
+    def idle(self) -> bool:
+        return self.in_flight == 0 and not self.waiting
+
+    def try_enter(self) -> bool:
+        """Take a free slot if there is one and nobody waits for it."""
+        if self.free:
+            self.in_flight += 1
+            return True
+        return False
+
+    def enqueue(self, ticket: T, priority: int, now_s: float) -> Waiter[T] | None:
+        """Wait for a slot; None when the queue is full."""
+        if not self.room:
+            return None
+        waiter = Waiter(ticket, priority, now_s, next(self._seq))
+        self._queues.setdefault(priority, deque()).append(waiter)
+        self.waiting += 1
+        return waiter
+
+    def withdraw(self, waiter: Waiter[T]) -> bool:
+        """Leave the queue (a timeout, a client gone); False when the slot had already passed to it."""
+        if not waiter.waiting:
+            return False
+        waiter.waiting = False
+        self.waiting -= 1
+        return True
+
+    def release(self, now_s: float) -> Waiter[T] | None:
+        """A slot is given back: the waiter it passes to, or None when it returns to the pool."""
+        best = None
+        for queue in self._queues.values():
+            while queue and not queue[0].waiting:
+                queue.popleft()  # withdrawn: dropped lazily
+            if queue and (best is None or self._rank(queue[0], now_s) < self._rank(best, now_s)):
+                best = queue[0]
+        if best is None:
+            self.in_flight -= 1
+            return None
+        self._queues[best.priority].popleft()
+        best.waiting = False
+        self.waiting -= 1
+        return best
+
+    def _rank(self, waiter: Waiter[T], now_s: float) -> tuple[float, int]:
+        # The head of each priority's queue is its oldest, so it ranks best there: comparing heads is enough.
+        return waiter.priority - (now_s - waiter.since_s) / self.aging_s, waiter.seq
+
+    def ahead(self, priority: int) -> int:
+        """Waiters that would be served before a newcomer of `priority` (aging aside)."""
+        return sum(sum(w.waiting for w in queue) for p, queue in self._queues.items() if p <= priority)
+
+    def wait_s(self, priority: int, service_s: float) -> float:
+        """Predicted wait for a slot: nothing when one is free, else (ahead + 1) services over the slots."""
+        if self.free:
+            return 0.0
+        return (self.ahead(priority) + 1) * service_s / self.slots
+
+    def drain_s(self, service_s: float) -> float:
+        """Predicted time until everyone waiting now has a slot, and one more."""
+        return (self.waiting + 1) * service_s / self.slots
+
+
+@dataclass(frozen=True, slots=True)
+class Outlook:
+    """One lane as `place` sees it, for one request."""
+
+    lane: str
+    free: bool  # a slot (or a place in a micro-batch) is open now
+    room: bool  # the queue can take one more
+    wait_s: float  # predicted wait for this request's priority; 0 when free
+    service_s: float  # predicted time once in; NaN when nothing was measured yet
+    queue_timeout_s: float
+    cost_usd: float  # estimated cost per request; NaN when unknown
+    spill: bool
+    drain_s: float = math.nan  # predicted time until the queue has emptied, for Retry-After
+
+    @property
+    def latency_s(self) -> float:
+        """Predicted wait plus service; NaN (unknown) counts as fast enough."""
+        return self.wait_s + self.service_s
+
+    def meets(self, latency_s: float) -> bool:
+        """Predicted to answer within `latency_s` (NaN compares False: unknown is not too slow)."""
+        if self.free:
+            return not self.service_s > latency_s
+        return self.room and not self.wait_s > self.queue_timeout_s and not self.latency_s > latency_s
+
+
+def outlook(
+    lane: str,
+    snapshot: Snapshot | None,
+    *,
+    gate: Gate | None,
+    priority: int,
+    queue_timeout_s: float,
+    spill: bool,
+    batch_room: bool = False,
+) -> Outlook:
+    """A lane's outlook from its gate and the last snapshot; `gate` None: the request would be micro-batched.
+
+    Service time is the lane's mean time from admission to answer over the
+    metrics window (its upstream's queue included, so slots over service
+    time is its throughput, by Little's law). A micro-batched request joins
+    the next merged call at once, and can expect the lane's recent p95,
+    the batching wait included.
+    """
+    figures = snapshot.lanes.get(lane) if snapshot is not None else None
+    cost = figures.estimated_cost_per_request_usd if figures is not None else math.nan
+    if gate is None:
+        p95 = figures.p95_s if figures is not None else math.nan
+        return Outlook(lane, batch_room, batch_room, 0.0, p95, queue_timeout_s, cost, spill)
+    service = figures.mean_latency_s if figures is not None else math.nan
+    return Outlook(
+        lane=lane,
+        free=gate.free,
+        room=gate.room,
+        wait_s=gate.wait_s(priority, service),
+        service_s=service,
+        queue_timeout_s=queue_timeout_s,
+        cost_usd=cost,
+        spill=spill,
+        drain_s=gate.drain_s(service),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Placed:
+    lane: str
+    how: str  # "drawn" (its own lane), "moved" (the cheapest lane meeting its objective), "spilled"
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    lane: str
+    kind: str  # "lane_full" (no room) or "predicted_miss" (it would wait past its objective or timeout)
+    wait_s: float  # the drawn lane's predicted wait, for the message
+    retry_after_s: int  # from the drawn lane's predicted drain time, at least 1 s
+
+
+def place(
+    drawn: str,
+    outlooks: Mapping[str, Outlook],
+    *,
+    movable: bool,
+    latency_s: float,
+    visited: Sequence[str] = (),
+    weights: Mapping[str, float] | None = None,
+) -> Placed | Refused:
+    """Where a request drawn to `drawn` should wait, given its objective's latency (inf: none)."""
+    own = outlooks[drawn]
+    if own.free or own.meets(latency_s):
+        return Placed(drawn, "drawn")
+    others = [o for name, o in outlooks.items() if name != drawn and name not in visited]
+    if movable:
+        for other in sorted(others, key=lambda o: (_nan_last(o.cost_usd), _nan_last(o.latency_s))):
+            if other.meets(latency_s):
+                return Placed(other.lane, "moved")
+        if own.spill and others:
+            weights = weights or {}
+            spill_to = max(others, key=lambda o: (o.free or o.room, weights.get(o.lane, 0.0)))
+            if spill_to.free or spill_to.room:
+                return Placed(spill_to.lane, "spilled")
+    kind = "predicted_miss" if own.room else "lane_full"
+    return Refused(drawn, kind, own.wait_s, retry_after_s(own.drain_s))
+
+
+def retry_after_s(drain_s: float) -> int:
+    """Whole seconds for Retry-After: the predicted drain time, at least 1 (1 when unknown)."""
+    return 1 if math.isnan(drain_s) or drain_s <= 1 else math.ceil(drain_s)
+
+
+def _nan_last(x: float) -> float:
+    return math.inf if math.isnan(x) else x

@@ -1,0 +1,89 @@
+"""One lane during a simulated run: its gate, its servers, its micro-batcher, its cost.
+
+The engine (simulator.engine) moves requests through these; the rules they
+follow are the router's own, from policies: the admission Gate and the
+lane's outlook for `place` (policies.admission), the Batcher and its flush
+rule (policies.batching). What a call costs in time comes from the lane's
+service model (simulator.service).
+
+What must not live here: the event loop and the request path (the engine).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import NamedTuple
+
+from configs.schema import ModeshiftConfig
+from policies.admission import Gate, Outlook, outlook
+from policies.batching import Batcher
+from policies.snapshot import Snapshot
+from simulator.service import BatchApiLane, ServerLane, jittered_s
+
+
+class Queued(NamedTuple):
+    """A request waiting in a lane's gate: what its timeout needs to spill or refuse it."""
+
+    i: int
+    pinned: bool
+    visited: list[str]
+    first: LaneRun
+
+
+class LaneRun:
+    """One lane's queues and servers during a run."""
+
+    def __init__(self, index: int, name: str, config: ModeshiftConfig, service: ServerLane | BatchApiLane, monitor):
+        lane_config = config.lanes[name]
+        self.index = index
+        self.name = name
+        self.window = monitor.lanes[name]
+        self.cost = monitor.costs[name].request_cost_usd
+        self.limit = lane_config.max_in_flight
+        self.queue_timeout_s = lane_config.queue_timeout_s
+        self.spill = lane_config.spill
+        self.gate: Gate[Queued] = Gate(lane_config.max_in_flight, lane_config.queue_depth, lane_config.aging_s)
+        self.batch_api = isinstance(service, BatchApiLane)
+        self.service = service
+        if isinstance(service, ServerLane):
+            latency = service.latency
+            self.coef = (latency.base_s, latency.per_item_s, latency.per_input_token_s, latency.per_output_token_s)
+            self.sigma = latency.jitter
+            self.free = service.servers
+        self.backlog: deque[tuple] = deque()  # calls waiting for a server
+        self.batcher = None
+        if lane_config.batching is not None:
+            self.capacity = lane_config.batching.queue_capacity
+            self.batcher = Batcher(lane_config.batching.build(), capacity=self.capacity)
+            self.running = 0
+            self.armed_at = math.inf
+
+    def outlook(self, snapshot: Snapshot | None, priority: int, batched: bool) -> Outlook:
+        """This lane for one request, as router.lanes.Lane.outlook shows a live one."""
+        if self.batch_api:  # submitted as a job: never full, never waits for a slot
+            return outlook(
+                self.name,
+                snapshot,
+                gate=None,
+                priority=priority,
+                queue_timeout_s=math.inf,
+                spill=self.spill,
+                batch_room=True,
+            )
+        return outlook(
+            self.name,
+            snapshot,
+            gate=None if batched else self.gate,
+            priority=priority,
+            queue_timeout_s=self.queue_timeout_s,
+            spill=self.spill,
+            batch_room=batched and len(self.batcher) < self.capacity,
+        )
+
+    def call_s(self, items: int, input_tokens: int, output_tokens: int, z: float) -> float:
+        if self.batch_api:
+            s = self.service
+            return min(s.turnaround_median_s * math.exp(s.turnaround_sigma * z), s.max_turnaround_s)
+        base, per_item, per_in, per_out = self.coef
+        return jittered_s(base + per_item * items + per_in * input_tokens + per_out * output_tokens, self.sigma, z)

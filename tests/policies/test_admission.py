@@ -1,0 +1,129 @@
+"""The admission rules, sans-I/O: the gate's priority queue with aging, and where a request may wait."""
+
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from policies.admission import Gate, Outlook, Placed, Refused, place, retry_after_s
+
+
+def test_slots_then_a_bounded_queue():
+    gate = Gate(slots=2, depth=1)
+    assert gate.try_enter() and gate.try_enter() and not gate.try_enter()
+    assert gate.enqueue("a", 1, 0.0) is not None
+    assert gate.enqueue("b", 1, 0.0) is None  # no room
+    assert gate.release(1.0).ticket == "a"  # the slot passes: in_flight stays
+    assert gate.in_flight == 2 and gate.waiting == 0
+    assert gate.release(1.0) is None and gate.release(1.0) is None
+    assert gate.idle
+
+
+def test_pinned_before_switchable_before_sheddable_then_first_come():
+    gate = Gate(slots=1, depth=10)
+    gate.try_enter()
+    for ticket, priority in (("shed", 2), ("s1", 1), ("p1", 0), ("s2", 1), ("p2", 0)):
+        gate.enqueue(ticket, priority, 0.0)
+    assert [gate.release(0.0).ticket for _ in range(5)] == ["p1", "p2", "s1", "s2", "shed"]
+
+
+def test_aging_lets_a_long_waiter_pass_a_fresh_urgent_one():
+    gate = Gate(slots=1, depth=10, aging_s=2.0)
+    gate.try_enter()
+    gate.enqueue("old switchable", 1, 0.0)
+    gate.enqueue("new pinned", 0, 2.5)
+    assert gate.release(2.5).ticket == "old switchable"  # 1 - 2.5/2 < 0
+
+
+def test_a_withdrawn_waiter_is_skipped_and_counted_out():
+    gate = Gate(slots=1, depth=10)
+    gate.try_enter()
+    gone = gate.enqueue("gone", 0, 0.0)
+    gate.enqueue("stays", 1, 0.0)
+    assert gate.withdraw(gone) and not gate.withdraw(gone)
+    assert gate.waiting == 1
+    assert gate.release(0.0).ticket == "stays"
+
+
+def test_predicted_wait_counts_those_ahead_over_the_slots():
+    gate = Gate(slots=4, depth=100)
+    assert gate.wait_s(1, 0.2) == 0.0  # a free slot
+    for _ in range(4):
+        gate.try_enter()
+    for i in range(8):
+        gate.enqueue(i, 1 if i < 6 else 2, 0.0)
+    assert gate.wait_s(0, 0.2) == pytest.approx(0.05)  # nobody ahead of a pinned request
+    assert gate.wait_s(1, 0.2) == pytest.approx(7 * 0.2 / 4)
+    assert gate.drain_s(0.2) == pytest.approx(9 * 0.2 / 4)
+
+
+@given(st.lists(st.tuples(st.sampled_from(["enter", "queue", "release", "withdraw"]), st.integers(0, 2)), max_size=60))
+def test_slots_and_waiters_are_always_accounted_for(ops):
+    gate = Gate(slots=2, depth=3, aging_s=1.0)
+    holders, queued = 0, []
+    for t, (op, priority) in enumerate(ops):
+        if op == "enter" and gate.try_enter():
+            holders += 1
+        elif op == "queue" and not gate.free and (w := gate.enqueue(t, priority, float(t))) is not None:
+            queued.append(w)
+        elif op == "release" and holders:
+            passed = gate.release(float(t))
+            if passed is None:
+                holders -= 1
+            else:
+                queued.remove(passed)
+        elif op == "withdraw" and queued:
+            assert gate.withdraw(queued.pop(0))
+        assert gate.in_flight == holders <= gate.slots
+        assert gate.waiting == len(queued) <= gate.depth
+        assert not (queued and gate.in_flight < gate.slots)  # nobody waits beside a free slot
+
+
+def outlook(lane, *, free=False, room=True, wait_s=0.0, service_s=0.1, cost=1.0, spill=False, timeout_s=5.0):
+    return Outlook(lane, free, room, wait_s, service_s, timeout_s, cost, spill, drain_s=wait_s + service_s)
+
+
+def test_a_request_stays_on_its_lane_while_that_meets_its_objective():
+    lanes = {"realtime": outlook("realtime", wait_s=1.5), "batch": outlook("batch", free=True, cost=0.5)}
+    assert place("realtime", lanes, movable=True, latency_s=2.0) == Placed("realtime", "drawn")
+
+
+def test_a_switchable_request_predicted_to_miss_goes_to_the_cheapest_lane_that_meets_it():
+    lanes = {
+        "realtime": outlook("realtime", wait_s=3.0),
+        "spot": outlook("spot", wait_s=0.5, cost=0.2),
+        "batch": outlook("batch", wait_s=0.2, cost=0.5),
+        "slow": outlook("slow", wait_s=9.0, cost=0.1),
+    }
+    assert place("realtime", lanes, movable=True, latency_s=2.0) == Placed("spot", "moved")
+
+
+def test_nobody_can_serve_in_time_refused_at_once_with_the_drain_time():
+    lanes = {"realtime": outlook("realtime", wait_s=3.0), "batch": outlook("batch", wait_s=4.0)}
+    refused = place("realtime", lanes, movable=True, latency_s=2.0)
+    assert refused == Refused("realtime", "predicted_miss", 3.0, 4)
+    full = {"realtime": outlook("realtime", room=False, wait_s=3.0), "batch": outlook("batch", room=False)}
+    assert place("realtime", full, movable=True, latency_s=math.inf).kind == "lane_full"
+
+
+def test_a_pinned_request_never_moves():
+    lanes = {"realtime": outlook("realtime", wait_s=3.0), "batch": outlook("batch", free=True)}
+    assert isinstance(place("realtime", lanes, movable=False, latency_s=1.0), Refused)
+
+
+def test_spill_queues_on_another_lane_when_none_meets_the_objective():
+    lanes = {"batch": outlook("batch", room=False, spill=True), "realtime": outlook("realtime", wait_s=4.0)}
+    assert place("batch", lanes, movable=True, latency_s=2.0) == Placed("realtime", "spilled")
+    assert isinstance(place("batch", lanes, movable=True, latency_s=2.0, visited=["realtime"]), Refused)
+
+
+def test_no_measurement_is_not_too_slow_and_a_wait_past_the_timeout_is():
+    unknown = {"realtime": outlook("realtime", wait_s=math.nan, service_s=math.nan)}
+    assert place("realtime", unknown, movable=True, latency_s=0.1) == Placed("realtime", "drawn")
+    doomed = {"realtime": outlook("realtime", wait_s=6.0, timeout_s=5.0)}
+    assert place("realtime", doomed, movable=True, latency_s=math.inf).kind == "predicted_miss"
+
+
+def test_retry_after_is_whole_seconds_at_least_one():
+    assert [retry_after_s(x) for x in (math.nan, 0.2, 1.0, 1.01, 7.5)] == [1, 1, 1, 2, 8]
