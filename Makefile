@@ -34,6 +34,7 @@ bench: $(VENV)/.installed
 	$(PY) bench/jobs.py
 	$(PY) bench/simulation.py
 	$(PY) bench/fidelity.py
+	$(PY) bench/overload.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

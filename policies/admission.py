@@ -11,8 +11,16 @@ drops in between), so nobody can overtake the queue by arriving at the
 right moment.
 
 `place` decides where one request goes before it waits anywhere (late
-binding, Little's law): a lane's predicted wait is the waiters ahead of the
-request times the service time, over the slots. A request that can take a
+binding, Little's law): a lane with a free slot predicts its recent service
+time (a switchable request leaves a free but slow lane for one that meets
+its objective, and otherwise takes the slot); a full one predicts a wait:
+the waiters ahead of the
+request, plus itself, over the rate at which slots free up for it, less the
+arrival rate of more urgent classes on the lane (those keep overtaking it
+while it waits). The rate is measured by the gate itself, between releases
+while every slot was taken (an average of the last twenty or so gaps), so it
+follows an upstream that slows down at once; before any such gap, it is the
+slots over the lane's mean service time in the metrics window. A request that can take a
 free slot, or whose wait plus service on its drawn lane meets its
 objective, stays there. A switchable one that would miss goes to the
 cheapest lane predicted to meet it. With none, it spills when its lane has
@@ -41,6 +49,13 @@ from policies.snapshot import Snapshot
 
 T = TypeVar("T")
 
+# A prediction is a mean; the request's own wait and service scatter around it. To count as meeting an
+# objective, the predicted wait plus service must stay within this share of the objective's latency.
+HEADROOM = 0.8
+
+# Weight of the newest gap in the gate's release-gap average: about the last 20 releases count.
+GAP_WEIGHT = 0.1
+
 
 @dataclass(slots=True)
 class Waiter(Generic[T]):
@@ -64,6 +79,9 @@ class Gate(Generic[T]):
         self.waiting = 0
         self._queues: dict[int, deque[Waiter[T]]] = {}
         self._seq = itertools.count()
+        # Seconds between slots freeing up while all were taken (EWMA); NaN until measured.
+        self._gap_s = math.nan
+        self._last_full_release_s = math.nan
 
     @property
     def free(self) -> bool:
@@ -104,6 +122,7 @@ class Gate(Generic[T]):
 
     def release(self, now_s: float) -> Waiter[T] | None:
         """A slot is given back: the waiter it passes to, or None when it returns to the pool."""
+        self._measure_gap(now_s)
         best = None
         for queue in self._queues.values():
             while queue and not queue[0].waiting:
@@ -118,6 +137,16 @@ class Gate(Generic[T]):
         self.waiting -= 1
         return best
 
+    def _measure_gap(self, now_s: float) -> None:
+        """The time between releases of a full gate: how fast slots free up now, whatever the window says."""
+        if self.in_flight < self.slots:
+            self._last_full_release_s = math.nan  # a slot stood free: the next gap is not a service time
+            return
+        if not math.isnan(self._last_full_release_s):
+            gap = now_s - self._last_full_release_s
+            self._gap_s = gap if math.isnan(self._gap_s) else self._gap_s + GAP_WEIGHT * (gap - self._gap_s)
+        self._last_full_release_s = now_s
+
     def _rank(self, waiter: Waiter[T], now_s: float) -> tuple[float, int]:
         # The head of each priority's queue is its oldest, so it ranks best there: comparing heads is enough.
         return waiter.priority - (now_s - waiter.since_s) / self.aging_s, waiter.seq
@@ -126,15 +155,27 @@ class Gate(Generic[T]):
         """Waiters that would be served before a newcomer of `priority` (aging aside)."""
         return sum(sum(w.waiting for w in queue) for p, queue in self._queues.items() if p <= priority)
 
-    def wait_s(self, priority: int, service_s: float) -> float:
-        """Predicted wait for a slot: nothing when one is free, else (ahead + 1) services over the slots."""
+    def freed_per_s(self, service_s: float) -> float:
+        """How fast slots free up: measured between releases of the full gate, else slots over the service time."""
+        if not math.isnan(self._gap_s) and self._gap_s > 0:
+            return 1.0 / self._gap_s
+        if service_s == 0:
+            return math.inf
+        return self.slots / service_s  # NaN when nothing was measured
+
+    def wait_s(self, priority: int, service_s: float, overtaking_per_s: float = 0.0) -> float:
+        """Predicted wait for a slot: nothing when one is free, else those ahead and itself over the
+        rate slots free up for it (inf when more urgent traffic takes them all)."""
         if self.free:
             return 0.0
-        return (self.ahead(priority) + 1) * service_s / self.slots
+        freed_per_s = self.freed_per_s(service_s) - overtaking_per_s
+        if math.isnan(freed_per_s):
+            return math.nan  # unknown, which is not too slow
+        return (self.ahead(priority) + 1) / freed_per_s if freed_per_s > 0 else math.inf
 
     def drain_s(self, service_s: float) -> float:
         """Predicted time until everyone waiting now has a slot, and one more."""
-        return (self.waiting + 1) * service_s / self.slots
+        return (self.waiting + 1) / self.freed_per_s(service_s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,10 +198,11 @@ class Outlook:
         return self.wait_s + self.service_s
 
     def meets(self, latency_s: float) -> bool:
-        """Predicted to answer within `latency_s` (NaN compares False: unknown is not too slow)."""
+        """Predicted to answer within `latency_s`, with HEADROOM (NaN compares False: unknown is not too slow)."""
+        budget_s = HEADROOM * latency_s
         if self.free:
-            return not self.service_s > latency_s
-        return self.room and not self.wait_s > self.queue_timeout_s and not self.latency_s > latency_s
+            return not self.service_s > budget_s
+        return self.room and not self.wait_s > self.queue_timeout_s and not self.latency_s > budget_s
 
 
 def outlook(
@@ -191,12 +233,25 @@ def outlook(
         lane=lane,
         free=gate.free,
         room=gate.room,
-        wait_s=gate.wait_s(priority, service),
+        wait_s=gate.wait_s(priority, service, _overtaking_per_s(snapshot, lane, priority)),
         service_s=service,
         queue_timeout_s=queue_timeout_s,
         cost_usd=cost,
         spill=spill,
         drain_s=gate.drain_s(service),
+    )
+
+
+def _overtaking_per_s(snapshot: Snapshot | None, lane: str, priority: int) -> float:
+    """Requests per second on `lane` of classes more urgent than `priority`, over the metrics window."""
+    if snapshot is None or lane not in snapshot.lanes:
+        return 0.0
+    span_s = max(snapshot.lanes[lane].span_s, 1.0)
+    objectives = snapshot.objectives
+    return sum(
+        outcome.window.completions / span_s
+        for (traffic_class, on), outcome in snapshot.outcomes.items()
+        if on == lane and traffic_class in objectives and objectives[traffic_class].priority < priority
     )
 
 
@@ -225,18 +280,20 @@ def place(
 ) -> Placed | Refused:
     """Where a request drawn to `drawn` should wait, given its objective's latency (inf: none)."""
     own = outlooks[drawn]
-    if own.free or own.meets(latency_s):
+    if own.meets(latency_s):
         return Placed(drawn, "drawn")
     others = [o for name, o in outlooks.items() if name != drawn and name not in visited]
     if movable:
         for other in sorted(others, key=lambda o: (_nan_last(o.cost_usd), _nan_last(o.latency_s))):
             if other.meets(latency_s):
                 return Placed(other.lane, "moved")
-        if own.spill and others:
-            weights = weights or {}
-            spill_to = max(others, key=lambda o: (o.free or o.room, weights.get(o.lane, 0.0)))
-            if spill_to.free or spill_to.room:
-                return Placed(spill_to.lane, "spilled")
+    if own.free:
+        return Placed(drawn, "drawn")  # slow, but a slot is open and no lane does better: never refuse that
+    if movable and own.spill and others:
+        weights = weights or {}
+        spill_to = max(others, key=lambda o: (o.free or o.room, weights.get(o.lane, 0.0)))
+        if spill_to.free or spill_to.room:
+            return Placed(spill_to.lane, "spilled")
     kind = "predicted_miss" if own.room else "lane_full"
     return Refused(drawn, kind, own.wait_s, retry_after_s(own.drain_s))
 

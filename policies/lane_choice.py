@@ -15,8 +15,11 @@ When 3 and 4 leave no lane with a share, the request goes to the lane still
 in with the lowest expected latency, or, if nothing is left, is drawn as if
 nothing was ruled out.
 
-The router and the simulator both call `choose_lane`, so a trace request
-lands where the live router would have sent it. Nothing here reads headers,
+`failover_lane` is the lane a request tries next after its lane failed or
+overflowed: the one with the largest weight among those not yet visited.
+
+The router and the simulator both call `choose_lane` and `failover_lane`,
+so a trace request lands where the live router would have sent it. Nothing here reads headers,
 a clock or a socket.
 """
 
@@ -79,3 +82,9 @@ def _too_slow(expected_s: float, deadline: float | None) -> bool:
 
 def _latency_key(expected_s: float) -> float:
     return math.inf if math.isnan(expected_s) else expected_s
+
+
+def failover_lane(weights: Weights, lanes: Collection[str], visited: Collection[str]) -> str | None:
+    """The lane not yet visited with the largest weight (the first such in `lanes` on a tie), or None."""
+    rest = [lane for lane in lanes if lane not in visited]
+    return max(rest, key=weights.__getitem__) if rest else None

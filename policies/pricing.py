@@ -13,12 +13,15 @@ A lane's price has up to four parts, all optional:
 
 The model is a pure function of its inputs: the driver attributes each
 request's variable cost when it completes, and the snapshot adds the
-provisioned share over the window.
+provisioned share over the window. A merged call (micro-batching) is one
+cost, shared among the requests that rode in it by their items
+(`item_shares`), in the router and the simulator alike.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -77,3 +80,9 @@ class CostModel(BaseModel):
 
 def _zero_if_nan(x: float) -> float:
     return 0.0 if math.isnan(x) else x
+
+
+def item_shares(items: Sequence[int]) -> list[float]:
+    """Each request's share of a merged call (its cost, its busy time): its items over the call's."""
+    total = sum(items)
+    return [n / total for n in items]

@@ -11,9 +11,10 @@ service time of mean `service_s` and squared coefficient of variation
   M/M/c wait for a general service distribution;
 - the service itself, log-normal with the given mean and scv.
 
-`p95_sojourn_s` adds the service p95 to the wait p95. The two are rarely
-both at their tails, so the sum overstates the true p95 a little: the
-prediction errs towards keeping the SLO. At or over saturation (rho >= 1)
+`sojourn_quantile_s` adds the service quantile to the wait quantile (at q,
+the share of an objective: 0.99 for p99; `p95_sojourn_s` at 0.95). The two
+are rarely both at their tails, so the sum overstates the true quantile a
+little: the prediction errs towards keeping the objective. At or over saturation (rho >= 1)
 the queue grows without bound and the answer is infinity.
 
 Pure arithmetic: no clock, no state.
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import math
 
-from scipy.special import gammaln, pdtr
+from scipy.special import gammaln, ndtri, pdtr
 
 Q95_Z = 1.6448536269514722  # standard normal quantile at 0.95
 
@@ -44,26 +45,39 @@ def erlang_c(servers: int, offered_erlangs: float) -> float:
 
 def service_p95_s(mean_s: float, scv: float) -> float:
     """The 95th percentile of a log-normal service time with this mean and scv."""
+    return service_quantile_s(0.95, mean_s, scv)
+
+
+def service_quantile_s(q: float, mean_s: float, scv: float) -> float:
+    """The q-quantile of a log-normal service time with this mean and scv."""
     if scv <= 0:
         return mean_s
     sigma2 = math.log1p(scv)
-    return mean_s * math.exp(-0.5 * sigma2 + Q95_Z * math.sqrt(sigma2))
+    z = Q95_Z if q == 0.95 else float(ndtri(q))
+    return mean_s * math.exp(-0.5 * sigma2 + z * math.sqrt(sigma2))
 
 
 def p95_sojourn_s(rate_per_s: float, servers: int, service_s: float, scv: float = 1.0) -> float:
     """Predicted p95 of arrival-to-answer time; inf at or over saturation."""
+    return sojourn_quantile_s(0.95, rate_per_s, servers, service_s, scv)
+
+
+def sojourn_quantile_s(q: float, rate_per_s: float, servers: int, service_s: float, scv: float = 1.0) -> float:
+    """Predicted q-quantile of arrival-to-answer time; inf at or over saturation."""
     if rate_per_s <= 0:
-        return service_p95_s(service_s, scv)
+        return service_quantile_s(q, service_s, scv)
     offered = rate_per_s * service_s
     if offered >= servers:
         return math.inf
     waits = erlang_c(servers, offered)
-    wait_p95 = 0.0
-    if waits > 0.05:
+    tail = 1.0 - q
+    wait_q = 0.0
+    if waits > tail:
+        # The wait of those who wait is exponential: P(W > w) = C exp(-w / mean).
         drain_per_s = servers / service_s - rate_per_s
         mean_wait = (1.0 + scv) / 2.0 / drain_per_s
-        wait_p95 = mean_wait * math.log(waits / 0.05)
-    return service_p95_s(service_s, scv) + wait_p95
+        wait_q = mean_wait * math.log(waits / tail)
+    return service_quantile_s(q, service_s, scv) + wait_q
 
 
 def scv_from_quantiles(mean_s: float, median_s: float) -> float:

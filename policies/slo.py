@@ -1,16 +1,23 @@
-"""`slo`: the cheapest mode whose predicted p95 on the protected lane meets the SLO.
+"""`slo`: the cheapest mode whose predicted latency on the protected lane keeps an objective.
+
+The target is the objective of the traffic class `objective` (policies.objectives,
+the config's `objectives:`; default `pinned`, the traffic that cannot leave
+the lane): its latency at its percentile (p99 within 1 s, say). A `p95`
+given in the params replaces it with "p95 within that", for configs that
+declare no objectives.
 
 Each tick, for every configured mode, the policy predicts the arrival rate
 the protected `lane` would take in that mode (its pinned traffic plus the
 mode's share of the switchable traffic, from the snapshot's rates) and that
-lane's p95 at that rate with an M/G/c model (policies.queueing): `servers`
-calls at once, the service time measured on the lane, its spread from the
-lane's mean and median. Of the modes whose prediction stays within
-`headroom x p95` (the mode in force: within `p95`, so a rate hovering at
-the edge cannot flap the mode), it proposes the cheapest, ranking modes by
-their weights over the lanes' estimated cost per request. When none fits,
-it proposes the one that loads the lane least. So it moves before the
-breach a latency guard would wait for.
+lane's latency quantile at that rate with an M/G/c model
+(policies.queueing): `servers` calls at once, the service time measured on
+the lane, its spread from the lane's mean and median. Of the modes whose
+prediction stays within `headroom x target` (the mode in force: within the
+target, so a rate hovering at the edge cannot flap the mode), it proposes
+the cheapest, ranking modes by their weights over the lanes' estimated cost
+per request. When none fits, it proposes the one that loads the lane least.
+So it moves before the breach a latency guard would wait for. An objective
+with no latency target keeps every mode: the cheapest is proposed.
 
 Service time: `service_time` when given; otherwise the lane's mean latency
 from the last window in which it was lightly loaded (fewer calls in flight,
@@ -30,8 +37,9 @@ import math
 
 from pydantic import Field
 
+from policies.objectives import PINNED
 from policies.protocol import BasePolicy, LaneName, PolicyParams, Proposal
-from policies.queueing import p95_sojourn_s, scv_from_quantiles
+from policies.queueing import scv_from_quantiles, sojourn_quantile_s
 from policies.snapshot import LaneFigures, Snapshot
 from policies.units import Duration
 
@@ -39,13 +47,16 @@ LIGHT_LOAD = 0.5  # calls in flight per server below which latency is service, n
 
 
 class SloParams(PolicyParams):
-    lane: LaneName = Field("realtime", description="the lane whose p95 the SLO protects")
-    p95_s: Duration = Field(1.0, alias="p95", gt=0, description="the p95 latency the lane must keep")
+    lane: LaneName = Field("realtime", description="the lane whose latency the objective protects")
+    objective: str = Field(PINNED, description="the traffic class whose objective the lane must keep")
+    p95_s: Duration | None = Field(
+        None, alias="p95", gt=0, description="instead of the objective: the p95 latency the lane must keep"
+    )
     servers: int = Field(ge=1, description="calls the lane serves at once (replicas x concurrency)")
     service_time_s: Duration | None = Field(
         None, alias="service_time", gt=0, description="mean service time; measured on the lane when not given"
     )
-    headroom: float = Field(0.8, gt=0, le=1, description="a mode to move to must keep the p95 under headroom x p95")
+    headroom: float = Field(0.8, gt=0, le=1, description="a mode to move to must keep under headroom x the target")
     hold_s: Duration = Field(10.0, alias="hold", description="how long a proposal must persist")
 
 
@@ -70,35 +81,43 @@ class SloPolicy(BasePolicy):
         if service is None:
             return None
         mean_s, scv = service
+        target_s, q = self._target(snapshot)
         pinned = {name: f.pinned_arrival_rate_per_s for name, f in snapshot.lanes.items()}
         switchable = max(0.0, snapshot.arrival_rate_per_s - sum(pinned.values()))
         predicted = {
-            mode: p95_sojourn_s(pinned[p.lane] + weights[p.lane] * switchable, p.servers, mean_s, scv)
+            mode: sojourn_quantile_s(q, pinned[p.lane] + weights[p.lane] * switchable, p.servers, mean_s, scv)
             for mode, weights in modes.items()
         }
         cost = {mode: self._mode_cost(weights, snapshot) for mode, weights in modes.items()}
-        fits = [mode for mode in modes if predicted[mode] <= p.p95_s * (1.0 if mode == snapshot.mode else p.headroom)]
+        fits = [mode for mode in modes if predicted[mode] <= target_s * (1.0 if mode == snapshot.mode else p.headroom)]
         figures = {
             "arrival_rate_per_s": snapshot.arrival_rate_per_s,
             "switchable_rate_per_s": switchable,
             "service_s": mean_s,
             "service_scv": scv,
-            **{f"{mode}.predicted_p95_s": value for mode, value in predicted.items()},
+            "target_s": target_s,
+            "target_quantile": q,
+            **{f"{mode}.predicted_s": value for mode, value in predicted.items()},
             **{f"{mode}.cost_per_request_usd": value for mode, value in cost.items()},
         }
+        keep = f"p{q * 100:g} within {_ms(target_s)}"
         if fits:
             best = min(fits, key=lambda mode: (_nan_last(cost[mode]), predicted[mode]))
             reason = (
-                f"{best} is the cheapest mode keeping {p.p95_s * 1000:.0f} ms: "
-                f"{p.lane} p95 predicted {predicted[best] * 1000:.0f} ms at {switchable:.1f} switchable req/s"
+                f"{best} is the cheapest mode keeping {keep}: "
+                f"{p.lane} predicted {_ms(predicted[best])} at {switchable:.1f} switchable req/s"
             )
         else:
             best = min(modes, key=lambda mode: (predicted[mode], _nan_last(cost[mode])))
-            reason = (
-                f"no mode keeps {p.lane} p95 under {p.p95_s * 1000:.0f} ms; "
-                f"{best} loads it least ({_ms(predicted[best])} predicted)"
-            )
+            reason = f"no mode keeps {keep} on {p.lane}; {best} loads it least ({_ms(predicted[best])} predicted)"
         return self.propose(best, reason, figures, p.hold_s)
+
+    def _target(self, snapshot: Snapshot) -> tuple[float, float]:
+        """(latency, quantile) the lane must keep: the p95 param, else the objective's."""
+        if self.params.p95_s is not None:
+            return self.params.p95_s, 0.95
+        objective = snapshot.objectives.get(self.params.objective) or snapshot.objectives[PINNED]
+        return objective.latency_s, objective.wanted
 
     def _learn(self, snapshot: Snapshot) -> None:
         for name, figures in snapshot.lanes.items():

@@ -109,14 +109,11 @@ class NothingSent(Exception):
 
 
 def batch_queue_full(lane: str, waiting: int) -> ProxyError:
-    return ProxyError(
-        503,
-        "lane_full",
+    message = (
         f"the {lane} lane's micro-batch queue is full ({waiting} requests wait); retry after 1s "
-        f"(or raise lanes.{lane}.batching.queue_capacity)",
-        lane=lane,
-        headers={"Retry-After": "1"},
+        f"(or raise lanes.{lane}.batching.queue_capacity)"
     )
+    return _come_back(lane, "lane_full", message, 1)
 
 
 def unsplittable_answer(lane: str, detail: str) -> ProxyError:
@@ -144,14 +141,11 @@ def upstream_timeout(lane: str, timeout_s: float) -> ProxyError:
 
 def lane_full(lane: str, retry_after_s: int, waiting: int, spill: bool) -> ProxyError:
     advice = f"lanes.{lane}.max_in_flight or queue_depth" + ("" if spill else f", or set lanes.{lane}.spill: true")
-    return ProxyError(
-        503,
-        "lane_full",
+    message = (
         f"the {lane} lane is at max_in_flight and its queue is full ({waiting} requests wait); "
-        f"retry after {retry_after_s}s (or raise {advice})",
-        lane=lane,
-        headers={"Retry-After": str(retry_after_s)},
+        f"retry after {retry_after_s}s (or raise {advice})"
     )
+    return _come_back(lane, "lane_full", message, retry_after_s)
 
 
 def predicted_miss(lane: str, traffic_class: str, latency_s: float, wait_s: float, retry_after_s: int) -> ProxyError:
@@ -159,22 +153,21 @@ def predicted_miss(lane: str, traffic_class: str, latency_s: float, wait_s: floa
         promise = f"within lanes.{lane}.queue_timeout"
     else:
         promise = f"within the {traffic_class} objective's {latency_s:g}s"
-    return ProxyError(
-        503,
-        "lane_full",
+    message = (
         f"the {lane} lane cannot answer {promise}: the predicted wait for a slot is {wait_s:.2g}s, and no other "
-        f"lane can take it in time; refused at once rather than after the wait. Retry after {retry_after_s}s",
-        lane=lane,
-        headers={"Retry-After": str(retry_after_s)},
+        f"lane can take it in time; refused at once rather than after the wait. Retry after {retry_after_s}s"
     )
+    return _come_back(lane, "lane_full", message, retry_after_s)
 
 
 def queue_timeout(lane: str, timeout_s: float, retry_after_s: int) -> ProxyError:
-    return ProxyError(
-        503,
-        "queue_timeout",
+    message = (
         f"the request waited {timeout_s:g}s (lanes.{lane}.queue_timeout) in the {lane} lane's queue without a slot; "
-        f"retry after {retry_after_s}s",
-        lane=lane,
-        headers={"Retry-After": str(retry_after_s)},
+        f"retry after {retry_after_s}s"
     )
+    return _come_back(lane, "queue_timeout", message, retry_after_s)
+
+
+def _come_back(lane: str, kind: str, message: str, retry_after_s: int) -> ProxyError:
+    """A 503 that says when to come back."""
+    return ProxyError(503, kind, message, lane=lane, headers={"Retry-After": str(retry_after_s)})

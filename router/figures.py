@@ -15,7 +15,8 @@ always agree and serving requests pays nothing for either.
     modeshift_in_flight{lane}, modeshift_queue_depth{lane}
     modeshift_lane_weight{lane}                          the share of auto traffic now
     modeshift_mode{mode}                                 1 for the mode in force
-    modeshift_transitions, modeshift_rollbacks{cause}
+    modeshift_transitions, modeshift_rollbacks{cause}, modeshift_rollbacks_withheld
+    modeshift_attainment{class}                          share within objective, over the metrics window
     modeshift_upstream_ejected{lane,upstream}            1 while ejected
 
 (Prometheus adds `_total` to counters.) Histogram buckets come from the
@@ -30,6 +31,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
+
+from policies import stream_health
 
 if TYPE_CHECKING:
     from router.runtime import Runtime
@@ -129,4 +132,17 @@ def _control(runtime: Runtime) -> list[Family]:
     rollbacks = Family("modeshift_rollbacks", "counter", "Transitions rolled back, by cause.", ("cause",))
     for cause, n in sorted(decisions.rollback_causes.items()):
         rollbacks.add((cause,), n)
-    return [mode, transitions, rollbacks]
+    withheld = Family(
+        "modeshift_rollbacks_withheld", "counter", "Rollbacks withheld: the lanes they would return to failed too."
+    )
+    withheld.add((), decisions.counts["RollbackWithheld"])
+    attainment = Family(
+        "modeshift_attainment", "gauge", "Share of the class's requests within its objective, last window.", ("class",)
+    )
+    snapshot = state.control.last_snapshot
+    if snapshot is not None:
+        window = stream_health.windows(snapshot.outcomes)
+        for name, reading in stream_health.readings(window, snapshot.objectives).items():
+            if reading.requests:
+                attainment.add((name,), reading.attainment)
+    return [mode, transitions, rollbacks, withheld, attainment]

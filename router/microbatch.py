@@ -37,6 +37,7 @@ from backends.batch_loop import BatchLoop
 from backends.codecs import Codec, CodecError, Part, Reply
 from configs.schema import LaneConfig
 from policies.batching import Batcher, BatchItem
+from policies.pricing import item_shares
 from router.errors import (
     REQUEST_ID_HEADER,
     NothingSent,
@@ -211,10 +212,8 @@ class MicroBatcher:
                 task.add_done_callback(self._closing.discard)
 
     def _charge(self, waiting: list[_Waiting], input_tokens: int, busy_s: float) -> None:
-        items = sum(w.part.items for w in waiting)
         total = waiting[0].cost(input_tokens, busy_s)
-        for w in waiting:
-            share = w.part.items / items
+        for w, share in zip(waiting, item_shares([w.part.items for w in waiting])):
             w.cost_usd += total * share
             w.busy_s += busy_s * share
 

@@ -35,6 +35,7 @@ from aiohttp import web
 
 from backends.codecs import Codec, Part, codec_for
 from policies.admission import Placed, place
+from policies.lane_choice import failover_lane
 from router.admission import LaneFull, QueueTimedOut
 from router.errors import (
     LANE_HEADER,
@@ -464,9 +465,6 @@ def response_started(request: web.BaseRequest) -> bool:
 
 
 def _failover_lane(state: RouterState, visited: list[str]) -> Lane | None:
-    """The lane with the largest weight not yet visited, if any has a share or is the only one left."""
-    weights = state.control.weights
-    rest = [name for name in state.lanes if name not in visited]
-    if not rest:
-        return None
-    return state.lanes[max(rest, key=weights.__getitem__)]
+    """The next lane to try (policies.lane_choice.failover_lane), if any is left."""
+    name = failover_lane(state.control.weights, state.lanes, visited)
+    return state.lanes[name] if name is not None else None

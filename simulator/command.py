@@ -26,6 +26,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from configs.loader import ConfigError, load_config
+from policies.objectives import Objectives
 from policies.units import parse_duration_s
 from simulator.compare import OWN, Comparison, baseline_label, compare, variants
 from simulator.outcome import SloTargets
@@ -44,14 +45,27 @@ def add_trace_arguments(parser: argparse.ArgumentParser, speed_help: str) -> Non
     parser.add_argument("--slice", metavar="START:END", help="only this stretch of the trace (seconds)")
     parser.add_argument("--pinned-share", type=float, default=0.0, help="pin this share of requests to a lane")
     parser.add_argument("--pinned-lane", default="realtime", help="the lane --pinned-share pins to")
-    parser.add_argument("--slo-pinned", default="1s", help="latency target of pinned requests")
-    parser.add_argument("--slo-switchable", default="30s", help="latency target of the other requests")
-    parser.add_argument("--attainment", type=float, default=0.99, help="share of a class that must meet its target")
+    parser.add_argument(
+        "--slo-pinned", help="latency target of pinned requests (default: the config's pinned objective, else 1s)"
+    )
+    parser.add_argument(
+        "--slo-switchable",
+        help="latency target of the other requests (default: the config's switchable objective, else 30s)",
+    )
+    parser.add_argument(
+        "--attainment", type=float, help="share of a class that must meet its target (default: the objectives')"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of service times and pinning")
 
 
-def slo_targets(args: argparse.Namespace) -> SloTargets:
-    return SloTargets(parse_duration_s(args.slo_pinned), parse_duration_s(args.slo_switchable), args.attainment)
+def slo_targets(args: argparse.Namespace, objectives: Objectives | None = None) -> SloTargets:
+    """The command line's targets, each defaulting to the config's objectives (or to SloTargets' own)."""
+    base = SloTargets.of(objectives) if objectives is not None else SloTargets()
+    return SloTargets(
+        parse_duration_s(args.slo_pinned) if args.slo_pinned else base.pinned_s,
+        parse_duration_s(args.slo_switchable) if args.slo_switchable else base.switchable_s,
+        args.attainment if args.attainment is not None else base.attainment,
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -79,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
             pinned_lane=args.pinned_lane,
             seed=args.seed,
         )
-        slo = slo_targets(args)
+        slo = slo_targets(args, Objectives(config.objectives))
         window_s = parse_duration_s(args.oracle_window)
         contenders = list(variants(config, args.policy))
     except ConfigError as exc:

@@ -51,7 +51,8 @@ from configs.schema import ModeshiftConfig
 from policies.actions import Action
 from policies.admission import Placed, Waiter, place
 from policies.batching import BatchItem
-from policies.lane_choice import choose_lane
+from policies.lane_choice import choose_lane, failover_lane
+from policies.pricing import item_shares
 from simulator.lane_run import LaneRun, Queued
 from simulator.outcome import NO_LANE, Outcome, TimelineRow
 from simulator.service import ServiceModel, check_covers
@@ -282,9 +283,8 @@ class _Run:
         self._finish(i, first, t, LANE_FULL)
 
     def _failover(self, visited: list[str]) -> LaneRun | None:
-        weights = self.loop.weights
-        rest = [name for name in self.lanes if name not in visited]
-        return self.lanes[max(rest, key=weights.__getitem__)] if rest else None
+        name = failover_lane(self.loop.weights, self.lanes, visited)
+        return self.lanes[name] if name is not None else None
 
     def _start(self, i: int, lane: LaneRun, t: float) -> None:
         """Admitted: the router records the arrival and sends the call."""
@@ -399,8 +399,7 @@ class _Run:
         input_tokens = sum(trace[j].input_tokens for j in members)
         busy_s = t - sent_s
         total = lane.cost(input_tokens, 0, busy_s)
-        for j in members:
-            share = trace[j].items / items
+        for j, share in zip(members, item_shares([trace[j].items for j in members])):
             lane.window.completed(
                 t,
                 t - self.started_s[j],

@@ -12,7 +12,10 @@ class, cost and cost per 1,000 requests, transitions and rollbacks.
 SLO attainment: a request meets its SLO when it was answered (2xx) within
 its target: its own deadline if the trace gives one, else the target of its
 class (`pinned`: real-time traffic that may not move; `switchable`: the
-rest). A class with no requests attains NaN, never 100%.
+rest). The targets are the config's objectives (policies.objectives, via
+`SloTargets.of`), the same objects the controller and admission judge by,
+unless the command line overrides them. A class with no requests attains
+NaN, never 100%.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
+
+from policies.objectives import PINNED, SWITCHABLE, Objectives
 
 NO_LANE = -1
 TOTAL = "total"
@@ -41,6 +46,12 @@ class SloTargets:
     pinned_s: float = 1.0
     switchable_s: float = 30.0
     attainment: float = 0.99  # the share a class must reach to "meet" its SLO (the oracle's test)
+
+    @classmethod
+    def of(cls, objectives: Objectives) -> SloTargets:
+        """The targets a config's objectives declare (a class without a latency: no target)."""
+        pinned, switchable = objectives[PINNED], objectives[SWITCHABLE]
+        return cls(pinned.latency_s, switchable.latency_s, min(pinned.wanted, switchable.wanted))
 
 
 @dataclass(frozen=True)

@@ -107,6 +107,8 @@ def _latencies(row: Row) -> tuple[str, str, str]:
 def _ms(seconds: float) -> str:
     if math.isnan(seconds):
         return "-"
+    if math.isinf(seconds):
+        return "no latency target"
     if seconds >= 60:
         return f"{seconds / 60:.1f} min"
     return f"{seconds:.2f} s" if seconds >= 1 else f"{seconds * 1000:.0f} ms"

@@ -145,3 +145,20 @@ def test_ready_configs_load_and_build_a_control_loop(name):
     assert loop.weights == config.modes[config.initial_mode]
     assert set(loop.monitor.lanes) == set(config.lanes)
     loop.tick(1.0)
+
+
+def test_objectives_are_checked_where_they_are_written():
+    text = GOOD.replace(
+        "modes:\n",
+        "objectives:\n  pinned: {latency: 1s, percentile: 100}\n  switchable: {latency: 2s, error_budget: 0.5}\n"
+        "routes:\n  - {path: /, class: interactive}\nmodes:\n",
+    )
+    assert errors_of(text) == ["prod.yaml:12: objectives.pinned.percentile = 100: Input should be less than 100"]
+    assert errors_of(text.replace("percentile: 100", "percentile: 99")) == [
+        'prod.yaml:15: routes[0].class = "interactive": no objective for this class; declare it under objectives '
+        "(classes: pinned, switchable)",
+    ]
+    fine = parse_config(
+        text.replace("percentile: 100", "percentile: 99.9").replace("class: interactive", "class: pinned")
+    )
+    assert fine.objectives["pinned"].percentile == 99.9 and fine.routes[0].traffic_class == "pinned"

@@ -56,6 +56,9 @@ def test_predicted_wait_counts_those_ahead_over_the_slots():
     assert gate.wait_s(0, 0.2) == pytest.approx(0.05)  # nobody ahead of a pinned request
     assert gate.wait_s(1, 0.2) == pytest.approx(7 * 0.2 / 4)
     assert gate.drain_s(0.2) == pytest.approx(9 * 0.2 / 4)
+    # Pinned traffic arriving at 10/s keeps overtaking: slots free up for a switchable one at 20 - 10 per s.
+    assert gate.wait_s(1, 0.2, overtaking_per_s=10.0) == pytest.approx(7 / 10.0)
+    assert gate.wait_s(1, 0.2, overtaking_per_s=25.0) == math.inf
 
 
 @given(st.lists(st.tuples(st.sampled_from(["enter", "queue", "release", "withdraw"]), st.integers(0, 2)), max_size=60))
@@ -127,3 +130,30 @@ def test_no_measurement_is_not_too_slow_and_a_wait_past_the_timeout_is():
 
 def test_retry_after_is_whole_seconds_at_least_one():
     assert [retry_after_s(x) for x in (math.nan, 0.2, 1.0, 1.01, 7.5)] == [1, 1, 1, 2, 8]
+
+
+def test_the_rate_slots_free_up_is_measured_while_the_gate_is_full():
+    gate = Gate(slots=2, depth=100)
+    gate.try_enter(), gate.try_enter()
+    for i in range(40):
+        gate.enqueue(i, 1, 0.0)
+    assert gate.freed_per_s(0.1) == pytest.approx(20.0)  # nothing measured: slots over the service time
+    for k in range(1, 30):
+        gate.release(0.5 * k)  # the upstream slowed down: a slot every 0.5 s
+    assert gate.freed_per_s(0.1) == pytest.approx(2.0)
+    assert gate.wait_s(1, 0.1) == pytest.approx((gate.ahead(1) + 1) / 2.0)
+
+
+def test_a_free_but_slow_lane_gives_way_to_one_that_meets_and_is_kept_when_none_does():
+    slow = outlook("realtime", free=True, service_s=3.0)
+    assert place(
+        "realtime", {"realtime": slow, "batch": outlook("batch", wait_s=0.5)}, movable=True, latency_s=2.0
+    ) == (Placed("batch", "moved"))
+    assert place(
+        "realtime", {"realtime": slow, "batch": outlook("batch", wait_s=5.0)}, movable=True, latency_s=2.0
+    ) == (Placed("realtime", "drawn"))
+
+
+def test_meeting_an_objective_keeps_headroom_for_the_scatter_around_a_prediction():
+    lanes = {"realtime": outlook("realtime", wait_s=1.55, service_s=0.1)}  # 1.65 s predicted, 1.6 s allowed
+    assert place("realtime", lanes, movable=False, latency_s=2.0).kind == "predicted_miss"

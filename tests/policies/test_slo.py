@@ -85,14 +85,14 @@ def test_moves_before_the_breach_when_the_realtime_lane_would_saturate():
     assert heavy.lanes["realtime"].p95_s < 0.2
     proposal = policy.decide(heavy)
     assert proposal.target_mode in ("hybrid", "batch")
-    assert proposal.figures["realtime.predicted_p95_s"] > 0.2 * 0.8
-    assert proposal.figures[f"{proposal.target_mode}.predicted_p95_s"] <= 0.2 * 0.8
+    assert proposal.figures["realtime.predicted_s"] > 0.2 * 0.8
+    assert proposal.figures[f"{proposal.target_mode}.predicted_s"] <= 0.2 * 0.8
 
 
 def test_pinned_traffic_stays_on_the_lane_in_every_mode():
     # All of it pinned: no mode can unload the lane, so every prediction is the same.
     proposal = _policy(servers=2).decide(_snapshot(rate_per_s=30, pinned_share=1.0))
-    predicted = {m: proposal.figures[f"{m}.predicted_p95_s"] for m in MODES}
+    predicted = {m: proposal.figures[f"{m}.predicted_s"] for m in MODES}
     assert len(set(predicted.values())) == 1
     assert proposal.figures["switchable_rate_per_s"] == pytest.approx(0.0)
 
@@ -108,3 +108,15 @@ def test_no_opinion_without_modes_or_measurements():
 def test_servers_must_be_given():
     with pytest.raises(ValueError, match="servers"):
         SloParams()
+
+
+def test_without_a_p95_the_lane_keeps_the_pinned_objective_at_its_percentile():
+    # The scenarios' pinned objective: p99 within 0.5 s. A p99 is further out than a p95.
+    policy = SloPolicy(SloParams(servers=8, hold=5.0))
+    proposal = policy.decide(_snapshot(rate_per_s=140, pinned_share=0.0, realtime=1.0, batch=4.0))
+    assert proposal.figures["target_s"] == 0.5 and proposal.figures["target_quantile"] == 0.99
+    assert "p99 within 500 ms" in proposal.reason
+    p95 = SloPolicy(SloParams(servers=8, hold=5.0, p95=0.5)).decide(
+        _snapshot(rate_per_s=140, pinned_share=0.0, realtime=1.0, batch=4.0)
+    )
+    assert p95.figures["realtime.predicted_s"] < proposal.figures["realtime.predicted_s"]

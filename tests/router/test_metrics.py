@@ -50,6 +50,12 @@ async def test_metrics_count_requests_by_route_lane_and_status(upstream, start_r
     assert abs(value(samples, "modeshift_cost_usd_total", lane="realtime") - 0.003) < 1e-12
     assert value(samples, "modeshift_lane_weight", lane="realtime") == 1.0
     assert value(samples, "modeshift_mode", mode="realtime") == 1.0
+    assert value(samples, "modeshift_rollbacks_withheld_total") == 0
+    assert ("modeshift_attainment", (("class", "switchable"),)) not in samples  # no tick yet: nothing to say
+    router.tick()
+    samples = await scrape(client, router)
+    assert value(samples, "modeshift_attainment", **{"class": "switchable"}) == 1.0  # no objective: errors only
+    assert value(samples, "modeshift_attainment", **{"class": "pinned"}) == 1.0
 
 
 async def test_metrics_follow_a_forced_switch(upstream, start_router, client):

@@ -1,0 +1,99 @@
+"""An upstream of known capacity: a model server whose service time is a given model, not a model's.
+
+`ModeledServer` answers like an embedding server (POST /v1/embeddings in
+the OpenAI shape, with usage; any other path a small JSON body) but spends
+no CPU on it: a call holds one of `slots` (a model server's concurrency;
+later calls queue inside the server, as vLLM's or TGI's do) for
+
+    base_s + per_item_s x items + per_input_token_s x input tokens,
+
+times a log-normal jitter of mean 1 and spread `jitter`, drawn from a seeded
+generator. Its capacity is therefore known exactly (slots over the mean call
+time), which is what overload tests and benchmarks need: the router's and
+the simulator's behaviour at twice a lane's capacity can be measured on two
+shared cores, where a real model's own time would be the noise. The
+simulator's `ServerLane` with the same numbers describes it.
+
+Input tokens are counted as words. What must not live here: anything about
+lanes or routing; this is the far side of a lane.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import random
+
+from aiohttp import web
+
+from backends.openai_api import ApiError, parse_embeddings_request
+
+DIMENSION = 8
+
+
+class ModeledServer:
+    def __init__(
+        self,
+        *,
+        slots: int,
+        base_s: float,
+        per_item_s: float = 0.0,
+        per_input_token_s: float = 0.0,
+        jitter: float = 0.0,
+        seed: int = 0,
+    ):
+        self.slots = slots
+        self.base_s = base_s
+        self.per_item_s = per_item_s
+        self.per_input_token_s = per_input_token_s
+        self.jitter = jitter
+        self._rng = random.Random(seed)
+        self._busy = asyncio.Semaphore(slots)
+        self.calls = 0
+        self.items = 0
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    def call_s(self, items: int, input_tokens: int) -> float:
+        mean = self.base_s + self.per_item_s * items + self.per_input_token_s * input_tokens
+        if self.jitter <= 0:
+            return mean
+        sigma2 = math.log1p(self.jitter**2)
+        return mean * math.exp(self._rng.gauss(-sigma2 / 2, math.sqrt(sigma2)))
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        texts: list[str] = []
+        if request.path.rstrip("/").endswith("/embeddings"):
+            try:
+                texts = parse_embeddings_request(json.loads(body or b"null")).texts
+            except (ApiError, ValueError) as exc:
+                return web.json_response({"error": {"message": str(exc)}}, status=400)
+        tokens = [len(text.split()) for text in texts]
+        async with self._busy:
+            self.calls += 1
+            self.items += max(len(texts), 1)
+            await asyncio.sleep(self.call_s(max(len(texts), 1), sum(tokens)))
+        if not texts:
+            return web.json_response({"ok": True})
+        data = [
+            {"object": "embedding", "index": i, "embedding": [1.0 / DIMENSION] * DIMENSION} for i in range(len(texts))
+        ]
+        usage = {"prompt_tokens": sum(tokens), "total_tokens": sum(tokens)}
+        return web.json_response({"object": "list", "data": data, "model": "modeled", "usage": usage})
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        bound = self._runner.addresses[0]
+        self.url = f"http://{bound[0]}:{bound[1]}"
+        return self.url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
