@@ -41,7 +41,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -78,6 +78,7 @@ class Gate(Generic[T]):
         self.in_flight = 0
         self.waiting = 0
         self._queues: dict[int, deque[Waiter[T]]] = {}
+        self._waiting_by_priority: dict[int, int] = {}
         self._seq = itertools.count()
         # Seconds between slots freeing up while all were taken (EWMA); NaN until measured.
         self._gap_s = math.nan
@@ -109,7 +110,7 @@ class Gate(Generic[T]):
             return None
         waiter = Waiter(ticket, priority, now_s, next(self._seq))
         self._queues.setdefault(priority, deque()).append(waiter)
-        self.waiting += 1
+        self._counted(priority, 1)
         return waiter
 
     def withdraw(self, waiter: Waiter[T]) -> bool:
@@ -117,7 +118,7 @@ class Gate(Generic[T]):
         if not waiter.waiting:
             return False
         waiter.waiting = False
-        self.waiting -= 1
+        self._counted(waiter.priority, -1)
         return True
 
     def release(self, now_s: float) -> Waiter[T] | None:
@@ -134,8 +135,12 @@ class Gate(Generic[T]):
             return None
         self._queues[best.priority].popleft()
         best.waiting = False
-        self.waiting -= 1
+        self._counted(best.priority, -1)
         return best
+
+    def _counted(self, priority: int, change: int) -> None:
+        self.waiting += change
+        self._waiting_by_priority[priority] = self._waiting_by_priority.get(priority, 0) + change
 
     def _measure_gap(self, now_s: float) -> None:
         """The time between releases of a full gate: how fast slots free up now, whatever the window says."""
@@ -153,7 +158,7 @@ class Gate(Generic[T]):
 
     def ahead(self, priority: int) -> int:
         """Waiters that would be served before a newcomer of `priority` (aging aside)."""
-        return sum(sum(w.waiting for w in queue) for p, queue in self._queues.items() if p <= priority)
+        return sum(n for p, n in self._waiting_by_priority.items() if p <= priority)
 
     def freed_per_s(self, service_s: float) -> float:
         """How fast slots free up: measured between releases of the full gate, else slots over the service time."""
@@ -199,10 +204,14 @@ class Outlook:
 
     def meets(self, latency_s: float) -> bool:
         """Predicted to answer within `latency_s`, with HEADROOM (NaN compares False: unknown is not too slow)."""
-        budget_s = HEADROOM * latency_s
         if self.free:
-            return not self.service_s > budget_s
-        return self.room and not self.wait_s > self.queue_timeout_s and not self.latency_s > budget_s
+            return takes_at_once(self.service_s, latency_s)
+        return self.room and not self.wait_s > self.queue_timeout_s and not self.latency_s > HEADROOM * latency_s
+
+
+def takes_at_once(service_s: float, latency_s: float) -> bool:
+    """A lane with a free slot meets `latency_s` when its service time fits (unknown fits)."""
+    return not service_s > HEADROOM * latency_s
 
 
 def outlook(
@@ -229,6 +238,8 @@ def outlook(
         p95 = figures.p95_s if figures is not None else math.nan
         return Outlook(lane, batch_room, batch_room, 0.0, p95, queue_timeout_s, cost, spill)
     service = figures.mean_latency_s if figures is not None else math.nan
+    if gate.free:  # the common case: no wait to predict
+        return Outlook(lane, True, gate.room, 0.0, service, queue_timeout_s, cost, spill, drain_s=0.0)
     return Outlook(
         lane=lane,
         free=gate.free,
@@ -271,18 +282,23 @@ class Refused:
 
 def place(
     drawn: str,
-    outlooks: Mapping[str, Outlook],
+    lanes: Sequence[str],
+    outlook_of: Callable[[str], Outlook],
     *,
     movable: bool,
     latency_s: float,
     visited: Sequence[str] = (),
     weights: Mapping[str, float] | None = None,
 ) -> Placed | Refused:
-    """Where a request drawn to `drawn` should wait, given its objective's latency (inf: none)."""
-    own = outlooks[drawn]
+    """Where a request drawn to `drawn` should wait, given its objective's latency (inf: none).
+
+    `outlook_of(lane)` is asked for the drawn lane first, and for the others
+    only when the drawn lane would not do (the common case costs one).
+    """
+    own = outlook_of(drawn)
     if own.meets(latency_s):
         return Placed(drawn, "drawn")
-    others = [o for name, o in outlooks.items() if name != drawn and name not in visited]
+    others = [outlook_of(name) for name in lanes if name != drawn and name not in visited]
     if movable:
         for other in sorted(others, key=lambda o: (_nan_last(o.cost_usd), _nan_last(o.latency_s))):
             if other.meets(latency_s):

@@ -184,6 +184,23 @@ class LaneWindow:
         if self.in_flight:
             self.in_flight -= 1
 
+    def served(self, now_s: float, latency_s: float | None, ok: bool) -> None:
+        """A request that arrived and finished at once, as far as this window knows (an outcome).
+
+        `arrived` and `completed` in one call, without touching in-flight:
+        for windows that count requests when they end (policies.monitor's
+        outcomes), on the hot path of both drivers.
+        """
+        if now_s >= self._next_mark_s:
+            self._mark(now_s)
+        totals = self._totals
+        totals.arrivals += 1
+        totals.completions += 1
+        if not ok:
+            totals.errors += 1
+        if latency_s is not None:
+            totals.latency.record(latency_s)
+
     @property
     def since_start(self) -> LaneTotals:
         """Counters since the lane was created (a copy)."""

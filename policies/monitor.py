@@ -55,9 +55,7 @@ class Monitor:
         its latency is not recorded, so a fast refusal never passes for a
         fast answer.
         """
-        window = self.outcomes[(traffic_class, lane)]
-        window.arrived(now_s)
-        window.completed(now_s, latency_s if ok else None, ok=ok)
+        self.outcomes[(traffic_class, lane)].served(now_s, latency_s if ok else None, ok)
 
     def attributed_cost_usd(
         self, lane: str, input_tokens: int = 0, output_tokens: int = 0, busy_s: float = 0.0

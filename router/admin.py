@@ -8,7 +8,8 @@ script asks for the token (or reads it from the URL's `#token=` fragment,
 which browsers never send) and calls the API with it.
 
     GET  /           the status page (router/status_page.html)
-    GET  /status     mode, weights, transition, per-lane figures and upstreams, recent decisions
+    GET  /status     mode, weights, transition, per-lane figures and upstreams, each class's objective and
+                     attainment, recent decisions
     GET  /history    per-lane rate, latency, cost and weight, one sample per tick (router.history)
     GET  /decisions  the decision audit log, JSON Lines, oldest first (?limit=N, ?kind=A,B)
     GET  /metrics    the same figures for Prometheus (router.prometheus)
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import math
 import os
 from collections.abc import Awaitable, Callable
 from importlib import resources
@@ -34,6 +36,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from configs import ConfigError
+from policies import stream_health
 from policies.actions import CommandRejected, Force, Pause, Resume, Rollback
 from policies.snapshot import Snapshot
 from router.errors import ProxyError, bad_request
@@ -100,6 +103,24 @@ def _lane_figures(snapshot: Snapshot) -> dict[str, dict]:
     return {name: fig.numbers() for name, fig in snapshot.lanes.items()}
 
 
+def _objectives(snapshot: Snapshot) -> dict[str, dict]:
+    """Each class over the metrics window: its objective and how well it is kept (None without requests)."""
+    window = stream_health.windows(snapshot.outcomes)
+    out = {}
+    for name, reading in stream_health.readings(window, snapshot.objectives).items():
+        objective = reading.objective
+        out[name] = {
+            "latency_s": None if math.isinf(objective.latency_s) else objective.latency_s,
+            "wanted": objective.wanted,
+            "error_budget": objective.error_budget,
+            "priority": objective.priority,
+            "requests": reading.requests,
+            "attainment": reading.attainment if reading.requests else None,
+            "errors": reading.errors,
+        }
+    return out
+
+
 def status(runtime: Runtime) -> dict:
     state = runtime.state
     now = runtime.now_s()
@@ -130,6 +151,7 @@ def status(runtime: Runtime) -> dict:
         "cooldown_left_s": max((view.cooldown_until_s or now) - now, 0.0),
         "arrival_rate_per_s": snapshot.arrival_rate_per_s,
         "lanes": lanes,
+        "objectives": _objectives(snapshot),
         "decisions": runtime.decisions.recent(RECENT_DECISIONS),
         "config": {"path": str(runtime.config_path) if runtime.config_path else None, "reloads": runtime.reloads},
         "uptime_s": now - runtime.started_s,

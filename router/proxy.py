@@ -290,14 +290,17 @@ class Proxy:
         objective = state.control.monitor.objectives[trail.traffic_class]
         snapshot = state.control.last_snapshot
         now = self.runtime.now_s()
-        outlooks = {
-            name: other.outlook(snapshot, objective.priority, other.batching is not None and codec.batchable)
-            for name, other in state.lanes.items()
-            if name == lane.name or other.pool.available(now)
-        }
+        batched = codec.batchable
+
+        def outlook_of(name: str):
+            return state.lanes[name].outlook(
+                snapshot, objective.priority, batched and state.lanes[name].batching is not None
+            )
+
         placed = place(
             lane.name,
-            outlooks,
+            [name for name, other in state.lanes.items() if name == lane.name or other.pool.available(now)],
+            outlook_of,
             movable=not choice.pinned,
             latency_s=objective.latency_s,
             visited=visited,

@@ -239,13 +239,18 @@ class _Run:
         """policies.admission.place, as the router asks it; None when refused (503 recorded)."""
         objective = self.objectives[self.traffic_class[i]]
         snapshot = self.loop.last_snapshot
-        outlooks = {
-            name: other.outlook(snapshot, objective.priority, other.batcher is not None and batchable)
-            for name, other in self.lanes.items()
-        }
+        if lane.takes_now(snapshot, objective.latency_s, lane.batcher is not None and batchable):
+            return lane  # the common case, without building outlooks
+        lanes = self.lanes
+
+        def outlook_of(name: str):
+            other = lanes[name]
+            return other.outlook(snapshot, objective.priority, other.batcher is not None and batchable)
+
         placed = place(
             lane.name,
-            outlooks,
+            lanes,
+            outlook_of,
             movable=not pinned,
             latency_s=objective.latency_s,
             visited=visited,

@@ -16,7 +16,7 @@ from collections import deque
 from typing import NamedTuple
 
 from configs.schema import ModeshiftConfig
-from policies.admission import Gate, Outlook, outlook
+from policies.admission import Gate, Outlook, outlook, takes_at_once
 from policies.batching import Batcher
 from policies.snapshot import Snapshot
 from simulator.service import BatchApiLane, ServerLane, jittered_s
@@ -58,6 +58,24 @@ class LaneRun:
             self.batcher = Batcher(lane_config.batching.build(), capacity=self.capacity)
             self.running = 0
             self.armed_at = math.inf
+
+    def takes_now(self, snapshot: Snapshot | None, latency_s: float, batched: bool) -> bool:
+        """The drawn lane will do without looking further: a free slot (or batch place) fast enough.
+
+        The common case of policies.admission.place, asked without building an Outlook: the same rule
+        (`takes_at_once`), on the same figures.
+        """
+        if self.batch_api:
+            return True
+        if batched:
+            if len(self.batcher) >= self.capacity:
+                return False
+        elif not self.gate.free:
+            return False
+        figures = snapshot.lanes.get(self.name) if snapshot is not None else None
+        if figures is None:
+            return True
+        return takes_at_once(figures.p95_s if batched else figures.mean_latency_s, latency_s)
 
     def outlook(self, snapshot: Snapshot | None, priority: int, batched: bool) -> Outlook:
         """This lane for one request, as router.lanes.Lane.outlook shows a live one."""

@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from policies.admission import Gate, Outlook, Placed, Refused, place, retry_after_s
+from policies.admission import Gate, Outlook, Placed, Refused, retry_after_s
+from policies.admission import place as place_lazily
 
 
 def test_slots_then_a_bounded_queue():
@@ -81,6 +82,10 @@ def test_slots_and_waiters_are_always_accounted_for(ops):
         assert gate.in_flight == holders <= gate.slots
         assert gate.waiting == len(queued) <= gate.depth
         assert not (queued and gate.in_flight < gate.slots)  # nobody waits beside a free slot
+
+
+def place(drawn, outlooks, **kw):
+    return place_lazily(drawn, list(outlooks), outlooks.__getitem__, **kw)
 
 
 def outlook(lane, *, free=False, room=True, wait_s=0.0, service_s=0.1, cost=1.0, spill=False, timeout_s=5.0):

@@ -39,6 +39,16 @@ async def test_status_and_commands(upstream, start_router, client):
     assert status["lanes"]["realtime"]["arrivals"] == 1
     assert status["lanes"]["batch"]["p95_s"] is None  # no data is null, never 0
     assert status["lanes"]["realtime"]["upstreams"][0]["url"] == realtime.url
+    assert status["objectives"]["switchable"] | {"priority": None} == {
+        "latency_s": None,  # none declared: only errors count
+        "wanted": 0.99,
+        "error_budget": 0.01,
+        "priority": None,
+        "requests": 1,
+        "attainment": 1.0,
+        "errors": 0,
+    }
+    assert status["objectives"]["pinned"]["attainment"] is None and status["objectives"]["pinned"]["priority"] == 0
 
     async with client.post(f"{admin}/mode", json={"mode": "batch", "gradual": True}, headers=h) as response:
         assert response.status == 200
