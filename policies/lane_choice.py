@@ -15,7 +15,9 @@ When 3 and 4 leave no lane with a share, the request goes to the lane still
 in with the lowest expected latency, or, if nothing is left, is drawn as if
 nothing was ruled out.
 
-`failover_lane` is the lane a request tries next after its lane failed or
+`expected_latency_s` is what a deadline is held against: each lane's p95 in
+the last snapshot (NaN for a lane with no figures yet). `failover_lane` is
+the lane a request tries next after its lane failed or
 overflowed: the one with the largest weight among those not yet visited.
 
 The router and the simulator both call `choose_lane` and `failover_lane`,
@@ -29,6 +31,7 @@ import math
 from collections.abc import Collection, Mapping
 from typing import NamedTuple
 
+from policies.snapshot import Snapshot
 from policies.weights import Weights
 
 
@@ -88,3 +91,10 @@ def failover_lane(weights: Weights, lanes: Collection[str], visited: Collection[
     """The lane not yet visited with the largest weight (the first such in `lanes` on a tie), or None."""
     rest = [lane for lane in lanes if lane not in visited]
     return max(rest, key=weights.__getitem__) if rest else None
+
+
+def expected_latency_s(snapshot: Snapshot | None) -> dict[str, float]:
+    """Each lane's p95 over the last window, the latency a deadline is held against (empty before a tick)."""
+    if snapshot is None:
+        return {}
+    return {lane: figures.p95_s for lane, figures in snapshot.lanes.items()}

@@ -46,12 +46,6 @@ class Lane:
             MicroBatcher(name, config, self.pool, self.client, clock) if config.batching is not None else None
         )
 
-    def expected_latency_s(self, snapshot: Snapshot | None) -> float:
-        """The lane's p95 over the last window, NaN when unknown."""
-        if snapshot is None or self.name not in snapshot.lanes:
-            return math.nan
-        return snapshot.lanes[self.name].p95_s
-
     def retry_after_s(self, snapshot: Snapshot | None) -> int:
         """A client's wait before a retry can expect a slot: the queue's predicted drain time, at least 1 s."""
         return retry_after_s(self.gate.core.drain_s(self.service_s(snapshot)))

@@ -35,7 +35,7 @@ from aiohttp import web
 
 from backends.codecs import Codec, Part, codec_for
 from policies.admission import Placed, place
-from policies.lane_choice import failover_lane
+from policies.lane_choice import expected_latency_s, failover_lane
 from router.admission import LaneFull, QueueTimedOut
 from router.errors import (
     LANE_HEADER,
@@ -137,10 +137,7 @@ class Proxy:
         if jobs is not None and "Prefer" in request.headers and prefers_async(request.headers):
             return await jobs.accept(request, body, trail.request_id)
         now = self.runtime.now_s()
-        expected: dict[str, float] = {}
-        if deadline is not None:
-            snapshot = state.control.last_snapshot
-            expected = {name: lane.expected_latency_s(snapshot) for name, lane in state.lanes.items()}
+        expected = expected_latency_s(state.control.last_snapshot) if deadline is not None else {}
         choice = choose_lane(
             route_pin=route.pin,
             header_pin=header_pin,

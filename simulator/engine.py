@@ -51,7 +51,7 @@ from configs.schema import ModeshiftConfig
 from policies.actions import Action
 from policies.admission import Placed, Waiter, place
 from policies.batching import BatchItem
-from policies.lane_choice import choose_lane, failover_lane
+from policies.lane_choice import choose_lane, expected_latency_s, failover_lane
 from policies.pricing import item_shares
 from simulator.lane_run import LaneRun, Queued
 from simulator.outcome import NO_LANE, Outcome, TimelineRow
@@ -196,9 +196,7 @@ class _Run:
         self, i: int, request: TraceRequest, t: float, route_pin: str | None, batchable: bool, route_class: str | None
     ) -> None:
         deadline = request.deadline_ms / 1000.0 if request.deadline_ms is not None else None
-        expected = {}
-        if deadline is not None and (snapshot := self.loop.last_snapshot) is not None:
-            expected = {name: figures.p95_s for name, figures in snapshot.lanes.items()}
+        expected = expected_latency_s(self.loop.last_snapshot) if deadline is not None else {}
         choice = choose_lane(
             route_pin=route_pin,
             header_pin=request.mode,
