@@ -12,6 +12,12 @@ Each `BatchItem.payload` is whatever the caller needs to answer its request
 `on_expired` those whose deadline passed in the queue. Both must not raise:
 an exception there is logged and the loop goes on.
 
+Time is the event loop's unless a `clock` is given (the router gives its
+own, so queue waits and busy times are on the clock its metrics use), and
+timers are the event loop's unless a `call_at(when_s, callback)` on that
+clock is given: a test's fake clock then decides when a batch is due, and
+the loop runs in virtual time like the simulator (tests/router/test_parity.py).
+
 Used by the reference model server's batch mode and by the router's
 micro-batcher. What must not live here: the flush rule (policies.flush),
 how a batch is merged or split (the codecs).
@@ -23,6 +29,7 @@ import asyncio
 import logging
 import math
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from policies.batching import Batcher, BatchItem
 
@@ -30,6 +37,13 @@ logger = logging.getLogger("modeshift.batching")
 
 RunBatch = Callable[[list[BatchItem], list[float]], Awaitable[None]]
 OnExpired = Callable[[list[BatchItem]], None]
+
+
+class Cancellable(Protocol):
+    def cancel(self) -> None: ...
+
+
+CallAt = Callable[[float, Callable[[], None]], Cancellable]
 
 
 class BatchLoop:
@@ -41,6 +55,8 @@ class BatchLoop:
         on_expired: OnExpired | None = None,
         concurrency: int = 1,
         slots: asyncio.Semaphore | None = None,
+        clock: Callable[[], float] | None = None,
+        call_at: CallAt | None = None,
     ):
         """`slots`, when given, is shared with other loops (one lane's cap over all its queues)."""
         if concurrency < 1:
@@ -53,12 +69,24 @@ class BatchLoop:
         self._running: set[asyncio.Task] = set()
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # bound on the first offer
+        self._clock = clock
+        self._call_at = call_at
+
+    def _now(self) -> float:
+        return self._clock() if self._clock is not None else self._loop.time()
+
+    def _wake_at(self, due: float, callback: Callable[[], None]) -> Cancellable:
+        if self._call_at is not None:
+            return self._call_at(due, callback)
+        if self._clock is not None:
+            return self._loop.call_later(max(due - self._clock(), 0.0), callback)
+        return self._loop.call_at(due, callback)
 
     def offer(self, item: BatchItem) -> bool:
         """Queue `item`; False when the queue is full (the caller answers 503)."""
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
-        if not self.batcher.offer(item, self._loop.time()):
+        if not self.batcher.offer(item, self._now()):
             return False
         if self._task is None:
             self._task = self._loop.create_task(self._serve())
@@ -94,11 +122,11 @@ class BatchLoop:
             if due is None or due == math.inf:  # empty, or a size rule still short of its batch
                 await self._changed.wait()
                 continue
-            now = self._loop.time()
+            now = self._now()
             if due > now:
                 # Wake at `due`, or sooner when a new item may make it due:
                 # a timer that sets the event, so no cancellation is involved.
-                timer = self._loop.call_at(due, self._changed.set)
+                timer = self._wake_at(due, self._changed.set)
                 try:
                     await self._changed.wait()
                 finally:
@@ -111,13 +139,13 @@ class BatchLoop:
                 return taken.batch, taken.waited_s
 
     async def _run(self, batch: list[BatchItem], waited: list[float]) -> None:
-        started = self._loop.time()
+        started = self._now()
         try:
             await self._run_batch(batch, waited)
         except Exception:
             logger.exception("a batch of %d items failed outside its own error handling", len(batch))
         finally:
-            self.batcher.rule.observe(sum(item.items for item in batch), self._loop.time() - started)
+            self.batcher.rule.observe(sum(item.items for item in batch), self._now() - started)
             self._slots.release()
 
     def _answer_expired(self, items: list[BatchItem]) -> None:

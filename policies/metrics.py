@@ -15,7 +15,9 @@ boundary, including boundaries crossed while the lane was idle, so an idle
 gap counts as time with no events rather than shrinking the span.
 
 In-flight and queue depth are gauges: `arrived` raises in-flight and
-`completed` (or `abandoned`) lowers it; the driver sets `queue_depth` directly.
+`completed` (or `abandoned`) lowers it; the driver sets `queue_depth` directly,
+to what waits for the lane when it ticks (both drivers read it at the tick, so
+the snapshot sees the same queue in both).
 
 What must not live here: cost models, policies, or any clock. Time is the
 `now_s` argument of each call, and it must not go backwards.

@@ -113,7 +113,7 @@ def _lanes(runtime: Runtime) -> list[Family]:
         tokens.add((name, "input"), totals.input_tokens)
         tokens.add((name, "output"), totals.output_tokens)
         in_flight.add((name,), lane.window.in_flight)
-        queued.add((name,), lane.window.queue_depth)
+        queued.add((name,), lane.waiting)
         weight.add((name,), weights[name])
         for upstream in lane.pool.upstreams:
             ejected.add((name, upstream.base), 1.0 if upstream.ejected(now) else 0.0)

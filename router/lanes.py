@@ -46,6 +46,11 @@ class Lane:
             MicroBatcher(name, config, self.pool, self.client, clock) if config.batching is not None else None
         )
 
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for this lane: in its gate's queue and its micro-batcher's queues."""
+        return self.gate.waiting + (self.batching.waiting if self.batching is not None else 0)
+
     def retry_after_s(self, snapshot: Snapshot | None) -> int:
         """A client's wait before a retry can expect a slot: the queue's predicted drain time, at least 1 s."""
         return retry_after_s(self.gate.core.drain_s(self.service_s(snapshot)))

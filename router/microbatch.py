@@ -90,7 +90,7 @@ class MicroBatcher:
     ):
         assert config.batching is not None
         self.lane = lane
-        self.clock = clock  # the router's: the pool's ejection times are on it
+        self.clock = clock  # the router's: the pool's ejection times and the calls' busy times are on it
         self.params = config.batching
         self.timeout_s = config.timeout_s
         self.pool = pool
@@ -115,7 +115,11 @@ class MicroBatcher:
                 self._drop_idle()
             run = self._runner(codec, target, credentials)
             batcher = Batcher(self.params.build(), capacity=self.params.queue_capacity)
-            loop = self._loops[key] = BatchLoop(batcher, run, slots=self._slots)
+            # A clock that can schedule (a test's, in virtual time) runs the batch timers; else the event loop does.
+            call_at = getattr(self.clock, "call_at", None)
+            loop = self._loops[key] = BatchLoop(
+                batcher, run, slots=self._slots, clock=self.clock if call_at else None, call_at=call_at
+            )
         done: asyncio.Future[Batched] = asyncio.get_running_loop().create_future()
         if not loop.offer(BatchItem(payload=_Waiting(part, done, cost), items=part.items)):
             raise batch_queue_full(self.lane, self.waiting)

@@ -217,7 +217,6 @@ class Proxy:
                     lane.window.completed(self.runtime.now_s(), None, ok=False)
                 finally:
                     lane.gate.leave()
-                    lane.window.queue_depth = lane.gate.waiting
                 if not retrying:
                     break
                 lane = None if choice.pinned else _failover_lane(state, visited)
@@ -259,8 +258,6 @@ class Proxy:
         except asyncio.CancelledError:
             lane.window.abandoned(self.runtime.now_s())
             raise
-        finally:
-            lane.window.queue_depth = lane.batching.waiting
         now = self.runtime.now_s()
         reply = result.reply
         trail.batch, trail.cost_usd, trail.queue_wait_s = result.batch, result.cost_usd, result.wait_s
@@ -328,7 +325,6 @@ class Proxy:
             visited.append(lane.name)
             if lane.gate.try_enter():
                 return lane
-            lane.window.queue_depth = lane.gate.waiting + 1
             queued_s = self.runtime.now_s()
             try:
                 await lane.gate.enter(priority)
@@ -338,7 +334,6 @@ class Proxy:
             except QueueTimedOut:
                 error = queue_timeout(lane.name, lane.gate.queue_timeout_s, lane.retry_after_s(snapshot))
             finally:
-                lane.window.queue_depth = lane.gate.waiting
                 trail.queue_wait_s += self.runtime.now_s() - queued_s
             spill_to = None if choice.pinned or not lane.config.spill else _failover_lane(state, visited)
             if spill_to is None:

@@ -62,6 +62,8 @@ class Runtime:
         """One control tick at `now_s` (default: the clock's reading now)."""
         now = self.now_s() if now_s is None else now_s
         state = self.state
+        for lane in state.lanes.values():
+            lane.window.queue_depth = lane.waiting
         actions = state.control.tick(now)
         self.decisions.record(actions)
         self.history.record(now, state.lanes, state.control.weights.as_dict())

@@ -151,6 +151,8 @@ class _Run:
         heapq.heappush(self.heap, (t, self.seq, kind, lane, payload))
 
     def _tick(self, t: float) -> None:
+        for lane in self.lanes.values():
+            lane.window.queue_depth = lane.waiting
         actions: list[Action] = self.loop.tick(t)
         self.decisions.extend(action.as_record() for action in actions)
         snapshot = self.loop.last_snapshot
@@ -268,7 +270,6 @@ class _Run:
         elif lane.gate.try_enter():
             self._start(i, lane, t)
         elif (waiter := lane.gate.enqueue(Queued(i, pinned, visited, first), self._priority(i), t)) is not None:
-            lane.window.queue_depth = lane.gate.waiting
             self._push(t + lane.queue_timeout_s, _GATE_TIMEOUT, lane, waiter)
         else:
             self._overflow(i, lane, pinned, t, visited, first)
@@ -338,13 +339,11 @@ class _Run:
     def _leave_gate(self, lane: LaneRun, t: float) -> None:
         waiter = lane.gate.release(t)
         if waiter is not None:  # the slot passes to the waiter
-            lane.window.queue_depth = lane.gate.waiting
             self._start(waiter.ticket.i, lane, t)
 
     def _on_gate_timeout(self, t: float, lane: LaneRun, waiter: Waiter[Queued]) -> None:
         if not lane.gate.withdraw(waiter):
             return  # admitted before its time ran out
-        lane.window.queue_depth = lane.gate.waiting
         queued = waiter.ticket
         self._overflow(queued.i, lane, queued.pinned, t, queued.visited, queued.first)
 
@@ -358,7 +357,6 @@ class _Run:
         if not lane.batcher.offer(BatchItem(payload=i, items=request.items), t):
             lane.window.completed(t, 0.0, ok=False)
             return False
-        lane.window.queue_depth = len(lane.batcher)
         self._arm(lane, t)
         return True
 
@@ -381,7 +379,6 @@ class _Run:
         if lane.running >= lane.limit:
             return
         taken = lane.batcher.take(t)
-        lane.window.queue_depth = len(lane.batcher)
         if taken.batch:
             members = [item.payload for item in taken.batch]
             trace = self.trace

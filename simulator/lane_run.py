@@ -59,6 +59,11 @@ class LaneRun:
             self.running = 0
             self.armed_at = math.inf
 
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for this lane: in its gate's queue and its micro-batcher's queue."""
+        return self.gate.waiting + (len(self.batcher) if self.batcher is not None else 0)
+
     def takes_now(self, snapshot: Snapshot | None, latency_s: float, batched: bool) -> bool:
         """The drawn lane will do without looking further: a free slot (or batch place) fast enough.
 

@@ -11,10 +11,13 @@ answered. The simulator plays the same trace through the same config and
 service model. Both decision logs, figures and all, must be equal, and so
 must every request's lane and status.
 
-Two traces: a calm one that moves the mode both ways, and an overload rush
-at twice the real-time lane's gate, with deadlines, where admission queues
-by priority, binds switchable requests late to the other lane and refuses
-what no lane can serve in time, and the controller hurries.
+Three traces: a calm one that moves the mode both ways; an overload rush at
+twice the real-time lane's gate, with deadlines, where admission queues by
+priority, binds switchable requests late to the other lane and refuses what
+no lane can serve in time, and the controller hurries; and embeddings calls
+that the batch lane micro-batches, its batch timers run by the fake clock
+(`SchedulingClock.call_at`), so merged calls form at the same moments and
+share their cost the same way.
 """
 
 import asyncio
@@ -86,6 +89,39 @@ def _rush_config(upstreams: dict[str, str]):
     )
 
 
+def _embeddings_trace():
+    rates = [(0.0, 3.0), (15.0, 16.0), (35.0, 2.0)]
+    trace = generators.step(rates, 55.0, np.random.default_rng(SEED + 2), generators.Sizes(1, 1, 0.0))
+    trace = [type(r)(r.t_s, 0, 0, "/v1/embeddings") for r in trace]
+    return with_pinned_share(trace, 0.15, random.Random(SEED))
+
+
+def _batching_config(upstreams: dict[str, str]):
+    # The batch lane merges up to 8 texts or waits 50 ms for company, 2 merged calls at once.
+    batch = {
+        "upstreams": [upstreams["batch"]],
+        "max_in_flight": 2,
+        "batching": {"rule": "hybrid", "max_batch": 8, "max_wait": "50ms"},
+    }
+    return two_lane_config(
+        [upstreams["realtime"]],
+        [upstreams["batch"]],
+        lanes={"realtime": {"upstreams": [upstreams["realtime"]]}, "batch": batch},
+        routes=[{"path": "/v1/embeddings", "protocol": "openai-embeddings"}],
+        objectives={"switchable": {"latency": "2s"}},
+        policy={"type": "load", "params": {"low_rps": 4, "high_rps": 10, "hold": "3s"}},
+        switching={"hold": "0s", "cooldown": "5s", "step": "2s", "min_samples": 5, "steps": [0.5, 1.0]},
+        metrics={"window": "5s", "slot": "1s"},
+    )
+
+
+BATCHING_SERVICE = ServiceModel(
+    lanes={
+        "realtime": ServerLane(concurrency=10_000, latency=Latency(base_s=0.05, jitter=0.3)),
+        "batch": ServerLane(concurrency=10_000, latency=Latency(base_s=0.2, per_item_s=0.02, jitter=0.3)),
+    }
+)
+
 RUSH_SERVICE = ServiceModel(
     lanes={
         "realtime": ServerLane(concurrency=10_000, latency=Latency(base_s=0.3, jitter=0.3)),
@@ -102,16 +138,47 @@ async def _settle(done, what: str) -> None:
     raise AssertionError(f"the router never {what}")
 
 
+class Timer:
+    def __init__(self, when_s: float, callback):
+        self.when_s, self.callback, self.cancelled = when_s, callback, False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class SchedulingClock(FakeClock):
+    """A fake clock that also keeps timers (the micro-batcher's), fired by the harness as time passes."""
+
+    def __init__(self, now_s: float = 0.0):
+        super().__init__(now_s)
+        self.timers: list[Timer] = []
+
+    def call_at(self, when_s: float, callback) -> Timer:
+        timer = Timer(when_s, callback)
+        self.timers.append(timer)
+        return timer
+
+
+def _embeddings(n: int) -> web.Response:
+    data = [{"object": "embedding", "index": k, "embedding": [0.0]} for k in range(n)]
+    usage = {"prompt_tokens": 0, "total_tokens": 0}  # the traces carry no tokens either
+    return web.json_response({"object": "list", "data": data, "model": "m", "usage": usage})
+
+
 async def _live_run(trace, make_config, service: ServiceModel) -> tuple[list[dict], list[tuple[str, int]]]:
     """The live router's decision log, and each request's (lane, status)."""
-    parked: dict[int, tuple[str, asyncio.Future]] = {}
+    calls: list[tuple[str, tuple[int, ...], asyncio.Future]] = []  # upstream calls held: lane, requests, release
 
     def holding(lane: str):
         async def handler(request: web.Request) -> web.Response:
+            if "X-Trace-Index" in request.headers:
+                members: tuple[int, ...] = (int(request.headers["X-Trace-Index"]),)
+            else:  # a merged call: the texts name their requests
+                members = tuple(int(text[1:]) for text in (await request.json())["input"])
             release = asyncio.get_running_loop().create_future()
-            parked[int(request.headers["X-Trace-Index"])] = (lane, release)
+            calls.append((lane, members, release))
             await release
-            return web.json_response({})
+            return _embeddings(len(members)) if request.path.endswith("/embeddings") else web.json_response({})
 
         return handler
 
@@ -119,70 +186,84 @@ async def _live_run(trace, make_config, service: ServiceModel) -> tuple[list[dic
     for server in upstreams.values():
         await server.start()
     config = make_config({lane: server.url for lane, server in upstreams.items()})
-    clock = FakeClock(0.0)
+    clock = SchedulingClock(0.0)
     router = RunningRouter(Runtime(config, clock=clock))
     await router.start(data=("127.0.0.1", 0), admin=("127.0.0.1", 0), ticking=False)
     host, port = router.data_address
     lanes = router.runtime.state.lanes
     z = np.random.default_rng(SEED).standard_normal(len(trace)).tolist()
     tick_s = config.switching.tick_s
-    heap, seq = [(tick_s, 0, "tick", -1)], 0
+    heap, seq = [(tick_s, 0, "tick", None)], 0
     tasks: list[asyncio.Task] = []
-    scheduled: set[int] = set()
+    scheduled: set[int] = set()  # ids of calls and timers on the heap
     answers: dict[int, tuple[str, int]] = {}
 
-    async def post(session: aiohttp.ClientSession, i: int, headers: dict) -> None:
-        async with session.post(f"http://{host}:{port}/", headers=headers) as response:
+    async def post(session: aiohttp.ClientSession, i: int, route: str, headers: dict) -> None:
+        body = {"input": f"r{i}"} if route.endswith("/embeddings") else {}
+        async with session.post(f"http://{host}:{port}{route}", json=body, headers=headers) as response:
             await response.read()
             answers[i] = (response.headers.get("X-Modeshift-Lane", ""), response.status)
 
-    async def settle(what: str) -> None:
-        """Until every request sent is held upstream, waiting in a gate, or answered; then schedule the new ones."""
+    def push(t: float, kind: str, what) -> None:
         nonlocal seq
+        seq += 1
+        scheduled.add(id(what))
+        heapq.heappush(heap, (t, seq, kind, what))
+
+    async def settle(what: str) -> None:
+        """Until every request sent is held upstream, queued in the router, or answered; then schedule what began."""
 
         def accounted() -> bool:
-            held = sum(1 for i in parked if i not in answers)
-            waiting = sum(lane.gate.waiting for lane in lanes.values())
+            held = sum(len(members) for _, members, release in calls if not release.done())
+            waiting = sum(
+                lane.gate.waiting + (lane.batching.waiting if lane.batching else 0) for lane in lanes.values()
+            )
             return held + waiting + len(answers) == len(tasks)
 
         await _settle(accounted, what)
-        for i, (lane, _) in parked.items():
-            if i not in scheduled:
-                scheduled.add(i)
-                seq += 1
-                done_s = clock.now + jittered_s(service.lanes[lane].latency.mean_s(1, 0, 0), 0.3, z[i])
-                heapq.heappush(heap, (done_s, seq, "done", i))
+        for _ in range(10):  # let the micro-batchers see what arrived and set their timers
+            await asyncio.sleep(0)
+        for call in calls:
+            lane, members, release = call
+            if id(call) not in scheduled:
+                mean_s = service.lanes[lane].latency.mean_s(len(members), 0, 0)
+                push(clock.now + jittered_s(mean_s, 0.3, z[members[0]]), "done", call)
+        for timer in clock.timers:
+            if id(timer) not in scheduled and not timer.cancelled:
+                push(max(timer.when_s, clock.now), "timer", timer)
 
-    async def handle(t: float, kind: str, i: int) -> None:
-        nonlocal seq
+    async def handle(t: float, kind: str, what) -> None:
         clock.now = t
         if kind == "tick":
             router.runtime.tick()
             if t < trace[-1].t_s:
-                seq += 1
-                heapq.heappush(heap, (t + tick_s, seq, "tick", -1))
+                push(t + tick_s, "tick", object())
+        elif kind == "timer":
+            if not what.cancelled:
+                what.callback()
+            await settle(f"settled after a batch timer at {t:g}")
         else:
-            parked[i][1].set_result(None)
-            await _settle(lambda: i in answers, f"answered request {i}")
-            await settle(f"settled after request {i}")
+            what[2].set_result(None)
+            await _settle(lambda: all(i in answers for i in what[1]), f"answered requests {what[1]}")
+            await settle(f"settled after requests {what[1]}")
 
     try:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
             for i, request in enumerate(trace):
                 while heap and heap[0][0] <= request.t_s:
-                    t, _, kind, j = heapq.heappop(heap)
-                    await handle(t, kind, j)
+                    t, _, kind, what = heapq.heappop(heap)
+                    await handle(t, kind, what)
                 clock.now = request.t_s
                 headers = {"X-Trace-Index": str(i)}
                 if request.mode is not None:
                     headers["X-Modeshift-Mode"] = request.mode
                 if request.deadline_ms is not None:
                     headers["X-Modeshift-Deadline-Ms"] = f"{request.deadline_ms:g}"
-                tasks.append(asyncio.create_task(post(session, i, headers)))
+                tasks.append(asyncio.create_task(post(session, i, request.route, headers)))
                 await settle(f"took request {i}")
             while heap:
-                t, _, kind, j = heapq.heappop(heap)
-                await handle(t, kind, j)
+                t, _, kind, what = heapq.heappop(heap)
+                await handle(t, kind, what)
             await asyncio.gather(*tasks)
         return router.runtime.decisions.recent(), [answers[i] for i in range(len(trace))]
     finally:
@@ -230,3 +311,13 @@ def _same(a, b) -> bool:
     if isinstance(a, float) and isinstance(b, float) and a != a and b != b:
         return True
     return a == b
+
+
+async def test_parity_holds_with_micro_batching_on_the_batch_lane():
+    trace = _embeddings_trace()
+    simulated = await _compare(trace, _batching_config, BATCHING_SERVICE)
+    kinds = [record["kind"] for record in simulated]
+    assert kinds.count("TransitionStarted") >= 2 and "TransitionCompleted" in kinds
+    outcome = Engine(_batching_config({"realtime": "http://a:1", "batch": "http://b:2"}), BATCHING_SERVICE, seed=SEED)
+    on_batch = outcome.run(trace).lane == 1
+    assert on_batch.sum() > 100  # the merged calls were many, and their timing and cost shares agreed
