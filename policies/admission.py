@@ -223,20 +223,21 @@ def outlook(
     queue_timeout_s: float,
     spill: bool,
     batch_room: bool = False,
+    batch_waiting: int = 0,
 ) -> Outlook:
     """A lane's outlook from its gate and the last snapshot; `gate` None: the request would be micro-batched.
 
     Service time is the lane's mean time from admission to answer over the
     metrics window (its upstream's queue included, so slots over service
-    time is its throughput, by Little's law). A micro-batched request joins
-    the next merged call at once, and can expect the lane's recent p95,
-    the batching wait included.
+    time is its throughput, by Little's law). A micro-batched request waits
+    for no slot of its own: its predicted time is `batched_latency_s`.
     """
     figures = snapshot.lanes.get(lane) if snapshot is not None else None
     cost = figures.estimated_cost_per_request_usd if figures is not None else math.nan
     if gate is None:
-        p95 = figures.p95_s if figures is not None else math.nan
-        return Outlook(lane, batch_room, batch_room, 0.0, p95, queue_timeout_s, cost, spill)
+        expected = batched_latency_s(snapshot, lane, batch_waiting)
+        drain = retry_drain_s(snapshot, lane, batch_waiting)
+        return Outlook(lane, False, batch_room, 0.0, expected, queue_timeout_s, cost, spill, drain_s=drain)
     service = figures.mean_latency_s if figures is not None else math.nan
     if gate.free:  # the common case: no wait to predict
         return Outlook(lane, True, gate.room, 0.0, service, queue_timeout_s, cost, spill, drain_s=0.0)
@@ -251,6 +252,29 @@ def outlook(
         spill=spill,
         drain_s=gate.drain_s(service),
     )
+
+
+def batched_latency_s(snapshot: Snapshot | None, lane: str, waiting: int) -> float:
+    """Predicted time of a request joining a micro-batch queue where `waiting` items wait.
+
+    The lane's mean time over the metrics window (merged calls, batching wait
+    and all), or, when the queue is longer than that covers, the queue ahead
+    of it over the items the lane served per second: at saturation the
+    queue is what the request waits for, and it is known now, where the
+    window's mean lags behind. NaN before anything was measured.
+    """
+    figures = snapshot.lanes.get(lane) if snapshot is not None else None
+    if figures is None or not figures.completions:
+        return math.nan
+    return max(figures.mean_latency_s, retry_drain_s(snapshot, lane, waiting))
+
+
+def retry_drain_s(snapshot: Snapshot | None, lane: str, waiting: int) -> float:
+    """Time until the lane has served what waits for it now, and one more, at its recent items per second."""
+    figures = snapshot.lanes.get(lane) if snapshot is not None else None
+    if figures is None or not figures.items_per_s > 0:
+        return math.nan
+    return (waiting + 1) / figures.items_per_s
 
 
 def _overtaking_per_s(snapshot: Snapshot | None, lane: str, priority: int) -> float:

@@ -72,6 +72,7 @@ class Lane:
             queue_timeout_s=config.queue_timeout_s,
             spill=config.spill,
             batch_room=batched and self.batching.waiting < config.batching.queue_capacity,
+            batch_waiting=self.batching.waiting if batched else 0,
         )
 
     def describe(self, now_s: float) -> dict:

@@ -16,7 +16,7 @@ from collections import deque
 from typing import NamedTuple
 
 from configs.schema import ModeshiftConfig
-from policies.admission import Gate, Outlook, outlook, takes_at_once
+from policies.admission import Gate, Outlook, batched_latency_s, outlook, takes_at_once
 from policies.batching import Batcher
 from policies.snapshot import Snapshot
 from simulator.service import BatchApiLane, ServerLane, jittered_s
@@ -65,35 +65,28 @@ class LaneRun:
         return self.gate.waiting + (len(self.batcher) if self.batcher is not None else 0)
 
     def takes_now(self, snapshot: Snapshot | None, latency_s: float, batched: bool) -> bool:
-        """The drawn lane will do without looking further: a free slot (or batch place) fast enough.
+        """The drawn lane will do without looking further: a free slot fast enough, or a batch place.
 
-        The common case of policies.admission.place, asked without building an Outlook: the same rule
-        (`takes_at_once`), on the same figures.
+        The common case of policies.admission.place, asked without building an Outlook: the same rules
+        (`takes_at_once`, `batched_latency_s`), on the same figures.
         """
         if self.batch_api:
             return True
         if batched:
-            if len(self.batcher) >= self.capacity:
-                return False
-        elif not self.gate.free:
+            waiting = len(self.batcher)
+            return waiting < self.capacity and takes_at_once(batched_latency_s(snapshot, self.name, waiting), latency_s)
+        if not self.gate.free:
             return False
         figures = snapshot.lanes.get(self.name) if snapshot is not None else None
-        if figures is None:
-            return True
-        return takes_at_once(figures.p95_s if batched else figures.mean_latency_s, latency_s)
+        return figures is None or takes_at_once(figures.mean_latency_s, latency_s)
 
     def outlook(self, snapshot: Snapshot | None, priority: int, batched: bool) -> Outlook:
         """This lane for one request, as router.lanes.Lane.outlook shows a live one."""
-        if self.batch_api:  # submitted as a job: never full, never waits for a slot
-            return outlook(
-                self.name,
-                snapshot,
-                gate=None,
-                priority=priority,
-                queue_timeout_s=math.inf,
-                spill=self.spill,
-                batch_room=True,
-            )
+        if self.batch_api:  # submitted as a job: never full, never waits for a slot; its p95 is what it takes
+            figures = snapshot.lanes.get(self.name) if snapshot is not None else None
+            p95 = figures.p95_s if figures is not None else math.nan
+            cost = figures.estimated_cost_per_request_usd if figures is not None else math.nan
+            return Outlook(self.name, True, True, 0.0, p95, math.inf, cost, self.spill)
         return outlook(
             self.name,
             snapshot,
@@ -102,6 +95,7 @@ class LaneRun:
             queue_timeout_s=self.queue_timeout_s,
             spill=self.spill,
             batch_room=batched and len(self.batcher) < self.capacity,
+            batch_waiting=len(self.batcher) if batched else 0,
         )
 
     def call_s(self, items: int, input_tokens: int, output_tokens: int, z: float) -> float:

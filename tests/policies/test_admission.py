@@ -162,3 +162,33 @@ def test_a_free_but_slow_lane_gives_way_to_one_that_meets_and_is_kept_when_none_
 def test_meeting_an_objective_keeps_headroom_for_the_scatter_around_a_prediction():
     lanes = {"realtime": outlook("realtime", wait_s=1.55, service_s=0.1)}  # 1.65 s predicted, 1.6 s allowed
     assert place("realtime", lanes, movable=False, latency_s=2.0).kind == "predicted_miss"
+
+
+def test_a_micro_batched_request_expects_the_queue_ahead_over_the_lane_s_items_per_second():
+    from policies.admission import batched_latency_s
+    from tests.policies.helpers import MODES, feed, make_monitor, static_view
+
+    monitor = make_monitor()
+    assert math.isnan(batched_latency_s(monitor.snapshot(1.0, static_view(MODES["batch"])), "batch", 0))
+    feed(monitor, "batch", 0.0, 10.0, 20.0, 0.1)
+    snapshot = monitor.snapshot(10.0, static_view(MODES["batch"]))
+    assert batched_latency_s(snapshot, "batch", 0) == pytest.approx(0.1, rel=0.02)  # the lane's own time
+    rate = snapshot.lanes["batch"].items_per_s
+    assert batched_latency_s(snapshot, "batch", 99) == pytest.approx(100 / rate)  # a queue of about 5 s
+    refused = place("batch", {"batch": outlook_of_batch(snapshot, 99)}, movable=True, latency_s=2.0)
+    assert refused.kind == "predicted_miss" and refused.retry_after_s == math.ceil(100 / rate)
+
+
+def outlook_of_batch(snapshot, waiting):
+    from policies.admission import outlook as lane_outlook
+
+    return lane_outlook(
+        "batch",
+        snapshot,
+        gate=None,
+        priority=1,
+        queue_timeout_s=5.0,
+        spill=False,
+        batch_room=True,
+        batch_waiting=waiting,
+    )
