@@ -224,6 +224,7 @@ def outlook(
     spill: bool,
     batch_room: bool = False,
     batch_waiting: int = 0,
+    batch_saturated: bool = False,
 ) -> Outlook:
     """A lane's outlook from its gate and the last snapshot; `gate` None: the request would be micro-batched.
 
@@ -235,7 +236,7 @@ def outlook(
     figures = snapshot.lanes.get(lane) if snapshot is not None else None
     cost = figures.estimated_cost_per_request_usd if figures is not None else math.nan
     if gate is None:
-        expected = batched_latency_s(snapshot, lane, batch_waiting)
+        expected = batched_latency_s(snapshot, lane, batch_waiting, batch_saturated)
         drain = retry_drain_s(snapshot, lane, batch_waiting)
         return Outlook(lane, False, batch_room, 0.0, expected, queue_timeout_s, cost, spill, drain_s=drain)
     service = figures.mean_latency_s if figures is not None else math.nan
@@ -254,18 +255,21 @@ def outlook(
     )
 
 
-def batched_latency_s(snapshot: Snapshot | None, lane: str, waiting: int) -> float:
+def batched_latency_s(snapshot: Snapshot | None, lane: str, waiting: int, saturated: bool) -> float:
     """Predicted time of a request joining a micro-batch queue where `waiting` items wait.
 
     The lane's mean time over the metrics window (merged calls, batching wait
-    and all), or, when the queue is longer than that covers, the queue ahead
-    of it over the items the lane served per second: at saturation the
-    queue is what the request waits for, and it is known now, where the
+    and all). When every merged-call slot is taken (`saturated`), the items
+    waiting are a backlog rather than a batch gathering company, and the
+    request waits for the queue ahead of it to be served at the lane's
+    items per second, if that is longer: the queue is known now, where the
     window's mean lags behind. NaN before anything was measured.
     """
     figures = snapshot.lanes.get(lane) if snapshot is not None else None
     if figures is None or not figures.completions:
         return math.nan
+    if not saturated:
+        return figures.mean_latency_s
     return max(figures.mean_latency_s, retry_drain_s(snapshot, lane, waiting))
 
 

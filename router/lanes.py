@@ -73,6 +73,7 @@ class Lane:
             spill=config.spill,
             batch_room=batched and self.batching.waiting < config.batching.queue_capacity,
             batch_waiting=self.batching.waiting if batched else 0,
+            batch_saturated=batched and self.batching.saturated,
         )
 
     def describe(self, now_s: float) -> dict:

@@ -96,8 +96,15 @@ class MicroBatcher:
         self.pool = pool
         self.client = client
         self._slots = asyncio.Semaphore(config.max_in_flight)
+        self.running = 0  # merged calls under way (at most max_in_flight)
+        self.max_calls = config.max_in_flight
         self._loops: dict[Hashable, BatchLoop] = {}
         self._closing: set[asyncio.Task] = set()
+
+    @property
+    def saturated(self) -> bool:
+        """Every merged-call slot is taken: what waits now waits for calls to finish, not for company."""
+        return self.running >= self.max_calls
 
     @property
     def waiting(self) -> int:
@@ -135,8 +142,12 @@ class MicroBatcher:
             for item, wait_s in zip(batch, waited):
                 item.payload.wait_s = wait_s
             waiting = [item.payload for item in batch if not item.payload.done.done()]
-            if waiting:
-                await self._call(codec, target, headers, waiting)
+            self.running += 1
+            try:
+                if waiting:
+                    await self._call(codec, target, headers, waiting)
+            finally:
+                self.running -= 1
 
         return run
 

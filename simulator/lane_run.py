@@ -74,7 +74,8 @@ class LaneRun:
             return True
         if batched:
             waiting = len(self.batcher)
-            return waiting < self.capacity and takes_at_once(batched_latency_s(snapshot, self.name, waiting), latency_s)
+            expected = batched_latency_s(snapshot, self.name, waiting, self.running >= self.limit)
+            return waiting < self.capacity and takes_at_once(expected, latency_s)
         if not self.gate.free:
             return False
         figures = snapshot.lanes.get(self.name) if snapshot is not None else None
@@ -96,6 +97,7 @@ class LaneRun:
             spill=self.spill,
             batch_room=batched and len(self.batcher) < self.capacity,
             batch_waiting=len(self.batcher) if batched else 0,
+            batch_saturated=batched and self.running >= self.limit,
         )
 
     def call_s(self, items: int, input_tokens: int, output_tokens: int, z: float) -> float:

@@ -169,12 +169,14 @@ def test_a_micro_batched_request_expects_the_queue_ahead_over_the_lane_s_items_p
     from tests.policies.helpers import MODES, feed, make_monitor, static_view
 
     monitor = make_monitor()
-    assert math.isnan(batched_latency_s(monitor.snapshot(1.0, static_view(MODES["batch"])), "batch", 0))
+    assert math.isnan(batched_latency_s(monitor.snapshot(1.0, static_view(MODES["batch"])), "batch", 0, True))
     feed(monitor, "batch", 0.0, 10.0, 20.0, 0.1)
     snapshot = monitor.snapshot(10.0, static_view(MODES["batch"]))
-    assert batched_latency_s(snapshot, "batch", 0) == pytest.approx(0.1, rel=0.02)  # the lane's own time
+    assert batched_latency_s(snapshot, "batch", 0, True) == pytest.approx(0.1, rel=0.02)  # the lane's own time
     rate = snapshot.lanes["batch"].items_per_s
-    assert batched_latency_s(snapshot, "batch", 99) == pytest.approx(100 / rate)  # a queue of about 5 s
+    assert batched_latency_s(snapshot, "batch", 99, True) == pytest.approx(100 / rate)  # a backlog of about 5 s
+    # With a merged-call slot free, what waits is a batch gathering company, not a backlog.
+    assert batched_latency_s(snapshot, "batch", 99, False) == pytest.approx(0.1, rel=0.02)
     refused = place("batch", {"batch": outlook_of_batch(snapshot, 99)}, movable=True, latency_s=2.0)
     assert refused.kind == "predicted_miss" and refused.retry_after_s == math.ceil(100 / rate)
 
@@ -191,4 +193,5 @@ def outlook_of_batch(snapshot, waiting):
         spill=False,
         batch_room=True,
         batch_waiting=waiting,
+        batch_saturated=True,
     )
