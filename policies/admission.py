@@ -1,7 +1,8 @@
 """Admission to a lane, as rules: a gate of slots with a priority queue, and where a request may wait.
 
 `Gate` is one lane's admission state, sans-I/O: `slots` calls at once, then
-at most `depth` waiters, ordered by priority (a lower number first: pinned
+at most `depth` waiters (a full queue sheds its least urgent waiter for a
+more urgent newcomer), ordered by priority (a lower number first: pinned
 and priority classes before switchable, switchable before sheddable) and,
 within a priority, by arrival. Aging stops starvation: a waiter's priority
 improves by one level for every `aging_s` it has waited, so a switchable
@@ -24,9 +25,10 @@ slots over the lane's mean service time in the metrics window. A request that ca
 free slot, or whose wait plus service on its drawn lane meets its
 objective, stays there. A switchable one that would miss goes to the
 cheapest lane predicted to meet it. With none, it spills when its lane has
-`spill` set (the operator chose a late answer over none), and is otherwise
-refused at once, with a Retry-After from the drawn lane's predicted drain
-time: never after a long wait that was bound to fail. "No data" never
+`spill` set (the operator chose a late answer over none) to a lane that can
+take it before its queue timeout, and is otherwise refused at once, with a
+Retry-After from the drawn lane's predicted drain time: never after a long
+wait that was bound to fail. "No data" never
 counts as "too slow": a lane with no service time measured yet is predicted
 to meet any objective.
 
@@ -93,6 +95,28 @@ class Gate(Generic[T]):
     def room(self) -> bool:
         return self.waiting < self.depth
 
+    def room_for(self, priority: int) -> bool:
+        """The queue can take a request of `priority`: it has room, or a less urgent waiter to shed."""
+        return self.room or any(n for p, n in self._waiting_by_priority.items() if p > priority)
+
+    def make_room(self, priority: int) -> Waiter[T] | None:
+        """A full queue sheds its newest waiter of the least urgent class below `priority`, for the driver to refuse.
+
+        Under overload the queue keeps what matters most: a pinned request is
+        not turned away because late switchable ones filled the queue first.
+        """
+        if self.room:
+            return None
+        lower = [p for p, n in self._waiting_by_priority.items() if n and p > priority]
+        if not lower:
+            return None
+        queue = self._queues[max(lower)]
+        for waiter in reversed(queue):
+            if waiter.waiting:
+                self.withdraw(waiter)
+                return waiter
+        return None  # pragma: no cover - the counts say one waits
+
     @property
     def idle(self) -> bool:
         return self.in_flight == 0 and not self.waiting
@@ -105,7 +129,7 @@ class Gate(Generic[T]):
         return False
 
     def enqueue(self, ticket: T, priority: int, now_s: float) -> Waiter[T] | None:
-        """Wait for a slot; None when the queue is full."""
+        """Wait for a slot; None when the queue is full (see `make_room`)."""
         if not self.room:
             return None
         waiter = Waiter(ticket, priority, now_s, next(self._seq))
@@ -245,7 +269,7 @@ def outlook(
     return Outlook(
         lane=lane,
         free=gate.free,
-        room=gate.room,
+        room=gate.room_for(priority),
         wait_s=gate.wait_s(priority, service, _overtaking_per_s(snapshot, lane, priority)),
         service_s=service,
         queue_timeout_s=queue_timeout_s,
@@ -335,9 +359,9 @@ def place(
         return Placed(drawn, "drawn")  # slow, but a slot is open and no lane does better: never refuse that
     if movable and own.spill and others:
         weights = weights or {}
-        spill_to = max(others, key=lambda o: (o.free or o.room, weights.get(o.lane, 0.0)))
-        if spill_to.free or spill_to.room:
-            return Placed(spill_to.lane, "spilled")
+        takers = [o for o in others if o.free or (o.room and not o.wait_s > o.queue_timeout_s)]
+        if takers:  # a late answer, never a wait that the queue timeout would end anyway
+            return Placed(max(takers, key=lambda o: weights.get(o.lane, 0.0)).lane, "spilled")
     kind = "predicted_miss" if own.room else "lane_full"
     return Refused(drawn, kind, own.wait_s, retry_after_s(own.drain_s))
 

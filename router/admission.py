@@ -4,9 +4,9 @@ The rules (slots, the priority queue with aging, who gets a released slot,
 the predicted wait) are the sans-I/O Gate's, shared with the simulator; this
 module only waits. A request either takes a free slot at once or waits in
 the queue for at most `queue_timeout_s`; `enter` raises `LaneFull` when the
-queue has no room and `QueueTimedOut` when the wait ran out. Whether a
-request should wait here at all is decided before, by
-policies.admission.place (router.proxy asks it).
+queue has no room (or a more urgent request took its place) and
+`QueueTimedOut` when the wait ran out. Whether a request should wait here
+at all is decided before, by policies.admission.place (router.proxy asks it).
 
 What must not live here: what to do when a lane is full (router.proxy).
 """
@@ -27,6 +27,10 @@ class LaneFull(Exception):
 
 class QueueTimedOut(Exception):
     """The request waited `queue_timeout_s` in the lane's queue without a slot."""
+
+
+class _Shed(Exception):
+    """A more urgent request took this one's place in the full queue."""
 
 
 class LaneGate:
@@ -76,12 +80,17 @@ class LaneGate:
         if self.try_enter():
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        shed = self.core.make_room(priority)
+        if shed is not None and not shed.ticket.done():
+            shed.ticket.set_exception(_Shed())
         waiter = self.core.enqueue(future, priority, self.clock())
         if waiter is None:
             raise LaneFull
         try:
             async with asyncio.timeout(self.queue_timeout_s):
                 await future
+        except _Shed:
+            raise LaneFull from None
         except TimeoutError:
             if self.core.withdraw(waiter):
                 raise QueueTimedOut from None

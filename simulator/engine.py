@@ -269,10 +269,22 @@ class _Run:
             self._start(i, lane, t)  # submitted, not held open: no slot to wait for
         elif lane.gate.try_enter():
             self._start(i, lane, t)
-        elif (waiter := lane.gate.enqueue(Queued(i, pinned, visited, first), self._priority(i), t)) is not None:
+        elif (waiter := self._enqueue(i, lane, pinned, t, visited, first)) is not None:
             self._push(t + lane.queue_timeout_s, _GATE_TIMEOUT, lane, waiter)
         else:
             self._overflow(i, lane, pinned, t, visited, first)
+
+    def _enqueue(
+        self, i: int, lane: LaneRun, pinned: bool, t: float, visited: list[str], first: LaneRun
+    ) -> Waiter[Queued] | None:
+        """A place in the lane's queue, shedding a less urgent waiter from a full one (it overflows at once)."""
+        priority = self._priority(i)
+        shed = lane.gate.make_room(priority)
+        waiter = lane.gate.enqueue(Queued(i, pinned, visited, first), priority, t)
+        if shed is not None:
+            queued = shed.ticket
+            self._overflow(queued.i, lane, queued.pinned, t, queued.visited, queued.first)
+        return waiter
 
     def _priority(self, i: int) -> int:
         return self.objectives[self.traffic_class[i]].priority

@@ -195,3 +195,24 @@ def outlook_of_batch(snapshot, waiting):
         batch_waiting=waiting,
         batch_saturated=True,
     )
+
+
+def test_a_full_queue_sheds_its_newest_least_urgent_waiter_for_a_more_urgent_one():
+    gate = Gate(slots=1, depth=3)
+    gate.try_enter()
+    gate.enqueue("switch-1", 1, 0.0)
+    gate.enqueue("shed-1", 2, 0.0)
+    gate.enqueue("shed-2", 2, 0.1)
+    assert not gate.room and gate.room_for(0) and gate.room_for(1) and not gate.room_for(2)
+    assert gate.make_room(2) is None  # nobody less urgent than a sheddable one
+    assert gate.make_room(0).ticket == "shed-2"
+    assert gate.enqueue("pinned", 0, 0.2) is not None and gate.waiting == 3
+    assert [gate.release(1.0).ticket for _ in range(3)] == ["pinned", "switch-1", "shed-1"]
+
+
+def test_spill_goes_only_where_the_queue_timeout_would_not_end_the_wait():
+    lanes = {
+        "batch": outlook("batch", room=False, spill=True),
+        "realtime": outlook("realtime", wait_s=6.0, timeout_s=5.0),
+    }
+    assert place("batch", lanes, movable=True, latency_s=2.0) == Refused("batch", "lane_full", 0.0, 1)

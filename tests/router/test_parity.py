@@ -53,14 +53,20 @@ def _trace():
     return with_pinned_share(trace, 0.2, random.Random(SEED))
 
 
-def _config(upstreams: dict[str, str]):
+def _load_config(upstreams: dict[str, str], low_rps: float, high_rps: float, hold: str, window: str, **sections):
+    """Two lanes switched by the load policy in two quick steps; `sections` add or replace config sections."""
     return two_lane_config(
         [upstreams["realtime"]],
         [upstreams["batch"]],
-        policy={"type": "load", "params": {"low_rps": 3, "high_rps": 6, "hold": "3s"}},
+        policy={"type": "load", "params": {"low_rps": low_rps, "high_rps": high_rps, "hold": hold}},
         switching={"hold": "0s", "cooldown": "5s", "step": "2s", "min_samples": 5, "steps": [0.5, 1.0]},
-        metrics={"window": "10s", "slot": "1s"},
+        metrics={"window": window, "slot": "1s"},
+        **sections,
     )
+
+
+def _config(upstreams: dict[str, str]):
+    return _load_config(upstreams, 3, 6, "3s", "10s")
 
 
 def _rush_trace():
@@ -78,15 +84,8 @@ def _rush_config(upstreams: dict[str, str]):
         "realtime": {"upstreams": [upstreams["realtime"]], "max_in_flight": 2, "queue_timeout": "1h"},
         "batch": {"upstreams": [upstreams["batch"]], "max_in_flight": 16, "queue_timeout": "1h"},
     }
-    return two_lane_config(
-        [upstreams["realtime"]],
-        [upstreams["batch"]],
-        lanes=lanes,
-        objectives={"pinned": {"latency": "3s"}, "switchable": {"latency": "1500ms"}},
-        policy={"type": "load", "params": {"low_rps": 3, "high_rps": 10, "hold": "4s"}},
-        switching={"hold": "0s", "cooldown": "5s", "step": "2s", "min_samples": 5, "steps": [0.5, 1.0]},
-        metrics={"window": "5s", "slot": "1s"},
-    )
+    objectives = {"pinned": {"latency": "3s"}, "switchable": {"latency": "1500ms"}}
+    return _load_config(upstreams, 3, 10, "4s", "5s", lanes=lanes, objectives=objectives)
 
 
 def _embeddings_trace():
@@ -103,15 +102,15 @@ def _batching_config(upstreams: dict[str, str]):
         "max_in_flight": 2,
         "batching": {"rule": "hybrid", "max_batch": 8, "max_wait": "50ms"},
     }
-    return two_lane_config(
-        [upstreams["realtime"]],
-        [upstreams["batch"]],
+    return _load_config(
+        upstreams,
+        4,
+        10,
+        "3s",
+        "5s",
         lanes={"realtime": {"upstreams": [upstreams["realtime"]]}, "batch": batch},
         routes=[{"path": "/v1/embeddings", "protocol": "openai-embeddings"}],
         objectives={"switchable": {"latency": "2s"}},
-        policy={"type": "load", "params": {"low_rps": 4, "high_rps": 10, "hold": "3s"}},
-        switching={"hold": "0s", "cooldown": "5s", "step": "2s", "min_samples": 5, "steps": [0.5, 1.0]},
-        metrics={"window": "5s", "slot": "1s"},
     )
 
 
