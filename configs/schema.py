@@ -82,7 +82,11 @@ class LaneConfig(_Section):
         5.0, alias="queue_timeout", description="longest wait for a slot, then 503 queue_timeout (or spill)"
     )
     aging_s: Duration = Field(
-        2.0, alias="aging", gt=0, description="a queued request moves up one priority level per this much waiting"
+        10.0,
+        alias="aging",
+        gt=0,
+        description="a queued request moves up one priority level per this much waiting (starvation guard for long "
+        "queue timeouts; shorter lets late requests overtake urgent ones under overload)",
     )
     spill: bool = Field(
         False,
