@@ -46,8 +46,8 @@ class ObjectiveParams(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
-    latency_s: Duration = Field(
-        math.inf, alias="latency", gt=0, description="answer within this; absent: only errors count"
+    latency_s: Duration | None = Field(
+        None, alias="latency", gt=0, description="answer within this; absent: only errors count"
     )
     percentile: float = Field(
         99.0, gt=0, lt=100, description="per cent of the class's requests that must be answered within latency"
@@ -102,7 +102,7 @@ class Objectives(Mapping[str, Objective]):
         self._by_class = {
             name: Objective(
                 traffic_class=name,
-                latency_s=p.latency_s,
+                latency_s=p.latency_s if p.latency_s is not None else math.inf,
                 percentile=p.percentile,
                 error_budget=p.error_budget,
                 priority=p.priority if p.priority is not None else (0 if name == PINNED else 1),
