@@ -7,9 +7,8 @@ answers are (open loop: a slow server meets the load the trace describes,
 not less). A request on the default route "/" goes to `url`; one with its
 own route goes to that path on the same host. A trace's `mode` becomes
 X-Modeshift-Mode (a pin), its `deadline_ms` X-Modeshift-Deadline-Ms and its
-class X-Modeshift-Priority. A
-result records when it was sent, the lane that served it (X-Modeshift-Lane),
-its status and latency.
+class X-Modeshift-Priority. A result records when it was sent, the lane that
+served it (X-Modeshift-Lane), its status and latency.
 
 `modeshift replay` (`run`) shows progress and writes the results in the
 simulator's per-request CSV, so a live run and a simulated one compare.
