@@ -43,7 +43,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -334,7 +334,7 @@ class Refused:
 
 def place(
     drawn: str,
-    lanes: Sequence[str],
+    lanes: Iterable[str],
     outlook_of: Callable[[str], Outlook],
     *,
     movable: bool,
@@ -344,8 +344,9 @@ def place(
 ) -> Placed | Refused:
     """Where a request drawn to `drawn` should wait, given its objective's latency (inf: none).
 
-    `outlook_of(lane)` is asked for the drawn lane first, and for the others
-    only when the drawn lane would not do (the common case costs one).
+    `outlook_of(lane)` is asked for the drawn lane first; `lanes` is read, and
+    the others asked, only when the drawn lane would not do (the common case
+    costs one outlook).
     """
     own = outlook_of(drawn)
     if own.meets(latency_s):

@@ -293,7 +293,7 @@ class Proxy:
 
         placed = place(
             lane.name,
-            [name for name, other in state.lanes.items() if name == lane.name or other.pool.available(now)],
+            (name for name, other in state.lanes.items() if name == lane.name or other.pool.available(now)),
             outlook_of,
             movable=not choice.pinned,
             latency_s=objective.latency_s,

@@ -42,6 +42,24 @@ async def test_pinned_requests_ignore_the_weights(upstream, start_router, client
     assert len(batch.seen) == 20 and not realtime.seen
 
 
+async def test_the_priority_header_names_a_declared_class_or_gets_a_json_400(upstream, start_router, client):
+    realtime, batch = await upstream(), await upstream()
+    objectives = {"interactive": {"latency": "300ms", "priority": 0}}
+    router = await start_router(two_lane_config([realtime.url], [batch.url], objectives=objectives))
+    async with client.get(f"{router.url}/x", headers={"X-Modeshift-Priority": "urgent"}) as response:
+        assert response.status == 400
+        error = (await response.json())["error"]
+        assert error["type"] == "bad_request" and error["request_id"] == response.headers["X-Request-Id"]
+        assert "interactive" in error["message"] and "switchable" in error["message"]
+    async with client.get(f"{router.url}/x", headers={"X-Modeshift-Priority": "interactive"}) as response:
+        assert response.status == 200
+    router.tick()
+    outcomes = router.runtime.state.control.last_snapshot.outcomes
+    assert outcomes[("interactive", "realtime")].window.completions == 1  # judged by its own objective
+    assert realtime.seen[0].headers.get("X-Modeshift-Priority") == "interactive"  # passed on as it came
+    assert len(realtime.seen) == 1
+
+
 async def test_a_route_pin_sends_everything_on_it_to_its_lane(upstream, start_router, client):
     realtime, batch = await upstream(), await upstream()
     routes = [{"path": "/health", "pin": "realtime"}, {"path": "/"}]
