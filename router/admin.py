@@ -18,6 +18,8 @@ which browsers never send) and calls the API with it.
     POST /resume
     POST /rollback   back to the weights before the last transition
     POST /reload     read the config file again; an invalid one is refused with its error lines
+    GET  /v1/jobs/{id}, /v1/files[/{id}[/content]], /v1/batches[/{id}]
+                     every tenant's stored objects, with their owner (the data plane shows each its own)
 
 A command the controller refuses (already in that mode, nothing to roll
 back) answers 409 with the reason.
@@ -194,6 +196,13 @@ async def _reload(request: web.Request) -> web.Response:
     return web.json_response(record, dumps=_dumps)
 
 
+async def _stored(request: web.Request) -> web.StreamResponse:
+    jobs = request.app[_RUNTIME].jobs
+    if jobs is None:
+        return _error(404, "not_found", "jobs are off (jobs.enabled)")
+    return await jobs.handle_admin(request)
+
+
 async def _page(request: web.Request) -> web.Response:
     return web.Response(body=_PAGE, content_type="text/html", headers={"Cache-Control": "no-store"})
 
@@ -249,4 +258,7 @@ def admin_app(runtime: Runtime) -> web.Application:
     app.router.add_post("/resume", _simple(Resume))
     app.router.add_post("/rollback", _simple(Rollback))
     app.router.add_post("/reload", _reload)
+    for path in ("/v1/jobs/{id}", "/v1/files", "/v1/files/{id}", "/v1/files/{id}/content", "/v1/batches",
+                 "/v1/batches/{id}"):  # fmt: skip
+        app.router.add_get(path, _stored)
     return app

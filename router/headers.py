@@ -42,6 +42,13 @@ _FORWARDING = ("x-forwarded-for", "x-forwarded-proto", "x-forwarded-host")
 
 TRACEPARENT = "traceparent"  # W3C Trace Context
 
+# The headers that say who the caller is to an upstream: requests merged into
+# one call must agree on them, and a stored job keeps them to run later. The
+# first three are secrets; a stored object's owner is a keyed hash of them
+# (router.tenants).
+SECRET_HEADERS = ("authorization", "api-key", "x-api-key")
+CREDENTIAL_HEADERS = (*SECRET_HEADERS, "openai-organization", "openai-project")
+
 # A client's request id is kept when it is a reasonable token: it ends up in
 # logs and headers, so no spaces, control characters or novels.
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")

@@ -14,9 +14,16 @@ commit), each operation in its own savepoint so one failure does not undo
 the others.
 
 At-least-once: a worker claims jobs with a lease (a random token and an
-expiry). A job whose worker crashed is claimed again once its lease has run
-out; an outcome is stored only by the holder of the current lease, so each
-job ends with exactly one outcome however often it ran.
+expiry) and renews it by heartbeat while the job runs. A job whose worker
+crashed is claimed again once its lease has run out; an outcome is stored
+only by the holder of the current lease, so each job ends with exactly one
+outcome however often it ran.
+
+Tenants: every job, file and batch has an owner (router.tenants); reads
+name the owner, and another owner's object is not found. Credentials are
+stored apart from the other headers and erased when the job ends. The
+file and its WAL are readable by this user only (0600). The schema carries
+its version (`PRAGMA user_version`) and is brought up to date at open.
 
 Times are wall-clock seconds passed in by the caller (leases must survive a
 restart); nothing here reads a clock.
@@ -29,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import queue
 import secrets
 import sqlite3
@@ -37,6 +45,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from multidict import CIMultiDict
+
+from router.file_directory import FileDirectory
+from router.tenants import KEY_BYTES, Owners, credentials_of
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -47,7 +60,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     target TEXT NOT NULL,
     headers TEXT NOT NULL,
     body BLOB NOT NULL,
-    idempotency_key TEXT UNIQUE,
+    idempotency_key TEXT,
     payload_hash TEXT NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,  -- tries that ended (a crash ends none)
     claims INTEGER NOT NULL DEFAULT 0,
@@ -61,25 +74,34 @@ CREATE TABLE IF NOT EXISTS jobs (
     finished_at REAL,
     batch_id TEXT,
     custom_id TEXT,
-    line INTEGER
+    line INTEGER,
+    owner TEXT,  -- router.tenants. NULL: made before owners existed, seen by the admin API only
+    credentials TEXT  -- JSON header pairs, kept only until the job ends
 );
 CREATE INDEX IF NOT EXISTS jobs_ready ON jobs (state, not_before);
 CREATE INDEX IF NOT EXISTS jobs_batch ON jobs (batch_id, line);
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (owner, idempotency_key);
 CREATE TABLE IF NOT EXISTS files (
     id TEXT PRIMARY KEY,
     created_at REAL NOT NULL,
     filename TEXT NOT NULL,
     purpose TEXT NOT NULL,
     bytes INTEGER NOT NULL,
-    content BLOB NOT NULL
+    owner TEXT  -- the content is in the file directory (router.file_directory), named by id
 );
 CREATE TABLE IF NOT EXISTS batches (
     id TEXT PRIMARY KEY,
     created_at REAL NOT NULL,
     status TEXT NOT NULL,
-    record TEXT NOT NULL
+    record TEXT NOT NULL,
+    owner TEXT
+);
+CREATE TABLE IF NOT EXISTS meta (
+    name TEXT PRIMARY KEY,
+    value BLOB NOT NULL
 );
 """
+SCHEMA_VERSION = 1
 _GROUP = 512  # operations per transaction at most
 FINAL = ("succeeded", "failed", "cancelled")
 
@@ -92,8 +114,10 @@ class IdempotencyConflict(Exception):
 class NewJob:
     method: str
     target: str  # path and query, as the client sent them
-    headers: list[tuple[str, str]]  # the end-to-end headers to send (credentials too: guard the file)
+    headers: list[tuple[str, str]]  # the end-to-end headers to send, credentials apart
     body: bytes
+    owner: str
+    credentials: list[tuple[str, str]]  # stored until the job ends, then erased
     idempotency_key: str | None = None
 
     def payload_hash(self) -> str:
@@ -119,24 +143,52 @@ class Job:
     error: str | None
     finished_at: float | None
     lease_token: str | None
+    owner: str | None
+    credentials: list[tuple[str, str]]
 
 
 _COLUMNS = (
     "id, created_at, state, method, target, headers, body, attempts, claims, status_code, response_headers, "
-    "response_body, error, finished_at, lease_token"
+    "response_body, error, finished_at, lease_token, owner, credentials"
 )
 
 
-def _job(row: tuple) -> Job:
-    values = list(row)
-    values[5] = json.loads(values[5])
-    values[10] = json.loads(values[10]) if values[10] is not None else None
-    return Job(*values)
+def _job(row: sqlite3.Row) -> Job:
+    """A row, read by column name, with its JSON columns decoded."""
+    fields = {name: row[name] for name in row.keys() if name in _JOB_FIELDS}
+    fields["headers"] = _pairs(fields["headers"])
+    fields["response_headers"] = _pairs(fields["response_headers"])
+    fields["credentials"] = _pairs(fields["credentials"]) or []
+    return Job(**fields)
+
+
+_JOB_FIELDS = frozenset(Job.__slots__)
+
+
+def _pairs(stored: str | None) -> list[tuple[str, str]] | None:
+    return [tuple(pair) for pair in json.loads(stored)] if stored is not None else None
+
+
+class _EveryOwner:
+    """The admin API's view: every stored object, whoever made it."""
+
+    def __repr__(self) -> str:
+        return "EVERY_OWNER"
+
+
+EVERY_OWNER = _EveryOwner()
+Owner = str | _EveryOwner
+
+
+def owned_by(owner: Owner) -> tuple[str, tuple]:
+    """A WHERE clause (and its parameters) that keeps the objects `owner` may see."""
+    return ("1 = 1", ()) if owner is EVERY_OWNER else ("owner = ?", (owner,))
 
 
 class JobStore:
     def __init__(self, path: str | Path):
         self.path = str(path)
+        self.files = FileDirectory(f"{self.path}.files")  # the contents of /v1/files
         self._ops: queue.SimpleQueue = queue.SimpleQueue()
         self._ready = threading.Event()
         self._failed: BaseException | None = None
@@ -150,10 +202,8 @@ class JobStore:
 
     def _serve(self) -> None:
         try:
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            db.executescript(_SCHEMA)
+            db = _connect(self.path)
+            self.owners = Owners(_migrate(db, self.files))
         except BaseException as exc:  # a bad path: the constructor raises it
             self._failed = exc
             self._ready.set()
@@ -207,40 +257,45 @@ class JobStore:
     # Operations.
 
     async def submit(self, job: NewJob, now: float) -> tuple[Job, bool]:
-        """Store `job`; (the job, True) when new, (the earlier job, False) for a repeated idempotency key."""
+        """Store `job`; (the job, True) when new, (the earlier job, False) for its owner's repeated idempotency key."""
         payload_hash = job.payload_hash()
 
         def insert(db: sqlite3.Connection) -> tuple[Job, bool]:
             if job.idempotency_key is not None:
                 row = db.execute(
-                    f"SELECT {_COLUMNS}, payload_hash FROM jobs WHERE idempotency_key = ?", (job.idempotency_key,)
+                    f"SELECT {_COLUMNS}, payload_hash FROM jobs WHERE owner = ? AND idempotency_key = ?",
+                    (job.owner, job.idempotency_key),
                 ).fetchone()
                 if row is not None:
-                    if row[-1] != payload_hash:
+                    if row["payload_hash"] != payload_hash:
                         raise IdempotencyConflict(job.idempotency_key)
-                    return _job(row[:-1]), False
+                    return _job(row), False
             job_id = f"job_{secrets.token_hex(12)}"
             db.execute(
-                "INSERT INTO jobs (id, created_at, state, method, target, headers, body, idempotency_key, payload_hash)"
-                " VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO jobs (id, created_at, state, method, target, headers, body, idempotency_key, payload_hash,"
+                " owner, credentials) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?)",
                 (job_id, now, job.method, job.target, json.dumps(job.headers), job.body, job.idempotency_key,
-                 payload_hash),
+                 payload_hash, job.owner, json.dumps(job.credentials)),
             )  # fmt: skip
-            return _get(db, job_id), True
+            return _get(db, job_id, job.owner), True
 
         return await self._do(insert)
 
-    async def get(self, job_id: str) -> Job | None:
-        return await self._do(lambda db: _get(db, job_id))
+    async def get(self, job_id: str, owner: Owner) -> Job | None:
+        """The job, when `owner` may see it; None otherwise, as for a job that does not exist."""
+        return await self._do(lambda db: _get(db, job_id, owner))
 
-    async def cancel(self, job_id: str, now: float) -> Job | None:
+    async def cancel(self, job_id: str, owner: Owner, now: float) -> Job | None:
         """Cancel a queued job; the job as it is afterwards (unchanged when it had started), or None."""
+        mine, mine_args = owned_by(owner)
 
         def cancel(db: sqlite3.Connection) -> Job | None:
             db.execute(
-                "UPDATE jobs SET state = 'cancelled', finished_at = ? WHERE id = ? AND state = 'queued'", (now, job_id)
+                f"UPDATE jobs SET state = 'cancelled', finished_at = ?, credentials = NULL WHERE id = ?"
+                f" AND state = 'queued' AND {mine}",
+                (now, job_id, *mine_args),
             )
-            return _get(db, job_id)
+            return _get(db, job_id, owner)
 
         return await self._do(cancel)
 
@@ -270,7 +325,7 @@ class JobStore:
         def finish(db: sqlite3.Connection) -> bool:
             cursor = db.execute(
                 "UPDATE jobs SET state = ?, status_code = ?, response_headers = ?, response_body = ?, error = ?,"
-                " finished_at = ?, attempts = attempts + 1, lease_token = NULL, lease_until = NULL"
+                " finished_at = ?, attempts = attempts + 1, lease_token = NULL, lease_until = NULL, credentials = NULL"
                 " WHERE id = ? AND state = 'running' AND lease_token = ?",
                 (state, status_code, json.dumps(headers) if headers is not None else None, body, error, now,
                  job.id, job.lease_token),
@@ -279,18 +334,38 @@ class JobStore:
 
         return await self._do(finish)
 
-    async def retry(self, job: Job, not_before: float, error: str) -> bool:
-        """Back to the queue after a transient failure, due again at `not_before`."""
+    async def retry(self, job: Job, not_before: float, error: str, *, counted: bool = True) -> bool:
+        """Back to the queue after a transient failure, due again at `not_before`.
+
+        `counted=False` for a try that never reached an upstream (the router's
+        own back-pressure): the job waits without using up an attempt.
+        """
 
         def retry(db: sqlite3.Connection) -> bool:
             cursor = db.execute(
-                "UPDATE jobs SET state = 'queued', attempts = attempts + 1, not_before = ?, error = ?,"
+                "UPDATE jobs SET state = 'queued', attempts = attempts + ?, not_before = ?, error = ?,"
                 " lease_token = NULL, lease_until = NULL WHERE id = ? AND state = 'running' AND lease_token = ?",
-                (not_before, error, job.id, job.lease_token),
+                (int(counted), not_before, error, job.id, job.lease_token),
             )
             return cursor.rowcount == 1
 
         return await self._do(retry)
+
+    async def renew(self, jobs: list[Job], until: float) -> set[str]:
+        """Extend the leases of running jobs to `until` (a heartbeat); the ids whose lease was still theirs."""
+
+        def renew(db: sqlite3.Connection) -> set[str]:
+            kept = set()
+            for job in jobs:
+                cursor = db.execute(
+                    "UPDATE jobs SET lease_until = ? WHERE id = ? AND state = 'running' AND lease_token = ?",
+                    (until, job.id, job.lease_token),
+                )
+                if cursor.rowcount == 1:
+                    kept.add(job.id)
+            return kept
+
+        return await self._do(renew) if jobs else set()
 
     async def release(self, jobs: list[Job]) -> None:
         """Give jobs back to the queue at once (a clean shutdown), keeping their attempts."""
@@ -305,9 +380,82 @@ class JobStore:
         await self._do(release)
 
 
-def _get(db: sqlite3.Connection, job_id: str) -> Job | None:
-    row = db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+def _get(db: sqlite3.Connection, job_id: str, owner: Owner) -> Job | None:
+    mine, mine_args = owned_by(owner)
+    row = db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ? AND {mine}", (job_id, *mine_args)).fetchone()
     return _job(row) if row is not None else None
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    """The database, made readable by this user only: it holds requests and, until their jobs end, credentials.
+
+    SQLite gives the -wal and -shm files the mode of the database file.
+    """
+    if path != ":memory:" and not path.startswith("file:"):
+        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+        for existing in (path, f"{path}-wal", f"{path}-shm"):
+            if os.path.exists(existing):
+                os.chmod(existing, 0o600)
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.row_factory = sqlite3.Row
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    return db
+
+
+def _migrate(db: sqlite3.Connection, files: FileDirectory) -> bytes:
+    """Bring the schema to SCHEMA_VERSION in one transaction; the key owners are hashed with."""
+    db.execute("BEGIN IMMEDIATE")
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    before_owners = version == 0 and db.execute("SELECT 1 FROM sqlite_master WHERE name = 'jobs'").fetchone()
+    if before_owners:
+        # Version 0 had a table-wide unique idempotency key: the table is made again with one per owner.
+        db.execute("ALTER TABLE jobs RENAME TO jobs_v0")
+        db.execute("DROP INDEX jobs_ready")
+        db.execute("DROP INDEX jobs_batch")
+        db.execute("ALTER TABLE files RENAME TO files_v0")
+        db.execute("ALTER TABLE batches ADD COLUMN owner TEXT")
+    for statement in _SCHEMA.split(";"):
+        db.execute(statement)
+    row = db.execute("SELECT value FROM meta WHERE name = 'owner_key'").fetchone()
+    key = row["value"] if row is not None else secrets.token_bytes(KEY_BYTES)
+    if row is None:
+        db.execute("INSERT INTO meta (name, value) VALUES ('owner_key', ?)", (key,))
+    if before_owners:
+        _move_unowned_jobs(db, Owners(key))
+        _move_file_contents(db, files)
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    db.execute("COMMIT")
+    return key
+
+
+def _move_unowned_jobs(db: sqlite3.Connection, owners: Owners) -> None:
+    """Version 0 rows into the new table, their owner read from the credentials they were stored with."""
+    for row in db.execute("SELECT * FROM jobs_v0").fetchall():
+        fields = {name: row[name] for name in row.keys()}
+        headers = CIMultiDict(json.loads(fields["headers"]))
+        credentials = credentials_of(headers)
+        for name, _ in credentials:
+            del headers[name]
+        fields.update(
+            headers=json.dumps(list(headers.items())),
+            owner=owners.of(dict(credentials)) if fields["batch_id"] is None else None,  # lines: as their batch
+            credentials=json.dumps(credentials) if fields["state"] not in FINAL else None,
+        )
+        names = ", ".join(fields)
+        db.execute(f"INSERT INTO jobs ({names}) VALUES ({', '.join('?' * len(fields))})", tuple(fields.values()))
+    db.execute("DROP TABLE jobs_v0")
+
+
+def _move_file_contents(db: sqlite3.Connection, files: FileDirectory) -> None:
+    """Version 0 kept file contents in the database; they move to the file directory, unowned."""
+    for row in db.execute("SELECT id, created_at, filename, purpose, bytes, content FROM files_v0").fetchall():
+        files.write(row["id"], row["content"])
+        db.execute(
+            "INSERT INTO files (id, created_at, filename, purpose, bytes) VALUES (?, ?, ?, ?, ?)",
+            (row["id"], row["created_at"], row["filename"], row["purpose"], row["bytes"]),
+        )
+    db.execute("DROP TABLE files_v0")
 
 
 def _settle(future: asyncio.Future, result: Any, error: BaseException | None) -> None:

@@ -7,13 +7,17 @@
 
 A job is acknowledged (202) only after it is stored durably. Any route
 takes `Prefer: respond-async`; the request is checked like any other (route,
-size limits) before it is stored, with its end-to-end headers (credentials
-included: the database needs the care of a secrets file).
+size limits) before it is stored, with its end-to-end headers; its
+credentials are stored apart and erased when the job ends (router.job_store).
 
-`Idempotency-Key` (IETF httpapi draft): the same key with the same method,
-path and body gives the job stored first; the same key with a different
-request is 422; a second request with a key whose first request is still
-being stored is 409.
+A job belongs to the credential that made it (router.tenants): any other
+credential gets 404 for it, on every path here.
+
+`Idempotency-Key` (IETF httpapi draft), per owner: the same key with the
+same method, path and body gives the job stored first; the same key with a
+different request is 422. Requests with one key are stored one after the
+other, so a resend that arrives while the first is being stored waits a
+commit and gets the stored job.
 
 The store is made when the first job arrives, so a router whose clients
 never ask for async jobs writes no file. What must not live here: storage
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import time
@@ -35,18 +40,20 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from configs.schema import ModeshiftConfig
 from router.errors import REQUEST_ID_HEADER, ProxyError, bad_request
-from router.headers import HOP_BY_HOP, end_to_end
+from router.headers import CREDENTIAL_HEADERS, HOP_BY_HOP, end_to_end
 from router.job_runner import Answer, JobRunner, share_of
-from router.job_store import FINAL, IdempotencyConflict, Job, JobStore, NewJob
-from router.microbatch import CREDENTIAL_HEADERS
+from router.job_store import EVERY_OWNER, FINAL, IdempotencyConflict, Job, JobStore, NewJob
 from router.openai_batches import SWEEP_S, OpenAIBatches
 from router.routing import MODE_HEADER
+from router.tenants import credentials_of
 from router.upstream_client import UpstreamClient
 
 JOBS_PREFIX = "/v1/jobs/"
 JOB_HEADER = "X-Modeshift-Job"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
-_NOT_STORED = ("prefer", "idempotency-key", MODE_HEADER.lower(), REQUEST_ID_HEADER.lower(), JOB_HEADER.lower())
+_NOT_STORED = frozenset(
+    ("prefer", "idempotency-key", MODE_HEADER.lower(), REQUEST_ID_HEADER.lower(), JOB_HEADER.lower())
+).union(CREDENTIAL_HEADERS)
 _NOT_KEPT = HOP_BY_HOP | {"content-length"}  # of an answer: the framing is made again when it is served
 _MAX_KEY = 255
 logger = logging.getLogger("modeshift.jobs")
@@ -75,9 +82,16 @@ class Jobs:
         self.runner: JobRunner | None = None
         self.data_url = ""
         self._client: UpstreamClient | None = None
-        self._storing: set[str] = set()
+        self._storing: dict[tuple[str, str], _KeyInUse] = {}
         self._sweeper: asyncio.Task | None = None
-        self.batches = OpenAIBatches(self._open, clock, config.jobs.max_file_bytes) if config.jobs.openai_api else None
+        self.batches = (
+            OpenAIBatches(
+                self._open, clock, max_file_bytes=config.jobs.max_file_bytes,
+                max_body_bytes=config.server.max_body_bytes, receive_timeout_s=config.server.receive_timeout_s,
+            )
+            if config.jobs.openai_api
+            else None
+        )  # fmt: skip
 
     async def start(self, data_url: str) -> None:
         """Remember where the data plane listens; resume the jobs of an earlier run, if its database exists."""
@@ -113,14 +127,15 @@ class Jobs:
                 logger.exception("sweeping batches failed")
 
     async def handle_openai(self, request: web.BaseRequest) -> web.Response:
-        """/v1/files and /v1/batches; a new batch's lines run with the caller's credentials."""
-        credentials = [(name, request.headers[name]) for name in CREDENTIAL_HEADERS if name in request.headers]
-        response = await self.batches.handle(request, credentials)
+        """/v1/files and /v1/batches, for the caller's own; a new batch's lines run with the caller's credentials."""
+        owner = self._open().owners.of(request.headers)
+        response = await self.batches.handle(request, owner, credentials_of(request.headers))
         self.runner.wake()
         return response
 
     async def _send(self, job: Job) -> Answer:
         headers = CIMultiDict(job.headers)
+        headers.extend(job.credentials)
         headers[MODE_HEADER] = self.lane_name
         headers[REQUEST_ID_HEADER] = job.id
         headers[JOB_HEADER] = job.id
@@ -137,24 +152,24 @@ class Jobs:
         key = request.headers.get(IDEMPOTENCY_HEADER)
         if key is not None and not 0 < len(key) <= _MAX_KEY:
             raise bad_request(f"{IDEMPOTENCY_HEADER} must be 1 to {_MAX_KEY} characters, got {len(key)}")
+        store = self._open()
+        owner = store.owners.of(request.headers)
         headers = [(k, v) for k, v in end_to_end(request.headers).items() if k.lower() not in _NOT_STORED]
-        job = NewJob(request.method, request.rel_url.raw_path_qs, headers, body, key)
-        if key is not None:
-            if key in self._storing:
-                raise ProxyError(
-                    409, "idempotency_key_in_use", f"a request with {IDEMPOTENCY_HEADER} {key!r} is still being stored"
-                )
-            self._storing.add(key)
+        job = NewJob(
+            request.method, request.rel_url.raw_path_qs, headers, body, owner, credentials_of(request.headers), key
+        )
         try:
-            stored, new = await self._open().submit(job, self.clock())
+            if key is None:
+                stored, new = await store.submit(job, self.clock())
+            else:
+                async with self._one_at_a_time((owner, key)):
+                    stored, new = await store.submit(job, self.clock())
         except IdempotencyConflict:
             raise ProxyError(
                 422,
                 "idempotency_key_reused",
                 f"{IDEMPOTENCY_HEADER} {key!r} was used for a different request; use a new key for a new request",
             ) from None
-        finally:
-            self._storing.discard(key)
         if new:
             self.runner.wake()
         headers = {
@@ -166,8 +181,23 @@ class Jobs:
             headers["Idempotent-Replayed"] = "true"
         return web.json_response(view(stored), status=202, headers=headers)
 
+    @contextlib.asynccontextmanager
+    async def _one_at_a_time(self, slot: tuple[str, str]):
+        """Requests with one owner's idempotency key are stored in turn: the later ones find the first."""
+        held = self._storing.get(slot)
+        if held is None:
+            held = self._storing[slot] = _KeyInUse()
+        held.users += 1
+        try:
+            async with held.lock:
+                yield
+        finally:
+            held.users -= 1
+            if held.users == 0:
+                del self._storing[slot]
+
     async def handle(self, request: web.BaseRequest) -> web.Response:
-        """GET or DELETE /v1/jobs/{id}, GET /v1/jobs/{id}/result."""
+        """GET or DELETE /v1/jobs/{id}, GET /v1/jobs/{id}/result, for the job's owner only."""
         rest = request.rel_url.path[len(JOBS_PREFIX) :]
         job_id, _, tail = rest.partition("/")
         if tail not in ("", "result") or (tail == "result" and request.method != "GET"):
@@ -179,14 +209,15 @@ class Jobs:
         if self.store is None and not Path(self.config.database).exists():
             raise job_not_found(job_id)
         store = self._open()
+        owner = store.owners.of(request.headers)
         if request.method == "DELETE":
-            job = await store.cancel(job_id, self.clock())
+            job = await store.cancel(job_id, owner, self.clock())
             if job is None:
                 raise job_not_found(job_id)
             if job.state != "cancelled":
                 raise ProxyError(409, "job_started", f"job {job_id} is {job.state}; only a queued job can be cancelled")
             return web.json_response(view(job))
-        job = await store.get(job_id)
+        job = await store.get(job_id, owner)
         if job is None:
             raise job_not_found(job_id)
         if tail == "result":
@@ -199,6 +230,22 @@ class Jobs:
             )
         return web.json_response(view(job))
 
+    async def handle_admin(self, request: web.BaseRequest) -> web.StreamResponse:
+        """The admin API's read-only view of every job, file and batch, whoever owns it (GET only)."""
+        path = request.rel_url.path
+        if self.store is None and not Path(self.config.database).exists():
+            raise ProxyError(404, "not_found", "no job has been stored yet")
+        if path.startswith(JOBS_PREFIX):
+            job_id = path[len(JOBS_PREFIX) :]
+            job = await self._open().get(job_id, EVERY_OWNER)
+            if job is None:
+                raise job_not_found(job_id)
+            return web.json_response({**view(job), "owner": job.owner})
+        if self.batches is None:
+            raise ProxyError(404, "not_found", "the Files and Batches API is off (jobs.openai_api)")
+        self._open()
+        return await self.batches.handle(request, EVERY_OWNER, [])
+
     async def close(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
@@ -209,6 +256,14 @@ class Jobs:
             await self.store.close()
         if self._client is not None:
             await self._client.close()
+
+
+class _KeyInUse:
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0
 
 
 def view(job: Job) -> dict:

@@ -47,13 +47,13 @@ from router.errors import (
     upstream_failed,
     upstream_timeout,
 )
+from router.headers import CREDENTIAL_HEADERS
 from router.upstream_client import ConnectFailed, UpstreamBrokeOff, UpstreamClient
 from router.upstreams import UpstreamPool
 
 # Queues kept before the idle ones are dropped: one per (route, options, credentials).
 MAX_QUEUES = 256
 # Headers that say who is calling: requests merge only when these agree.
-CREDENTIAL_HEADERS = ("authorization", "api-key", "x-api-key", "openai-organization", "openai-project")
 BATCH_HEADER = "X-Modeshift-Batch"
 # Answers about the upstream rather than the request: splitting would not help.
 _UPSTREAM_TROUBLE = frozenset({429, 502, 503, 504})

@@ -20,10 +20,10 @@ def jobs_config(realtime: str, batch: str, tmp_path, **jobs):
     return two_lane_config([realtime], [batch], lanes=lanes, jobs=settings)
 
 
-async def wait_done(client, router, location: str, timeout_s: float = 10.0) -> dict:
+async def wait_done(client, router, location: str, timeout_s: float = 10.0, headers=None) -> dict:
     async with asyncio.timeout(timeout_s):
         while True:
-            async with client.get(f"{router.url}{location}") as response:
+            async with client.get(f"{router.url}{location}", headers=headers) as response:
                 assert response.status == 200
                 job = await response.json()
             if job["status"] in ("succeeded", "failed", "cancelled"):
@@ -69,7 +69,7 @@ async def test_an_idempotency_key_gives_the_same_job_and_refuses_a_different_req
     assert len(server.seen) == 1
 
 
-async def test_a_key_whose_first_request_is_still_being_stored_answers_409(upstream, start_router, client, tmp_path):
+async def test_concurrent_resends_of_one_key_all_get_the_job_stored_first(upstream, start_router, client, tmp_path):
     server = await upstream()
     router = await start_router(jobs_config(server.url, server.url, tmp_path))
     async with client.post(f"{router.url}/a", data=b"warm", headers=ASYNC) as response:  # opens the store
@@ -78,14 +78,22 @@ async def test_a_key_whose_first_request_is_still_being_stored_answers_409(upstr
     hold = threading.Event()
     held = asyncio.ensure_future(store._do(lambda db: hold.wait(10)))  # the writer is busy: storing waits
     key = {**ASYNC, "Idempotency-Key": "k"}
-    first = asyncio.ensure_future(client.post(f"{router.url}/a", data=b"x", headers=key))
-    await asyncio.sleep(0.2)
-    async with client.post(f"{router.url}/a", data=b"x", headers=key) as second:
-        assert second.status == 409 and (await second.json())["error"]["type"] == "idempotency_key_in_use"
+
+    async def send() -> tuple[int, str, str | None]:
+        async with client.post(f"{router.url}/a", data=b"x", headers=key) as response:
+            return response.status, response.headers["Location"], response.headers.get("Idempotent-Replayed")
+
+    sends = [asyncio.ensure_future(send()) for _ in range(5)]
+    await asyncio.sleep(0.2)  # all five are in: the first waits for the writer, the others for the first
     hold.set()
     await held
-    async with await first as response:
-        assert response.status == 202
+    answers = await asyncio.gather(*sends)
+    assert {status for status, _, _ in answers} == {202}
+    assert len({location for _, location, _ in answers}) == 1
+    assert sorted(replayed or "new" for _, _, replayed in answers) == ["new", "true", "true", "true", "true"]
+    await asyncio.sleep(0.1)
+    async with client.post(f"{router.url}/a", data=b"x", headers=key) as again:  # once stored, every resend
+        assert again.status == 202 and again.headers["Location"] == answers[0][1]
 
 
 async def test_transient_failures_are_retried_and_permanent_ones_recorded(upstream, start_router, client, tmp_path):
