@@ -35,6 +35,7 @@ bench: $(VENV)/.installed
 	$(PY) bench/simulation.py
 	$(PY) bench/fidelity.py
 	$(PY) bench/overload.py
+	$(PY) bench/slow_clients.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

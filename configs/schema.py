@@ -60,6 +60,16 @@ class ServerConfig(_Section):
     max_body_bytes: ByteSize = Field(10 * 2**20, description="larger request bodies get 413")
     max_header_bytes: ByteSize = Field(64 * 2**10, description="larger request headers get 431")
     receive_timeout_s: Duration = Field(30.0, alias="receive_timeout", description="time to receive a request (408)")
+    header_timeout_s: Duration = Field(
+        10.0, alias="header_timeout", gt=0, description="time from a request's first byte to its last header (408)"
+    )
+    keepalive_timeout_s: Duration = Field(
+        60.0, alias="keepalive_timeout", gt=0, description="an idle connection is closed after this long"
+    )
+    max_connections: int | None = Field(
+        None, ge=1, description="open client connections at most; more are refused (503). Default: half the "
+        "process's open-file limit, the rest being for upstreams",
+    )  # fmt: skip
     shutdown_timeout_s: Duration = Field(30.0, alias="shutdown_timeout", description="grace for in-flight requests")
     seed: int = Field(0, description="seed of the lane draw, for reproducible splits")
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
+from http import HTTPStatus
 
 from aiohttp import web
 
@@ -64,6 +65,19 @@ class ProxyError(Exception):
             response.force_close()
         return response
 
+    def raw(self, request_id: str) -> bytes:
+        """The answer as bytes, for a connection that has no request to answer through; it closes."""
+        body = json.dumps(self.body(request_id)).encode()
+        head = [
+            f"HTTP/1.1 {self.status} {HTTPStatus(self.status).phrase}",
+            "Content-Type: application/json",
+            f"Content-Length: {len(body)}",
+            "Connection: close",
+            f"{REQUEST_ID_HEADER}: {request_id}",
+            *(f"{name}: {value}" for name, value in self.headers.items()),
+        ]
+        return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
 
 def body_too_large(limit: int) -> ProxyError:
     return ProxyError(
@@ -92,6 +106,54 @@ def request_timeout(timeout_s: float) -> ProxyError:
         "request_timeout",
         f"the request was not fully received within {timeout_s:g}s (server.receive_timeout); "
         "send the body faster or raise the limit",
+        close=True,
+    )
+
+
+def headers_timeout(timeout_s: float) -> ProxyError:
+    return ProxyError(
+        408,
+        "request_timeout",
+        f"the request headers did not arrive within {timeout_s:g}s of its first byte (server.header_timeout)",
+        close=True,
+    )
+
+
+def head_evicted(limit: int) -> ProxyError:
+    return ProxyError(
+        408,
+        "request_timeout",
+        f"the request headers were still arriving when the router, at its limit of {limit} open connections "
+        "(server.max_connections), needed this connection for a client that was ready; send headers at once",
+        close=True,
+    )
+
+
+def too_many_connections(limit: int) -> ProxyError:
+    return ProxyError(
+        503,
+        "too_many_connections",
+        f"all of the router's {limit} open connections (server.max_connections) have a request in progress; "
+        "retry after 1s, and reuse connections (keep-alive) rather than opening many",
+        headers={"Retry-After": "1"},
+        close=True,
+    )
+
+
+def method_not_allowed(method: str) -> ProxyError:
+    return ProxyError(
+        405,
+        "method_not_allowed",
+        f"{method} is not forwarded: the router is a reverse proxy, not a tunnel, and does not echo requests",
+        close=True,
+    )
+
+
+def version_not_supported(version: str) -> ProxyError:
+    return ProxyError(
+        505,
+        "http_version_not_supported",
+        f"HTTP/{version} is not served on this port; send HTTP/1.1 (or HTTP/1.0)",
         close=True,
     )
 

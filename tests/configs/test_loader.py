@@ -49,7 +49,8 @@ def test_unknown_key_names_line_path_and_suggests():
     lines = errors_of(GOOD.replace('  listen: "127.0.0.1:8080"', '  lisen: "127.0.0.1:8080"'))
     assert lines == [
         'prod.yaml:2: server.lisen: unknown key; did you mean "listen"? known: admin_listen, admin_token_env, '
-        "listen, max_body_bytes, max_header_bytes, receive_timeout, seed, shutdown_timeout"
+        "header_timeout, keepalive_timeout, listen, max_body_bytes, max_connections, max_header_bytes, "
+        "receive_timeout, seed, shutdown_timeout"
     ]
 
 
