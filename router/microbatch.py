@@ -199,7 +199,7 @@ class MicroBatcher:
                 finally:
                     answer.release()
             except ConnectFailed as exc:
-                self.pool.failed(upstream, now())
+                self.pool.failed(upstream, now(), connect=True)
                 tried.append(upstream)
                 failure = str(exc)
                 continue

@@ -363,7 +363,7 @@ class Proxy:
                     upstream.base, request.method, request.rel_url.raw_path_qs, headers, body
                 )
             except ConnectFailed as exc:
-                lane.pool.failed(upstream, self.runtime.now_s())
+                lane.pool.failed(upstream, self.runtime.now_s(), connect=True)
                 raise NothingSent(str(exc)) from None
             except TimeoutError:
                 self._upstream_error(lane, upstream, started_s)

@@ -14,6 +14,14 @@ When every upstream is out, the pool is in panic (Envoy's term): `pick`
 ignores ejection rather than refuse, because a request that must use this
 lane is better tried than refused.
 
+A connect failure (refused, or no connection within the connect timeout)
+ejects at once: nothing was sent, so the request is retried elsewhere, and
+least-in-flight would otherwise keep choosing the dead upstream, which has
+nothing in flight, until its fifth failure. An upstream back from an
+ejection is half-open: it gets one request at a time (a probe) until one
+succeeds, and a failed probe ejects it again at once, rather than the whole
+stream finding out that it is still down.
+
 Time comes in as `now_s`; nothing here reads a clock or does I/O.
 """
 
@@ -36,6 +44,7 @@ class Upstream:
     ejections: int = 0
     ejected_until_s: float = -math.inf
     healthy_since_s: float = 0.0
+    probing: bool = False  # back from an ejection, not yet proven: one request at a time
 
     def __post_init__(self) -> None:
         # The upstream URL of a request is `base` + the request's path and
@@ -53,6 +62,7 @@ class Upstream:
             "ejected": self.ejected(now_s),
             "ejected_for_s": max(self.ejected_until_s - now_s, 0.0),
             "ejections": self.ejections,
+            "probing": self.probing and not self.ejected(now_s),
         }
 
 
@@ -87,7 +97,7 @@ class UpstreamPool:
             u = upstreams[(start + i) % n]
             if u in exclude:
                 continue
-            if u.ejected(now_s):
+            if u.ejected(now_s) or (u.probing and u.in_flight > 0):
                 if panic is None or u.in_flight < panic.in_flight:
                     panic = u
             elif best is None or u.in_flight < best.in_flight:
@@ -96,14 +106,16 @@ class UpstreamPool:
 
     def succeeded(self, upstream: Upstream, now_s: float) -> None:
         upstream.consecutive_errors = 0
+        upstream.probing = False
         if upstream.ejections and now_s - upstream.healthy_since_s >= self.base_ejection_s:
             upstream.ejections -= 1
             upstream.healthy_since_s = now_s
 
-    def failed(self, upstream: Upstream, now_s: float) -> bool:
-        """Count a 5xx or connect error; True when it ejected the upstream."""
+    def failed(self, upstream: Upstream, now_s: float, *, connect: bool = False) -> bool:
+        """Count a 5xx or a broken answer (`connect`: no connection at all); True when it ejected the upstream."""
         upstream.consecutive_errors += 1
-        if upstream.consecutive_errors < self.consecutive_errors or upstream.ejected(now_s):
+        at_once = connect or (upstream.probing and not upstream.ejected(now_s))
+        if (upstream.consecutive_errors < self.consecutive_errors and not at_once) or upstream.ejected(now_s):
             return False
         if sum(u.ejected(now_s) for u in self.upstreams) >= self.max_ejected:
             return False
@@ -112,6 +124,7 @@ class UpstreamPool:
         self._last_ejection_ends_s = max(self._last_ejection_ends_s, upstream.ejected_until_s)
         upstream.healthy_since_s = upstream.ejected_until_s
         upstream.consecutive_errors = 0
+        upstream.probing = True
         return True
 
     def describe(self, now_s: float) -> list[dict]:

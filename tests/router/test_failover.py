@@ -33,7 +33,33 @@ async def test_a_dead_upstream_fails_over_and_is_ejected(upstream, start_router,
     pool = router.runtime.state.lanes["realtime"].pool
     dead_entry = next(u for u in pool.upstreams if u.base == dead_url)
     assert dead_entry.ejected(router.clock())
+    assert dead_entry.ejections == 1 and dead_entry.consecutive_errors == 0  # out after its first refusal
     assert len(alive.seen) == 20
+
+
+async def test_back_from_ejection_a_still_dead_upstream_gets_one_probe_not_a_burst(upstream, start_router, client):
+    async def slowish(request: web.Request) -> web.Response:
+        await asyncio.sleep(0.05)
+        return web.Response(text="ok")
+
+    alive, dead = await upstream(slowish), await upstream()
+    dead_url = dead.url
+    await dead.stop()
+    config = two_lane_config([dead_url, alive.url], [alive.url])
+    router = await start_router(config)
+    async with client.get(f"{router.url}/x") as response:
+        assert response.status == 200
+    dead_entry = next(u for u in router.runtime.state.lanes["realtime"].pool.upstreams if u.base == dead_url)
+    for round_ in range(1, 4):
+        router.clock.advance(dead_entry.ejected_until_s - router.clock() + 0.1)  # the ejection has run out
+        statuses = await asyncio.gather(*(_status(client, f"{router.url}/x") for _ in range(30)))
+        assert statuses == [200] * 30  # the retry budget (at least 3) was never needed by more than the probe
+        assert dead_entry.ejections == min(round_ + 1, 10)  # the one probe failed and ejected it again
+
+
+async def _status(client, url: str) -> int:
+    async with client.get(url) as response:
+        return response.status
 
 
 async def test_an_upstream_killed_mid_load_leaves_no_request_hanging(upstream, start_router, client):

@@ -50,3 +50,29 @@ def test_panic_when_everything_is_ejected():
     assert not pool.available(1.0)
     assert pool.pick(1.0) is a
     assert pool.pick(1.0, exclude=(a,)) is None
+
+
+def test_a_connect_failure_ejects_at_once_so_the_next_pick_goes_elsewhere():
+    pool = UpstreamPool(URLS[:2], consecutive_errors=5)
+    a, b = pool.upstreams
+    assert pool.failed(a, 0.0, connect=True)
+    assert a.ejected(1.0)
+    assert all(pool.pick(1.0) is b for _ in range(5))  # a has nothing in flight, and still is not chosen
+
+
+def test_back_from_an_ejection_an_upstream_gets_one_probe_at_a_time_and_a_failed_probe_ejects_again():
+    pool = UpstreamPool(URLS[:2], consecutive_errors=5, base_ejection_s=10)
+    a, b = pool.upstreams
+    pool.failed(a, 0.0, connect=True)
+    b.in_flight = 5  # least-in-flight alone would send everything to a
+    probe = pool.pick(10.0)
+    assert probe is a
+    a.in_flight += 1
+    assert all(pool.pick(10.0) is b for _ in range(5))  # one probe in flight: the rest go to b
+    a.in_flight -= 1
+    assert pool.failed(a, 10.5)  # a 5xx on the probe: out again at once, for longer
+    assert a.ejected_until_s == 10.5 + 20
+    pool.pick(30.5)
+    pool.succeeded(a, 31.0)  # a probe that succeeds closes the circuit
+    a.in_flight = 1
+    assert pool.pick(31.0) is a
