@@ -48,6 +48,21 @@ def split_host_port(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def check_http_url(url: str) -> None:
+    """Raise ValueError naming what is wrong with an http(s) base URL (scheme, host, port; no query or fragment)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f'{url!r} is not an http(s) URL; expected "http://host:port"')
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:
+        raise ValueError(f"{url!r}: the port must be a number from 1 to 65535")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{url!r}: a base URL has no query or fragment (each request brings its own)")
+
+
 def _host_port(value: str) -> str:
     split_host_port(value)
     return value
@@ -115,9 +130,7 @@ class LaneConfig(_Section):
     @classmethod
     def _urls(cls, urls: tuple[str, ...]) -> tuple[str, ...]:
         for url in urls:
-            parts = urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ValueError(f'{url!r} is not an upstream URL; expected "http://host:port"')
+            check_http_url(url)
         return urls
 
 
@@ -161,6 +174,13 @@ class TelemetryConfig(_Section):
         0.01, ge=0, le=1, description="share of requests traced when the client sent no traceparent"
     )
     decisions_kept: int = Field(1000, ge=1, description="size of the decision audit ring")
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _endpoint(cls, url: str | None) -> str | None:
+        if url is not None:
+            check_http_url(url)
+        return url
 
 
 class JobsConfig(_Section):

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from configs import load_config
+from configs import ConfigError, load_config
 from configs.schema import ModeshiftConfig
 from policies.actions import Action, Command
 from router.decisions import DecisionLog
@@ -82,7 +82,12 @@ class Runtime:
             config = load_config(self.config_path)
         old = self.state
         now = self.now_s()
-        self.state, carried = carry_over(old, config, now_s=now, clock=self.clock)
+        try:
+            state, carried = carry_over(old, config, now_s=now, clock=self.clock)
+        except Exception as exc:  # valid on paper, but could not be built: the old config keeps serving
+            where = self.config_path or "(in memory)"
+            raise ConfigError([f"{where}: the new config could not be applied: {exc}"]) from exc
+        self.state = state
         self.reloads += 1
         self.decisions.resize(config.telemetry.decisions_kept)
         self.telemetry.configure(config.telemetry)

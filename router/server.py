@@ -96,14 +96,19 @@ async def _serve(config: ModeshiftConfig, path: Path) -> int:
         print(exc, file=sys.stderr)
         return 2
     router = RunningRouter(runtime)
-    await router.start()
+    try:
+        await router.start()
+    except OSError as exc:  # the address is taken, or not this host's
+        print(f"{path}: cannot listen on {config.server.listen} / {config.server.admin_listen}: {exc}", file=sys.stderr)
+        await router.stop()
+        return 2
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
     def reload() -> None:
         try:
             runtime.reload()
-        except ConfigError as exc:
+        except ConfigError as exc:  # the file, its validation, or building it: the old config keeps serving
             event(logger, "reload_refused", logging.ERROR, config=str(path), errors=exc.lines)
 
     loop.add_signal_handler(signal.SIGHUP, reload)

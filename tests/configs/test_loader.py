@@ -163,3 +163,19 @@ def test_objectives_are_checked_where_they_are_written():
         text.replace("percentile: 100", "percentile: 99.9").replace("class: interactive", "class: pinned")
     )
     assert fine.objectives["pinned"].percentile == 99.9 and fine.routes[0].traffic_class == "pinned"
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("http://127.0.0.1:99999", "the port must be a number from 1 to 65535"),
+        ("http://127.0.0.1:0", "the port must be a number from 1 to 65535"),
+        ("http://127.0.0.1:80x", "the port must be a number from 1 to 65535"),
+        ("ftp://127.0.0.1:21", "is not an http(s) URL"),
+        ("http://:8101", "is not an http(s) URL"),
+        ("http://127.0.0.1:8101/v1?key=1", "a base URL has no query or fragment"),
+    ],
+)
+def test_an_upstream_url_is_checked_for_scheme_host_and_port(url, problem):
+    (line,) = errors_of(GOOD.replace('["http://127.0.0.1:8101"]', f'["{url}"]'))
+    assert line.startswith("prod.yaml:6: lanes.realtime.upstreams = ") and problem in line and url in line

@@ -115,3 +115,25 @@ async def test_a_bad_reload_under_load_fails_no_request(upstream, start_router, 
     assert sorted(good["replaced_lanes"]) == ["batch", "realtime"] and good["kept_control"] is True
     assert second.seen  # the new upstream list is in use
     assert router.runtime.state.control.controller.mode == "hybrid"
+
+
+async def test_a_reload_that_cannot_be_applied_answers_422_and_keeps_the_old_config(
+    upstream, start_router, client, tmp_path, monkeypatch
+):
+    server = await upstream()
+    path = tmp_path / "modeshift.yaml"
+    write_config(path, [server.url], [server.url])
+    router = await start_router(load_config(path), config_path=path)
+    old = router.runtime.state
+
+    def cannot_build(*args, **kwargs):
+        raise OSError("no file descriptors left")  # anything past validation: the state is never swapped
+
+    monkeypatch.setattr("router.runtime.carry_over", cannot_build)
+    async with client.post(f"{router.admin_url}/reload", headers=admin_headers()) as response:
+        assert response.status == 422
+        error = (await response.json())["error"]
+    assert error["type"] == "invalid_config" and "no file descriptors left" in error["lines"][0]
+    assert router.runtime.state is old
+    async with client.get(f"{router.url}/x") as response:
+        assert response.status == 200

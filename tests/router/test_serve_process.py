@@ -89,3 +89,27 @@ async def test_sighup_reloads_and_sigterm_drains_in_flight_requests(upstream, cl
         if router.returncode is None:
             router.kill()
             await router.wait()
+
+
+async def test_a_taken_listen_address_is_one_clear_line_and_exit_status_2(upstream, tmp_path):
+    realtime = await upstream()
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    raw = two_lane_raw(
+        [realtime.url],
+        [realtime.url],
+        server={"listen": f"127.0.0.1:{port}", "admin_listen": f"127.0.0.1:{free_port()}"},
+    )
+    path = tmp_path / "modeshift.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    try:
+        router = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "router.cli", "serve", "-c", str(path), stderr=asyncio.subprocess.PIPE
+        )
+        _, stderr = await asyncio.wait_for(router.communicate(), timeout=60)
+    finally:
+        taken.close()
+    assert router.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in stderr.decode() and "Traceback" not in stderr.decode()
