@@ -21,6 +21,9 @@ from aiohttp import web
 
 REQUEST_ID_HEADER = "X-Request-Id"
 LANE_HEADER = "X-Modeshift-Lane"
+# On the router's own 503s (back-pressure: nothing reached an upstream), never on an upstream's: a client,
+# and the job runner, can tell "come back later" from an upstream that failed.
+REFUSED_HEADER = "X-Modeshift-Refused"
 
 
 class ProxyError(Exception):
@@ -232,4 +235,4 @@ def queue_timeout(lane: str, timeout_s: float, retry_after_s: int) -> ProxyError
 
 def _come_back(lane: str, kind: str, message: str, retry_after_s: int) -> ProxyError:
     """A 503 that says when to come back."""
-    return ProxyError(503, kind, message, lane=lane, headers={"Retry-After": str(retry_after_s)})
+    return ProxyError(503, kind, message, lane=lane, headers={"Retry-After": str(retry_after_s), REFUSED_HEADER: kind})

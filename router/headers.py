@@ -21,7 +21,7 @@ import secrets
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from router.errors import LANE_HEADER, REQUEST_ID_HEADER
+from router.errors import LANE_HEADER, REFUSED_HEADER, REQUEST_ID_HEADER
 
 HOP_BY_HOP = frozenset(
     {
@@ -47,6 +47,9 @@ TRACEPARENT = "traceparent"  # W3C Trace Context
 # first three are secrets; a stored object's owner is a keyed hash of them
 # (router.tenants).
 SECRET_HEADERS = ("authorization", "api-key", "x-api-key")
+# Set by the job runner on a job's request: its id (router.jobs_api); the
+# micro-batcher keeps jobs to their share of a lane's merged calls.
+JOB_HEADER = "X-Modeshift-Job"
 CREDENTIAL_HEADERS = (*SECRET_HEADERS, "openai-organization", "openai-project")
 
 # A client's request id is kept when it is a reasonable token: it ends up in
@@ -122,6 +125,7 @@ def upstream_request_headers(
 def client_response_headers(headers: CIMultiDictProxy[str], *, lane: str, request_id: str) -> CIMultiDict[str]:
     """The headers to send the client for an upstream response with `headers`."""
     out = end_to_end(headers)
+    out.popall(REFUSED_HEADER, None)  # only the router's own refusals carry it
     out[LANE_HEADER] = lane
     out[REQUEST_ID_HEADER] = request_id
     return out

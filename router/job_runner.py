@@ -6,13 +6,20 @@ to the router's own data plane, pinned to the jobs lane
 that lane goes through: admission, the micro-batcher where the codec
 merges, failover, cost attribution, metrics and spans.
 
-Bounds: at most `max_share` of the lane's `max_in_flight` jobs at once, so
-jobs never take the whole lane from live traffic; with `schedule: idle`,
-new jobs start only while the lane has nobody queued.
+Bounds: jobs hold at most `max_share` of the lane's upstream slots
+(`max_in_flight`), so they never take the whole lane from live traffic. A
+job that rides the lane's micro-batcher holds 1/max_batch of a slot (it
+shares a merged call); any other job holds a whole one. The runner claims
+by its estimate of what the next jobs cost, starts those that fit and gives
+the rest back at once. With `schedule: idle`, new jobs start only while the
+lane has nobody queued.
 
 Outcomes:
 - 2xx: succeeded; any other 4xx but 408 and 429: failed, with the answer
   (the request itself is wrong; sending it again would not help);
+- the router's own back-pressure (a 503 it made itself, marked
+  `X-Modeshift-Refused`): the job waits for the `Retry-After` and tries
+  again without using up an attempt: nothing reached an upstream;
 - 408, 429, 5xx but 501, and a router that cannot be reached: transient.
   Retried after backoff x multiplier^(attempt - 1), with jitter (x 0.5 to
   1.5), up to `attempts` tries; then failed with the last answer or error.
@@ -45,6 +52,7 @@ class Answer(NamedTuple):
     status: int
     headers: list[tuple[str, str]]
     body: bytes
+    refused: bool = False  # by the router itself, before any upstream: back-pressure
 
 
 Send = Callable[[Job], Awaitable[Answer]]
@@ -61,7 +69,8 @@ class JobRunner:
         config: JobsConfig,
         send: Send,
         *,
-        slots: Callable[[], int],
+        slots: Callable[[], float],
+        cost_of: Callable[[Job], float],
         lane_queued: Callable[[], int],
         lease_s: float,
         clock: Callable[[], float] = time.time,
@@ -70,12 +79,15 @@ class JobRunner:
         self.store = store
         self.config = config
         self.send = send
-        self.slots = slots
+        self.slots = slots  # upstream slots jobs may hold now
+        self.cost_of = cost_of  # slots one job holds
         self.lane_queued = lane_queued
         self.lease_s = lease_s
         self.clock = clock
         self.rng = rng or random.Random()
         self.running: dict[str, tuple[Job, asyncio.Task]] = {}
+        self.held = 0.0  # slots the running jobs hold
+        self._cost_estimate = 1.0  # of the next job: the cheapest of the last claim that ran
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
 
@@ -87,19 +99,18 @@ class JobRunner:
 
     async def _forever(self) -> None:
         while True:
-            free = self.slots() - len(self.running)
-            if self.config.schedule == "idle" and self.lane_queued() > 0:
-                free = 0
+            free = self.slots() - self.held
+            if free <= 0 or (self.config.schedule == "idle" and self.lane_queued() > 0):
+                wanted = 0
+            else:  # with nothing running, one job always fits, however large
+                wanted = max(math.floor(free / self._cost_estimate + 1e-9), 0 if self.running else 1)
             try:
-                jobs = await self.store.claim(free, self.clock(), self.lease_s) if free > 0 else []
+                jobs = await self.store.claim(wanted, self.clock(), self.lease_s) if wanted > 0 else []
             except Exception:  # the disk: keep the router serving, try again shortly
                 logger.exception("claiming jobs failed")
                 jobs = []
-            for job in jobs:
-                task = asyncio.get_running_loop().create_task(self._run(job))
-                self.running[job.id] = (job, task)
-                task.add_done_callback(lambda _, job_id=job.id: self._done(job_id))
-            if not jobs:
+            started = self._start(jobs)
+            if not started:
                 self._wake.clear()
                 try:
                     async with asyncio.timeout(POLL_S):
@@ -107,8 +118,30 @@ class JobRunner:
                 except TimeoutError:
                     pass
 
-    def _done(self, job_id: str) -> None:
+    def _start(self, jobs: list[Job]) -> int:
+        """Start the claimed jobs that fit the share; give the others back. How many started."""
+        fits, back = [], []
+        for job in jobs:
+            cost = self.cost_of(job)
+            if self.running or fits:
+                if self.held + cost > self.slots() + 1e-9:
+                    back.append(job)
+                    continue
+            fits.append(job)
+            self.held += cost
+            task = asyncio.get_running_loop().create_task(self._run(job))
+            self.running[job.id] = (job, task)
+            task.add_done_callback(lambda _, job_id=job.id, cost=cost: self._done(job_id, cost))
+        if fits:
+            self._cost_estimate = min(self.cost_of(job) for job in fits)
+        if back:
+            self._cost_estimate = max(self._cost_estimate, min(self.cost_of(job) for job in back))
+            asyncio.get_running_loop().create_task(self.store.release(back))
+        return len(fits)
+
+    def _done(self, job_id: str, cost: float) -> None:
         self.running.pop(job_id, None)
+        self.held -= cost
         self._wake.set()
 
     async def _run(self, job: Job) -> None:
@@ -119,12 +152,20 @@ class JobRunner:
         except Exception as exc:  # the router's own data plane did not answer
             await self._transient(job, f"no answer: {exc!r}", None)
             return
-        if not transient(answer.status):
+        if answer.refused:
+            await self._wait(job, answer)
+        elif not transient(answer.status):
             state = "succeeded" if 200 <= answer.status < 300 else "failed"
             error = None if state == "succeeded" else f"the upstream answered {answer.status}"
             await self._finish(job, state, answer, error)
         else:
             await self._transient(job, f"the upstream answered {answer.status}", answer)
+
+    async def _wait(self, job: Job, answer: Answer) -> None:
+        """The router itself turned the job away (back-pressure): again after its Retry-After, no attempt used."""
+        retry_after_s = next((float(v) for k, v in answer.headers if k.lower() == "retry-after"), 1.0)
+        delay = retry_after_s * (0.5 + self.rng.random())  # spread the waiters' return
+        await self.store.retry(job, self.clock() + delay, f"waiting: the lane is full ({answer.status})", counted=False)
 
     async def _transient(self, job: Job, error: str, answer: Answer | None) -> None:
         tried = job.attempts + 1
@@ -160,10 +201,6 @@ class JobRunner:
             await self.store.release([job for job, _ in held])
 
 
-def share_of(lane: LaneConfig, share: float) -> int:
-    """Jobs allowed at once on a lane: the share of the requests it holds at once, at least one.
-
-    A micro-batching lane's slots are merged calls of up to max_batch requests each.
-    """
-    per_slot = lane.batching.max_batch if lane.batching is not None else 1
-    return max(1, math.floor(lane.max_in_flight * per_slot * share))
+def share_of(lane: LaneConfig, share: float) -> float:
+    """Upstream slots jobs may hold on a lane at once: the share of its max_in_flight, at least one."""
+    return max(1.0, math.floor(lane.max_in_flight * share))

@@ -38,18 +38,19 @@ from pathlib import Path
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from configs.schema import ModeshiftConfig
-from router.errors import REQUEST_ID_HEADER, ProxyError, bad_request
-from router.headers import CREDENTIAL_HEADERS, HOP_BY_HOP, end_to_end
+from backends.codecs import codec_for
+from configs.schema import ModeshiftConfig, RouteConfig
+from router.errors import REFUSED_HEADER, REQUEST_ID_HEADER, ProxyError, bad_request
+from router.headers import CREDENTIAL_HEADERS, HOP_BY_HOP, JOB_HEADER, end_to_end
 from router.job_runner import Answer, JobRunner, share_of
 from router.job_store import EVERY_OWNER, FINAL, IdempotencyConflict, Job, JobStore, NewJob
+from router.lanes import Lane
 from router.openai_batches import SWEEP_S, OpenAIBatches
 from router.routing import MODE_HEADER
 from router.tenants import credentials_of
 from router.upstream_client import UpstreamClient
 
 JOBS_PREFIX = "/v1/jobs/"
-JOB_HEADER = "X-Modeshift-Job"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 _NOT_STORED = frozenset(
     ("prefer", "idempotency-key", MODE_HEADER.lower(), REQUEST_ID_HEADER.lower(), JOB_HEADER.lower())
@@ -73,10 +74,17 @@ def job_not_found(job_id: str) -> ProxyError:
 
 
 class Jobs:
-    def __init__(self, config: ModeshiftConfig, lane_of: Callable[[], object], clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        config: ModeshiftConfig,
+        lane_of: Callable[[], Lane],
+        route_of: Callable[[str], RouteConfig | None],
+        clock: Callable[[], float] = time.time,
+    ):
         self.config = config.jobs
         self.lane_name = config.jobs.lane or ("batch" if "batch" in config.lanes else next(iter(config.lanes)))
         self.lane_of = lane_of  # the jobs lane as it is now (a reload may replace it)
+        self.route_of = route_of  # the route a path takes now
         self.clock = clock
         self.store: JobStore | None = None
         self.runner: JobRunner | None = None
@@ -109,6 +117,7 @@ class Jobs:
                 self.config,
                 self._send,
                 slots=lambda: share_of(self.lane_of().config, self.config.max_share),
+                cost_of=self._cost_of,
                 lane_queued=lambda: self.lane_of().gate.waiting,
                 lease_s=max(self.config.lease_s, lane.config.timeout_s + 1.0),
                 clock=self.clock,
@@ -145,7 +154,18 @@ class Jobs:
         finally:
             answer.release()
         kept = [(k, v) for k, v in answer.headers.items() if k.lower() not in _NOT_KEPT]
-        return Answer(answer.status, kept, body)
+        return Answer(answer.status, kept, body, refused=answer.status == 503 and REFUSED_HEADER in answer.headers)
+
+    def _cost_of(self, job: Job) -> float:
+        """Upstream slots `job` holds on the jobs lane: a share of a merged call when it rides the micro-batcher."""
+        lane = self.lane_of()
+        if lane.batching is None:
+            return 1.0
+        route = self.route_of(job.target.partition("?")[0])
+        codec = codec_for(route.protocol) if route is not None else None
+        if codec is None or not codec.batchable or not codec.read(job.body):
+            return 1.0
+        return 1.0 / lane.config.batching.max_batch
 
     async def accept(self, request: web.BaseRequest, body: bytes, request_id: str) -> web.Response:
         """Store the request as a job; 202 once it is on the disk."""

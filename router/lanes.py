@@ -27,7 +27,15 @@ from router.upstreams import UpstreamPool
 
 
 class Lane:
-    def __init__(self, name: str, config: LaneConfig, window: LaneWindow, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        name: str,
+        config: LaneConfig,
+        window: LaneWindow,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        job_share: float = 1.0,
+    ):
         self.name = name
         self.config = config
         self.window = window
@@ -43,7 +51,9 @@ class Lane:
         self.client = UpstreamClient(connect_timeout_s=config.connect_timeout_s, read_timeout_s=config.timeout_s)
         # Router-side micro-batching, for batchable routes, when the lane asks for it.
         self.batching = (
-            MicroBatcher(name, config, self.pool, self.client, clock) if config.batching is not None else None
+            MicroBatcher(name, config, self.pool, self.client, clock, job_share=job_share)
+            if config.batching is not None
+            else None
         )
 
     @property

@@ -6,7 +6,9 @@ For a lane with a `batching:` section, requests on a batchable route
 credentials, so no request rides on another client's API key. Each key has
 its own queue (policies.batching, run by backends.batch_loop) with the
 lane's flush rule; all keys share the lane's `max_in_flight` as the cap on
-merged calls at once, and a full queue answers 503.
+merged calls at once, and a full queue answers 503. Jobs (router.job_runner)
+queue apart from live requests, and their merged calls hold at most the
+jobs' share (`jobs.max_share`) of those slots, however many jobs wait.
 
 A merged call goes to the lane's least-loaded upstream; a connect failure
 tries the lane's other upstreams, then fails every part with NothingSent so
@@ -47,7 +49,8 @@ from router.errors import (
     upstream_failed,
     upstream_timeout,
 )
-from router.headers import CREDENTIAL_HEADERS
+from router.headers import CREDENTIAL_HEADERS, JOB_HEADER
+from router.job_runner import share_of
 from router.upstream_client import ConnectFailed, UpstreamBrokeOff, UpstreamClient
 from router.upstreams import UpstreamPool
 
@@ -80,13 +83,40 @@ class _Waiting:
     busy_s: float = field(default=0.0)
 
 
+class _BothSlots:
+    """A semaphore-like pair: a share's slot, then the lane's; released together."""
+
+    def __init__(self, share: asyncio.Semaphore, lane: asyncio.Semaphore):
+        self.share = share
+        self.lane = lane
+
+    async def acquire(self) -> None:
+        await self.share.acquire()
+        try:
+            await self.lane.acquire()
+        except BaseException:
+            self.share.release()
+            raise
+
+    def release(self) -> None:
+        self.lane.release()
+        self.share.release()
+
+
 _batch_ids = itertools.count(1)
 _BATCH_PREFIX = f"mb-{int(time.time()) % 100000:05d}-"
 
 
 class MicroBatcher:
     def __init__(
-        self, lane: str, config: LaneConfig, pool: UpstreamPool, client: UpstreamClient, clock: Callable[[], float]
+        self,
+        lane: str,
+        config: LaneConfig,
+        pool: UpstreamPool,
+        client: UpstreamClient,
+        clock: Callable[[], float],
+        *,
+        job_share: float = 1.0,
     ):
         assert config.batching is not None
         self.lane = lane
@@ -96,6 +126,8 @@ class MicroBatcher:
         self.pool = pool
         self.client = client
         self._slots = asyncio.Semaphore(config.max_in_flight)
+        # Merged calls of jobs take one of their share's slots, then one of the lane's (router.job_runner).
+        self._job_slots = _BothSlots(asyncio.Semaphore(int(share_of(config, job_share))), self._slots)
         self.running = 0  # merged calls under way (at most max_in_flight)
         self.max_calls = config.max_in_flight
         self._loops: dict[Hashable, BatchLoop] = {}
@@ -115,7 +147,8 @@ class MicroBatcher:
     ) -> Batched:
         """Queue `part`; its share of the merged answer, or NothingSent / ProxyError."""
         credentials = tuple(headers.get(name, "") for name in CREDENTIAL_HEADERS)
-        key = (codec.name, target, credentials, part.key)
+        is_job = JOB_HEADER in headers
+        key = (codec.name, target, credentials, part.key, is_job)
         loop = self._loops.get(key)
         if loop is None:
             if len(self._loops) >= MAX_QUEUES:
@@ -125,7 +158,11 @@ class MicroBatcher:
             # A clock that can schedule (a test's, in virtual time) runs the batch timers; else the event loop does.
             call_at = getattr(self.clock, "call_at", None)
             loop = self._loops[key] = BatchLoop(
-                batcher, run, slots=self._slots, clock=self.clock if call_at else None, call_at=call_at
+                batcher,
+                run,
+                slots=self._job_slots if is_job else self._slots,
+                clock=self.clock if call_at else None,
+                call_at=call_at,
             )
         done: asyncio.Future[Batched] = asyncio.get_running_loop().create_future()
         if not loop.offer(BatchItem(payload=_Waiting(part, done, cost), items=part.items)):

@@ -48,7 +48,11 @@ class Runtime:
         self.decisions = DecisionLog(config.telemetry.decisions_kept)
         self.route_stats = RouteStats()  # survives reloads, like the decision log
         self.history = History()
-        self.jobs = Jobs(config, lambda: self.state.lanes[self.jobs.lane_name]) if config.jobs.enabled else None
+        self.jobs = (
+            Jobs(config, lambda: self.state.lanes[self.jobs.lane_name], lambda path: self.state.routes.find(path))
+            if config.jobs.enabled
+            else None
+        )
         self.telemetry = telemetry or Telemetry.build(config.telemetry, lambda: collect(self))
         self.started_s = clock()
         self.reloads = 0

@@ -58,7 +58,10 @@ class Carried:
 
 def build_state(config: ModeshiftConfig, *, now_s: float, clock: Callable[[], float] = time.monotonic) -> RouterState:
     control = build_control_loop(config, now_s=now_s, rng=random.Random(config.server.seed))
-    lanes = {name: Lane(name, lane, control.monitor.lanes[name], clock) for name, lane in config.lanes.items()}
+    lanes = {
+        name: Lane(name, lane, control.monitor.lanes[name], clock, job_share=config.jobs.max_share)
+        for name, lane in config.lanes.items()
+    }
     return RouterState(config, lanes, RouteTable(config.routes), control, random.Random(config.server.seed))
 
 
