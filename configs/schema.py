@@ -196,7 +196,9 @@ class JobsConfig(_Section):
     attempts: int = Field(3, ge=1, description="tries per item before it fails")
     backoff_s: Duration = Field(1.0, alias="backoff", description="first retry delay")
     backoff_multiplier: float = Field(2.0, ge=1)
-    lease_s: Duration = Field(60.0, alias="lease", gt=0, description="a worker's claim on an item")
+    lease_s: Duration = Field(
+        10.0, alias="lease", gt=0, description="a worker's claim on a job, renewed every third of it while it runs"
+    )
     openai_api: bool = Field(True, description="serve /v1/files and /v1/batches (off to pass them to a provider lane)")
     max_file_bytes: ByteSize = Field(200 * 2**20, description="largest batch input file")
 

@@ -24,8 +24,12 @@ Outcomes:
   Retried after backoff x multiplier^(attempt - 1), with jitter (x 0.5 to
   1.5), up to `attempts` tries; then failed with the last answer or error.
 
-A clean stop gives running jobs back to the queue at once; after a crash
-they run again when their lease runs out (at least once).
+Leases: a claim holds a job for `lease_s`, renewed every third of it while
+the job runs (a heartbeat), so the lease can be short whatever the lane's
+timeout: a clean stop gives running jobs back at once, and after a crash
+they run again within a lease (at least once). Each job's request carries
+`Idempotency-Key: <job id>`, so an upstream that deduplicates sees one
+request however often a crash made it run.
 
 What must not live here: storage (router.job_store), HTTP handlers (router.jobs_api).
 """
@@ -90,9 +94,26 @@ class JobRunner:
         self._cost_estimate = 1.0  # of the next job: the cheapest of the last claim that ran
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._heart: asyncio.Task | None = None
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._forever())
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._forever())
+        self._heart = loop.create_task(self._heartbeat())
+
+    async def _heartbeat(self) -> None:
+        """Renew the running jobs' leases every third of a lease: a live runner never loses a job."""
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            jobs = [job for job, _ in self.running.values()]
+            try:
+                kept = await self.store.renew(jobs, self.clock() + self.lease_s)
+            except Exception:  # the disk: the next beat tries again, a third of a lease later
+                logger.exception("renewing job leases failed")
+                continue
+            for job in jobs:
+                if job.id not in kept and job.id in self.running:
+                    event(logger, "job_lease_lost", logging.WARNING, job=job.id)
 
     def wake(self) -> None:
         self._wake.set()
@@ -190,9 +211,10 @@ class JobRunner:
 
     async def close(self) -> None:
         """Stop claiming; cancel what runs and give it back to the queue."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for task in (self._task, self._heart):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         held = list(self.running.values())
         for _, task in held:
             task.cancel()

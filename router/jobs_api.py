@@ -119,7 +119,7 @@ class Jobs:
                 slots=lambda: share_of(self.lane_of().config, self.config.max_share),
                 cost_of=self._cost_of,
                 lane_queued=lambda: self.lane_of().gate.waiting,
-                lease_s=max(self.config.lease_s, lane.config.timeout_s + 1.0),
+                lease_s=self.config.lease_s,
                 clock=self.clock,
             )
             self.runner.start()
@@ -148,6 +148,7 @@ class Jobs:
         headers[MODE_HEADER] = self.lane_name
         headers[REQUEST_ID_HEADER] = job.id
         headers[JOB_HEADER] = job.id
+        headers[IDEMPOTENCY_HEADER] = job.id  # the same on every run of the job: an upstream may deduplicate
         answer = await self._client.request(self.data_url, job.method, job.target, headers, job.body)
         try:
             body = await answer.read()

@@ -193,3 +193,24 @@ async def test_idle_scheduling_waits_while_live_traffic_queues_for_the_lane(upst
         assert answer.status == 200
         answer.release()
     assert (await wait_done(client, router, location))["status"] == "succeeded"
+
+
+async def test_a_job_longer_than_its_lease_keeps_it_by_heartbeat_and_carries_its_id_as_idempotency_key(
+    upstream, start_router, client, tmp_path
+):
+    keys: list[str] = []
+
+    async def slow(request: web.Request) -> web.Response:
+        keys.append(request.headers.get("Idempotency-Key", ""))
+        await asyncio.sleep(1.2)  # four leases long
+        return web.json_response({"ok": True})
+
+    server = await upstream(slow)
+    router = await start_router(jobs_config(server.url, server.url, tmp_path, lease="300ms"))
+    async with client.post(f"{router.url}/a", data=b"x", headers={**ASYNC, "Idempotency-Key": "client-key"}) as r:
+        job_id = (await r.json())["id"]
+    job = await wait_done(client, router, f"/v1/jobs/{job_id}")
+    assert job["status"] == "succeeded" and job["attempts"] == 1
+    assert keys == [job_id]  # claimed once, sent once, with the job's own id (not the client's key)
+    stored = await router.runtime.jobs.store.get(job_id, router.runtime.jobs.store.owners.of({}))
+    assert stored.claims == 1
