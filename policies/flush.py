@@ -34,6 +34,9 @@ class _RuleParams(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
     max_batch: int = Field(32, ge=1, description="most items in one upstream call")
+    max_batch_tokens: int = Field(
+        32768, ge=1, description="most input tokens in one upstream call; a larger request goes alone"
+    )
     queue_capacity: int = Field(1024, ge=1, description="most requests waiting; more are refused (503)")
 
     def build(self) -> FlushRule:

@@ -154,7 +154,9 @@ class MicroBatcher:
             if len(self._loops) >= MAX_QUEUES:
                 self._drop_idle()
             run = self._runner(codec, target, credentials)
-            batcher = Batcher(self.params.build(), capacity=self.params.queue_capacity)
+            batcher = Batcher(
+                self.params.build(), capacity=self.params.queue_capacity, max_tokens=self.params.max_batch_tokens
+            )
             # A clock that can schedule (a test's, in virtual time) runs the batch timers; else the event loop does.
             call_at = getattr(self.clock, "call_at", None)
             loop = self._loops[key] = BatchLoop(
@@ -165,7 +167,8 @@ class MicroBatcher:
                 call_at=call_at,
             )
         done: asyncio.Future[Batched] = asyncio.get_running_loop().create_future()
-        if not loop.offer(BatchItem(payload=_Waiting(part, done, cost), items=part.items)):
+        item = BatchItem(payload=_Waiting(part, done, cost), items=part.items, tokens=part.tokens)
+        if not loop.offer(item):
             raise batch_queue_full(self.lane, self.waiting)
         return await done
 

@@ -366,7 +366,7 @@ class _Run:
         lane.window.arrived(t, self.pinned[i])
         self.started_s[i] = t
         self.lane_of[i] = lane.index
-        if not lane.batcher.offer(BatchItem(payload=i, items=request.items), t):
+        if not lane.batcher.offer(BatchItem(payload=i, items=request.items, tokens=request.input_tokens), t):
             lane.window.completed(t, 0.0, ok=False)
             return False
         self._arm(lane, t)

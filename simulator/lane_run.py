@@ -55,7 +55,9 @@ class LaneRun:
         self.batcher = None
         if lane_config.batching is not None:
             self.capacity = lane_config.batching.queue_capacity
-            self.batcher = Batcher(lane_config.batching.build(), capacity=self.capacity)
+            self.batcher = Batcher(
+                lane_config.batching.build(), capacity=self.capacity, max_tokens=lane_config.batching.max_batch_tokens
+            )
             self.running = 0
             self.armed_at = math.inf
 

@@ -18,6 +18,15 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+# Input tokens are estimated from bytes (about 4 bytes per token of English
+# text; OpenAI's rule of thumb) where the request does not say: enough to
+# tell an outsized input from a normal one.
+BYTES_PER_TOKEN = 4
+
+
+def estimated_tokens(size_bytes: int) -> int:
+    return -(-size_bytes // BYTES_PER_TOKEN)
+
 
 class CodecError(Exception):
     """A merged answer that cannot be split back."""
@@ -31,6 +40,7 @@ class Part:
     items: int  # inputs it adds to a batch
     inputs: Any  # the codec's own view of the request
     weight: float  # its share of the batch's input tokens, when the answer only gives a total
+    tokens: int = 0  # its input tokens, estimated (BYTES_PER_TOKEN): bounds the size of a merged call
 
 
 @dataclass(frozen=True, slots=True)

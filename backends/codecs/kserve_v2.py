@@ -16,7 +16,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from backends.codecs.base import Codec, CodecError, Part, Reply
+from backends.codecs.base import Codec, CodecError, Part, Reply, estimated_tokens
 
 
 def _flat(data: Any) -> list | None:
@@ -65,7 +65,13 @@ class KServeV2Codec(Codec):
             key = json.dumps([layout, rest], sort_keys=True)
         except (TypeError, ValueError):
             return None
-        return Part(key=key, items=batch, inputs=(tensors, rest, payload.get("id")), weight=float(batch))
+        return Part(
+            key=key,
+            items=batch,
+            inputs=(tensors, rest, payload.get("id")),
+            weight=float(batch),
+            tokens=estimated_tokens(len(body)),
+        )
 
     def merge(self, parts: Sequence[Part]) -> bytes:
         first_tensors, rest, _ = parts[0].inputs

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from backends.codecs.base import Codec, CodecError, Part, Reply, apportion
+from backends.codecs.base import Codec, CodecError, Part, Reply, apportion, estimated_tokens
 from backends.openai_api import MAX_INPUTS
 
 
@@ -37,7 +37,14 @@ class OpenAIEmbeddingsCodec(Codec):
             key = json.dumps(options, sort_keys=True)
         except (TypeError, ValueError):
             return None
-        return Part(key=key, items=len(texts), inputs=(texts, options), weight=sum(len(t) for t in texts) + len(texts))
+        characters = sum(len(t) for t in texts)
+        return Part(
+            key=key,
+            items=len(texts),
+            inputs=(texts, options),
+            weight=characters + len(texts),
+            tokens=estimated_tokens(characters),
+        )
 
     def merge(self, parts: Sequence[Part]) -> bytes:
         options = parts[0].inputs[1]

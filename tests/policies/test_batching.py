@@ -129,3 +129,13 @@ def test_every_accepted_item_leaves_exactly_once(operations):
         assert len(b) <= 10
     out += names(b.drain())
     assert sorted(out) == sorted(accepted)
+
+
+def test_a_call_is_bounded_by_tokens_too_and_an_outsized_item_goes_alone():
+    b = Batcher(HybridRule(max_batch=64, max_wait_s=0.0).build(), max_tokens=100)
+    for name, tokens in [("a", 10), ("b", 10), ("huge", 5000), ("c", 10), ("d", 95), ("e", 10)]:
+        b.offer(BatchItem(name, tokens=tokens), 0.0)
+    calls = []
+    while len(b):
+        calls.append([item.payload for item in b.take(0.0).batch])
+    assert calls == [["a", "b"], ["huge"], ["c"], ["d"], ["e"]]  # in order; nothing rides with "huge"

@@ -168,3 +168,29 @@ async def test_idle_queues_are_dropped_once_many_keys_have_come_and_gone(upstrea
         status, _, _ = await post_json(client, f"{router.url}/v1/embeddings", {"input": "x"}, headers)
         assert status == 200
     assert len(router.runtime.state.lanes["batch"].batching._loops) <= 3
+
+
+async def test_an_outsized_input_rides_a_call_of_its_own(upstream, start_router, client):
+    calls: list[list[int]] = []
+
+    async def embeddings(request: web.Request) -> web.Response:
+        texts = (await request.json())["input"]
+        calls.append([len(text) for text in texts])
+        await asyncio.sleep(0.05)
+        data = [{"object": "embedding", "index": i, "embedding": [0.0]} for i in range(len(texts))]
+        return web.json_response({"object": "list", "data": data, "model": "m", "usage": {"prompt_tokens": 0}})
+
+    server = await upstream(embeddings)
+    config = batching_config(server.url, server.url, max_wait="50ms")
+    lanes = config.lanes
+    batching = lanes["batch"].batching.model_copy(update={"max_batch_tokens": 1000})
+    lanes["batch"] = lanes["batch"].model_copy(update={"batching": batching})
+    router = await start_router(config)
+    texts = ["small"] * 15 + ["x" * 400_000] + ["small"] * 16  # the huge one: about 100,000 tokens
+    answers = await asyncio.gather(
+        *(post_json(client, f"{router.url}/v1/embeddings", {"input": text}) for text in texts)
+    )
+    assert all(status == 200 for status, _, _ in answers)
+    huge = [call for call in calls if 400_000 in call]
+    assert huge == [[400_000]]  # alone
+    assert sum(len(call) for call in calls) == 32 and max(len(call) for call in calls) > 1  # the rest merged
