@@ -47,11 +47,12 @@ from router.errors import (
     head_evicted,
     headers_timeout,
     headers_too_large,
+    internal_error,
     method_not_allowed,
     too_many_connections,
     version_not_supported,
 )
-from router.headers import request_id_from
+from router.headers import REQUEST_ID_KEY, request_id_from
 
 # Headers counted one by one: enough for any real client, and a bound on work.
 MAX_HEADER_COUNT = 256
@@ -138,9 +139,13 @@ class _DataPlaneHandler(web.RequestHandler):
         elif status == 400 and isinstance(exc, BadHttpMessage):
             error = bad_request(f"malformed HTTP request: {exc.message}")
             error.close = True
+        elif status == 500:
+            error = internal_error()
         if error is None or request.writer.output_size > 0:
             return super().handle_error(request, status, exc, message)
-        return error.response(request_id_from(CIMultiDict()))
+        if status == 500:  # aiohttp's own log line, with the traceback, the request id to find it by
+            self.log_exception("the proxy failed on request %s", request.get(REQUEST_ID_KEY), exc_info=exc)
+        return error.response(request.get(REQUEST_ID_KEY) or request_id_from(CIMultiDict()))
 
 
 class DataPlaneServer(web.Server):

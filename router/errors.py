@@ -161,6 +161,15 @@ def version_not_supported(version: str) -> ProxyError:
     )
 
 
+def internal_error() -> ProxyError:
+    return ProxyError(
+        500,
+        "internal_error",
+        "the router failed on this request; the failure is logged with this request id",
+        close=True,
+    )
+
+
 def bad_request(message: str) -> ProxyError:
     return ProxyError(400, "bad_request", message)
 

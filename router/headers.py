@@ -19,6 +19,7 @@ import itertools
 import re
 import secrets
 
+from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from router.errors import LANE_HEADER, REFUSED_HEADER, REQUEST_ID_HEADER
@@ -61,6 +62,10 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
 # reading the system's entropy pool on every request (uuid4 does).
 _ID_PREFIX = secrets.token_hex(6)
 _id_counter = itertools.count(1)
+
+
+# A request's id, where the data-plane server finds it to answer a failure in the proxy itself (router.dataplane).
+REQUEST_ID_KEY = web.RequestKey("request_id", str)
 
 
 def request_id_from(headers: CIMultiDictProxy[str]) -> str:

@@ -50,7 +50,7 @@ from router.errors import (
     upstream_refused,
     upstream_timeout,
 )
-from router.headers import client_response_headers, request_id_from, upstream_request_headers
+from router.headers import REQUEST_ID_KEY, client_response_headers, request_id_from, upstream_request_headers
 from router.intake import check_header_size, read_body
 from router.jobs_api import JOBS_PREFIX, prefers_async
 from router.lanes import Lane
@@ -86,6 +86,7 @@ class Proxy:
         runtime = self.runtime
         state = runtime.state  # a reload swaps runtime.state; this request keeps its own
         trail = Trail(request_id_from(request.headers), request.method, request.rel_url.path, runtime.now_s())
+        request[REQUEST_ID_KEY] = trail.request_id
         span = runtime.telemetry.begin(trail, request.headers)
         try:
             response = await self._handle(request, state, trail, span)
@@ -95,7 +96,7 @@ class Proxy:
         except (asyncio.CancelledError, ConnectionError):  # the client went away: nginx's 499
             self._finish(span, trail, 499, "client_closed_request")
             raise
-        except Exception as exc:  # a bug: aiohttp answers 500 and logs the traceback
+        except Exception as exc:  # a bug: logged with its traceback, answered 500 by router.dataplane
             self._finish(span, trail, 500, "internal_error", repr(exc))
             raise
         trail.lane = response.headers.get(LANE_HEADER)

@@ -112,3 +112,19 @@ async def test_every_limit_answers_with_its_status_in_the_routers_json_shape(ups
     await call("POST", "/v1/files", 413, "file_too_large", data=upload(5 * 2**20))
     await call("POST", "/v1/files", 413, "field_too_large", data=upload(10, field_size=100_000))
     assert len(list((tmp_path / "jobs.sqlite3.files").iterdir())) == 1  # the one that fit; no refused leftovers
+
+
+async def test_a_failure_in_the_router_itself_is_a_json_500_with_the_id_it_is_logged_by(
+    upstream, start_router, client, monkeypatch, caplog
+):
+    realtime = await upstream()
+    router = await start_router(two_lane_config([realtime.url], [realtime.url]))
+
+    def broken(**kwargs):
+        raise RuntimeError("a bug in lane choice")
+
+    monkeypatch.setattr("router.proxy.choose_lane", broken)
+    async with client.get(f"{router.url}/x", headers={"X-Request-Id": "req-500"}) as response:
+        error = check(response.status, response.headers, await response.read(), 500, "internal_error")
+    assert error["request_id"] == "req-500"
+    assert any("req-500" in record.getMessage() and record.exc_info for record in caplog.records)
