@@ -22,7 +22,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check .
 
 demo: $(VENV)/.installed
-	$(PY) -m router.cli demo
+	$(PY) -m commands.cli demo
 
 bench: $(VENV)/.installed
 	@command -v wrk >/dev/null && command -v nginx >/dev/null || \

@@ -89,7 +89,7 @@ async def load(
 
 
 def backend(mode: str, port: int, device: str | None):
-    args = [PY, "-m", "router.cli", "backend", "--mode", mode, "--port", str(port), "--max-batch", "64"]
+    args = [PY, "-m", "commands.cli", "backend", "--mode", mode, "--port", str(port), "--max-batch", "64"]
     if device:
         args += ["--device", device]
     return process(args, port)
@@ -147,7 +147,7 @@ def main() -> int:
         upstream_port, router_port, admin_port = free_port(), free_port(), free_port()
         config = router_config(Path(tmp), router_port, admin_port, f"http://127.0.0.1:{upstream_port}")
         with backend("realtime", upstream_port, args.device):
-            with process([PY, "-m", "router.cli", "serve", "-c", str(config)], router_port):
+            with process([PY, "-m", "commands.cli", "serve", "-c", str(config)], router_port):
                 url = f"http://127.0.0.1:{router_port}/v1/embeddings"
                 for corpus in CORPORA:
                     run("router-mb", corpus, url, top, {"X-Modeshift-Mode": "batch"})

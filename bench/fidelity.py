@@ -2,14 +2,14 @@
 
     python bench/fidelity.py [--length 95] [--speedup 8] [--out DIR]
 
-1. Starts the demo's stack (router.demo_stack: the realtime and the batch
+1. Starts the demo's stack (commands.demo_stack: the realtime and the batch
    reference backends and the router, configs/default.yaml) on loopback.
-2. Profiles each backend directly (router.profile: one call at a time per
+2. Profiles each backend directly (commands.profile: one call at a time per
    batch size and per text length, then rising client counts) into a
    service model, and the router's hop (the same calls through the router,
    pinned to the realtime lane).
 3. Replays the demo's slice of the Azure LLM trace, with its 8x rush, through
-   the router (router.replay), and reads the router's attributed cost from
+   the router (commands.replay), and reads the router's attributed cost from
    /metrics (modeshift_cost_usd, before and after) and its decisions.
 4. Simulates the same requests, with the token counts the backends reported,
    through the same config and the profiled model (simulator.engine).
@@ -36,11 +36,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
 
+from commands.demo import SHOWN_DECISIONS, Schedule
+from commands.demo_stack import LocalStack
+from commands.profile import Plan, build_lane, measure, measure_hop
+from commands.replay import as_outcome, as_sent, replay
 from configs import load_config, ready_config_path
-from router.demo import SHOWN_DECISIONS, Schedule
-from router.demo_stack import LocalStack
-from router.profile import Plan, build_lane, measure, measure_hop
-from router.replay import as_outcome, as_sent, replay
 from simulator.engine import Engine
 from simulator.outcome import TOTAL, SloTargets, summarize
 from simulator.service import ServiceModel
@@ -170,7 +170,7 @@ def _write(
     out: Path, service: ServiceModel, sent: list[TraceRequest], outcomes: dict, slo: SloTargets, live_decisions: list
 ) -> None:
     """The profiled model, the requests as sent, and both runs' per-request CSVs and decision logs."""
-    from router.profile import write_lane
+    from commands.profile import write_lane
     from simulator.report import write_decisions, write_requests_csv
     from simulator.traces import write_jsonl
 

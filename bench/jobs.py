@@ -37,7 +37,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-from router.demo_stack import LocalStack  # noqa: E402
+from commands.demo_stack import LocalStack  # noqa: E402
 
 OUT = HERE / "out"
 

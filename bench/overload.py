@@ -41,8 +41,8 @@ from rich.console import Console
 from rich.table import Table
 
 from backends.modeled_server import ModeledServer
+from commands.replay import replay
 from configs import parse_config, ready_config_path
-from router.replay import replay
 from router.runtime import Runtime
 from router.server import RunningRouter
 from simulator import generators

@@ -156,7 +156,7 @@ def target_command(
         config = workdir / f"{name}.yaml"
         telemetry = otlp if name == "telemetry" else None
         config.write_text(yaml.safe_dump(modeshift_config(port, free_port(), upstream_url, telemetry)))
-        return [*cpu, PY, "-m", "router.cli", "serve", "-c", str(config)]
+        return [*cpu, PY, "-m", "commands.cli", "serve", "-c", str(config)]
     return [*cpu, *nginx(NGINX_PROXY, workdir, port=port, upstream=up_port)]
 
 

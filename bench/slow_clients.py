@@ -126,7 +126,7 @@ def main() -> int:
             port = free_port()
             path = Path(workdir) / f"{name}.yaml"
             path.write_text(yaml.safe_dump(config(port, f"http://127.0.0.1:{up_port}", server)))
-            command = [PY, "-m", "router.cli", "serve", "-c", str(path)]
+            command = [PY, "-m", "commands.cli", "serve", "-c", str(path)]
             with process(command, port, cwd=HERE.parent, preexec_fn=limit_fds(args.fd_limit)):
                 latencies, ok = asyncio.run(run(port, slow, args.requests))
             rows.append((name, slow, ok, np.percentile(latencies, 50) * 1e3, np.percentile(latencies, 99) * 1e3))

@@ -1,6 +1,8 @@
-"""The live data plane and the command line.
+"""The live data plane: the aiohttp reverse proxy, its lanes and upstreams, and the process around it.
 
-The aiohttp reverse proxy (serve), the admin API and the job store arrive
-with the live-proxy issue; `router.cli` is the `modeshift` command. Nothing
-here is imported by the control core or the simulator.
+The request path and its lifecycle live here (server, data-plane server,
+proxy, intake, routing, admission, lanes, micro-batcher, upstream client);
+async jobs, telemetry and the admin API are subpackages. Nothing here is
+imported by the control core (`policies/`), and nothing here imports the
+simulator or the command line (`commands/`).
 """

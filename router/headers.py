@@ -8,7 +8,7 @@ adds. `Host` and the body framing (`Content-Length`, `Transfer-Encoding`) are
 never copied; the upstream connection sets its own.
 
 `parent_trace` reads a W3C `traceparent` (it passes through like any
-end-to-end header; router.tracing replaces it for a traced request).
+end-to-end header; router.telemetry.tracing replaces it for a traced request).
 
 What must not live here: choosing lanes or upstreams (router.routing).
 """
@@ -46,9 +46,9 @@ TRACEPARENT = "traceparent"  # W3C Trace Context
 # The headers that say who the caller is to an upstream: requests merged into
 # one call must agree on them, and a stored job keeps them to run later. The
 # first three are secrets; a stored object's owner is a keyed hash of them
-# (router.tenants).
+# (router.jobs.tenants).
 SECRET_HEADERS = ("authorization", "api-key", "x-api-key")
-# Set by the job runner on a job's request: its id (router.jobs_api); the
+# Set by the job runner on a job's request: its id (router.jobs.api); the
 # micro-batcher keeps jobs to their share of a lane's merged calls.
 JOB_HEADER = "X-Modeshift-Job"
 CREDENTIAL_HEADERS = (*SECRET_HEADERS, "openai-organization", "openai-project")

@@ -6,7 +6,7 @@ For a lane with a `batching:` section, requests on a batchable route
 credentials, so no request rides on another client's API key. Each key has
 its own queue (policies.batching, run by backends.batch_loop) with the
 lane's flush rule; all keys share the lane's `max_in_flight` as the cap on
-merged calls at once, and a full queue answers 503. Jobs (router.job_runner)
+merged calls at once, and a full queue answers 503. Jobs (router.jobs.runner)
 queue apart from live requests, and their merged calls hold at most the
 jobs' share (`jobs.max_share`) of those slots, however many jobs wait.
 
@@ -50,7 +50,7 @@ from router.errors import (
     upstream_timeout,
 )
 from router.headers import CREDENTIAL_HEADERS, JOB_HEADER
-from router.job_runner import share_of
+from router.jobs.runner import share_of
 from router.upstream_client import ConnectFailed, UpstreamBrokeOff, UpstreamClient
 from router.upstreams import UpstreamPool
 
@@ -126,7 +126,7 @@ class MicroBatcher:
         self.pool = pool
         self.client = client
         self._slots = asyncio.Semaphore(config.max_in_flight)
-        # Merged calls of jobs take one of their share's slots, then one of the lane's (router.job_runner).
+        # Merged calls of jobs take one of their share's slots, then one of the lane's (router.jobs.runner).
         self._job_slots = _BothSlots(asyncio.Semaphore(int(share_of(config, job_share))), self._slots)
         self.running = 0  # merged calls under way (at most max_in_flight)
         self.max_calls = config.max_in_flight

@@ -19,7 +19,7 @@ the lane that failed, even when another lane then served the request, so the
 controller sees a lane that breaks.
 
 What the request went through (route, lane, upstream, batch, queue wait,
-cost, status) goes on its `Trail` (router.trail), which router.telemetry
+cost, status) goes on its `Trail` (router.trail), which router.telemetry.reporter
 turns into its span and log lines once the answer is done.
 
 What must not live here: limits parsing (router.intake), the lane choice
@@ -52,7 +52,7 @@ from router.errors import (
 )
 from router.headers import REQUEST_ID_KEY, client_response_headers, request_id_from, upstream_request_headers
 from router.intake import check_header_size, read_body
-from router.jobs_api import JOBS_PREFIX, prefers_async
+from router.jobs.api import JOBS_PREFIX, prefers_async
 from router.lanes import Lane
 from router.microbatch import BATCH_HEADER
 from router.routing import (

@@ -21,14 +21,14 @@ from pathlib import Path
 from configs import ConfigError, load_config
 from configs.schema import ModeshiftConfig
 from policies.actions import Action, Command
-from router.decisions import DecisionLog
-from router.figures import collect
-from router.history import History
-from router.jobs_api import Jobs
+from router.jobs.api import Jobs
 from router.logs import event
-from router.route_stats import RouteStats
 from router.state import build_state, carry_over
-from router.telemetry import Telemetry
+from router.telemetry.decisions import DecisionLog
+from router.telemetry.figures import collect
+from router.telemetry.history import History
+from router.telemetry.reporter import Telemetry
+from router.telemetry.route_stats import RouteStats
 
 logger = logging.getLogger("modeshift.router")
 

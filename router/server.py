@@ -21,12 +21,12 @@ from aiohttp import web
 from configs import ConfigError, load_config
 from configs.schema import ModeshiftConfig, split_host_port
 from router import logs
-from router.admin import admin_app
+from router.admin.api import admin_app
 from router.dataplane import DataPlaneServer
 from router.logs import event
 from router.proxy import Proxy
 from router.runtime import Runtime
-from router.telemetry import TelemetryUnavailable
+from router.telemetry.reporter import TelemetryUnavailable
 
 logger = logging.getLogger("modeshift.server")
 

@@ -2,7 +2,7 @@
 
 The proxy fills a `Trail` as the request moves (route, lane, pinned or auto,
 upstream, micro-batch, queue wait, attributed cost, status, the router's own
-error), and router.telemetry reads it once the answer is done. Plain data:
+error), and router.telemetry.reporter reads it once the answer is done. Plain data:
 nothing here reads a clock or does I/O.
 """
 

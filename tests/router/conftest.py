@@ -4,127 +4,18 @@
 running `handler(request)`; `start_router(config)` starts the data plane and
 the admin API on free ports, with the control loop driven by a FakeClock
 (`router.tick()` after `clock.advance(s)`), so no test waits for a timer.
+The pieces they are made of are in tests/router/helpers.py.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any
-
 import aiohttp
 import pytest
-from aiohttp import web
 
 from configs import ModeshiftConfig
 from router.runtime import Runtime
 from router.server import RunningRouter
-
-TOKEN = "test-admin-token"
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class FakeClock:
-    def __init__(self, now_s: float = 1000.0):
-        self.now = now_s
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@dataclass
-class Upstream:
-    """A loopback aiohttp server; `handler` may be swapped while it runs."""
-
-    handler: Handler
-    url: str = ""
-    seen: list[web.Request] = field(default_factory=list)
-    runner: web.AppRunner | None = None
-
-    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
-        self.seen.append(request)
-        return await self.handler(request)
-
-    async def start(self, port: int = 0) -> None:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._dispatch)
-        self.runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=0.1)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", port)
-        await site.start()
-        host, port = self.runner.addresses[0][:2]
-        self.url = f"http://{host}:{port}"
-
-    async def stop(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
-            self.runner = None
-
-
-async def echo(request: web.Request) -> web.Response:
-    """Answer with what arrived: method, path and query, headers, body size."""
-    body = await request.read()
-    return web.json_response(
-        {"method": request.method, "path": request.path_qs, "headers": dict(request.headers), "size": len(body)}
-    )
-
-
-def two_lane_config(realtime: list[str], batch: list[str], **overrides: Any) -> ModeshiftConfig:
-    """A realtime and a batch lane, three modes, a static policy; `overrides` update sections."""
-    return ModeshiftConfig.model_validate(two_lane_raw(realtime, batch, **overrides), context={})
-
-
-def two_lane_raw(realtime: list[str], batch: list[str], **overrides: Any) -> dict[str, Any]:
-    """The config of `two_lane_config` as YAML would hold it."""
-    raw: dict[str, Any] = {
-        "server": {"listen": "127.0.0.1:1", "admin_listen": "127.0.0.1:2", "admin_token_env": "MODESHIFT_TEST_TOKEN"},
-        "lanes": {
-            "realtime": {"upstreams": realtime, "timeout": "10s"},
-            "batch": {"upstreams": batch, "timeout": "10s"},
-        },
-        "modes": {
-            "realtime": {"realtime": 1.0},
-            "hybrid": {"realtime": 0.5, "batch": 0.5},
-            "batch": {"batch": 1.0},
-        },
-        "initial_mode": "realtime",
-        "policy": {"type": "static", "params": {"mode": "realtime"}},
-        "switching": {"hold": "0s", "cooldown": "0s", "step": "1s", "min_samples": 5, "steps": [0.5, 1.0]},
-        "metrics": {"window": "60s", "slot": "1s"},
-    }
-    for section, value in overrides.items():
-        # One level deep: `server={"max_body_bytes": "1KiB"}` changes one key, the rest stays.
-        raw[section] = {**raw[section], **value} if isinstance(value, dict) and section in raw else value
-    return raw
-
-
-@dataclass
-class RouterUnderTest:
-    router: RunningRouter
-    clock: FakeClock
-
-    @property
-    def runtime(self) -> Runtime:
-        return self.router.runtime
-
-    @property
-    def url(self) -> str:
-        host, port = self.router.data_address
-        return f"http://{host}:{port}"
-
-    @property
-    def admin_url(self) -> str:
-        host, port = self.router.admin_address
-        return f"http://{host}:{port}"
-
-    def tick(self, advance_s: float = 1.0) -> list:
-        self.clock.advance(advance_s)
-        return self.runtime.tick()
+from tests.router.helpers import TOKEN, FakeClock, Handler, RouterUnderTest, Upstream, echo
 
 
 @pytest.fixture
@@ -163,18 +54,3 @@ async def start_router(monkeypatch):
 async def client():
     async with aiohttp.ClientSession() as session:
         yield session
-
-
-def admin_headers() -> dict[str, str]:
-    return {"Authorization": f"Bearer {TOKEN}"}
-
-
-async def gather_limited(n: int, concurrency: int, make: Callable[[int], Awaitable[Any]]) -> list[Any]:
-    """Run make(0..n-1) with at most `concurrency` at once; results in order."""
-    gate = asyncio.Semaphore(concurrency)
-
-    async def one(i: int) -> Any:
-        async with gate:
-            return await make(i)
-
-    return await asyncio.gather(*(one(i) for i in range(n)))

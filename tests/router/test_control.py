@@ -8,7 +8,7 @@ are exact and the test never waits for a timer.
 from aiohttp import web
 
 from policies.actions import Force, RolledBack, StepAdvanced
-from tests.router.conftest import two_lane_config
+from tests.router.helpers import two_lane_config
 
 
 async def send(client, router, n: int) -> list[int]:

@@ -16,8 +16,8 @@ import json
 
 from aiohttp import FormData, web
 
-from tests.router.conftest import two_lane_config
-from tests.router.test_jobs import ASYNC
+from tests.router.helpers import two_lane_config
+from tests.router.jobs.test_jobs import ASYNC
 from tests.router.test_limits import content_length
 
 SMALL = {

@@ -5,7 +5,7 @@ import asyncio
 from aiohttp import web
 
 from router.retry_budget import RetryBudget
-from tests.router.conftest import gather_limited, two_lane_config
+from tests.router.helpers import gather_limited, two_lane_config
 
 
 def test_retry_budget_is_a_share_of_active_requests_with_a_floor():

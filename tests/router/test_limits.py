@@ -4,7 +4,7 @@ import asyncio
 
 from aiohttp import web
 
-from tests.router.conftest import two_lane_config
+from tests.router.helpers import two_lane_config
 
 
 async def error_of(response) -> dict:

@@ -13,7 +13,7 @@ import json
 import pytest
 from aiohttp import web
 
-from tests.router.conftest import two_lane_config
+from tests.router.helpers import two_lane_config
 from tests.router.test_limits import content_length
 
 SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n"

@@ -11,7 +11,7 @@ from aiohttp import web
 from policies.actions import Force
 from tests.backends.test_embedder import MIXED
 from tests.conftest import Wrapped
-from tests.router.conftest import two_lane_config
+from tests.router.helpers import two_lane_config
 
 BATCH = {"X-Modeshift-Mode": "batch"}
 

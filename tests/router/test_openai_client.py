@@ -16,7 +16,7 @@ import openai
 import pytest
 from aiohttp import web
 
-from tests.router.conftest import two_lane_config
+from tests.router.helpers import two_lane_config
 
 PRICES = {"per_1k_input_tokens": 0.5, "per_1k_output_tokens": 1.5}
 WORDS = ["modeshift", " routes", " your", " traffic", "."]

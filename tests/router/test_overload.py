@@ -20,7 +20,7 @@ import aiohttp
 from backends.modeled_server import ModeledServer
 from router.runtime import Runtime
 from router.server import RunningRouter
-from tests.router.conftest import two_lane_config
+from tests.router.helpers import two_lane_config
 
 RATE_PER_S = 80.0  # the real-time server: 2 slots of 50 ms, 40 req/s
 RUSH_S = 3.0

@@ -34,7 +34,7 @@ from simulator import generators
 from simulator.engine import Engine
 from simulator.service import Latency, ServerLane, ServiceModel, jittered_s
 from simulator.traces import with_pinned_share
-from tests.router.conftest import FakeClock, Upstream, two_lane_config
+from tests.router.helpers import FakeClock, Upstream, two_lane_config
 
 SEED = 3
 SERVICE = ServiceModel(

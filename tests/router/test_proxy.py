@@ -10,7 +10,7 @@ from multidict import CIMultiDict
 from scipy.stats import binom
 
 from policies.actions import Force
-from tests.router.conftest import echo, gather_limited, two_lane_config
+from tests.router.helpers import echo, gather_limited, two_lane_config
 
 
 async def test_auto_split_matches_the_weights_within_a_binomial_99_interval(upstream, start_router, client):

@@ -10,7 +10,7 @@ import sys
 import yaml
 from aiohttp import web
 
-from tests.router.conftest import TOKEN, two_lane_raw
+from tests.router.helpers import TOKEN, two_lane_raw
 
 
 def free_port() -> int:
@@ -53,7 +53,7 @@ async def test_sighup_reloads_and_sigterm_drains_in_flight_requests(upstream, cl
     router = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "router.cli",
+        "commands.cli",
         "serve",
         "-c",
         str(path),
@@ -106,7 +106,7 @@ async def test_a_taken_listen_address_is_one_clear_line_and_exit_status_2(upstre
     path.write_text(yaml.safe_dump(raw))
     try:
         router = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "router.cli", "serve", "-c", str(path), stderr=asyncio.subprocess.PIPE
+            sys.executable, "-m", "commands.cli", "serve", "-c", str(path), stderr=asyncio.subprocess.PIPE
         )
         _, stderr = await asyncio.wait_for(router.communicate(), timeout=60)
     finally:

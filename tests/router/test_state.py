@@ -3,7 +3,7 @@
 from configs import ModeshiftConfig
 from policies.actions import Force
 from router.state import build_state, carry_over
-from tests.router.conftest import two_lane_config, two_lane_raw
+from tests.router.helpers import two_lane_config, two_lane_raw
 
 A, B, C = "http://127.0.0.1:9001", "http://127.0.0.1:9002", "http://127.0.0.1:9003"
 

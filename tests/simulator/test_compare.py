@@ -72,7 +72,7 @@ def test_compare_runs_every_contender_on_the_same_trace():
 
 
 def test_the_simulate_command_prints_the_table_and_writes_its_files(tmp_path, capsys):
-    from router.cli import main
+    from commands.cli import main
 
     out = tmp_path / "run"
     status = main(
@@ -100,7 +100,7 @@ def test_the_simulate_command_prints_the_table_and_writes_its_files(tmp_path, ca
 
 
 def test_the_simulate_command_refuses_bad_input_with_exit_2(tmp_path, capsys):
-    from router.cli import main
+    from commands.cli import main
 
     args = ["simulate", "--trace", "bundled", "-c", str(ready_config_path("default"))]
     assert main([*args, "--service", str(tmp_path / "missing.yaml")]) == 2

@@ -1,0 +1,175 @@
+"""`modeshift demo`: the live stack on loopback, a real trace with a rush, and what it cost.
+
+Starts the realtime and the batch reference backends and the router with
+configs/default.yaml (commands.demo_stack), replays the bundled slice of the
+Azure LLM trace (2023) with its timing, a rush in the middle (commands.replay),
+and shows the router's mode and the requests per lane as it goes. Then it
+prints the requests per lane, every transition with its reason, p50/p95/p99
+per lane as the client saw them, and the cost per 1,000 requests against
+sending everything to the realtime lane. Everything it started is stopped at
+the end, also on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import statistics
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import aiohttp
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from commands.demo_stack import LocalStack
+from commands.replay import Result, replay
+from configs import ready_config_path
+from simulator.traces import TraceRequest, bundled_azure_slice, with_rush
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The slice at its own rate (about 5 req/s), then a rush `speedup` times faster, then calm again."""
+
+    calm_s: float = 10.0
+    rush_s: float = 25.0
+    speedup: float = 8.0
+    length_s: float = 95.0
+
+    def trace(self) -> tuple[list[TraceRequest], int, int]:
+        """The requests to send, and where the rush starts and ends (indices)."""
+        trace = bundled_azure_slice()
+        start = next(i for i, r in enumerate(trace) if r.t_s >= self.calm_s)
+        rush_end_t = trace[start].t_s + self.rush_s * self.speedup
+        end = next((i for i, r in enumerate(trace) if r.t_s >= rush_end_t), len(trace))
+        rushed = with_rush(trace, start, end, self.speedup)
+        return [r for r in rushed if r.t_s <= self.length_s], start, end
+
+
+SHOWN_DECISIONS = ("TransitionStarted", "StepAdvanced", "TransitionCompleted", "RolledBack", "Paused", "Resumed")
+
+
+def run_demo(schedule: Schedule = Schedule()) -> int:
+    console = Console()
+    config_path = ready_config_path("default")
+    trace, start, end = schedule.trace()
+    rush_from, rush_to = trace[start].t_s, trace[min(end, len(trace)) - 1].t_s
+    console.print(f"[bold]modeshift demo[/bold]  config {config_path}")
+    console.print(
+        f"trace  {len(trace):,} requests of the Azure LLM trace (2023) over {trace[-1].t_s:.0f} s; "
+        f"a rush of {schedule.speedup:g}x from {rush_from:.0f} s to {rush_to:.0f} s"
+    )
+    stack = LocalStack(config_path)
+    # SIGTERM (a supervisor, a killed `make`) unwinds like Ctrl-C, so the
+    # children are stopped by the `finally` below rather than left running.
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        with console.status("starting two reference backends (loading the model) and the router..."):
+            stack.start()
+        console.print(f"router {stack.data_url}  admin {stack.admin_url}")
+        began = time.monotonic()
+        results, status = asyncio.run(_drive(stack, trace, console))
+        stack.stop()
+        _report(console, results, _decisions(stack, began), status)
+        return 0
+    except KeyboardInterrupt:
+        console.print("interrupted: stopping the backends and the router")
+        return 130
+    finally:
+        stack.stop()
+        stack.cleanup()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+async def _drive(stack: LocalStack, trace: list[TraceRequest], console: Console) -> tuple[list[Result], dict]:
+    """Replay `trace` with a live progress line; the results and the router's final status."""
+    served: Counter[str] = Counter()
+    columns = (BarColumn(bar_width=20), TimeElapsedColumn(), TextColumn("{task.fields[state]}"))
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("", total=trace[-1].t_s, state="")
+
+        def counted(result: Result) -> None:
+            served[result.lane or "error"] += 1
+
+        sending = asyncio.create_task(replay(f"{stack.data_url}/v1/embeddings", trace, on_result=counted))
+        began = time.monotonic()
+        async with aiohttp.ClientSession() as session:
+            while not sending.done():
+                status = await stack.status(session)
+                weights = " ".join(f"{lane} {w:.0%}" for lane, w in status["weights"].items())
+                lanes = " ".join(f"{lane} {n}" for lane, n in sorted(served.items()))
+                state = f"{status['mode'] or 'moving'}: {weights} | served {lanes}"
+                progress.update(task, completed=min(time.monotonic() - began, trace[-1].t_s), state=state)
+                await asyncio.wait({sending}, timeout=1.0)
+            status = await stack.status(session)
+        progress.update(task, completed=trace[-1].t_s)
+        return sending.result(), status
+
+
+def _decisions(stack: LocalStack, began_s: float) -> list[dict]:
+    """The router's decision lines, timed from the start of the replay."""
+    out = []
+    for line in stack.router_log.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record.get("event") == "decision" and record.get("kind") in SHOWN_DECISIONS:
+            out.append({**record, "t": record["at_s"] - began_s})
+    return out
+
+
+def _quantiles_ms(latencies: list[float]) -> tuple[float, float, float]:
+    if len(latencies) < 2:
+        value = latencies[0] * 1e3 if latencies else float("nan")
+        return value, value, value
+    q = statistics.quantiles(latencies, n=100, method="inclusive")
+    return q[49] * 1e3, q[94] * 1e3, q[98] * 1e3
+
+
+def _report(console: Console, results: list[Result], decisions: list[dict], status: dict) -> None:
+    console.print()
+    console.print("[bold]transitions[/bold]")
+    for d in decisions:
+        target = d.get("to_mode") or d.get("mode") or ""
+        console.print(f"  t={d['t']:6.1f}s  {d['kind']:<20} {target:<9} {d.get('reason', '')}")
+    if not decisions:
+        console.print("  none: the policy kept the initial mode")
+
+    table = Table(title="requests per lane, as the client saw them")
+    for column in ("lane", "requests", "share", "errors", "p50 ms", "p95 ms", "p99 ms"):
+        table.add_column(column, justify="right" if column != "lane" else "left")
+    by_lane: dict[str, list[Result]] = {}
+    for r in results:
+        by_lane.setdefault(r.lane or "(none)", []).append(r)
+    for lane, rs in sorted(by_lane.items()):
+        ok = [r.latency_s for r in rs if 200 <= r.status < 300]
+        p50, p95, p99 = _quantiles_ms(ok)
+        errors = sum(1 for r in rs if not 200 <= r.status < 300)
+        share = f"{len(rs) / len(results):.1%}"
+        table.add_row(lane, f"{len(rs):,}", share, str(errors), f"{p50:.0f}", f"{p95:.0f}", f"{p99:.0f}")
+    console.print()
+    console.print(table)
+
+    lanes = {name: lane["since_start"] for name, lane in status["lanes"].items()}
+    total_cost = sum(lane["cost_usd"] for lane in lanes.values())
+    total_requests = sum(lane["requests"] for lane in lanes.values())
+    realtime = lanes.get("realtime", {"requests": 0, "cost_usd": 0.0})
+    console.print()
+    if total_requests and realtime["requests"]:
+        per_request_rt = realtime["cost_usd"] / realtime["requests"]
+        actual = total_cost / total_requests * 1000
+        all_realtime = per_request_rt * 1000
+        console.print(
+            f"cost per 1k requests: ${actual:.4f} with modeshift, ${all_realtime:.4f} all on the realtime lane "
+            f"(at its observed cost per request): {1 - actual / all_realtime:.0%} saved"
+        )
+    console.print("costs are the router's attributed costs (configs/default.yaml prices, busy-second billing)")

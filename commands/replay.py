@@ -1,0 +1,183 @@
+"""Sending a trace to a live router with its timing: open loop, one result per request.
+
+Each trace request becomes an embeddings request whose text has about as
+many words as the trace's input tokens suggest (clamped, so a CPU model can
+keep up), sent at its arrival time (divided by `speed`) however slow earlier
+answers are (open loop: a slow server meets the load the trace describes,
+not less). A request on the default route "/" goes to `url`; one with its
+own route goes to that path on the same host. A trace's `mode` becomes
+X-Modeshift-Mode (a pin), its `deadline_ms` X-Modeshift-Deadline-Ms and its
+class X-Modeshift-Priority. A result records when it was sent, the lane that
+served it (X-Modeshift-Lane), its status and latency.
+
+`modeshift replay` (`run`) shows progress and writes the results in the
+simulator's per-request CSV, so a live run and a simulated one compare.
+
+What must not live here: starting servers (commands.demo), the figures
+(simulator.outcome).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+import numpy as np
+
+from commands.profile import answer_usage, words_text
+from router.errors import LANE_HEADER
+from router.routing import DEADLINE_HEADER, MODE_HEADER, PRIORITY_HEADER
+from simulator.outcome import NO_LANE, Outcome
+from simulator.traces import TraceRequest
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    sent_s: float  # since the replay began
+    lane: str  # "" when the router did not say (an error before a lane was chosen)
+    status: int  # 0 when no answer came (connection error, timeout)
+    latency_s: float
+    index: int = 0  # the request's place in the trace
+    input_tokens: int = 0  # as the answer's usage counted them, else the words sent
+
+
+def text_for(request: TraceRequest, rng: random.Random, *, tokens_per_word: int = 32, most_words: int = 24) -> str:
+    words = min(max(request.input_tokens // tokens_per_word, 4), most_words)
+    return words_text(rng, words)
+
+
+async def replay(
+    url: str,
+    trace: Sequence[TraceRequest],
+    *,
+    seed: int = 0,
+    speed: float = 1.0,
+    timeout_s: float = 30.0,
+    on_result: Callable[[Result], None] | None = None,
+) -> list[Result]:
+    """Send `trace` (POST, OpenAI embeddings bodies) at its arrival times; results in trace order."""
+    if speed <= 0:
+        raise ValueError(f"speed must be positive, got {speed}")
+    rng = random.Random(seed)
+    bodies = [{"input": text_for(request, rng)} for request in trace]
+    origin = urlsplit(url)
+    results: list[Result | None] = [None] * len(trace)
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as session:
+        began = time.perf_counter()
+
+        async def send(index: int, request: TraceRequest, body: dict, at_s: float) -> None:
+            target = url if request.route == "/" else urlunsplit((*origin[:2], request.route, "", ""))
+            headers = {}
+            if request.mode is not None:
+                headers[MODE_HEADER] = request.mode
+            if request.deadline_ms is not None:
+                headers[DEADLINE_HEADER] = f"{request.deadline_ms:g}"
+            if request.traffic_class is not None:
+                headers[PRIORITY_HEADER] = request.traffic_class
+            started = time.perf_counter()
+            lane, status, tokens = "", 0, len(body["input"].split())
+            try:
+                async with session.post(target, json=body, headers=headers) as response:
+                    data = await response.read()
+                    lane, status = response.headers.get(LANE_HEADER, ""), response.status
+                    tokens = answer_usage(data).get("prompt_tokens", tokens)
+            except (aiohttp.ClientError, TimeoutError):
+                pass
+            latency_s = time.perf_counter() - started
+            result = results[index] = Result(at_s, lane, status, latency_s, index, tokens)
+            if on_result is not None:
+                on_result(result)
+
+        tasks = []
+        t0 = trace[0].t_s if trace else 0.0
+        for index, (request, body) in enumerate(zip(trace, bodies)):
+            at_s = (request.t_s - t0) / speed
+            delay = at_s - (time.perf_counter() - began)
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(send(index, request, body, at_s)))
+        await asyncio.gather(*tasks)
+    return [r for r in results if r is not None]
+
+
+def as_sent(trace: Sequence[TraceRequest], results: Sequence[Result]) -> list[TraceRequest]:
+    """The trace as the router received it, to simulate against a live run.
+
+    A replay sends short texts, not the trace's token counts, and embeddings
+    produce no output tokens: each request carries the input tokens of its
+    result and no output.
+    """
+    return [replace(trace[r.index], input_tokens=r.input_tokens, output_tokens=0) for r in results]
+
+
+def as_outcome(trace: Sequence[TraceRequest], results: Sequence[Result]) -> Outcome:
+    """Live results in the simulator's shape (no cost: the router's /metrics has it in total)."""
+    lanes = tuple(sorted({r.lane for r in results if r.lane}))
+    index = {lane: i for i, lane in enumerate(lanes)}
+    n = len(results)
+    return Outcome(
+        lanes=lanes,
+        arrival_s=np.array([r.sent_s for r in results]),
+        lane=np.array([index.get(r.lane, NO_LANE) for r in results], dtype=np.int16),
+        status=np.array([r.status or 599 for r in results], dtype=np.int16),
+        latency_s=np.array([r.latency_s for r in results]),
+        cost_usd=np.full(n, np.nan),
+        pinned=np.array([trace[r.index].mode is not None for r in results], dtype=bool),
+        deadline_s=np.array(
+            [trace[r.index].deadline_ms / 1000.0 if trace[r.index].deadline_ms else np.nan for r in results]
+        ),
+        idle_cost_usd={},
+        end_s=max((r.sent_s + r.latency_s for r in results), default=0.0),
+    )
+
+
+def run(args) -> int:
+    """The `modeshift replay` command: send, show progress, print the figures, write the CSV."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from simulator.command import slo_targets
+    from simulator.outcome import summarize
+    from simulator.report import lane_table, write_requests_csv
+    from simulator.traces import prepared
+
+    try:
+        trace = prepared(
+            args.trace, window=args.slice, pinned_share=args.pinned_share, pinned_lane=args.pinned_lane, seed=args.seed
+        )
+        slo = slo_targets(args)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if not trace:
+        print(f"{args.trace}: no requests in the trace (after --slice)", file=sys.stderr)
+        return 2
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    console.print(f"sending {len(trace):,} requests over {trace[-1].t_s / args.speed:,.0f} s to {args.target}")
+    columns = (TextColumn("replay"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("", total=len(trace))
+        results = asyncio.run(
+            replay(
+                args.target,
+                trace,
+                seed=args.seed,
+                speed=args.speed,
+                timeout_s=args.timeout,
+                on_result=lambda _: progress.advance(task),
+            )
+        )
+    outcome = as_outcome(trace, results)
+    console.print(lane_table(summarize(outcome, slo, f"replay of {args.trace}"), slo))
+    if args.out:
+        write_requests_csv(outcome, slo, args.out)
+        console.print(f"wrote {len(results):,} results to {args.out}")
+    failed = sum(1 for r in results if r.status == 0)
+    return 1 if failed == len(results) else 0

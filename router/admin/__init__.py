@@ -1,0 +1,1 @@
+"""The admin API and the status page, on their own listener."""

@@ -1,0 +1,264 @@
+"""The admin API, on its own listener (server.admin_listen), never the data port.
+
+Every request needs `Authorization: Bearer <token>`, the token being the value
+of the environment variable the config names (server.admin_token_env); with
+the variable unset, the admin API answers 401 to everyone and says so. The
+one exception is the status page's HTML at `/`, which holds no data: its
+script asks for the token (or reads it from the URL's `#token=` fragment,
+which browsers never send) and calls the API with it.
+
+    GET  /           the status page (router/admin/status_page.html)
+    GET  /status     mode, weights, transition, per-lane figures and upstreams, each class's objective and
+                     attainment, recent decisions
+    GET  /history    per-lane rate, latency, cost and weight, one sample per tick (router.telemetry.history)
+    GET  /decisions  the decision audit log, JSON Lines, oldest first (?limit=N, ?kind=A,B)
+    GET  /metrics    the same figures for Prometheus (router.telemetry.prometheus)
+    POST /mode       {"mode": "batch", "gradual": true, "reason": "..."}
+    POST /pause      stop moving (the rollback guard stays armed)
+    POST /resume
+    POST /rollback   back to the weights before the last transition
+    POST /reload     read the config file again; an invalid one is refused with its error lines
+    GET  /v1/jobs/{id}, /v1/files[/{id}[/content]], /v1/batches[/{id}]
+                     every tenant's stored objects, with their owner (the data plane shows each its own)
+
+A command the controller refuses (already in that mode, nothing to roll
+back) answers 409 with the reason.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import math
+import os
+from collections.abc import Awaitable, Callable
+from importlib import resources
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from configs import ConfigError
+from policies import stream_health
+from policies.actions import CommandRejected, Force, Pause, Resume, Rollback
+from policies.snapshot import Snapshot
+from router.errors import ProxyError, bad_request
+from router.logs import finite
+from router.runtime import Runtime
+
+RECENT_DECISIONS = 50
+_RUNTIME = web.AppKey("runtime", Runtime)
+_PAGE = resources.files("router.admin").joinpath("status_page.html").read_bytes()
+
+
+class _ModeBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    mode: str
+    gradual: bool = True
+    reason: str = "admin API"
+
+
+class _ReasonBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str = "admin API"
+
+
+def _error(status: int, kind: str, message: str, **extra) -> web.Response:
+    body = ProxyError(status, kind, message).body(None)
+    body["error"].update(extra)
+    return web.json_response(body, status=status, dumps=_dumps)
+
+
+def _dumps(value) -> str:
+    return json.dumps(finite(value), default=str)
+
+
+@web.middleware
+async def _authorize(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+    if request.path == "/" and request.method == "GET":
+        return await handler(request)  # the page's HTML only; its data needs the token
+    runtime = request.app[_RUNTIME]
+    variable = runtime.state.config.server.admin_token_env
+    token = os.environ.get(variable, "")
+    if not token:
+        return _error(401, "unauthorized", f"the admin API is off: set the environment variable {variable}")
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        return _error(401, "unauthorized", f"send 'Authorization: Bearer <token>' with the value of ${variable}")
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        return _error(exc.status, exc.reason.lower().replace(" ", "_"), exc.text or exc.reason)
+    except ProxyError as exc:
+        return exc.response(None)
+
+
+async def _read(request: web.Request, model: type[BaseModel]) -> BaseModel:
+    raw = await request.read()
+    try:
+        return model.model_validate_json(raw or b"{}")
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
+        raise bad_request(f"invalid JSON body: {problems}") from None
+
+
+def _lane_figures(snapshot: Snapshot) -> dict[str, dict]:
+    return {name: fig.numbers() for name, fig in snapshot.lanes.items()}
+
+
+def _objectives(snapshot: Snapshot) -> dict[str, dict]:
+    """Each class over the metrics window: its objective and how well it is kept (None without requests)."""
+    window = stream_health.windows(snapshot.outcomes)
+    out = {}
+    for name, reading in stream_health.readings(window, snapshot.objectives).items():
+        objective = reading.objective
+        out[name] = {
+            "latency_s": None if math.isinf(objective.latency_s) else objective.latency_s,
+            "wanted": objective.wanted,
+            "error_budget": objective.error_budget,
+            "priority": objective.priority,
+            "requests": reading.requests,
+            "attainment": reading.attainment if reading.requests else None,
+            "errors": reading.errors,
+        }
+    return out
+
+
+def status(runtime: Runtime) -> dict:
+    state = runtime.state
+    now = runtime.now_s()
+    snapshot = state.control.snapshot(now)
+    view = snapshot.control
+    t = view.transition
+    lanes = _lane_figures(snapshot)
+    for name, lane in state.lanes.items():
+        lanes[name].update(weight=view.weights[name], **lane.describe(now))
+    return {
+        "mode": view.mode,
+        "state": view.state,
+        "weights": view.weights.as_dict(),
+        "transition": None
+        if t is None
+        else {
+            "from_mode": t.from_mode,
+            "to_mode": t.to_mode,
+            "step": t.step_index + 1,
+            "steps": t.step_count,
+            "fraction": t.fraction,
+            "cause": t.cause,
+            "running_s": now - t.started_s,
+        },
+        "holding": None
+        if view.holding_target is None
+        else {"target": view.holding_target, "for_s": now - (view.holding_since_s or now)},
+        "cooldown_left_s": max((view.cooldown_until_s or now) - now, 0.0),
+        "arrival_rate_per_s": snapshot.arrival_rate_per_s,
+        "lanes": lanes,
+        "objectives": _objectives(snapshot),
+        "decisions": runtime.decisions.recent(RECENT_DECISIONS),
+        "config": {"path": str(runtime.config_path) if runtime.config_path else None, "reloads": runtime.reloads},
+        "uptime_s": now - runtime.started_s,
+        "now_s": now,
+    }
+
+
+async def _status(request: web.Request) -> web.Response:
+    return web.json_response(status(request.app[_RUNTIME]), dumps=_dumps)
+
+
+def _answer(runtime: Runtime, actions) -> web.Response:
+    refused = next((a for a in actions if isinstance(a, CommandRejected)), None)
+    if refused is not None:
+        return _error(409, "command_rejected", refused.reason)
+    return web.json_response({"actions": [a.as_record() for a in actions]}, dumps=_dumps)
+
+
+async def _mode(request: web.Request) -> web.Response:
+    body = await _read(request, _ModeBody)
+    runtime = request.app[_RUNTIME]
+    return _answer(runtime, runtime.command(Force(mode=body.mode, gradual=body.gradual, reason=body.reason)))
+
+
+def _simple(command: type) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def handle(request: web.Request) -> web.Response:
+        body = await _read(request, _ReasonBody)
+        runtime = request.app[_RUNTIME]
+        return _answer(runtime, runtime.command(command(reason=body.reason)))
+
+    return handle
+
+
+async def _reload(request: web.Request) -> web.Response:
+    runtime = request.app[_RUNTIME]
+    try:
+        record = runtime.reload()
+    except ConfigError as exc:
+        return _error(422, "invalid_config", "the new config is invalid; the old one keeps serving", lines=exc.lines)
+    return web.json_response(record, dumps=_dumps)
+
+
+async def _stored(request: web.Request) -> web.StreamResponse:
+    jobs = request.app[_RUNTIME].jobs
+    if jobs is None:
+        return _error(404, "not_found", "jobs are off (jobs.enabled)")
+    return await jobs.handle_admin(request)
+
+
+async def _page(request: web.Request) -> web.Response:
+    return web.Response(body=_PAGE, content_type="text/html", headers={"Cache-Control": "no-store"})
+
+
+async def _history(request: web.Request) -> web.Response:
+    runtime = request.app[_RUNTIME]
+    after = _number(request, "after", float, None)
+    return web.json_response({"now_s": runtime.now_s(), "samples": runtime.history.after(after)}, dumps=_dumps)
+
+
+async def _decisions(request: web.Request) -> web.Response:
+    """The audit log in the simulator's format: one `Action.as_record()` per line."""
+    runtime = request.app[_RUNTIME]
+    limit = _number(request, "limit", int, None)
+    if limit is not None and limit < 1:
+        raise bad_request(f"limit must be a positive whole number, got {limit}")
+    kinds = {k for k in request.query.get("kind", "").split(",") if k}
+    records = [r for r in runtime.decisions.recent() if not kinds or r.get("kind") in kinds]
+    if limit is not None:
+        records = records[-limit:]
+    body = "".join(_dumps(record) + "\n" for record in records)
+    return web.Response(text=body, content_type="application/x-ndjson")
+
+
+def _number(request: web.Request, name: str, kind: type, default):
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        return kind(raw)
+    except ValueError:
+        what = "a whole number" if kind is int else "a number"
+        raise bad_request(f"query parameter {name} must be {what}, got {raw!r}") from None
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    from router.telemetry.prometheus import CONTENT_TYPE, exposition
+
+    body = exposition(request.app[_RUNTIME])
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+def admin_app(runtime: Runtime) -> web.Application:
+    app = web.Application(middlewares=[_authorize])
+    app[_RUNTIME] = runtime
+    app.router.add_get("/", _page)
+    app.router.add_get("/status", _status)
+    app.router.add_get("/history", _history)
+    app.router.add_get("/decisions", _decisions)
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_post("/mode", _mode)
+    app.router.add_post("/pause", _simple(Pause))
+    app.router.add_post("/resume", _simple(Resume))
+    app.router.add_post("/rollback", _simple(Rollback))
+    app.router.add_post("/reload", _reload)
+    for path in ("/v1/jobs/{id}", "/v1/files", "/v1/files/{id}", "/v1/files/{id}/content", "/v1/batches",
+                 "/v1/batches/{id}"):  # fmt: skip
+        app.router.add_get(path, _stored)
+    return app

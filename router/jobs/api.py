@@ -1,0 +1,314 @@
+"""Async jobs on the data plane: `Prefer: respond-async` (RFC 7240) and /v1/jobs.
+
+    POST /v1/embeddings  + Prefer: respond-async    202, Location: /v1/jobs/{id}, Preference-Applied
+    GET    /v1/jobs/{id}          the job: status, attempts, and once done the upstream's answer or the error
+    GET    /v1/jobs/{id}/result   once done, the upstream's answer itself (status, headers, body); 202 before
+    DELETE /v1/jobs/{id}          cancel a job that has not started; 409 once it has
+
+A job is acknowledged (202) only after it is stored durably. Any route
+takes `Prefer: respond-async`; the request is checked like any other (route,
+size limits) before it is stored, with its end-to-end headers; its
+credentials are stored apart and erased when the job ends (router.jobs.store).
+
+A job belongs to the credential that made it (router.jobs.tenants): any other
+credential gets 404 for it, on every path here.
+
+`Idempotency-Key` (IETF httpapi draft), per owner: the same key with the
+same method, path and body gives the job stored first; the same key with a
+different request is 422. Requests with one key are stored one after the
+other, so a resend that arrives while the first is being stored waits a
+commit and gets the stored job.
+
+The store is made when the first job arrives, so a router whose clients
+never ask for async jobs writes no file. What must not live here: storage
+(router.jobs.store), running jobs (router.jobs.runner).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from backends.codecs import codec_for
+from configs.schema import ModeshiftConfig, RouteConfig
+from router.errors import REFUSED_HEADER, REQUEST_ID_HEADER, ProxyError, bad_request
+from router.headers import CREDENTIAL_HEADERS, HOP_BY_HOP, JOB_HEADER, end_to_end
+from router.jobs.batches import SWEEP_S, OpenAIBatches
+from router.jobs.runner import Answer, JobRunner, share_of
+from router.jobs.store import EVERY_OWNER, FINAL, IdempotencyConflict, Job, JobStore, NewJob
+from router.jobs.tenants import credentials_of
+from router.lanes import Lane
+from router.routing import MODE_HEADER
+from router.upstream_client import UpstreamClient
+
+JOBS_PREFIX = "/v1/jobs/"
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+_NOT_STORED = frozenset(
+    ("prefer", "idempotency-key", MODE_HEADER.lower(), REQUEST_ID_HEADER.lower(), JOB_HEADER.lower())
+).union(CREDENTIAL_HEADERS)
+_NOT_KEPT = HOP_BY_HOP | {"content-length"}  # of an answer: the framing is made again when it is served
+_MAX_KEY = 255
+logger = logging.getLogger("modeshift.jobs")
+
+
+def prefers_async(headers: CIMultiDictProxy[str]) -> bool:
+    """True when a `Prefer` header holds the preference respond-async (RFC 7240: tokens, case-insensitive)."""
+    for value in headers.getall("Prefer", ()):
+        for preference in value.split(","):
+            if preference.split(";", 1)[0].split("=", 1)[0].strip().lower() == "respond-async":
+                return True
+    return False
+
+
+def job_not_found(job_id: str) -> ProxyError:
+    return ProxyError(404, "job_not_found", f"no job {job_id!r}: job ids come from the Location of a 202 answer")
+
+
+class Jobs:
+    def __init__(
+        self,
+        config: ModeshiftConfig,
+        lane_of: Callable[[], Lane],
+        route_of: Callable[[str], RouteConfig | None],
+        clock: Callable[[], float] = time.time,
+    ):
+        self.config = config.jobs
+        self.lane_name = config.jobs.lane or ("batch" if "batch" in config.lanes else next(iter(config.lanes)))
+        self.lane_of = lane_of  # the jobs lane as it is now (a reload may replace it)
+        self.route_of = route_of  # the route a path takes now
+        self.clock = clock
+        self.store: JobStore | None = None
+        self.runner: JobRunner | None = None
+        self.data_url = ""
+        self._client: UpstreamClient | None = None
+        self._storing: dict[tuple[str, str], _KeyInUse] = {}
+        self._sweeper: asyncio.Task | None = None
+        self.batches = (
+            OpenAIBatches(
+                self._open, clock, max_file_bytes=config.jobs.max_file_bytes,
+                max_body_bytes=config.server.max_body_bytes, receive_timeout_s=config.server.receive_timeout_s,
+            )
+            if config.jobs.openai_api
+            else None
+        )  # fmt: skip
+
+    async def start(self, data_url: str) -> None:
+        """Remember where the data plane listens; resume the jobs of an earlier run, if its database exists."""
+        self.data_url = data_url
+        if Path(self.config.database).exists():
+            self._open()
+
+    def _open(self) -> JobStore:
+        if self.store is None:
+            lane = self.lane_of()
+            self.store = JobStore(self.config.database)
+            self._client = UpstreamClient(connect_timeout_s=5.0, read_timeout_s=lane.config.timeout_s + 1.0)
+            self.runner = JobRunner(
+                self.store,
+                self.config,
+                self._send,
+                slots=lambda: share_of(self.lane_of().config, self.config.max_share),
+                cost_of=self._cost_of,
+                lane_queued=lambda: self.lane_of().gate.waiting,
+                lease_s=self.config.lease_s,
+                clock=self.clock,
+            )
+            self.runner.start()
+            if self.batches is not None:
+                self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
+        return self.store
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_S)
+            try:
+                await self.batches.sweep()
+            except Exception:
+                logger.exception("sweeping batches failed")
+
+    async def handle_openai(self, request: web.BaseRequest) -> web.Response:
+        """/v1/files and /v1/batches, for the caller's own; a new batch's lines run with the caller's credentials."""
+        owner = self._open().owners.of(request.headers)
+        response = await self.batches.handle(request, owner, credentials_of(request.headers))
+        self.runner.wake()
+        return response
+
+    async def _send(self, job: Job) -> Answer:
+        headers = CIMultiDict(job.headers)
+        headers.extend(job.credentials)
+        headers[MODE_HEADER] = self.lane_name
+        headers[REQUEST_ID_HEADER] = job.id
+        headers[JOB_HEADER] = job.id
+        headers[IDEMPOTENCY_HEADER] = job.id  # the same on every run of the job: an upstream may deduplicate
+        answer = await self._client.request(self.data_url, job.method, job.target, headers, job.body)
+        try:
+            body = await answer.read()
+        finally:
+            answer.release()
+        kept = [(k, v) for k, v in answer.headers.items() if k.lower() not in _NOT_KEPT]
+        return Answer(answer.status, kept, body, refused=answer.status == 503 and REFUSED_HEADER in answer.headers)
+
+    def _cost_of(self, job: Job) -> float:
+        """Upstream slots `job` holds on the jobs lane: a share of a merged call when it rides the micro-batcher."""
+        lane = self.lane_of()
+        if lane.batching is None:
+            return 1.0
+        route = self.route_of(job.target.partition("?")[0])
+        codec = codec_for(route.protocol) if route is not None else None
+        if codec is None or not codec.batchable or not codec.read(job.body):
+            return 1.0
+        return 1.0 / lane.config.batching.max_batch
+
+    async def accept(self, request: web.BaseRequest, body: bytes, request_id: str) -> web.Response:
+        """Store the request as a job; 202 once it is on the disk."""
+        key = request.headers.get(IDEMPOTENCY_HEADER)
+        if key is not None and not 0 < len(key) <= _MAX_KEY:
+            raise bad_request(f"{IDEMPOTENCY_HEADER} must be 1 to {_MAX_KEY} characters, got {len(key)}")
+        store = self._open()
+        owner = store.owners.of(request.headers)
+        headers = [(k, v) for k, v in end_to_end(request.headers).items() if k.lower() not in _NOT_STORED]
+        job = NewJob(
+            request.method, request.rel_url.raw_path_qs, headers, body, owner, credentials_of(request.headers), key
+        )
+        try:
+            if key is None:
+                stored, new = await store.submit(job, self.clock())
+            else:
+                async with self._one_at_a_time((owner, key)):
+                    stored, new = await store.submit(job, self.clock())
+        except IdempotencyConflict:
+            raise ProxyError(
+                422,
+                "idempotency_key_reused",
+                f"{IDEMPOTENCY_HEADER} {key!r} was used for a different request; use a new key for a new request",
+            ) from None
+        if new:
+            self.runner.wake()
+        headers = {
+            "Location": f"{JOBS_PREFIX}{stored.id}",
+            "Preference-Applied": "respond-async",
+            REQUEST_ID_HEADER: request_id,
+        }
+        if not new:
+            headers["Idempotent-Replayed"] = "true"
+        return web.json_response(view(stored), status=202, headers=headers)
+
+    @contextlib.asynccontextmanager
+    async def _one_at_a_time(self, slot: tuple[str, str]):
+        """Requests with one owner's idempotency key are stored in turn: the later ones find the first."""
+        held = self._storing.get(slot)
+        if held is None:
+            held = self._storing[slot] = _KeyInUse()
+        held.users += 1
+        try:
+            async with held.lock:
+                yield
+        finally:
+            held.users -= 1
+            if held.users == 0:
+                del self._storing[slot]
+
+    async def handle(self, request: web.BaseRequest) -> web.Response:
+        """GET or DELETE /v1/jobs/{id}, GET /v1/jobs/{id}/result, for the job's owner only."""
+        rest = request.rel_url.path[len(JOBS_PREFIX) :]
+        job_id, _, tail = rest.partition("/")
+        if tail not in ("", "result") or (tail == "result" and request.method != "GET"):
+            raise ProxyError(
+                404, "not_found", f"no such job path; see {JOBS_PREFIX}{{id}} and {JOBS_PREFIX}{{id}}/result"
+            )
+        if request.method not in ("GET", "DELETE"):
+            raise ProxyError(405, "method_not_allowed", "jobs take GET (status, result) and DELETE (cancel)")
+        if self.store is None and not Path(self.config.database).exists():
+            raise job_not_found(job_id)
+        store = self._open()
+        owner = store.owners.of(request.headers)
+        if request.method == "DELETE":
+            job = await store.cancel(job_id, owner, self.clock())
+            if job is None:
+                raise job_not_found(job_id)
+            if job.state != "cancelled":
+                raise ProxyError(409, "job_started", f"job {job_id} is {job.state}; only a queued job can be cancelled")
+            return web.json_response(view(job))
+        job = await store.get(job_id, owner)
+        if job is None:
+            raise job_not_found(job_id)
+        if tail == "result":
+            if job.state not in FINAL:
+                return web.json_response(view(job), status=202, headers={"Retry-After": "1"})
+            if job.status_code is None:
+                raise ProxyError(409, "no_result", f"job {job_id} is {job.state} without an answer: {job.error}")
+            return web.Response(
+                status=job.status_code, body=job.response_body, headers=CIMultiDict(job.response_headers)
+            )
+        return web.json_response(view(job))
+
+    async def handle_admin(self, request: web.BaseRequest) -> web.StreamResponse:
+        """The admin API's read-only view of every job, file and batch, whoever owns it (GET only)."""
+        path = request.rel_url.path
+        if self.store is None and not Path(self.config.database).exists():
+            raise ProxyError(404, "not_found", "no job has been stored yet")
+        if path.startswith(JOBS_PREFIX):
+            job_id = path[len(JOBS_PREFIX) :]
+            job = await self._open().get(job_id, EVERY_OWNER)
+            if job is None:
+                raise job_not_found(job_id)
+            return web.json_response({**view(job), "owner": job.owner})
+        if self.batches is None:
+            raise ProxyError(404, "not_found", "the Files and Batches API is off (jobs.openai_api)")
+        self._open()
+        return await self.batches.handle(request, EVERY_OWNER, [])
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+        if self.runner is not None:
+            await self.runner.close()
+        if self.store is not None:
+            await self.store.close()
+        if self._client is not None:
+            await self._client.close()
+
+
+class _KeyInUse:
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0
+
+
+def view(job: Job) -> dict:
+    """A job as its owner sees it."""
+    out: dict = {
+        "id": job.id,
+        "object": "job",
+        "status": job.state,
+        "method": job.method,
+        "path": job.target,
+        "created_at": job.created_at,
+        "finished_at": job.finished_at,
+        "attempts": job.attempts,
+        "error": job.error if job.state != "succeeded" else None,
+        "response": None,
+    }
+    if job.status_code is not None:
+        headers = dict(job.response_headers or [])
+        response: dict = {"status_code": job.status_code, "headers": headers}
+        content_type = next((v for k, v in headers.items() if k.lower() == "content-type"), "")
+        body = job.response_body or b""
+        try:
+            response["body"] = json.loads(body) if "json" in content_type else body.decode()
+        except ValueError:
+            response["body_base64"] = base64.b64encode(body).decode()
+        out["response"] = response
+    return out

@@ -1,0 +1,101 @@
+"""The contents of /v1/files on disk: one file per id, streamed in under a size limit.
+
+A batch input file may be 200 MB (OpenAI's limit), too large to hold in
+memory or to write through the job store's single writer thread, so the
+database keeps a file's record and this directory keeps its bytes. An
+upload goes to a temporary name as it arrives, is flushed to the disk and
+renamed to its id only when it is whole and within the limit; a refused or
+broken upload leaves nothing behind. The directory is 0700 and every file
+0600: they hold other tenants' requests.
+
+What must not live here: records and owners (router.jobs.store), HTTP
+(router.jobs.batches).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+# Bytes gathered in memory before one write to the disk (a thread hop each).
+_FLUSH_BYTES = 1 << 20
+
+
+class TooLarge(Exception):
+    """The upload went past the limit."""
+
+
+class FileDirectory:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def _ensure(self) -> None:
+        self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.path, 0o700)
+
+    def path_of(self, file_id: str) -> Path:
+        if not file_id.replace("-", "").replace("_", "").isalnum():  # ids are ours: no separators, no dots
+            raise ValueError(f"not a file id: {file_id!r}")
+        return self.path / file_id
+
+    async def receive(
+        self, file_id: str, chunks: AsyncIterator[bytes], *, limit: int, on_stall: Callable[[], Exception],
+        stall_s: float,
+    ) -> int:  # fmt: skip
+        """Write the chunks as `file_id`; its size.
+
+        TooLarge past `limit`; the exception `on_stall()` makes when no chunk comes for `stall_s`.
+        """
+        await asyncio.to_thread(self._ensure)
+        temporary = self.path / f".upload-{secrets.token_hex(8)}"
+        handle = await asyncio.to_thread(_open_private, temporary)
+        size, pending = 0, bytearray()
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(stall_s):
+                        chunk = await anext(chunks, None)
+                except TimeoutError:
+                    raise on_stall() from None
+                if chunk is None:
+                    break
+                size += len(chunk)
+                if size > limit:
+                    raise TooLarge(limit)
+                pending += chunk
+                if len(pending) >= _FLUSH_BYTES:
+                    await asyncio.to_thread(handle.write, bytes(pending))
+                    pending.clear()
+            await asyncio.to_thread(_finish, handle, bytes(pending), temporary, self.path_of(file_id))
+        except BaseException:
+            handle.close()
+            temporary.unlink(missing_ok=True)
+            raise
+        return size
+
+    def write(self, file_id: str, content: bytes) -> None:
+        """Store `content` as `file_id` at once (files the router makes itself: batch output)."""
+        self._ensure()
+        temporary = self.path / f".write-{secrets.token_hex(8)}"
+        _finish(_open_private(temporary), content, temporary, self.path_of(file_id))
+
+    def read(self, file_id: str) -> bytes:
+        return self.path_of(file_id).read_bytes()
+
+    def remove(self, file_id: str) -> None:
+        self.path_of(file_id).unlink(missing_ok=True)
+
+
+def _open_private(path: Path):
+    return os.fdopen(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600), "wb")
+
+
+def _finish(handle, tail: bytes, temporary: Path, final: Path) -> None:
+    with handle:
+        handle.write(tail)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, final)

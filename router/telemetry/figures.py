@@ -1,0 +1,148 @@
+"""The router's metrics as plain data, read at export time, for every exporter.
+
+`collect(runtime)` reads what the router keeps anyway (the lanes' windows, the
+route stats, the controller, the decision log) and returns metric families:
+a name, a kind (counter, gauge or histogram), a unit, a help line and its
+points. The Prometheus endpoint (router.telemetry.prometheus) and the OTLP exporter
+(router.telemetry.otlp) each turn the same families into their own format, so the two
+always agree and serving requests pays nothing for either.
+
+    modeshift_requests{route,lane,code}                  counter
+    modeshift_request_duration_seconds{route,lane}       histogram
+    modeshift_lane_requests{lane,outcome}                counter (ok | error)
+    modeshift_cost_usd{lane}                             counter, attributed cost
+    modeshift_tokens{lane,kind}                          counter (input | output)
+    modeshift_in_flight{lane}, modeshift_queue_depth{lane}
+    modeshift_lane_weight{lane}                          the share of auto traffic now
+    modeshift_mode{mode}                                 1 for the mode in force
+    modeshift_transitions, modeshift_rollbacks{cause}, modeshift_rollbacks_withheld
+    modeshift_attainment{class}                          share within objective, over the metrics window
+    modeshift_upstream_ejected{lane,upstream}            1 while ejected
+
+(Prometheus adds `_total` to counters.) Histogram buckets come from the
+router's log-spaced histograms; each bucket count is exact to within their 1%
+relative accuracy.
+
+What must not live here: recording (router.telemetry.route_stats, policies.metrics),
+any exporter's format.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+from policies import stream_health
+
+if TYPE_CHECKING:
+    from router.runtime import Runtime
+
+BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Buckets:
+    """A histogram point: `at_most[i]` requests took at most BUCKETS_S[i]; `count` in all."""
+
+    at_most: tuple[int, ...]
+    count: int
+    sum: float
+    min: float
+    max: float
+
+
+@dataclass(slots=True)
+class Family:
+    name: str
+    kind: Literal["counter", "gauge", "histogram"]
+    help: str
+    labels: tuple[str, ...] = ()
+    unit: str = ""
+    points: list[tuple[tuple[str, ...], float | Buckets]] = field(default_factory=list)
+
+    def add(self, labels: tuple[str, ...], value: float | Buckets) -> None:
+        self.points.append((labels, value))
+
+
+def collect(runtime: Runtime) -> list[Family]:
+    return [*_routes(runtime), *_lanes(runtime), *_control(runtime)]
+
+
+def _routes(runtime: Runtime) -> list[Family]:
+    stats = runtime.route_stats
+    requests = Family(
+        "modeshift_requests",
+        "counter",
+        "Client requests answered, by route, lane and status.",
+        ("route", "lane", "code"),
+    )
+    for (route, lane, code), n in sorted(stats.requests.items()):
+        requests.add((route, lane, str(code)), n)
+    duration = Family(
+        "modeshift_request_duration_seconds",
+        "histogram",
+        "Time from a request's arrival to the end of its answer.",
+        ("route", "lane"),
+        unit="seconds",
+    )
+    for (route, lane), histogram in sorted(stats.latency.items()):
+        at_most = tuple(histogram.counts_at_most(BUCKETS_S))
+        low, high = histogram.quantiles((0.0, 1.0))
+        duration.add((route, lane), Buckets(at_most, histogram.count, histogram.sum, low, high))
+    return [requests, duration]
+
+
+def _lanes(runtime: Runtime) -> list[Family]:
+    state = runtime.state
+    now = runtime.now_s()
+    lane_requests = Family(
+        "modeshift_lane_requests", "counter", "Requests each lane finished, by outcome.", ("lane", "outcome")
+    )
+    cost = Family("modeshift_cost_usd", "counter", "Attributed cost in US dollars.", ("lane",), unit="usd")
+    tokens = Family("modeshift_tokens", "counter", "Tokens counted, by kind.", ("lane", "kind"))
+    in_flight = Family("modeshift_in_flight", "gauge", "Requests in flight on the lane.", ("lane",))
+    queued = Family("modeshift_queue_depth", "gauge", "Requests waiting for the lane.", ("lane",))
+    weight = Family("modeshift_lane_weight", "gauge", "The lane's share of auto traffic.", ("lane",))
+    ejected = Family("modeshift_upstream_ejected", "gauge", "1 while the upstream is ejected.", ("lane", "upstream"))
+    weights = state.control.weights
+    for name, lane in state.lanes.items():
+        totals = lane.window.since_start
+        lane_requests.add((name, "ok"), totals.completions - totals.errors)
+        lane_requests.add((name, "error"), totals.errors)
+        cost.add((name,), totals.cost_usd)
+        tokens.add((name, "input"), totals.input_tokens)
+        tokens.add((name, "output"), totals.output_tokens)
+        in_flight.add((name,), lane.window.in_flight)
+        queued.add((name,), lane.waiting)
+        weight.add((name,), weights[name])
+        for upstream in lane.pool.upstreams:
+            ejected.add((name, upstream.base), 1.0 if upstream.ejected(now) else 0.0)
+    return [lane_requests, cost, tokens, in_flight, queued, weight, ejected]
+
+
+def _control(runtime: Runtime) -> list[Family]:
+    state = runtime.state
+    mode = Family("modeshift_mode", "gauge", "1 for the mode in force (none while moving).", ("mode",))
+    current = state.control.controller.mode
+    for name in state.config.modes:
+        mode.add((name,), 1.0 if name == current else 0.0)
+    decisions = runtime.decisions
+    transitions = Family("modeshift_transitions", "counter", "Transitions started.")
+    transitions.add((), decisions.counts["TransitionStarted"])
+    rollbacks = Family("modeshift_rollbacks", "counter", "Transitions rolled back, by cause.", ("cause",))
+    for cause, n in sorted(decisions.rollback_causes.items()):
+        rollbacks.add((cause,), n)
+    withheld = Family(
+        "modeshift_rollbacks_withheld", "counter", "Rollbacks withheld: the lanes they would return to failed too."
+    )
+    withheld.add((), decisions.counts["RollbackWithheld"])
+    attainment = Family(
+        "modeshift_attainment", "gauge", "Share of the class's requests within its objective, last window.", ("class",)
+    )
+    snapshot = state.control.last_snapshot
+    if snapshot is not None:
+        window = stream_health.windows(snapshot.outcomes)
+        for name, reading in stream_health.readings(window, snapshot.objectives).items():
+            if reading.requests:
+                attainment.add((name,), reading.attainment)
+    return [mode, transitions, rollbacks, withheld, attainment]

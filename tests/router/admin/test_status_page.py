@@ -1,0 +1,74 @@
+"""The status page end to end: headless Chromium (Debian's) driven by Playwright against a running router.
+
+`.ci/run` installs chromium and sets MODESHIFT_REQUIRE_BROWSER=1, so in CI a
+missing browser fails this test instead of skipping it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from playwright.async_api import async_playwright, expect
+
+from tests.router.helpers import TOKEN, admin_headers, two_lane_config
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ARTIFACTS = Path(os.environ.get("MODESHIFT_ARTIFACTS", "test-artifacts"))
+# Flags for a sandboxed, offline machine: no background connections, no GPU.
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync"]  # fmt: skip
+
+if CHROMIUM is None and os.environ.get("MODESHIFT_REQUIRE_BROWSER"):
+    raise RuntimeError("MODESHIFT_REQUIRE_BROWSER is set but chromium is not installed (apt-get install chromium)")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+
+
+@pytest.fixture
+async def page():
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            yield await browser.new_page(viewport={"width": 1280, "height": 900})
+        finally:
+            await browser.close()
+
+
+async def test_the_page_shows_the_weights_change_after_a_forced_switch(upstream, start_router, client, page):
+    server = await upstream()
+    router = await start_router(two_lane_config([server.url], [server.url]))
+    for i in range(60):  # some traffic and a tick every few requests, so the chart has lines
+        async with client.get(f"{router.url}/a", headers={"X-Modeshift-Mode": "batch"} if i % 3 else {}) as r:
+            assert r.status == 200
+        if i % 4 == 3:
+            router.tick(advance_s=5.0)
+    await page.goto(f"{router.admin_url}/#token={TOKEN}")
+    await expect(page.locator("#mode")).to_have_text("realtime")
+    await expect(page.locator(".weight[data-lane=realtime]")).to_have_text("100%")
+    await expect(page.locator(".weight[data-lane=batch]")).to_have_text("0%")
+    await expect(page.locator("#chart-rate polyline[data-lane=batch]")).to_have_count(1)
+    assert "token" not in page.url  # dropped from the address bar once read
+
+    async with client.post(
+        f"{router.admin_url}/mode", json={"mode": "batch", "gradual": False}, headers=admin_headers()
+    ) as response:
+        assert response.status == 200
+    await expect(page.locator(".weight[data-lane=batch]")).to_have_text("100%")
+    await expect(page.locator(".weight[data-lane=realtime]")).to_have_text("0%")
+    await expect(page.locator("#mode")).to_have_text("batch")
+    await expect(page.locator("#decisions")).to_contain_text("TransitionCompleted")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=ARTIFACTS / "status_page.png", full_page=True)
+
+
+async def test_a_wrong_token_asks_for_the_token_again(upstream, start_router, page):
+    server = await upstream()
+    router = await start_router(two_lane_config([server.url], [server.url]))
+    await page.goto(f"{router.admin_url}/#token=wrong")
+    await expect(page.locator("#login")).to_be_visible()
+    await expect(page.locator("#problem")).to_contain_text("Bearer")
+    await page.fill("#token", TOKEN)
+    await page.click("#login button")
+    await expect(page.locator(".weight[data-lane=realtime]")).to_have_text("100%")
