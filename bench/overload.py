@@ -43,8 +43,7 @@ from rich.table import Table
 from backends.modeled_server import ModeledServer
 from commands.replay import replay
 from configs import parse_config, ready_config_path
-from router.runtime import Runtime
-from router.server import RunningRouter
+from router.server import RunningRouter, runtime_for
 from simulator import generators
 from simulator.engine import Engine
 from simulator.service import Latency, ServerLane, ServiceModel
@@ -133,7 +132,7 @@ async def live(name: str, trace: list[TraceRequest], seed: int) -> Figures:
     }
     upstreams = {lane: await server.start() for lane, server in servers.items()}
     config = contender_config(name, upstreams)
-    router = RunningRouter(Runtime(config))
+    router = RunningRouter(runtime_for(config))
     await router.start(data=("127.0.0.1", 0), admin=("127.0.0.1", 0))
     try:
         host, port = router.data_address

@@ -25,7 +25,7 @@ from router.jobs.api import Jobs
 from router.logs import event
 from router.state import build_state, carry_over
 from router.telemetry.decisions import DecisionLog
-from router.telemetry.figures import collect
+from router.telemetry.figures import Family, collect
 from router.telemetry.history import History
 from router.telemetry.reporter import Telemetry
 from router.telemetry.route_stats import RouteStats
@@ -40,7 +40,7 @@ class Runtime:
         *,
         config_path: str | Path | None = None,
         clock: Callable[[], float] = time.monotonic,
-        telemetry: Telemetry | None = None,
+        telemetry: Telemetry,
     ):
         self.clock = clock
         self.config_path = config_path
@@ -53,7 +53,7 @@ class Runtime:
             if config.jobs.enabled
             else None
         )
-        self.telemetry = telemetry or Telemetry.build(config.telemetry, lambda: collect(self))
+        self.telemetry = telemetry  # built by the server (router.server.runtime_for), which starts it
         self.started_s = clock()
         self.reloads = 0
         self._ticker: asyncio.Task | None = None
@@ -61,6 +61,10 @@ class Runtime:
 
     def now_s(self) -> float:
         return self.clock()
+
+    def figures(self) -> list[Family]:
+        """The router's metric families now, for every exporter (router.telemetry.figures)."""
+        return collect(self.state, self.route_stats, self.decisions, self.now_s())
 
     def tick(self, now_s: float | None = None) -> list[Action]:
         """One control tick at `now_s` (default: the clock's reading now)."""

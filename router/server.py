@@ -14,6 +14,8 @@ import asyncio
 import logging
 import signal
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -26,13 +28,20 @@ from router.dataplane import DataPlaneServer
 from router.logs import event
 from router.proxy import Proxy
 from router.runtime import Runtime
-from router.telemetry.reporter import TelemetryUnavailable
+from router.telemetry.reporter import Telemetry, TelemetryUnavailable
 
 logger = logging.getLogger("modeshift.server")
 
 # Connections waiting to be accepted: well above the default 128, as a burst
 # of clients should queue in the kernel rather than be refused.
 LISTEN_BACKLOG = 2048
+
+
+def runtime_for(
+    config: ModeshiftConfig, *, config_path: str | Path | None = None, clock: Callable[[], float] = time.monotonic
+) -> Runtime:
+    """The router's state and its telemetry, built from `config` (TelemetryUnavailable: OTLP asked, not installed)."""
+    return Runtime(config, config_path=config_path, clock=clock, telemetry=Telemetry.build(config.telemetry))
 
 
 class RunningRouter:
@@ -71,7 +80,7 @@ class RunningRouter:
         await admin_site.start()
         self.data_address = self._data.addresses[0][:2]
         self.admin_address = self._admin.addresses[0][:2]
-        self.runtime.telemetry.start()
+        self.runtime.telemetry.start(self.runtime.figures)
         if self.runtime.jobs is not None:
             await self.runtime.jobs.start(_loopback_url(*self.data_address))
         if ticking:
@@ -91,7 +100,7 @@ class RunningRouter:
 
 async def _serve(config: ModeshiftConfig, path: Path) -> int:
     try:
-        runtime = Runtime(config, config_path=path)
+        runtime = runtime_for(config, config_path=path)
     except TelemetryUnavailable as exc:
         print(exc, file=sys.stderr)
         return 2

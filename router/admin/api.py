@@ -241,7 +241,7 @@ def _number(request: web.Request, name: str, kind: type, default):
 async def _metrics(request: web.Request) -> web.Response:
     from router.telemetry.prometheus import CONTENT_TYPE, exposition
 
-    body = exposition(request.app[_RUNTIME])
+    body = exposition(request.app[_RUNTIME].figures)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 

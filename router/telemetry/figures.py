@@ -1,7 +1,8 @@
 """The router's metrics as plain data, read at export time, for every exporter.
 
-`collect(runtime)` reads what the router keeps anyway (the lanes' windows, the
-route stats, the controller, the decision log) and returns metric families:
+`collect(state, route_stats, decisions, now_s)` reads what the router keeps
+anyway (the lanes' windows, the route stats, the controller, the decision
+log) and returns metric families:
 a name, a kind (counter, gauge or histogram), a unit, a help line and its
 points. The Prometheus endpoint (router.telemetry.prometheus) and the OTLP exporter
 (router.telemetry.otlp) each turn the same families into their own format, so the two
@@ -35,7 +36,9 @@ from typing import TYPE_CHECKING, Literal
 from policies import stream_health
 
 if TYPE_CHECKING:
-    from router.runtime import Runtime
+    from router.state import RouterState
+    from router.telemetry.decisions import DecisionLog
+    from router.telemetry.route_stats import RouteStats
 
 BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -64,12 +67,11 @@ class Family:
         self.points.append((labels, value))
 
 
-def collect(runtime: Runtime) -> list[Family]:
-    return [*_routes(runtime), *_lanes(runtime), *_control(runtime)]
+def collect(state: RouterState, route_stats: RouteStats, decisions: DecisionLog, now_s: float) -> list[Family]:
+    return [*_routes(route_stats), *_lanes(state, now_s), *_control(state, decisions)]
 
 
-def _routes(runtime: Runtime) -> list[Family]:
-    stats = runtime.route_stats
+def _routes(stats: RouteStats) -> list[Family]:
     requests = Family(
         "modeshift_requests",
         "counter",
@@ -92,9 +94,7 @@ def _routes(runtime: Runtime) -> list[Family]:
     return [requests, duration]
 
 
-def _lanes(runtime: Runtime) -> list[Family]:
-    state = runtime.state
-    now = runtime.now_s()
+def _lanes(state: RouterState, now: float) -> list[Family]:
     lane_requests = Family(
         "modeshift_lane_requests", "counter", "Requests each lane finished, by outcome.", ("lane", "outcome")
     )
@@ -120,13 +120,11 @@ def _lanes(runtime: Runtime) -> list[Family]:
     return [lane_requests, cost, tokens, in_flight, queued, weight, ejected]
 
 
-def _control(runtime: Runtime) -> list[Family]:
-    state = runtime.state
+def _control(state: RouterState, decisions: DecisionLog) -> list[Family]:
     mode = Family("modeshift_mode", "gauge", "1 for the mode in force (none while moving).", ("mode",))
     current = state.control.controller.mode
     for name in state.config.modes:
         mode.add((name,), 1.0 if name == current else 0.0)
-    decisions = runtime.decisions
     transitions = Family("modeshift_transitions", "counter", "Transitions started.")
     transitions.add((), decisions.counts["TransitionStarted"])
     rollbacks = Family("modeshift_rollbacks", "counter", "Transitions rolled back, by cause.", ("cause",))

@@ -75,17 +75,16 @@ def _metric(family: Family, start_ns: int, now_ns: int) -> Metric:
 class MetricPusher:
     """Export `read()` every `interval_s` until closed; once more on close."""
 
-    def __init__(
-        self, exporter: MetricExporter, read: Callable[[], list[Family]], resource: Resource, interval_s: float
-    ):
+    def __init__(self, exporter: MetricExporter, resource: Resource, interval_s: float):
         self.exporter = exporter
-        self.read = read
+        self.read: Callable[[], list[Family]] = list
         self.resource = resource
         self.interval_s = interval_s
         self.start_ns = time.time_ns()
         self._task: asyncio.Task | None = None
 
-    def start(self) -> None:
+    def start(self, read: Callable[[], list[Family]]) -> None:
+        self.read = read
         self._task = asyncio.get_running_loop().create_task(self._forever())
 
     async def push(self) -> None:

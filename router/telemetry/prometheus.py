@@ -9,23 +9,22 @@ What must not live here: which figures exist (router.telemetry.figures).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from router.runtime import Runtime
-from router.telemetry.figures import BUCKETS_S, Buckets, Family, collect
+from router.telemetry.figures import BUCKETS_S, Buckets, Family
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class RouterCollector:
-    def __init__(self, runtime: Runtime):
-        self.runtime = runtime
+    def __init__(self, read: Callable[[], list[Family]]):
+        self.read = read
 
     def collect(self) -> Iterator[Metric]:
-        for family in collect(self.runtime):
+        for family in self.read():
             yield _rendered(family)
 
 
@@ -47,7 +46,7 @@ def _rendered(family: Family) -> Metric:
     return metric
 
 
-def exposition(runtime: Runtime) -> bytes:
+def exposition(read: Callable[[], list[Family]]) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(RouterCollector(runtime))
+    registry.register(RouterCollector(read))
     return generate_latest(registry)

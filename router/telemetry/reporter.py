@@ -54,7 +54,6 @@ class Telemetry:
     def build(
         cls,
         config: TelemetryConfig,
-        read_figures: Callable[[], list[Family]],
         *,
         span_exporter: Any = None,
         metric_exporter: Any = None,
@@ -89,7 +88,7 @@ class Telemetry:
             provider.add_span_processor(BatchSpanProcessor(span_exporter))
             tracing = Tracing(provider, config.trace_sampling)
         if metric_exporter is not None:
-            pusher = MetricPusher(metric_exporter, read_figures, resource, config.otlp_interval_s)
+            pusher = MetricPusher(metric_exporter, resource, config.otlp_interval_s)
         return cls(config, tracing, pusher)
 
     def configure(self, config: TelemetryConfig) -> None:
@@ -119,9 +118,10 @@ class Telemetry:
         if self.access_log:
             event(access_logger, "access", **trail.access_record())
 
-    def start(self) -> None:
+    def start(self, read_figures: Callable[[], list[Family]]) -> None:
+        """Push the metric families `read_figures` returns, every otlp_interval, when OTLP is on."""
         if self.pusher is not None:
-            self.pusher.start()
+            self.pusher.start(read_figures)
 
     async def close(self) -> None:
         if self.pusher is not None:

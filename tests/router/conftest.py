@@ -13,8 +13,7 @@ import aiohttp
 import pytest
 
 from configs import ModeshiftConfig
-from router.runtime import Runtime
-from router.server import RunningRouter
+from router.server import RunningRouter, runtime_for
 from tests.router.helpers import TOKEN, FakeClock, Handler, RouterUnderTest, Upstream, echo
 
 
@@ -40,7 +39,7 @@ async def start_router(monkeypatch):
 
     async def start(config: ModeshiftConfig, *, config_path=None) -> RouterUnderTest:
         clock = FakeClock()
-        router = RunningRouter(Runtime(config, config_path=config_path, clock=clock))
+        router = RunningRouter(runtime_for(config, config_path=config_path, clock=clock))
         await router.start(data=("127.0.0.1", 0), admin=("127.0.0.1", 0), ticking=False)
         started.append(router)
         return RouterUnderTest(router, clock)

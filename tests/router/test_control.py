@@ -98,11 +98,11 @@ def test_ticks_are_stamped_when_due_however_late_the_timer_wakes():
 
     import uvloop
 
-    from router.runtime import Runtime
+    from router.server import runtime_for
 
     async def scenario() -> list[float]:
         config = two_lane_config(["http://127.0.0.1:1"], ["http://127.0.0.1:2"], switching={"tick": "100ms"})
-        runtime = Runtime(config)
+        runtime = runtime_for(config)
         rng = random.Random(1)
 
         async def busy() -> None:

@@ -18,8 +18,7 @@ import time
 import aiohttp
 
 from backends.modeled_server import ModeledServer
-from router.runtime import Runtime
-from router.server import RunningRouter
+from router.server import RunningRouter, runtime_for
 from tests.router.helpers import two_lane_config
 
 RATE_PER_S = 80.0  # the real-time server: 2 slots of 50 ms, 40 req/s
@@ -49,7 +48,7 @@ async def test_a_rush_at_twice_capacity_keeps_the_objectives_by_binding_late(mon
         switching={"tick": "100ms", "hold": "0s", "cooldown": "0s", "step": "1s", "steps": [1.0]},
         metrics={"window": "2s", "slot": "100ms"},
     )
-    router = RunningRouter(Runtime(config))
+    router = RunningRouter(runtime_for(config))
     await router.start(data=("127.0.0.1", 0), admin=("127.0.0.1", 0))
     host, port = router.data_address
     rng = random.Random(7)

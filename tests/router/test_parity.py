@@ -28,8 +28,7 @@ import aiohttp
 import numpy as np
 from aiohttp import web
 
-from router.runtime import Runtime
-from router.server import RunningRouter
+from router.server import RunningRouter, runtime_for
 from simulator import generators
 from simulator.engine import Engine
 from simulator.service import Latency, ServerLane, ServiceModel, jittered_s
@@ -186,7 +185,7 @@ async def _live_run(trace, make_config, service: ServiceModel) -> tuple[list[dic
         await server.start()
     config = make_config({lane: server.url for lane, server in upstreams.items()})
     clock = SchedulingClock(0.0)
-    router = RunningRouter(Runtime(config, clock=clock))
+    router = RunningRouter(runtime_for(config, clock=clock))
     await router.start(data=("127.0.0.1", 0), admin=("127.0.0.1", 0), ticking=False)
     host, port = router.data_address
     lanes = router.runtime.state.lanes
