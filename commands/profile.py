@@ -46,8 +46,7 @@ import aiohttp
 import yaml
 from multidict import CIMultiDictProxy
 
-from router.microbatch import BATCH_HEADER
-from router.routing import MODE_HEADER
+from router.headers import BATCH_HEADER, MODE_HEADER
 from simulator.service import Measurement, ServerLane, ServiceModel, fit_latency, load_service_model
 
 _WORDS = (

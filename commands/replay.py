@@ -31,8 +31,7 @@ import aiohttp
 import numpy as np
 
 from commands.profile import answer_usage, words_text
-from router.errors import LANE_HEADER
-from router.routing import DEADLINE_HEADER, MODE_HEADER, PRIORITY_HEADER
+from router.headers import DEADLINE_HEADER, LANE_HEADER, MODE_HEADER, PRIORITY_HEADER
 from simulator.outcome import NO_LANE, Outcome
 from simulator.traces import TraceRequest
 

@@ -19,11 +19,7 @@ from http import HTTPStatus
 
 from aiohttp import web
 
-REQUEST_ID_HEADER = "X-Request-Id"
-LANE_HEADER = "X-Modeshift-Lane"
-# On the router's own 503s (back-pressure: nothing reached an upstream), never on an upstream's: a client,
-# and the job runner, can tell "come back later" from an upstream that failed.
-REFUSED_HEADER = "X-Modeshift-Refused"
+from router.headers import LANE_HEADER, REFUSED_HEADER, REQUEST_ID_HEADER
 
 
 class ProxyError(Exception):
@@ -138,7 +134,7 @@ def too_many_connections(limit: int) -> ProxyError:
         "too_many_connections",
         f"all of the router's {limit} open connections (server.max_connections) have a request in progress; "
         "retry after 1s, and reuse connections (keep-alive) rather than opening many",
-        headers={"Retry-After": "1"},
+        headers={"Retry-After": "1", REFUSED_HEADER: "too_many_connections"},
         close=True,
     )
 

@@ -22,8 +22,6 @@ import secrets
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from router.errors import LANE_HEADER, REFUSED_HEADER, REQUEST_ID_HEADER
-
 HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -41,6 +39,17 @@ HOP_BY_HOP = frozenset(
 _NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length", "expect"}
 _FORWARDING = ("x-forwarded-for", "x-forwarded-proto", "x-forwarded-host")
 
+# Every header name the router gives a meaning to lives here.
+REQUEST_ID_HEADER = "X-Request-Id"  # kept from the client when it is a reasonable token, else made up
+LANE_HEADER = "X-Modeshift-Lane"  # on every answer: the lane that served it
+MODE_HEADER = "X-Modeshift-Mode"  # a lane name pins the request to it; auto or none: drawn from the weights
+DEADLINE_HEADER = "X-Modeshift-Deadline-Ms"  # rules out lanes whose p95 is over it
+PRIORITY_HEADER = "X-Modeshift-Priority"  # the request's traffic class (objectives)
+BATCH_HEADER = "X-Modeshift-Batch"  # on a micro-batched answer: "<batch id>/<requests in the call>"
+# On the router's own 503s (back-pressure: nothing reached an upstream), never on an upstream's: a client,
+# and the job runner, can tell "come back later" from an upstream that failed.
+REFUSED_HEADER = "X-Modeshift-Refused"
+IDEMPOTENCY_HEADER = "Idempotency-Key"  # IETF httpapi draft: a job's, and on every run of a job its id
 TRACEPARENT = "traceparent"  # W3C Trace Context
 
 # The headers that say who the caller is to an upstream: requests merged into

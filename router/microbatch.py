@@ -41,7 +41,6 @@ from configs.schema import LaneConfig
 from policies.batching import Batcher, BatchItem
 from policies.pricing import item_shares
 from router.errors import (
-    REQUEST_ID_HEADER,
     NothingSent,
     ProxyError,
     batch_queue_full,
@@ -49,7 +48,7 @@ from router.errors import (
     upstream_failed,
     upstream_timeout,
 )
-from router.headers import CREDENTIAL_HEADERS, JOB_HEADER
+from router.headers import CREDENTIAL_HEADERS, JOB_HEADER, REQUEST_ID_HEADER
 from router.jobs.runner import share_of
 from router.upstream_client import ConnectFailed, UpstreamBrokeOff, UpstreamClient
 from router.upstreams import UpstreamPool
@@ -57,7 +56,6 @@ from router.upstreams import UpstreamPool
 # Queues kept before the idle ones are dropped: one per (route, options, credentials).
 MAX_QUEUES = 256
 # Headers that say who is calling: requests merge only when these agree.
-BATCH_HEADER = "X-Modeshift-Batch"
 # Answers about the upstream rather than the request: splitting would not help.
 _UPSTREAM_TROUBLE = frozenset({429, 502, 503, 504})
 

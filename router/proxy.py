@@ -38,8 +38,6 @@ from policies.admission import Placed, place
 from policies.lane_choice import expected_latency_s, failover_lane
 from router.admission import LaneFull, QueueTimedOut
 from router.errors import (
-    LANE_HEADER,
-    REQUEST_ID_HEADER,
     NothingSent,
     ProxyError,
     batch_queue_full,
@@ -50,21 +48,22 @@ from router.errors import (
     upstream_refused,
     upstream_timeout,
 )
-from router.headers import REQUEST_ID_KEY, client_response_headers, request_id_from, upstream_request_headers
+from router.headers import (
+    BATCH_HEADER,
+    DEADLINE_HEADER,
+    LANE_HEADER,
+    MODE_HEADER,
+    PRIORITY_HEADER,
+    REQUEST_ID_HEADER,
+    REQUEST_ID_KEY,
+    client_response_headers,
+    request_id_from,
+    upstream_request_headers,
+)
 from router.intake import check_header_size, read_body
 from router.jobs.api import JOBS_PREFIX, prefers_async
 from router.lanes import Lane
-from router.microbatch import BATCH_HEADER
-from router.routing import (
-    DEADLINE_HEADER,
-    MODE_HEADER,
-    PRIORITY_HEADER,
-    LaneChoice,
-    choose_lane,
-    deadline_s,
-    requested_class,
-    requested_lane,
-)
+from router.routing import LaneChoice, choose_lane, deadline_s, requested_class, requested_lane
 from router.state import RouterState
 from router.trail import Trail
 from router.upstream_client import ConnectFailed, UpstreamBrokeOff, UpstreamResponse

@@ -18,11 +18,9 @@ from configs.routes import RoutesByPrefix
 from configs.schema import RouteConfig
 from policies.lane_choice import LaneChoice, choose_lane
 from router.errors import bad_request, no_route
+from router.headers import DEADLINE_HEADER, MODE_HEADER, PRIORITY_HEADER
 
 __all__ = [
-    "DEADLINE_HEADER",
-    "MODE_HEADER",
-    "PRIORITY_HEADER",
     "LaneChoice",
     "RouteTable",
     "choose_lane",
@@ -31,9 +29,6 @@ __all__ = [
     "requested_lane",
 ]
 
-MODE_HEADER = "X-Modeshift-Mode"
-DEADLINE_HEADER = "X-Modeshift-Deadline-Ms"
-PRIORITY_HEADER = "X-Modeshift-Priority"
 AUTO = "auto"
 
 

@@ -40,18 +40,25 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from backends.codecs import codec_for
 from configs.schema import ModeshiftConfig, RouteConfig
-from router.errors import REFUSED_HEADER, REQUEST_ID_HEADER, ProxyError, bad_request
-from router.headers import CREDENTIAL_HEADERS, HOP_BY_HOP, JOB_HEADER, end_to_end
+from router.errors import ProxyError, bad_request
+from router.headers import (
+    CREDENTIAL_HEADERS,
+    HOP_BY_HOP,
+    IDEMPOTENCY_HEADER,
+    JOB_HEADER,
+    MODE_HEADER,
+    REFUSED_HEADER,
+    REQUEST_ID_HEADER,
+    end_to_end,
+)
 from router.jobs.batches import SWEEP_S, OpenAIBatches
 from router.jobs.runner import Answer, JobRunner, share_of
 from router.jobs.store import EVERY_OWNER, FINAL, IdempotencyConflict, Job, JobStore, NewJob
 from router.jobs.tenants import credentials_of
 from router.lanes import Lane
-from router.routing import MODE_HEADER
 from router.upstream_client import UpstreamClient
 
 JOBS_PREFIX = "/v1/jobs/"
-IDEMPOTENCY_HEADER = "Idempotency-Key"
 _NOT_STORED = frozenset(
     ("prefer", "idempotency-key", MODE_HEADER.lower(), REQUEST_ID_HEADER.lower(), JOB_HEADER.lower())
 ).union(CREDENTIAL_HEADERS)

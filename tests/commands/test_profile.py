@@ -7,8 +7,7 @@ import pytest
 from aiohttp import web
 
 from commands.profile import Plan, ProfileFailed, build_lane, measure, measure_hop, write_lane
-from router.microbatch import BATCH_HEADER
-from router.routing import MODE_HEADER
+from router.headers import BATCH_HEADER, MODE_HEADER
 from simulator.service import load_service_model
 
 BASE_S, PER_ITEM_S, PER_WORD_S, AT_ONCE = 0.010, 0.002, 0.0001, 2
