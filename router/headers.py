@@ -1,4 +1,4 @@
-"""Which headers cross the proxy, in each direction, and what it adds.
+"""Every header name the router gives a meaning to; which headers cross the proxy, each way, and what it adds.
 
 RFC 9110 section 7.6.1: a proxy removes the hop-by-hop headers and every
 header that `Connection` names, then adds its own. The order matters: the
