@@ -2,12 +2,13 @@
 
 A `RouterState` is everything one config makes: the lanes (pools, gates,
 clients), the route table, the control loop and the lane-draw RNG. A reload
-builds a whole new state and swaps it in at once; requests already running
-finish on the state they started with.
+decides lane by lane what to keep, builds only what is new, and swaps the
+whole state in at once; requests already running finish on the state they
+started with.
 
 What a reload keeps, so that it never throws traffic around:
-- a lane whose config is unchanged keeps its runtime (pool, gate, client,
-  ejections); a changed one gets a new runtime and the old one is closed
+- a lane whose config (and the jobs' share) is unchanged keeps its runtime
+  (pool, gate, client, ejections); a changed one gets a new runtime and the old one is closed
   once its in-flight requests are done;
 - every lane that still exists keeps its metrics window when the window
   settings are unchanged;
@@ -58,11 +59,12 @@ class Carried:
 
 def build_state(config: ModeshiftConfig, *, now_s: float, clock: Callable[[], float] = time.monotonic) -> RouterState:
     control = build_control_loop(config, now_s=now_s, rng=random.Random(config.server.seed))
-    lanes = {
-        name: Lane(name, lane, control.monitor.lanes[name], clock, job_share=config.jobs.max_share)
-        for name, lane in config.lanes.items()
-    }
+    lanes = {name: _lane(name, config, control, clock) for name in config.lanes}
     return RouterState(config, lanes, RouteTable(config.routes), control, random.Random(config.server.seed))
+
+
+def _lane(name: str, config: ModeshiftConfig, control: ControlLoop, clock: Callable[[], float]) -> Lane:
+    return Lane(name, config.lanes[name], control.monitor.lanes[name], clock, job_share=config.jobs.max_share)
 
 
 def _control_inputs(config: ModeshiftConfig) -> tuple:
@@ -79,33 +81,42 @@ def _control_inputs(config: ModeshiftConfig) -> tuple:
 def carry_over(
     old: RouterState, config: ModeshiftConfig, *, now_s: float, clock: Callable[[], float] = time.monotonic
 ) -> tuple[RouterState, Carried]:
-    """A state for `config` that keeps what it can of `old` (see the module docstring)."""
-    new = build_state(config, now_s=now_s, clock=clock)
+    """A state for `config` that keeps what it can of `old` (see the module docstring).
+
+    Decides what to keep first, then builds only what is new: no lane runtime
+    (pool, client, micro-batcher) is made only to be thrown away.
+    """
     kept_control = _control_inputs(old.config) == _control_inputs(config)
-    abandoned = None
+    same_share = old.config.jobs.max_share == config.jobs.max_share
+    kept = {
+        name: lane
+        for name, lane in old.lanes.items()
+        if name in config.lanes and config.lanes[name] == lane.config and same_share
+    }
+    replaced = tuple(lane for name, lane in old.lanes.items() if name not in kept)
     if kept_control:
-        new.control = old.control
-        new.draw = old.draw
+        control, draw, abandoned = old.control, old.draw, None
     else:
-        controller = old.control.controller
-        t = controller.view().transition
-        wanted = controller.mode if t is None else t.from_mode
-        if t is not None:
-            abandoned = f"{t.from_mode} -> {t.to_mode}"
-        if wanted is not None and wanted in config.modes and wanted != config.initial_mode:
-            new.control.controller = SwitchingController(mode_weights(config), wanted, config.switching)
-        if config.metrics == old.config.metrics:
-            for name in config.lanes:
-                if name in old.control.monitor.lanes:
-                    new.control.monitor.lanes[name] = old.control.monitor.lanes[name]
-    kept, replaced = [], []
-    for name, lane in old.lanes.items():
-        if name in config.lanes and config.lanes[name] == lane.config:
-            new.lanes[name] = lane
-            kept.append(name)
-        else:
-            replaced.append(lane)
-    for name, lane in new.lanes.items():
-        lane.window = new.control.monitor.lanes[name]
-    new.retries = old.retries
-    return new, Carried(tuple(kept), tuple(replaced), kept_control, new.control.controller.mode, abandoned)
+        control, abandoned = _restarted_control(old, config, now_s)
+        draw = random.Random(config.server.seed)
+    lanes = {}
+    for name in config.lanes:
+        lane = kept.get(name) or _lane(name, config, control, clock)
+        lane.window = control.monitor.lanes[name]
+        lanes[name] = lane
+    state = RouterState(config, lanes, RouteTable(config.routes), control, draw, old.retries)
+    return state, Carried(tuple(kept), replaced, kept_control, control.controller.mode, abandoned)
+
+
+def _restarted_control(old: RouterState, config: ModeshiftConfig, now_s: float) -> tuple[ControlLoop, str | None]:
+    """A new control loop in the mode in force (or the one a transition started from), keeping the windows it can."""
+    control = build_control_loop(config, now_s=now_s, rng=random.Random(config.server.seed))
+    t = old.control.controller.view().transition
+    wanted = old.control.controller.mode if t is None else t.from_mode
+    if wanted is not None and wanted in config.modes and wanted != config.initial_mode:
+        control.controller = SwitchingController(mode_weights(config), wanted, config.switching)
+    if config.metrics == old.config.metrics:
+        for name in config.lanes:
+            if name in old.control.monitor.lanes:
+                control.monitor.lanes[name] = old.control.monitor.lanes[name]
+    return control, (f"{t.from_mode} -> {t.to_mode}" if t is not None else None)
