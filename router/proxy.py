@@ -29,9 +29,11 @@ rules (router.routing), the control tick (router.runtime).
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from backends.codecs import Codec, Part, codec_for
 from policies.admission import Placed, place
@@ -75,6 +77,20 @@ if TYPE_CHECKING:
 # Answers up to this size with a known length are read whole and sent in one
 # write; anything larger, or of unknown length (chunked, SSE), streams.
 WHOLE_RESPONSE_BYTES = 64 * 1024
+
+
+@dataclass(slots=True)
+class Visit:
+    """One request on its way through the lanes: what every step of the forward path reads."""
+
+    request: web.BaseRequest
+    state: RouterState  # the state the request started on (a reload does not move it)
+    choice: LaneChoice
+    codec: Codec
+    body: bytes
+    headers: CIMultiDict[str]  # to send upstream
+    trail: Trail
+    lanes: list[str] = field(default_factory=list)  # lanes visited, in order (failover and spill skip them)
 
 
 class Proxy:
@@ -158,35 +174,26 @@ class Proxy:
             self.runtime.telemetry.inject(span, headers)
         state.retries.active += 1
         try:
-            return await self._dispatch(request, state, choice, codec_for(route.protocol), body, headers, trail)
+            return await self._dispatch(Visit(request, state, choice, codec_for(route.protocol), body, headers, trail))
         finally:
             state.retries.active -= 1
 
-    async def _dispatch(
-        self,
-        request: web.BaseRequest,
-        state: RouterState,
-        choice: LaneChoice,
-        codec: Codec,
-        body: bytes,
-        headers,
-        trail: Trail,
-    ) -> web.StreamResponse:
+    async def _dispatch(self, visit: Visit) -> web.StreamResponse:
+        state, choice, codec = visit.state, visit.choice, visit.codec
         lane = state.lanes[choice.lane]
-        visited: list[str] = []
         tried: list[Upstream] = []
         retrying = False
         failure = ""
         part: Part | None | bool = None  # read only when a micro-batching lane needs it; False: not mergeable
         try:
             while lane is not None:
-                lane = self._place(state, lane, choice, codec, visited, trail)
+                lane = self._place(visit, lane)
                 if lane.batching is not None and codec.batchable:
                     if part is None:
-                        part = codec.read(body) or False
+                        part = codec.read(visit.body) or False
                     if part:
                         try:
-                            return await self._batched(request, state, lane, codec, part, trail, visited, choice)
+                            return await self._batched(visit, lane, part)
                         except NothingSent as exc:
                             failure = str(exc)
                             if not retrying and not (retrying := state.retries.try_acquire()):
@@ -194,21 +201,19 @@ class Proxy:
                         except ProxyError as error:
                             if error.kind != "lane_full" or choice.pinned or not lane.config.spill:
                                 raise
-                            if (spill_to := _failover_lane(state, visited)) is None:
+                            if (spill_to := _failover_lane(state, visit.lanes)) is None:
                                 raise
                             lane = spill_to
                             continue
-                        lane = None if choice.pinned else _failover_lane(state, visited)
+                        lane = None if choice.pinned else _failover_lane(state, visit.lanes)
                         continue
-                lane = await self._admit(state, lane, choice, visited, trail)
+                lane = await self._admit(visit, lane)
                 started_s = self.runtime.now_s()
                 lane.window.arrived(started_s, choice.pinned)
                 try:
                     while (upstream := lane.pool.pick(self.runtime.now_s(), exclude=tuple(tried))) is not None:
                         try:
-                            return await self._forward(
-                                request, state, lane, upstream, codec, body, headers, trail, started_s
-                            )
+                            return await self._forward(visit, lane, upstream, started_s)
                         except NothingSent as exc:
                             failure = str(exc)
                             tried.append(upstream)
@@ -219,35 +224,28 @@ class Proxy:
                     lane.gate.leave()
                 if not retrying:
                     break
-                lane = None if choice.pinned else _failover_lane(state, visited)
-            tried_lanes = ", ".join(dict.fromkeys(visited))
-            raise upstream_refused(visited[-1], f"{failure or 'no upstream left to try'} (lanes tried: {tried_lanes})")
+                lane = None if choice.pinned else _failover_lane(state, visit.lanes)
+            tried_lanes = ", ".join(dict.fromkeys(visit.lanes))
+            raise upstream_refused(
+                visit.lanes[-1], f"{failure or 'no upstream left to try'} (lanes tried: {tried_lanes})"
+            )
         finally:
             if retrying:
                 state.retries.release()
 
-    async def _batched(
-        self,
-        request: web.BaseRequest,
-        state: RouterState,
-        lane: Lane,
-        codec: Codec,
-        part: Part,
-        trail: Trail,
-        visited: list[str],
-        choice: LaneChoice,
-    ) -> web.Response:
+    async def _batched(self, visit: Visit, lane: Lane, part: Part) -> web.Response:
         """Ride in the lane's next merged call; the answer is this request's share."""
-        visited.append(lane.name)
-        monitor, name = state.control.monitor, lane.name
+        request, trail = visit.request, visit.trail
+        visit.lanes.append(lane.name)
+        monitor, name = visit.state.control.monitor, lane.name
 
         def cost(input_tokens: int, busy_s: float) -> float:
             return monitor.attributed_cost_usd(name, input_tokens=input_tokens, busy_s=busy_s)
 
         started_s = self.runtime.now_s()
-        lane.window.arrived(started_s, choice.pinned)
+        lane.window.arrived(started_s, visit.choice.pinned)
         try:
-            result = await lane.batching.submit(codec, request.rel_url.raw_path_qs, part, request.headers, cost)
+            result = await lane.batching.submit(visit.codec, request.rel_url.raw_path_qs, part, request.headers, cost)
         except NothingSent:
             lane.window.completed(self.runtime.now_s(), None, ok=False)
             raise
@@ -277,10 +275,9 @@ class Proxy:
         }
         return web.Response(status=reply.status, body=reply.body, headers=headers)
 
-    def _place(
-        self, state: RouterState, lane: Lane, choice: LaneChoice, codec: Codec, visited: list[str], trail: Trail
-    ) -> Lane:
+    def _place(self, visit: Visit, lane: Lane) -> Lane:
         """Where the request should wait (policies.admission.place), or its 503 at once."""
+        state, choice, codec, trail = visit.state, visit.choice, visit.codec, visit.trail
         objective = state.control.monitor.objectives[trail.traffic_class]
         snapshot = state.control.last_snapshot
         now = self.runtime.now_s()
@@ -297,7 +294,7 @@ class Proxy:
             outlook_of,
             movable=not choice.pinned,
             latency_s=objective.latency_s,
-            visited=visited,
+            visited=visit.lanes,
             weights=state.control.weights,
         )
         if isinstance(placed, Placed):
@@ -314,15 +311,14 @@ class Proxy:
             lane.name, objective.traffic_class, objective.latency_s, placed.wait_s, placed.retry_after_s
         )
 
-    async def _admit(
-        self, state: RouterState, lane: Lane, choice: LaneChoice, visited: list[str], trail: Trail
-    ) -> Lane:
+    async def _admit(self, visit: Visit, lane: Lane) -> Lane:
         """Enter `lane`'s gate, or spill to the next lane that has room; 503 when none does."""
+        state, choice, trail = visit.state, visit.choice, visit.trail
         first = lane
         priority = state.control.monitor.objectives[trail.traffic_class].priority
         snapshot = state.control.last_snapshot
         while True:
-            visited.append(lane.name)
+            visit.lanes.append(lane.name)
             if lane.gate.try_enter():
                 return lane
             queued_s = self.runtime.now_s()
@@ -335,7 +331,7 @@ class Proxy:
                 error = queue_timeout(lane.name, lane.gate.queue_timeout_s, lane.retry_after_s(snapshot))
             finally:
                 trail.queue_wait_s += self.runtime.now_s() - queued_s
-            spill_to = None if choice.pinned or not lane.config.spill else _failover_lane(state, visited)
+            spill_to = None if choice.pinned or not lane.config.spill else _failover_lane(state, visit.lanes)
             if spill_to is None:
                 now = self.runtime.now_s()
                 first.window.arrived(now, choice.pinned)
@@ -343,24 +339,14 @@ class Proxy:
                 raise error
             lane = spill_to
 
-    async def _forward(
-        self,
-        request: web.BaseRequest,
-        state: RouterState,
-        lane: Lane,
-        upstream: Upstream,
-        codec: Codec,
-        body: bytes,
-        headers,
-        trail: Trail,
-        started_s: float,
-    ) -> web.StreamResponse:
-        trail.upstream = upstream.base
+    async def _forward(self, visit: Visit, lane: Lane, upstream: Upstream, started_s: float) -> web.StreamResponse:
+        request = visit.request
+        visit.trail.upstream = upstream.base
         upstream.in_flight += 1
         try:
             try:
                 answer = await lane.client.request(
-                    upstream.base, request.method, request.rel_url.raw_path_qs, headers, body
+                    upstream.base, request.method, request.rel_url.raw_path_qs, visit.headers, visit.body
                 )
             except ConnectFailed as exc:
                 lane.pool.failed(upstream, self.runtime.now_s(), connect=True)
@@ -375,23 +361,16 @@ class Proxy:
                 lane.window.abandoned(self.runtime.now_s())
                 raise
             try:
-                return await self._relay(request, state, lane, upstream, codec, answer, trail, started_s)
+                return await self._relay(visit, lane, upstream, answer, started_s)
             finally:
                 answer.release()
         finally:
             upstream.in_flight -= 1
 
     async def _relay(
-        self,
-        request: web.BaseRequest,
-        state: RouterState,
-        lane: Lane,
-        upstream: Upstream,
-        codec: Codec,
-        answer: UpstreamResponse,
-        trail: Trail,
-        started_s: float,
+        self, visit: Visit, lane: Lane, upstream: Upstream, answer: UpstreamResponse, started_s: float
     ) -> web.StreamResponse:
+        request, codec, trail = visit.request, visit.codec, visit.trail
         ok = answer.status < 500
         headers = client_response_headers(answer.headers, lane=lane.name, request_id=trail.request_id)
         length = answer.content_length
@@ -436,7 +415,8 @@ class Proxy:
             lane.pool.failed(upstream, now)
         latency_s = now - started_s
         input_tokens, output_tokens = tokens or (0, 0)
-        cost_usd = state.control.monitor.attributed_cost_usd(lane.name, input_tokens, output_tokens, busy_s=latency_s)
+        monitor = visit.state.control.monitor
+        cost_usd = monitor.attributed_cost_usd(lane.name, input_tokens, output_tokens, busy_s=latency_s)
         trail.cost_usd = cost_usd
         lane.window.completed(
             now,
