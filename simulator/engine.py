@@ -41,6 +41,7 @@ import heapq
 import math
 import random
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -53,13 +54,20 @@ from policies.admission import Placed, Waiter, place
 from policies.batching import BatchItem
 from policies.lane_choice import choose_lane, expected_latency_s, failover_lane
 from policies.pricing import item_shares
-from simulator.lane_run import LaneRun, Queued
+from simulator.lane_run import Call, LaneRun, Queued
 from simulator.outcome import NO_LANE, Outcome, TimelineRow
 from simulator.service import ServiceModel, check_covers
 from simulator.traces import TraceRequest
 
 OK, LANE_FULL = 200, 503
 _DONE, _BATCH_DONE, _FLUSH, _GATE_TIMEOUT, _TICK = range(5)
+
+
+# An entry of the event heap: (t, seq, kind, lane, payload), ordered by (t, seq); seq is unique, so nothing
+# after it is ever compared. `kind` (_DONE ... _TICK) says which handler runs it. A plain tuple, named by this
+# alias and unpacked by name in one place (_handle): a NamedTuple costs 40x a tuple to make, and the heap
+# sees about three events per request (18% of a million-request run).
+_Event = tuple[float, int, int, "LaneRun | None", Any]
 
 
 class Engine:
@@ -97,7 +105,7 @@ class _Run:
         n = len(trace)
         self.z = np.random.default_rng(engine.seed).standard_normal(n).tolist()
         self.routes = RoutesByPrefix(config.routes)
-        self.heap: list[tuple] = []
+        self.heap: list[_Event] = []
         self.seq = 0
         self.lane_of = [NO_LANE] * n
         self.status = [0] * n
@@ -112,8 +120,6 @@ class _Run:
         self.decisions: list[dict] = []
         self.timeline: list[TimelineRow] = []
 
-    # -- the event loop ---------------------------------------------------
-
     def play(self) -> Outcome:
         trace, heap = self.trace, self.heap
         tick_s = self.config.switching.tick_s
@@ -122,7 +128,7 @@ class _Run:
         handlers = (self._on_done, self._on_batch_done, self._on_flush, self._on_gate_timeout)
         for i, request in enumerate(trace):
             t = request.t_s
-            while heap and heap[0][0] <= t:
+            while heap and heap[0][0] <= t:  # the earliest event's time
                 self._handle(heapq.heappop(heap), handlers, tick_s)
             self._arrive(i, request, t, *route_info(request))
             if self.progress is not None and i % self.progress_every == 0:
@@ -135,7 +141,7 @@ class _Run:
             self.progress(len(trace))
         return self._outcome(end_s)
 
-    def _handle(self, event: tuple, handlers, tick_s: float) -> None:
+    def _handle(self, event: _Event, handlers, tick_s: float) -> None:
         t, _, kind, lane, payload = event
         if kind == _TICK:
             self._tick(t)
@@ -168,8 +174,6 @@ class _Run:
                 ),
             )
         )
-
-    # -- the request path -------------------------------------------------
 
     def _route_info(self):
         """Per request: (route pin, batchable, route class), cached by route path."""
@@ -318,7 +322,7 @@ class _Run:
             lane.free -= 1
             self._push(t + service_s, kind, lane, payload)
         else:
-            lane.backlog.append((service_s, kind, payload))
+            lane.backlog.append(Call(service_s, kind, payload))
 
     def _server_freed(self, lane: LaneRun, t: float) -> None:
         if lane.batch_api:
@@ -358,8 +362,6 @@ class _Run:
             return  # admitted before its time ran out
         queued = waiter.ticket
         self._overflow(queued.i, lane, queued.pinned, t, queued.visited, queued.first)
-
-    # -- micro-batching ---------------------------------------------------
 
     def _offer(self, i: int, lane: LaneRun, t: float) -> bool:
         request = self.trace[i]
@@ -426,8 +428,6 @@ class _Run:
         lane.running -= 1
         self._server_freed(lane, t)
         self._arm(lane, t)
-
-    # -- results ----------------------------------------------------------
 
     def _finish(self, i: int, lane: LaneRun, t: float, status: int) -> None:
         self.lane_of[i] = lane.index

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from configs.schema import ModeshiftConfig
 from policies.admission import Gate, Outlook, batched_latency_s, outlook, takes_at_once
@@ -31,6 +31,14 @@ class Queued(NamedTuple):
     first: LaneRun
 
 
+class Call(NamedTuple):
+    """A call waiting for one of the lane's servers: how long it will take, and whose it is."""
+
+    service_s: float
+    kind: int  # the engine's event kind for its end
+    payload: Any
+
+
 class LaneRun:
     """One lane's queues and servers during a run."""
 
@@ -46,20 +54,26 @@ class LaneRun:
         self.gate: Gate[Queued] = Gate(lane_config.max_in_flight, lane_config.queue_depth, lane_config.aging_s)
         self.batch_api = isinstance(service, BatchApiLane)
         self.service = service
+        # A server lane's service time: base + per item + per token, jittered; a batch API has none of it.
+        self.coef = (0.0, 0.0, 0.0, 0.0)
+        self.sigma = 0.0
+        self.free = 0  # servers free now
         if isinstance(service, ServerLane):
             latency = service.latency
             self.coef = (latency.base_s, latency.per_item_s, latency.per_input_token_s, latency.per_output_token_s)
             self.sigma = latency.jitter
             self.free = service.servers
-        self.backlog: deque[tuple] = deque()  # calls waiting for a server
-        self.batcher = None
+        self.backlog: deque[Call] = deque()  # calls waiting for a server
+        # The micro-batcher, when the lane has one: its queue, merged calls running, and its next flush.
+        self.batcher: Batcher | None = None
+        self.capacity = 0
+        self.running = 0
+        self.armed_at = math.inf
         if lane_config.batching is not None:
             self.capacity = lane_config.batching.queue_capacity
             self.batcher = Batcher(
                 lane_config.batching.build(), capacity=self.capacity, max_tokens=lane_config.batching.max_batch_tokens
             )
-            self.running = 0
-            self.armed_at = math.inf
 
     @property
     def waiting(self) -> int:
