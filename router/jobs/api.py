@@ -51,9 +51,11 @@ from router.headers import (
     REQUEST_ID_HEADER,
     end_to_end,
 )
+from router.jobs.batch_store import BatchStore
 from router.jobs.batches import SWEEP_S, OpenAIBatches
+from router.jobs.database import EVERY_OWNER, Database
 from router.jobs.runner import Answer, JobRunner, share_of
-from router.jobs.store import EVERY_OWNER, FINAL, IdempotencyConflict, Job, JobStore, NewJob
+from router.jobs.store import FINAL, IdempotencyConflict, Job, JobStore, NewJob
 from router.jobs.tenants import credentials_of
 from router.lanes import Lane
 from router.upstream_client import UpstreamClient
@@ -93,7 +95,9 @@ class Jobs:
         self.lane_of = lane_of  # the jobs lane as it is now (a reload may replace it)
         self.route_of = route_of  # the route a path takes now
         self.clock = clock
+        self.database: Database | None = None
         self.store: JobStore | None = None
+        self.batch_store: BatchStore | None = None
         self.runner: JobRunner | None = None
         self.data_url = ""
         self._client: UpstreamClient | None = None
@@ -101,7 +105,7 @@ class Jobs:
         self._sweeper: asyncio.Task | None = None
         self.batches = (
             OpenAIBatches(
-                self._open, clock, max_file_bytes=config.jobs.max_file_bytes,
+                self._open_batches, clock, max_file_bytes=config.jobs.max_file_bytes,
                 max_body_bytes=config.server.max_body_bytes, receive_timeout_s=config.server.receive_timeout_s,
             )
             if config.jobs.openai_api
@@ -114,10 +118,16 @@ class Jobs:
         if Path(self.config.database).exists():
             self._open()
 
+    def _open_batches(self) -> BatchStore:
+        self._open()
+        return self.batch_store
+
     def _open(self) -> JobStore:
         if self.store is None:
             lane = self.lane_of()
-            self.store = JobStore(self.config.database)
+            self.database = Database(self.config.database)
+            self.store = JobStore(self.database)
+            self.batch_store = BatchStore(self.database)
             self._client = UpstreamClient(connect_timeout_s=5.0, read_timeout_s=lane.config.timeout_s + 1.0)
             self.runner = JobRunner(
                 self.store,
@@ -144,7 +154,8 @@ class Jobs:
 
     async def handle_openai(self, request: web.BaseRequest) -> web.Response:
         """/v1/files and /v1/batches, for the caller's own; a new batch's lines run with the caller's credentials."""
-        owner = self._open().owners.of(request.headers)
+        self._open()
+        owner = self.database.owners.of(request.headers)
         response = await self.batches.handle(request, owner, credentials_of(request.headers))
         self.runner.wake()
         return response
@@ -181,7 +192,7 @@ class Jobs:
         if key is not None and not 0 < len(key) <= _MAX_KEY:
             raise bad_request(f"{IDEMPOTENCY_HEADER} must be 1 to {_MAX_KEY} characters, got {len(key)}")
         store = self._open()
-        owner = store.owners.of(request.headers)
+        owner = self.database.owners.of(request.headers)
         headers = [(k, v) for k, v in end_to_end(request.headers).items() if k.lower() not in _NOT_STORED]
         job = NewJob(
             request.method, request.rel_url.raw_path_qs, headers, body, owner, credentials_of(request.headers), key
@@ -237,7 +248,7 @@ class Jobs:
         if self.store is None and not Path(self.config.database).exists():
             raise job_not_found(job_id)
         store = self._open()
-        owner = store.owners.of(request.headers)
+        owner = self.database.owners.of(request.headers)
         if request.method == "DELETE":
             job = await store.cancel(job_id, owner, self.clock())
             if job is None:
@@ -280,8 +291,8 @@ class Jobs:
             await asyncio.gather(self._sweeper, return_exceptions=True)
         if self.runner is not None:
             await self.runner.close()
-        if self.store is not None:
-            await self.store.close()
+        if self.database is not None:
+            await self.database.close()
         if self._client is not None:
             await self._client.close()
 

@@ -24,8 +24,8 @@ A sweep (every SWEEP_S) moves batches on: once no line is queued or running,
 it writes the output file (lines that succeeded) and the error file (the
 rest) and completes the batch. One bad line never fails the batch.
 
-What must not live here: storage and leases (router.jobs.store), running
-lines (router.jobs.runner).
+What must not live here: storage (router.jobs.batch_store, router.jobs.store),
+running lines (router.jobs.runner).
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-import sqlite3
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -42,8 +41,9 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from router.errors import ProxyError, bad_request, request_timeout
 from router.intake import read_body
-from router.jobs.files import FileDirectory, TooLarge
-from router.jobs.store import EVERY_OWNER, JobStore, Owner, owned_by
+from router.jobs.batch_store import BatchRecord, BatchStore, FileRecord, LineOutcome, NewLine, NotCancellable
+from router.jobs.database import EVERY_OWNER, Owner
+from router.jobs.files import TooLarge
 
 FILES = "/v1/files"
 BATCHES = "/v1/batches"
@@ -59,7 +59,7 @@ def not_found(kind: str, ident: str) -> ProxyError:
 
 class OpenAIBatches:
     def __init__(
-        self, store: Callable[[], JobStore], clock: Callable[[], float], *, max_file_bytes: int, max_body_bytes: int,
+        self, store: Callable[[], BatchStore], clock: Callable[[], float], *, max_file_bytes: int, max_body_bytes: int,
         receive_timeout_s: float,
     ):  # fmt: skip
         self.store = store  # opens the job store on first use
@@ -103,6 +103,7 @@ class OpenAIBatches:
         if not request.content_type.startswith("multipart/"):
             raise bad_request("upload a file as multipart/form-data with the fields 'file' and 'purpose'")
         store = self.store()
+        files = store.files
         file_id = f"file-{secrets.token_hex(12)}"
         purpose, filename, size = None, None, None
         # The reader's own limit is for the small fields; the file streams to disk under max_file_bytes.
@@ -117,7 +118,7 @@ class OpenAIBatches:
                     purpose = (await field.read()).decode(errors="replace")
                 elif field.name == "file" and size is None:
                     filename = field.filename or "upload.jsonl"
-                    size = await store.files.receive(
+                    size = await files.receive(
                         file_id, _chunks(field), limit=self.max_file_bytes, stall_s=self.receive_timeout_s,
                         on_stall=lambda: request_timeout(self.receive_timeout_s),
                     )  # fmt: skip
@@ -126,66 +127,47 @@ class OpenAIBatches:
         except TooLarge:
             raise file_too_large(self.max_file_bytes) from None
         except (ValueError, HttpProcessingError) as exc:  # a malformed body: boundaries, part headers
-            store.files.remove(file_id)
+            files.remove(file_id)
             raise bad_request(f"the multipart body could not be read: {exc}") from None
         except BaseException:
-            store.files.remove(file_id)
+            files.remove(file_id)
             raise
         if size is None or purpose is None or purpose != "batch":
-            store.files.remove(file_id)
+            files.remove(file_id)
             if size is None or purpose is None:
                 raise bad_request("a file upload needs the multipart fields 'file' and 'purpose'")
             raise bad_request(f"purpose must be 'batch' (the only kind of file this router keeps), got {purpose!r}")
-        record = {"id": file_id, "created_at": int(self.clock()), "filename": filename}
-        return await store._do(lambda db: _put_file(db, record, purpose, size, owner))
+        record = FileRecord(file_id, int(self.clock()), filename or "upload.jsonl", purpose, size, owner)
+        return _file_object(await store.put_file(record), owner)
 
     async def _file(self, file_id: str, owner: Owner, *, delete: bool) -> dict:
-        mine, mine_args = owned_by(owner)
         store = self.store()
-
-        def read(db: sqlite3.Connection) -> dict:
-            row = db.execute(_FILE_ROW + f" WHERE id = ? AND {mine}", (file_id, *mine_args)).fetchone()
-            if row is None:
-                raise not_found("file", file_id)
-            if delete:
-                db.execute("DELETE FROM files WHERE id = ?", (file_id,))
-                return {"id": file_id, "object": "file", "deleted": True}
-            return _file_object(row, owner)
-
-        answer = await store._do(read)
         if delete:
+            if not await store.delete_file(file_id, owner):
+                raise not_found("file", file_id)
             await asyncio.to_thread(store.files.remove, file_id)
-        return answer
+            return {"id": file_id, "object": "file", "deleted": True}
+        found = await store.file(file_id, owner)
+        if found is None:
+            raise not_found("file", file_id)
+        return _file_object(found, owner)
 
     async def _content(self, file_id: str, owner: Owner) -> web.StreamResponse:
-        mine, mine_args = owned_by(owner)
         store = self.store()
-        found = await store._do(
-            lambda db: db.execute(f"SELECT 1 FROM files WHERE id = ? AND {mine}", (file_id, *mine_args)).fetchone()
-        )
-        if found is None:
+        if await store.file(file_id, owner) is None:
             raise not_found("file", file_id)
         return web.FileResponse(store.files.path_of(file_id), headers={"Content-Type": "application/jsonl"})
 
-    async def _list(self, table: str, request: web.BaseRequest, owner: Owner) -> dict:
+    async def _list(self, kind: str, request: web.BaseRequest, owner: Owner) -> dict:
         try:
             limit = min(max(int(request.query.get("limit", "20")), 1), 100)
         except ValueError:
             raise bad_request("limit must be a whole number from 1 to 100") from None
-        mine, mine_args = owned_by(owner)
-
-        def rows(db: sqlite3.Connection) -> list[dict]:
-            if table == "files":
-                found = db.execute(
-                    _FILE_ROW + f" WHERE {mine} ORDER BY created_at DESC LIMIT ?", (*mine_args, limit)
-                ).fetchall()
-                return [_file_object(row, owner) for row in found]
-            found = db.execute(
-                f"SELECT id FROM batches WHERE {mine} ORDER BY created_at DESC LIMIT ?", (*mine_args, limit)
-            ).fetchall()
-            return [_batch_object(db, row["id"], owner) for row in found]
-
-        data = await self.store()._do(rows)
+        store = self.store()
+        if kind == "files":
+            data = [_file_object(found, owner) for found in await store.files_of(owner, limit)]
+        else:
+            data = [_batch_object(found, owner) for found in await store.batches(owner, limit)]
         return {"object": "list", "data": data, "has_more": len(data) == limit}
 
     # Batches.
@@ -205,84 +187,47 @@ class OpenAIBatches:
             raise bad_request(f"completion_window must be one of {', '.join(WINDOWS)}, got {window!r}")
         store = self.store()
         input_file_id = str(asked.get("input_file_id"))
-        found = await store._do(
-            lambda db: db.execute("SELECT 1 FROM files WHERE id = ? AND owner = ?", (input_file_id, owner)).fetchone()
-        )
-        if found is None:
+        if await store.file(input_file_id, owner) is None:  # nobody runs lines from another tenant's file
             raise not_found("file", input_file_id)
         try:
             lines, problems = await asyncio.to_thread(lambda: _read_lines(store.files.read(input_file_id), endpoint))
         except FileNotFoundError:  # deleted since
             raise not_found("file", input_file_id) from None
         now = self.clock()
-        batch_id = f"batch_{secrets.token_hex(12)}"
-        stored_credentials = json.dumps(credentials)
-
-        def create(db: sqlite3.Connection) -> dict:
-            record = {
-                "endpoint": endpoint, "input_file_id": input_file_id, "completion_window": window,
-                "metadata": asked.get("metadata"), "created_at": int(now), "expires_at": int(now + WINDOWS[window]),
-                "in_progress_at": None, "finalizing_at": None, "completed_at": None, "failed_at": None,
-                "expired_at": None, "cancelling_at": None, "cancelled_at": None,
-                "output_file_id": None, "error_file_id": None, "errors": None,
-            }  # fmt: skip
-            if problems:
-                record.update(failed_at=int(now), errors={"object": "list", "data": problems})
-                _put_batch(db, batch_id, now, "failed", record, owner)
-                return _batch_object(db, batch_id, owner)
-            record["in_progress_at"] = int(now)
-            _put_batch(db, batch_id, now, "in_progress", record, owner)
-            db.executemany(
-                "INSERT INTO jobs (id, created_at, state, method, target, headers, body, payload_hash, batch_id,"
-                " custom_id, line, owner, credentials) VALUES (?, ?, 'queued', 'POST', ?, ?, ?, '', ?, ?, ?, ?, ?)",
-                [(f"batch_req_{secrets.token_hex(12)}", now, endpoint, _LINE_HEADERS,
-                  json.dumps(line["body"]).encode(), batch_id, line["custom_id"], number, owner, stored_credentials)
-                 for number, line in lines],
-            )  # fmt: skip
-            return _batch_object(db, batch_id, owner)
-
-        return await store._do(create)
+        fields = {
+            "endpoint": endpoint, "input_file_id": input_file_id, "completion_window": window,
+            "metadata": asked.get("metadata"), "created_at": int(now), "expires_at": int(now + WINDOWS[window]),
+            "in_progress_at": None if problems else int(now), "finalizing_at": None, "completed_at": None,
+            "failed_at": int(now) if problems else None, "expired_at": None, "cancelling_at": None,
+            "cancelled_at": None, "output_file_id": None, "error_file_id": None,
+            "errors": {"object": "list", "data": problems} if problems else None,
+        }  # fmt: skip
+        created = await store.create_batch(
+            f"batch_{secrets.token_hex(12)}", now, fields, owner, endpoint=endpoint,
+            lines=[] if problems else lines, credentials=credentials, failed=bool(problems),
+        )  # fmt: skip
+        return _batch_object(created, owner)
 
     async def _batch(self, batch_id: str, owner: Owner) -> dict:
-        return await self.store()._do(lambda db: _batch_object(db, batch_id, owner))
+        found = await self.store().batch(batch_id, owner)
+        if found is None:
+            raise not_found("batch", batch_id)
+        return _batch_object(found, owner)
 
     async def _cancel(self, batch_id: str, owner: Owner) -> dict:
-        now = self.clock()
-
-        def cancel(db: sqlite3.Connection) -> dict:
-            status, record, _ = _get_batch(db, batch_id, owner)
-            if status not in ("validating", "in_progress"):
-                raise ProxyError(409, "batch_not_cancellable", f"batch {batch_id} is {status}")
-            _drop_queued(db, batch_id, now, "batch_cancelled", "the batch was cancelled before this line ran")
-            record["cancelling_at"] = int(now)
-            _put_batch(db, batch_id, now, "cancelling", record, owner)
-            return _batch_object(db, batch_id, owner)
-
-        return await self.store()._do(cancel)
+        try:
+            found = await self.store().cancel_batch(batch_id, owner, self.clock())
+        except NotCancellable as exc:
+            raise ProxyError(409, "batch_not_cancellable", f"batch {batch_id} is {exc.status}") from None
+        if found is None:
+            raise not_found("batch", batch_id)
+        return _batch_object(found, owner)
 
     async def sweep(self) -> None:
         """Expire batches past their window; finish those with no line left to run."""
-        now = self.clock()
-        store = self.store()
-
-        def sweep(db: sqlite3.Connection) -> None:
-            open_ = db.execute("SELECT id FROM batches WHERE status IN ('in_progress', 'cancelling')").fetchall()
-            for (batch_id,) in open_:
-                status, record, owner = _get_batch(db, batch_id, EVERY_OWNER)
-                if status == "in_progress" and now >= record["expires_at"]:
-                    _drop_queued(
-                        db, batch_id, now, "batch_expired", "the completion window ran out before this line ran"
-                    )
-                pending = db.execute(
-                    "SELECT COUNT(*) FROM jobs WHERE batch_id = ? AND state IN ('queued', 'running')", (batch_id,)
-                ).fetchone()[0]
-                if pending == 0:
-                    _finish_batch(db, store.files, batch_id, status, record, owner, now)
-
-        await store._do(sweep)
+        await self.store().sweep(self.clock(), _render)
 
 
-_FILE_ROW = "SELECT id, created_at, filename, purpose, bytes, owner FROM files"
 _MAX_FIELD_BYTES = 64 * 2**10  # a form field other than the file (purpose)
 _LINE_HEADERS = json.dumps([("Content-Type", "application/json")])
 
@@ -309,25 +254,26 @@ def _json(body: dict) -> web.Response:
     return web.json_response(body)
 
 
-def _put_file(db: sqlite3.Connection, record: dict, purpose: str, size: int, owner: str | None) -> dict:
-    db.execute(
-        "INSERT INTO files (id, created_at, filename, purpose, bytes, owner) VALUES (?, ?, ?, ?, ?, ?)",
-        (record["id"], record["created_at"], record["filename"], purpose, size, owner),
-    )
-    return _file_object(db.execute(_FILE_ROW + " WHERE id = ?", (record["id"],)).fetchone(), owner)
-
-
-def _file_object(row: sqlite3.Row, viewer: Owner) -> dict:
+def _file_object(found: FileRecord, viewer: Owner) -> dict:
     """A file as OpenAI shows it; the admin API also sees its owner."""
-    out = {"id": row["id"], "object": "file", "bytes": row["bytes"], "created_at": int(row["created_at"]),
-           "filename": row["filename"], "purpose": row["purpose"], "status": "processed"}  # fmt: skip
+    out = {"id": found.id, "object": "file", "bytes": found.bytes, "created_at": int(found.created_at),
+           "filename": found.filename, "purpose": found.purpose, "status": "processed"}  # fmt: skip
     if viewer is EVERY_OWNER:
-        out["owner"] = row["owner"]
+        out["owner"] = found.owner
     return out
 
 
-def _read_lines(content: bytes, endpoint: str) -> tuple[list[tuple[int, dict]], list[dict]]:
-    """(line number, request) for each line, or the problems, each naming its line."""
+def _batch_object(found: BatchRecord, viewer: Owner) -> dict[str, Any]:
+    """A batch as OpenAI shows it; the admin API also sees its owner."""
+    counts = {"total": found.counts.total, "completed": found.counts.completed, "failed": found.counts.failed}
+    out = {"id": found.id, "object": "batch", "status": found.status, **found.fields, "request_counts": counts}
+    if viewer is EVERY_OWNER:
+        out["owner"] = found.owner
+    return out
+
+
+def _read_lines(content: bytes, endpoint: str) -> tuple[list[NewLine], list[dict]]:
+    """Each line's request, or the problems, each naming its line."""
     lines, problems, seen = [], [], set()
 
     def problem(number: int, code: str, message: str) -> None:
@@ -353,7 +299,7 @@ def _read_lines(content: bytes, endpoint: str) -> tuple[list[tuple[int, dict]], 
         elif not isinstance(line.get("body"), dict):
             problem(number, "missing_body", "each line needs a JSON object body")
         else:
-            lines.append((number, line))
+            lines.append(NewLine(number, line["custom_id"], json.dumps(line["body"]).encode()))
         seen.add(line["custom_id"])
     if not lines and not problems:
         problem(0, "empty_file", "the input file has no requests")
@@ -362,87 +308,29 @@ def _read_lines(content: bytes, endpoint: str) -> tuple[list[tuple[int, dict]], 
     return lines, problems
 
 
-def _put_batch(db: sqlite3.Connection, batch_id: str, now: float, status: str, record: dict, owner: str | None) -> None:
-    db.execute(
-        "INSERT INTO batches (id, created_at, status, record, owner) VALUES (?, ?, ?, ?, ?)"
-        " ON CONFLICT (id) DO UPDATE SET status = excluded.status, record = excluded.record",
-        (batch_id, now, status, json.dumps(record), owner),
-    )
-
-
-def _get_batch(db: sqlite3.Connection, batch_id: str, viewer: Owner) -> tuple[str, dict, str | None]:
-    """(status, record, owner) of a batch `viewer` may see; 404 otherwise."""
-    mine, mine_args = owned_by(viewer)
-    row = db.execute(
-        f"SELECT status, record, owner FROM batches WHERE id = ? AND {mine}", (batch_id, *mine_args)
-    ).fetchone()
-    if row is None:
-        raise not_found("batch", batch_id)
-    return row["status"], json.loads(row["record"]), row["owner"]
-
-
-def _batch_object(db: sqlite3.Connection, batch_id: str, viewer: Owner) -> dict[str, Any]:
-    status, record, owner = _get_batch(db, batch_id, viewer)
-    counts = dict(db.execute("SELECT state, COUNT(*) FROM jobs WHERE batch_id = ? GROUP BY state", (batch_id,)))
-    total = sum(counts.values())
-    out = {"id": batch_id, "object": "batch", "status": status, **record,
-           "request_counts": {"total": total, "completed": counts.get("succeeded", 0),
-                              "failed": total - counts.get("succeeded", 0) - counts.get("queued", 0)
-                              - counts.get("running", 0)}}  # fmt: skip
-    if viewer is EVERY_OWNER:
-        out["owner"] = owner
-    return out
-
-
-def _drop_queued(db: sqlite3.Connection, batch_id: str, now: float, code: str, message: str) -> None:
-    db.execute(
-        "UPDATE jobs SET state = 'cancelled', finished_at = ?, error = ?, credentials = NULL"
-        " WHERE batch_id = ? AND state = 'queued'",
-        (now, json.dumps({"code": code, "message": message}), batch_id),
-    )
-
-
-def _finish_batch(
-    db: sqlite3.Connection, files: FileDirectory, batch_id: str, status: str, record: dict, owner: str | None,
-    now: float,
-) -> None:  # fmt: skip
-    rows = db.execute(
-        "SELECT id, custom_id, state, status_code, response_body, error FROM jobs WHERE batch_id = ? ORDER BY line",
-        (batch_id,),
-    ).fetchall()
+def _render(batch: BatchRecord, outcomes: list[LineOutcome]) -> dict[str, bytes]:
+    """A finished batch's output file (lines that succeeded) and error file (the others), OpenAI's line shape."""
     output, errors = [], []
-    for job_id, custom_id, state, status_code, body, error in rows:
+    for line in outcomes:
         response = None
-        if status_code is not None:
+        if line.status_code is not None:
+            body = line.response_body or b""
             try:
                 parsed = json.loads(body or b"null")
             except ValueError:
-                parsed = (body or b"").decode(errors="replace")
-            response = {"status_code": status_code, "request_id": job_id, "body": parsed}
-        if state == "succeeded":
-            output.append({"id": job_id, "custom_id": custom_id, "response": response, "error": None})
+                parsed = body.decode(errors="replace")
+            response = {"status_code": line.status_code, "request_id": line.job_id, "body": parsed}
+        if line.state == "succeeded":
+            output.append({"id": line.job_id, "custom_id": line.custom_id, "response": response, "error": None})
             continue
         try:
-            reason = json.loads(error) if error and error.startswith("{") else None
+            reason = json.loads(line.error) if line.error and line.error.startswith("{") else None
         except ValueError:
             reason = None
-        reason = reason or {"code": "request_failed", "message": error or state}
-        errors.append({"id": job_id, "custom_id": custom_id, "response": response, "error": reason})
-    stamp = int(now)
-    for key, lines in (("output_file_id", output), ("error_file_id", errors)):
-        if lines:
-            content = "".join(json.dumps(line) + "\n" for line in lines).encode()
-            file_id = f"file-{secrets.token_hex(12)}"
-            files.write(file_id, content)  # before the commit: at worst an orphan file, never a dangling record
-            _put_file(db, {"id": file_id, "created_at": stamp, "filename": f"{batch_id}_{key[:-8]}.jsonl"},
-                      "batch_output", len(content), owner)  # fmt: skip
-            record[key] = file_id
-    record["finalizing_at"] = record["finalizing_at"] or stamp
-    if status == "cancelling":
-        final = "cancelled"
-    elif now >= record["expires_at"]:
-        final = "expired"
-    else:
-        final = "completed"
-    record[f"{final}_at"] = stamp
-    _put_batch(db, batch_id, now, final, record, owner)
+        reason = reason or {"code": "request_failed", "message": line.error or line.state}
+        errors.append({"id": line.job_id, "custom_id": line.custom_id, "response": response, "error": reason})
+    return {
+        kind: "".join(json.dumps(line) + "\n" for line in lines).encode()
+        for kind, lines in (("output", output), ("error", errors))
+        if lines
+    }

@@ -74,9 +74,9 @@ async def test_concurrent_resends_of_one_key_all_get_the_job_stored_first(upstre
     router = await start_router(jobs_config(server.url, server.url, tmp_path))
     async with client.post(f"{router.url}/a", data=b"warm", headers=ASYNC) as response:  # opens the store
         assert response.status == 202
-    store = router.runtime.jobs.store
+    database = router.runtime.jobs.database
     hold = threading.Event()
-    held = asyncio.ensure_future(store._do(lambda db: hold.wait(10)))  # the writer is busy: storing waits
+    held = asyncio.ensure_future(database.run(lambda db: hold.wait(10)))  # the writer is busy: storing waits
     key = {**ASYNC, "Idempotency-Key": "k"}
 
     async def send() -> tuple[int, str, str | None]:
@@ -212,5 +212,5 @@ async def test_a_job_longer_than_its_lease_keeps_it_by_heartbeat_and_carries_its
     job = await wait_done(client, router, f"/v1/jobs/{job_id}")
     assert job["status"] == "succeeded" and job["attempts"] == 1
     assert keys == [job_id]  # claimed once, sent once, with the job's own id (not the client's key)
-    stored = await router.runtime.jobs.store.get(job_id, router.runtime.jobs.store.owners.of({}))
+    stored = await router.runtime.jobs.store.get(job_id, router.runtime.jobs.database.owners.of({}))
     assert stored.claims == 1

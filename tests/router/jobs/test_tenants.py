@@ -13,6 +13,7 @@ import stat
 
 from aiohttp import FormData, web
 
+from router.jobs.database import Database
 from router.jobs.store import JobStore
 from router.jobs.tenants import Owners
 from tests.router.helpers import admin_headers
@@ -97,7 +98,7 @@ async def test_another_credential_or_none_sees_nothing_of_a_tenants_jobs_files_a
         seen_by_admin = await response.json()
     async with client.get(f"{router.admin_url}{location}", headers=admin_headers()) as response:
         job_by_admin = await response.json()
-    alice = router.runtime.jobs.store.owners.of(ALICE)
+    alice = router.runtime.jobs.database.owners.of(ALICE)
     assert seen_by_admin["owner"] == job_by_admin["owner"] == alice
     assert "sk-alice" not in alice
 
@@ -147,17 +148,19 @@ def test_a_version_0_database_is_brought_up_to_date_with_owners_read_from_its_jo
         db.execute("INSERT INTO files VALUES ('file-1', 1.0, 'in.jsonl', 'batch', 3, x'616263')")
 
     async def check() -> None:
-        store = JobStore(path)
+        database = Database(path)
+        store = JobStore(database)
         try:
-            alice = Owners(_owner_key(store)).of(ALICE)
+            alice = Owners(_owner_key(path)).of(ALICE)
+            assert database.owners.of(ALICE) == alice
             job = await store.get("job_1", alice)
             assert job is not None and job.state == "queued"
             assert job.headers == [("Content-Type", "text/plain")]
             assert job.credentials == [("authorization", "Bearer sk-alice")]
-            assert await store.get("job_1", Owners(_owner_key(store)).of(BOB)) is None
-            assert store.files.read("file-1") == b"abc"
+            assert await store.get("job_1", Owners(_owner_key(path)).of(BOB)) is None
+            assert database.files.read("file-1") == b"abc"
         finally:
-            await store.close()
+            await database.close()
 
     asyncio.run(check())
     with sqlite3.connect(path) as db:
@@ -165,8 +168,8 @@ def test_a_version_0_database_is_brought_up_to_date_with_owners_read_from_its_jo
         assert "content" not in [row[1] for row in db.execute("PRAGMA table_info(files)")]
 
 
-def _owner_key(store: JobStore) -> bytes:
-    with sqlite3.connect(store.path) as db:
+def _owner_key(path) -> bytes:
+    with sqlite3.connect(path) as db:
         return db.execute("SELECT value FROM meta WHERE name = 'owner_key'").fetchone()[0]
 
 
