@@ -29,13 +29,15 @@ rules (router.routing), the control tick (router.runtime).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from aiohttp import web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from backends.codecs import Codec, Part, codec_for
+from configs.schema import RouteConfig
 from policies.admission import Placed, place
 from policies.lane_choice import expected_latency_s, failover_lane
 from router.admission import LaneFull, QueueTimedOut
@@ -83,7 +85,10 @@ WHOLE_RESPONSE_BYTES = 64 * 1024
 class Visit:
     """One request on its way through the lanes: what every step of the forward path reads."""
 
-    request: web.BaseRequest
+    request: web.BaseRequest | None  # where the answer streams to; None (a job): the answer is read whole
+    method: str
+    target: str  # path and query, as the client sent them
+    client_headers: CIMultiDictProxy[str] | CIMultiDict[str]
     state: RouterState  # the state the request started on (a reload does not move it)
     choice: LaneChoice
     codec: Codec
@@ -103,10 +108,41 @@ class Proxy:
         trail = Trail(request_id_from(request.headers), request.method, request.rel_url.path, runtime.now_s())
         request[REQUEST_ID_KEY] = trail.request_id
         span = runtime.telemetry.begin(trail, request.headers)
+        return await self._answered(state, trail, span, self._handle(request, state, trail, span))
+
+    async def run_job(self, method: str, target: str, headers: CIMultiDict[str], body: bytes) -> web.Response:
+        """A stored job's request, on the path a live request takes (routing, admission, the micro-batcher,
+        failover, cost, metrics, spans), in process; its answer read whole. The router's own answers are
+        raised (ProxyError), so the runner can tell its back-pressure from an upstream's answer.
+        """
+        runtime = self.runtime
+        state = runtime.state
+        trail = Trail(request_id_from(headers), method, target.partition("?")[0], runtime.now_s())
+        span = runtime.telemetry.begin(trail, headers)
+
+        async def work() -> web.StreamResponse:
+            route = state.routes.match(trail.path)
+            trail.route = route.path
+            asked = _asked(headers, state)
+            return await self._route(
+                None, method, target, headers, body, route, asked, state, trail, span, peer=None, scheme="http"
+            )
+
+        return await self._answered(state, trail, span, work(), raise_errors=True)
+
+    async def _answered(
+        self, state: RouterState, trail: Trail, span, work: Awaitable[web.StreamResponse], *,
+        raise_errors: bool = False,
+    ) -> web.StreamResponse:  # fmt: skip
+        """The answer `work` makes, or the router's own; recorded once (trail, span, route stats, objectives)."""
+        runtime = self.runtime
         try:
-            response = await self._handle(request, state, trail, span)
+            response = await work
         except ProxyError as error:
             trail.error, trail.detail = error.kind, error.message
+            if raise_errors:
+                self._finish(span, trail, error.status)
+                raise
             response = error.response(trail.request_id)
         except (asyncio.CancelledError, ConnectionError):  # the client went away: nginx's 499
             self._finish(span, trail, 499, "client_closed_request")
@@ -145,13 +181,24 @@ class Proxy:
                 return await jobs.handle_openai(request)
         route = state.routes.match(request.rel_url.path)
         trail.route = route.path
-        header_pin = requested_lane(request.headers.get(MODE_HEADER), state.lanes)
-        objectives = state.control.monitor.objectives
-        header_class = requested_class(request.headers.get(PRIORITY_HEADER), objectives)
-        deadline = deadline_s(request.headers.get(DEADLINE_HEADER))
+        asked = _asked(request.headers, state)  # before the body: a bad header is answered without waiting for it
         body = await read_body(request, limit=server.max_body_bytes, timeout_s=server.receive_timeout_s)
         if jobs is not None and "Prefer" in request.headers and prefers_async(request.headers):
             return await jobs.accept(request, body, trail.request_id)
+        return await self._route(
+            request, request.method, request.rel_url.raw_path_qs, request.headers, body, route, asked, state, trail,
+            span, peer=request.remote, scheme=request.scheme,
+        )  # fmt: skip
+
+    async def _route(
+        self, request: web.BaseRequest | None, method: str, target: str,
+        client_headers: CIMultiDictProxy[str] | CIMultiDict[str], body: bytes, route: RouteConfig,
+        asked: tuple[str | None, str | None, float | None], state: RouterState, trail: Trail, span, *,
+        peer: str | None, scheme: str,
+    ) -> web.StreamResponse:  # fmt: skip
+        """From a request read whole to its answer: the lane choice, its class, then the lanes."""
+        header_pin, header_class, deadline = asked
+        objectives = state.control.monitor.objectives
         now = self.runtime.now_s()
         expected = expected_latency_s(state.control.last_snapshot) if deadline is not None else {}
         choice = choose_lane(
@@ -167,14 +214,14 @@ class Proxy:
         trail.traffic_class = objectives.classify(
             pinned=choice.pinned, route_class=route.traffic_class, header_class=header_class
         )
-        headers = upstream_request_headers(
-            request.headers, peer=request.remote, scheme=request.scheme, request_id=trail.request_id
-        )
+        headers = upstream_request_headers(client_headers, peer=peer, scheme=scheme, request_id=trail.request_id)
         if span is not None:
             self.runtime.telemetry.inject(span, headers)
+        codec = codec_for(route.protocol)
+        visit = Visit(request, method, target, client_headers, state, choice, codec, body, headers, trail)
         state.retries.active += 1
         try:
-            return await self._dispatch(Visit(request, state, choice, codec_for(route.protocol), body, headers, trail))
+            return await self._dispatch(visit)
         finally:
             state.retries.active -= 1
 
@@ -235,7 +282,7 @@ class Proxy:
 
     async def _batched(self, visit: Visit, lane: Lane, part: Part) -> web.Response:
         """Ride in the lane's next merged call; the answer is this request's share."""
-        request, trail = visit.request, visit.trail
+        trail = visit.trail
         visit.lanes.append(lane.name)
         monitor, name = visit.state.control.monitor, lane.name
 
@@ -245,7 +292,7 @@ class Proxy:
         started_s = self.runtime.now_s()
         lane.window.arrived(started_s, visit.choice.pinned)
         try:
-            result = await lane.batching.submit(visit.codec, request.rel_url.raw_path_qs, part, request.headers, cost)
+            result = await lane.batching.submit(visit.codec, visit.target, part, visit.client_headers, cost)
         except NothingSent:
             lane.window.completed(self.runtime.now_s(), None, ok=False)
             raise
@@ -340,14 +387,11 @@ class Proxy:
             lane = spill_to
 
     async def _forward(self, visit: Visit, lane: Lane, upstream: Upstream, started_s: float) -> web.StreamResponse:
-        request = visit.request
         visit.trail.upstream = upstream.base
         upstream.in_flight += 1
         try:
             try:
-                answer = await lane.client.request(
-                    upstream.base, request.method, request.rel_url.raw_path_qs, visit.headers, visit.body
-                )
+                answer = await lane.client.request(upstream.base, visit.method, visit.target, visit.headers, visit.body)
             except ConnectFailed as exc:
                 lane.pool.failed(upstream, self.runtime.now_s(), connect=True)
                 raise NothingSent(str(exc)) from None
@@ -376,7 +420,7 @@ class Proxy:
         length = answer.content_length
         tokens = None  # (input, output) when the protocol reports them, for per-token prices
         try:
-            if length is not None and length <= WHOLE_RESPONSE_BYTES:
+            if request is None or (length is not None and length <= WHOLE_RESPONSE_BYTES):
                 body = await answer.read()
                 tokens = codec.usage(body) if answer.status < 300 else None
                 response: web.StreamResponse = web.Response(
@@ -400,7 +444,7 @@ class Proxy:
         except (UpstreamBrokeOff, TimeoutError) as exc:
             self._upstream_error(lane, upstream, started_s)
             detail = f"{upstream.base}: {exc}"
-            if not response_started(request):
+            if request is None or not response_started(request):
                 raise upstream_failed(lane.name, detail) from None
             # The status line is gone. Cut the connection, so the client sees
             # a broken response rather than a complete-looking short one.
@@ -433,6 +477,17 @@ class Proxy:
         now = self.runtime.now_s()
         lane.pool.failed(upstream, now)
         lane.window.completed(now, now - started_s, ok=False)
+
+
+def _asked(
+    headers: CIMultiDictProxy[str] | CIMultiDict[str], state: RouterState
+) -> tuple[str | None, str | None, float | None]:
+    """What the request's own headers ask for: (a lane pin, a traffic class, a deadline in seconds); 400 if wrong."""
+    return (
+        requested_lane(headers.get(MODE_HEADER), state.lanes),
+        requested_class(headers.get(PRIORITY_HEADER), state.control.monitor.objectives),
+        deadline_s(headers.get(DEADLINE_HEADER)),
+    )
 
 
 def response_started(request: web.BaseRequest) -> bool:

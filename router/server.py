@@ -50,9 +50,8 @@ class RunningRouter:
     def __init__(self, runtime: Runtime):
         self.runtime = runtime
         config = runtime.state.config.server
-        self._data = web.ServerRunner(
-            DataPlaneServer(Proxy(runtime), config), shutdown_timeout=config.shutdown_timeout_s
-        )
+        self.proxy = Proxy(runtime)
+        self._data = web.ServerRunner(DataPlaneServer(self.proxy, config), shutdown_timeout=config.shutdown_timeout_s)
         self._admin = web.AppRunner(admin_app(runtime), access_log=None, shutdown_timeout=5.0)
         self.data_address: tuple[str, int] | None = None
         self.admin_address: tuple[str, int] | None = None
@@ -82,7 +81,7 @@ class RunningRouter:
         self.admin_address = self._admin.addresses[0][:2]
         self.runtime.telemetry.start(self.runtime.figures)
         if self.runtime.jobs is not None:
-            await self.runtime.jobs.start(_loopback_url(*self.data_address))
+            await self.runtime.jobs.start(self.proxy.run_job)
         if ticking:
             self.runtime.start()
 
@@ -154,10 +153,3 @@ def serve(path: str | Path) -> int:
     except ImportError:
         return asyncio.run(_serve(config, Path(path)))
     return uvloop.run(_serve(config, Path(path)))
-
-
-def _loopback_url(host: str, port: int) -> str:
-    """How this process reaches its own data plane (the job runner sends jobs there)."""
-    if host in ("0.0.0.0", "::", ""):
-        host = "127.0.0.1"
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"

@@ -32,7 +32,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -47,7 +47,6 @@ from router.headers import (
     IDEMPOTENCY_HEADER,
     JOB_HEADER,
     MODE_HEADER,
-    REFUSED_HEADER,
     REQUEST_ID_HEADER,
     end_to_end,
 )
@@ -58,12 +57,13 @@ from router.jobs.runner import Answer, JobRunner, share_of
 from router.jobs.store import FINAL, IdempotencyConflict, Job, JobStore, NewJob
 from router.jobs.tenants import credentials_of
 from router.lanes import Lane
-from router.upstream_client import UpstreamClient
 
 JOBS_PREFIX = "/v1/jobs/"
 _NOT_STORED = frozenset(
     ("prefer", "idempotency-key", MODE_HEADER.lower(), REQUEST_ID_HEADER.lower(), JOB_HEADER.lower())
 ).union(CREDENTIAL_HEADERS)
+# The data plane's entry for a job (router.proxy.Proxy.run_job): method, target, headers, body -> its answer.
+RunJob = Callable[[str, str, CIMultiDict, bytes], Awaitable[web.Response]]
 _NOT_KEPT = HOP_BY_HOP | {"content-length"}  # of an answer: the framing is made again when it is served
 _MAX_KEY = 255
 logger = logging.getLogger("modeshift.jobs")
@@ -99,8 +99,7 @@ class Jobs:
         self.store: JobStore | None = None
         self.batch_store: BatchStore | None = None
         self.runner: JobRunner | None = None
-        self.data_url = ""
-        self._client: UpstreamClient | None = None
+        self._run: RunJob | None = None
         self._storing: dict[tuple[str, str], _KeyInUse] = {}
         self._sweeper: asyncio.Task | None = None
         self.batches = (
@@ -112,9 +111,9 @@ class Jobs:
             else None
         )  # fmt: skip
 
-    async def start(self, data_url: str) -> None:
-        """Remember where the data plane listens; resume the jobs of an earlier run, if its database exists."""
-        self.data_url = data_url
+    async def start(self, run: RunJob) -> None:
+        """Take the data plane's entry for jobs; resume the jobs of an earlier run, if its database exists."""
+        self._run = run
         if Path(self.config.database).exists():
             self._open()
 
@@ -124,11 +123,9 @@ class Jobs:
 
     def _open(self) -> JobStore:
         if self.store is None:
-            lane = self.lane_of()
             self.database = Database(self.config.database)
             self.store = JobStore(self.database)
             self.batch_store = BatchStore(self.database)
-            self._client = UpstreamClient(connect_timeout_s=5.0, read_timeout_s=lane.config.timeout_s + 1.0)
             self.runner = JobRunner(
                 self.store,
                 self.config,
@@ -161,19 +158,21 @@ class Jobs:
         return response
 
     async def _send(self, job: Job) -> Answer:
+        """The job through the data plane, in process, as the jobs lane's request; its answer, or the router's own."""
         headers = CIMultiDict(job.headers)
         headers.extend(job.credentials)
         headers[MODE_HEADER] = self.lane_name
         headers[REQUEST_ID_HEADER] = job.id
         headers[JOB_HEADER] = job.id
         headers[IDEMPOTENCY_HEADER] = job.id  # the same on every run of the job: an upstream may deduplicate
-        answer = await self._client.request(self.data_url, job.method, job.target, headers, job.body)
         try:
-            body = await answer.read()
-        finally:
-            answer.release()
-        kept = [(k, v) for k, v in answer.headers.items() if k.lower() not in _NOT_KEPT]
-        return Answer(answer.status, kept, body, refused=answer.status == 503 and REFUSED_HEADER in answer.headers)
+            response = await self._run(job.method, job.target, headers, job.body)
+        except ProxyError as error:  # the router's own answer: a 503 is back-pressure, nothing reached an upstream
+            body = json.dumps(error.body(job.id)).encode()
+            kept = [*error.headers.items(), ("Content-Type", "application/json")]
+            return Answer(error.status, kept, body, refused=error.status == 503)
+        kept = [(k, v) for k, v in response.headers.items() if k.lower() not in _NOT_KEPT]
+        return Answer(response.status, kept, response.body)
 
     def _cost_of(self, job: Job) -> float:
         """Upstream slots `job` holds on the jobs lane: a share of a merged call when it rides the micro-batcher."""
@@ -293,8 +292,6 @@ class Jobs:
             await self.runner.close()
         if self.database is not None:
             await self.database.close()
-        if self._client is not None:
-            await self._client.close()
 
 
 class _KeyInUse:

@@ -1,10 +1,11 @@
 """Runs stored jobs through the jobs lane, a bounded number at a time, until each has one outcome.
 
-The runner claims due jobs from the store (router.jobs.store) and sends each
-to the router's own data plane, pinned to the jobs lane
-(`X-Modeshift-Mode`), so a job goes through exactly what a live request on
-that lane goes through: admission, the micro-batcher where the codec
-merges, failover, cost attribution, metrics and spans.
+The runner claims due jobs from the store (router.jobs.store) and hands each
+to the data plane's own entry, in process (router.proxy.Proxy.run_job),
+pinned to the jobs lane (`X-Modeshift-Mode`), so a job goes through exactly
+what a live request on that lane goes through: admission, the
+micro-batcher where the codec merges, failover, cost attribution, metrics
+and spans. No socket, no second HTTP client.
 
 Bounds: jobs hold at most `max_share` of the lane's upstream slots
 (`max_in_flight`), so they never take the whole lane from live traffic. A
@@ -17,10 +18,10 @@ lane has nobody queued.
 Outcomes:
 - 2xx: succeeded; any other 4xx but 408 and 429: failed, with the answer
   (the request itself is wrong; sending it again would not help);
-- the router's own back-pressure (a 503 it made itself, marked
-  `X-Modeshift-Refused`): the job waits for the `Retry-After` and tries
-  again without using up an attempt: nothing reached an upstream;
-- 408, 429, 5xx but 501, and a router that cannot be reached: transient.
+- the router's own back-pressure (a 503 the data plane raised itself): the
+  job waits for the `Retry-After` and tries again without using up an
+  attempt: nothing reached an upstream;
+- 408, 429, 5xx but 501, and a failure of the data plane itself: transient.
   Retried after backoff x multiplier^(attempt - 1), with jitter (x 0.5 to
   1.5), up to `attempts` tries; then failed with the last answer or error.
 
