@@ -53,8 +53,37 @@ class Schedule:
 SHOWN_DECISIONS = ("TransitionStarted", "StepAdvanced", "TransitionCompleted", "RolledBack", "Paused", "Resumed")
 
 
+@dataclass(frozen=True)
+class LaneFigures:
+    """One lane as the client saw it: requests answered there, non-2xx among them, 2xx latency quantiles."""
+
+    requests: int
+    errors: int
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+
+
+@dataclass(frozen=True)
+class DemoReport:
+    requests_sent: int
+    lanes: dict[str, LaneFigures]
+    transitions: list[dict]  # the router's decision lines, timed from the start of the replay
+    cost_per_1k_usd: float | None  # attributed, over every lane; None without realtime traffic to compare
+    all_realtime_per_1k_usd: float | None  # the realtime lane's observed cost per request, for everything
+
+
 def run_demo(schedule: Schedule = Schedule()) -> int:
-    console = Console()
+    """The demo as a command: 0 once the report is printed, 130 on Ctrl-C."""
+    try:
+        play_demo(schedule, Console())
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def play_demo(schedule: Schedule, console: Console) -> DemoReport:
+    """Start the stack, replay the schedule through it, stop it; print the report as it goes, and return it."""
     config_path = ready_config_path("default")
     trace, start, end = schedule.trace()
     rush_from, rush_to = trace[start].t_s, trace[min(end, len(trace)) - 1].t_s
@@ -74,11 +103,12 @@ def run_demo(schedule: Schedule = Schedule()) -> int:
         began = time.monotonic()
         results, status = asyncio.run(_drive(stack, trace, console))
         stack.stop()
-        _report(console, results, _decisions(stack, began), status)
-        return 0
+        report = _figures(len(trace), results, _decisions(stack, began), status)
+        _print(console, report)
+        return report
     except KeyboardInterrupt:
         console.print("interrupted: stopping the backends and the router")
-        return 130
+        raise
     finally:
         stack.stop()
         stack.cleanup()
@@ -135,39 +165,51 @@ def _quantiles_ms(latencies: list[float]) -> tuple[float, float, float]:
     return q[49] * 1e3, q[94] * 1e3, q[98] * 1e3
 
 
-def _report(console: Console, results: list[Result], decisions: list[dict], status: dict) -> None:
+def _figures(sent: int, results: list[Result], decisions: list[dict], status: dict) -> DemoReport:
+    by_lane: dict[str, list[Result]] = {}
+    for r in results:
+        by_lane.setdefault(r.lane or "(none)", []).append(r)
+    lanes = {}
+    for lane, rs in sorted(by_lane.items()):
+        p50, p95, p99 = _quantiles_ms([r.latency_s for r in rs if 200 <= r.status < 300])
+        errors = sum(1 for r in rs if not 200 <= r.status < 300)
+        lanes[lane] = LaneFigures(len(rs), errors, p50, p95, p99)
+    totals = {name: lane["since_start"] for name, lane in status["lanes"].items()}
+    total_cost = sum(lane["cost_usd"] for lane in totals.values())
+    total_requests = sum(lane["requests"] for lane in totals.values())
+    realtime = totals.get("realtime", {"requests": 0, "cost_usd": 0.0})
+    actual = all_realtime = None
+    if total_requests and realtime["requests"]:
+        actual = total_cost / total_requests * 1000
+        all_realtime = realtime["cost_usd"] / realtime["requests"] * 1000
+    return DemoReport(sent, lanes, decisions, actual, all_realtime)
+
+
+def _print(console: Console, report: DemoReport) -> None:
     console.print()
     console.print("[bold]transitions[/bold]")
-    for d in decisions:
+    for d in report.transitions:
         target = d.get("to_mode") or d.get("mode") or ""
         console.print(f"  t={d['t']:6.1f}s  {d['kind']:<20} {target:<9} {d.get('reason', '')}")
-    if not decisions:
+    if not report.transitions:
         console.print("  none: the policy kept the initial mode")
 
     table = Table(title="requests per lane, as the client saw them")
     for column in ("lane", "requests", "share", "errors", "p50 ms", "p95 ms", "p99 ms"):
         table.add_column(column, justify="right" if column != "lane" else "left")
-    by_lane: dict[str, list[Result]] = {}
-    for r in results:
-        by_lane.setdefault(r.lane or "(none)", []).append(r)
-    for lane, rs in sorted(by_lane.items()):
-        ok = [r.latency_s for r in rs if 200 <= r.status < 300]
-        p50, p95, p99 = _quantiles_ms(ok)
-        errors = sum(1 for r in rs if not 200 <= r.status < 300)
-        share = f"{len(rs) / len(results):.1%}"
-        table.add_row(lane, f"{len(rs):,}", share, str(errors), f"{p50:.0f}", f"{p95:.0f}", f"{p99:.0f}")
+    answered = sum(lane.requests for lane in report.lanes.values())
+    for name, lane in report.lanes.items():
+        share = f"{lane.requests / answered:.1%}"
+        table.add_row(
+            name, f"{lane.requests:,}", share, str(lane.errors), f"{lane.p50_ms:.0f}", f"{lane.p95_ms:.0f}",
+            f"{lane.p99_ms:.0f}",
+        )  # fmt: skip
     console.print()
     console.print(table)
 
-    lanes = {name: lane["since_start"] for name, lane in status["lanes"].items()}
-    total_cost = sum(lane["cost_usd"] for lane in lanes.values())
-    total_requests = sum(lane["requests"] for lane in lanes.values())
-    realtime = lanes.get("realtime", {"requests": 0, "cost_usd": 0.0})
     console.print()
-    if total_requests and realtime["requests"]:
-        per_request_rt = realtime["cost_usd"] / realtime["requests"]
-        actual = total_cost / total_requests * 1000
-        all_realtime = per_request_rt * 1000
+    if report.cost_per_1k_usd is not None and report.all_realtime_per_1k_usd:
+        actual, all_realtime = report.cost_per_1k_usd, report.all_realtime_per_1k_usd
         console.print(
             f"cost per 1k requests: ${actual:.4f} with modeshift, ${all_realtime:.4f} all on the realtime lane "
             f"(at its observed cost per request): {1 - actual / all_realtime:.0%} saved"

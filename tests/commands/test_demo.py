@@ -5,8 +5,9 @@ from __future__ import annotations
 import socket
 
 import aiohttp
+from rich.console import Console
 
-from commands.demo import Schedule, run_demo
+from commands.demo import Schedule, play_demo
 from commands.demo_stack import LocalStack
 from commands.replay import replay
 from configs import ready_config_path
@@ -40,9 +41,20 @@ async def test_the_stack_serves_both_lanes_and_stops_every_process():
     assert not any(listening(url) for url in urls)
 
 
-def test_a_short_demo_prints_its_report(capsys):
-    assert run_demo(Schedule(calm_s=2.0, rush_s=2.0, speedup=4.0, length_s=6.0)) == 0
-    out = capsys.readouterr().out
-    assert "requests per lane" in out and "realtime" in out
-    assert "cost per 1k requests" in out
-    assert "transitions" in out
+def test_a_short_demo_reports_every_request_and_prints_the_figures_it_reports():
+    schedule = Schedule(calm_s=2.0, rush_s=2.0, speedup=4.0, length_s=6.0)
+    console = Console(record=True, width=200)
+    report = play_demo(schedule, console)
+    sent = len(schedule.trace()[0])
+    assert report.requests_sent == sent and sent > 20
+    assert sum(lane.requests for lane in report.lanes.values()) == sent  # every request answered, by a lane
+    assert set(report.lanes) <= {"realtime", "batch"} and report.lanes["realtime"].requests > 0
+    assert all(lane.errors == 0 for lane in report.lanes.values())
+    for lane in report.lanes.values():
+        assert 0 < lane.p50_ms <= lane.p95_ms <= lane.p99_ms < 30_000
+    assert report.cost_per_1k_usd is not None and report.cost_per_1k_usd > 0
+    assert report.all_realtime_per_1k_usd is not None and report.all_realtime_per_1k_usd > 0
+    out = console.export_text()
+    for name, lane in report.lanes.items():
+        assert f"{lane.requests:,}" in out and f"{lane.p95_ms:.0f}" in out and name in out
+    assert f"${report.cost_per_1k_usd:.4f} with modeshift" in out
