@@ -20,6 +20,7 @@ test: lint
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 demo: $(VENV)/.installed
 	$(PY) -m commands.cli demo

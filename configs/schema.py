@@ -15,6 +15,7 @@ configs.errors) and building runtime objects (configs.assembly).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -230,7 +231,7 @@ def _problem(loc: tuple[str | int, ...], value: Any, kind: str, message: str) ->
     return InitErrorDetails(type=PydanticCustomError(kind, message), loc=loc, input=value)
 
 
-def _cross_problems(cfg: ModeshiftConfig):
+def _cross_problems(cfg: ModeshiftConfig) -> Iterator[InitErrorDetails]:
     lanes = sorted(cfg.lanes)
     known_lanes = ", ".join(lanes)
     for mode, weights in cfg.modes.items():

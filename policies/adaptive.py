@@ -80,13 +80,15 @@ class AdaptivePolicy(BasePolicy):
         tied = [kind for kind in candidates if scores[kind] == best_score]
         current = [kind for kind in tied if modes[kind] == snapshot.mode]
         best = current[0] if current else tied[0]
+        target = modes[best]
+        assert target is not None  # candidates have a mode
         listed = ", ".join(f"{kind} {scores[kind]}" for kind in candidates)
         reason = (
             f"scores {listed} (volume {volume:.1f} req/s, latency requirement "
             f"{p.latency_requirement_s * 1000:g} ms, cost sensitivity {p.cost_sensitivity})"
         )
         figures = {"arrival_rate_per_s": volume, **{f"score.{kind}": float(scores[kind]) for kind in candidates}}
-        return self.propose(modes[best], reason, figures, p.hold_s)
+        return self.propose(target, reason, figures, p.hold_s)
 
     def scores(self, volume_rps: float) -> dict[str, int]:
         p = self.params

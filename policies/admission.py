@@ -45,7 +45,7 @@ import math
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from policies.snapshot import Snapshot
 
@@ -242,7 +242,7 @@ def outlook(
     lane: str,
     snapshot: Snapshot | None,
     *,
-    gate: Gate | None,
+    gate: Gate[Any] | None,
     priority: int,
     queue_timeout_s: float,
     spill: bool,

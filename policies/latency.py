@@ -16,6 +16,8 @@ batch while latency is out of bounds. Defaults from the cost guide: 100 ms,
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from pydantic import Field
 
 from policies.protocol import BasePolicy, ModeName, PolicyParams, Proposal
@@ -66,6 +68,6 @@ class LatencyPolicy(BasePolicy):
         return None
 
 
-def _loads(target, snapshot: Snapshot, lane: str) -> bool:
+def _loads(target: Mapping[str, float] | None, snapshot: Snapshot, lane: str) -> bool:
     """`target` weights would give `lane` more traffic than it has now (unknown modes: assume so not)."""
     return target is not None and target[lane] > snapshot.weights[lane]

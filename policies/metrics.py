@@ -239,7 +239,9 @@ class LaneWindow:
         slot = math.floor(now_s / self.slot_s)
         frozen = self._totals.copy()
         # Only the last maxlen boundaries can still be inside the window.
-        for k in range(max(self._next_slot, slot - self._marks.maxlen + 1), slot + 1):
+        kept = self._marks.maxlen
+        assert kept is not None  # made with one
+        for k in range(max(self._next_slot, slot - kept + 1), slot + 1):
             self._marks.append((k * self.slot_s, frozen))
         self._next_slot = slot + 1
         self._next_mark_s = self._next_slot * self.slot_s

@@ -79,6 +79,8 @@ class Policy(Protocol):
     name: ClassVar[str]
     Params: ClassVar[type[PolicyParams]]
 
+    def __init__(self, params: Any, rng: random.Random | None = None) -> None: ...
+
     def decide(self, snapshot: Snapshot) -> Proposal | None: ...
 
 

@@ -40,7 +40,7 @@ def erlang_c(servers: int, offered_erlangs: float) -> float:
     pmf = math.exp(c * math.log(a) - a - gammaln(c + 1))
     blocking = pmf / pdtr(c, a)
     rho = a / c
-    return blocking / (1.0 - rho * (1.0 - blocking))
+    return float(blocking / (1.0 - rho * (1.0 - blocking)))
 
 
 def service_p95_s(mean_s: float, scv: float) -> float:

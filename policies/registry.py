@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 import random
 from importlib.metadata import entry_points
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationInfo, WithJsonSchema, field_validator
 from pydantic_core import PydanticCustomError
@@ -58,18 +58,18 @@ def resolve(type_name: str) -> type[Policy]:
     if type_name in _registered:
         return _registered[type_name]
     if type_name in _BUILTINS:
-        return _import(_BUILTINS[type_name])
+        return cast("type[Policy]", _import(_BUILTINS[type_name]))
     if ":" in type_name:
         try:
             cls = _import(type_name)
         except (ImportError, AttributeError) as exc:
             raise UnknownPolicy(f"cannot import {type_name}: {exc}") from None
         _check_policy_class(type_name, cls)
-        return cls
+        return cast("type[Policy]", cls)
     for ep in entry_points(group=ENTRY_POINT_GROUP, name=type_name):
         cls = ep.load()
         _check_policy_class(type_name, cls)
-        return cls
+        return cast("type[Policy]", cls)
     raise UnknownPolicy(f"unknown policy; known: {', '.join(known_policies())}")
 
 

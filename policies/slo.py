@@ -34,6 +34,8 @@ predicted: guard it with a `latency` guard in a composite.
 from __future__ import annotations
 
 import math
+import random
+from collections.abc import Mapping
 
 from pydantic import Field
 
@@ -65,7 +67,7 @@ class SloPolicy(BasePolicy):
     Params = SloParams
     params: SloParams
 
-    def __init__(self, params: SloParams, rng=None):
+    def __init__(self, params: SloParams, rng: random.Random | None = None):
         super().__init__(params, rng)
         self._service: tuple[float, float] | None = None  # (mean, scv) from a lightly loaded window
         self._costs: dict[str, float] = {}
@@ -137,7 +139,7 @@ class SloPolicy(BasePolicy):
             return lane.mean_latency_s, scv_from_quantiles(lane.mean_latency_s, lane.p50_s)
         return None
 
-    def _mode_cost(self, weights, snapshot: Snapshot) -> float:
+    def _mode_cost(self, weights: Mapping[str, float], snapshot: Snapshot) -> float:
         """Cost per switchable request in a mode; a lane never priced yet counts at its current estimate."""
         return math.fsum(
             w * self._costs.get(lane, snapshot.lanes[lane].estimated_cost_per_request_usd)

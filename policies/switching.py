@@ -184,7 +184,8 @@ class SwitchingController:
         wanted = proposal is not None and not self._is_current(proposal.target_mode)
         if self.state is State.HOLDING:
             held = self._hold
-            if not (wanted and proposal.target_mode == held.target_mode):
+            assert held is not None  # HOLDING holds a proposal
+            if not (wanted and proposal is not None and proposal.target_mode == held.target_mode):
                 note = f"did not persist: held {now - self._hold_since_s:g}s of {self._hold_s(held):g}s"
                 self._ignore(held, snapshot, note, out)
                 self._hold = None
@@ -198,12 +199,20 @@ class SwitchingController:
             self._hold, self._hold_since_s = proposal, now
         else:
             return
-        urgent = self._urgency(snapshot, self.weights, self.modes[self._hold.target_mode])
-        if urgent is not None or now - self._hold_since_s >= self._hold_s(self._hold):
-            held, self._hold = self._hold, None
+        hold = self._hold
+        assert hold is not None  # set by the branches above
+        urgent = self._urgency(snapshot, self.weights, self.modes[hold.target_mode])
+        if urgent is not None or now - self._hold_since_s >= self._hold_s(hold):
+            held, self._hold = hold, None
             self._move("hold_elapsed" if urgent is None else "urgent", State.RAMPING)
             reason = held.reason if urgent is None else f"{held.reason}; urgent, no hold: {urgent}"
             self._start(snapshot, held.target_mode, "policy", reason, held.figures, out)
+
+    @property
+    def _ongoing(self) -> _Transition:
+        """The transition under way (called only while RAMPING, or PAUSED in one)."""
+        assert self._transition is not None
+        return self._transition
 
     def _hold_s(self, proposal: Proposal) -> float:
         return self.params.hold_s if proposal.hold_s is None else proposal.hold_s
@@ -251,7 +260,7 @@ class SwitchingController:
         self._enter_step(0, snapshot, out)
 
     def _enter_step(self, index: int, snapshot: Snapshot, out: list[Action], why: str | None = None) -> None:
-        t = self._transition
+        t = self._ongoing
         if index:
             finished = health.since(snapshot.outcomes, t.outcome_marks)
             if sum(totals.completions for totals in finished.values()) >= self.params.min_samples:
@@ -275,7 +284,7 @@ class SwitchingController:
         out.append(SetWeights(at_s=snapshot.now_s, reason=f"step {index} toward {t.to_mode}", weights=self.weights))
 
     def _restart_step_clock(self, snapshot: Snapshot) -> None:
-        t = self._transition
+        t = self._ongoing
         t.step_started_s = snapshot.now_s
         t.step_marks = {lane: snapshot.lanes[lane].cumulative for lane in t.gaining}
         t.outcome_marks = health.marks(snapshot.outcomes)
@@ -285,7 +294,7 @@ class SwitchingController:
         verdict = self._judge(snapshot, out)
         if verdict == "rolled_back":
             return
-        t = self._transition
+        t = self._ongoing
         now = snapshot.now_s
         p = self.params
         urgent = self._urgency(snapshot, self.weights, t.target)
@@ -315,11 +324,11 @@ class SwitchingController:
             self._roll_back(snapshot, "stalled", reason, out)
 
     def _step_evidence(self, snapshot: Snapshot, lane: str) -> LaneTotals:
-        return snapshot.lanes[lane].cumulative.minus(self._transition.step_marks[lane])
+        return snapshot.lanes[lane].cumulative.minus(self._ongoing.step_marks[lane])
 
     def _judge(self, snapshot: Snapshot, out: list[Action]) -> str:
         """The stream since the step began, against before: "healthy", "rolled_back" or "withheld"."""
-        t = self._transition
+        t = self._ongoing
         p = self.params
         objectives = snapshot.objectives
         evidence = health.since(snapshot.outcomes, t.outcome_marks)
@@ -362,7 +371,7 @@ class SwitchingController:
         return health.urgency(window, snapshot.objectives, current, target, self.params.min_samples)
 
     def _complete(self, snapshot: Snapshot, out: list[Action], reason: str) -> None:
-        t = self._transition
+        t = self._ongoing
         self._move("completed", State.COOLDOWN)
         self._transition = None
         self.mode = t.to_mode
@@ -387,6 +396,7 @@ class SwitchingController:
         traffic_class: str | None = None,
     ) -> None:
         undo = self._undo
+        assert undo is not None  # there is something to roll back whenever this is called
         t = self._transition
         lane = max(t.gaining, key=lambda name: t.target[name] - t.baseline[name], default=None) if t else None
         trigger = "rollback" if cause == "manual" else ("regressed" if cause == "regression" else "stalled")
