@@ -36,3 +36,29 @@ def test_policies_modules_import_nothing_impure():
                 continue
             for name in names:
                 assert name.split(".")[0] not in FORBIDDEN_MODULES, f"{path.name} imports {name}"
+
+
+def _imported_packages(folder: Path) -> dict[str, set[str]]:
+    """file -> the top-level packages its imports name (relative to ROOT)."""
+    found: dict[str, set[str]] = {}
+    for path in sorted(folder.rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        names: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+        found[str(path.relative_to(ROOT))] = names
+    return found
+
+
+def test_the_data_plane_never_imports_the_simulator_or_the_command_line():
+    for path, names in _imported_packages(ROOT / "router").items():
+        assert not names & {"simulator", "commands"}, f"{path} imports {sorted(names & {'simulator', 'commands'})}"
+
+
+def test_nothing_but_the_command_line_imports_it():
+    for folder in ("policies", "configs", "backends", "router", "simulator"):
+        for path, names in _imported_packages(ROOT / folder).items():
+            assert "commands" not in names, f"{path} imports commands"
