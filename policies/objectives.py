@@ -13,11 +13,16 @@ Classes (Argo's analysis written as data, not thresholds in code):
 - `pinned`: requests whose lane was named (a route's `pin`, the
   `X-Modeshift-Mode` header, a trace's `mode`);
 - `switchable`: requests the weights place;
+- `jobs`: stored jobs (`Prefer: respond-async`, batch lines) as the job
+  runner sends them. By default they promise no latency (a job has hours,
+  and admission must let it wait in a queue rather than refuse it for a
+  latency it never asked for) and queue last (priority 2);
 - any other name the config declares, selected by a route's `class` or by
   the `X-Modeshift-Priority` header; the header wins over the route, the
   route over the pin.
 `priority` orders the lane gates' queues (a lower number is served first,
-as in Triton); the built-in defaults put pinned (0) before switchable (1).
+as in Triton); the built-in defaults put pinned (0) before switchable (1)
+before jobs (2). A config may declare any built-in class to change it.
 
 The controller (policies.switching, through policies.stream_health), the
 admission gate (policies.admission), the `slo` policy and the simulator's
@@ -38,7 +43,9 @@ from policies.units import Duration
 
 PINNED = "pinned"
 SWITCHABLE = "switchable"
-BUILT_IN = (PINNED, SWITCHABLE)
+JOBS = "jobs"
+BUILT_IN = (PINNED, SWITCHABLE, JOBS)
+_DEFAULT_PRIORITY = {PINNED: 0, JOBS: 2}  # any other class: 1
 
 
 class ObjectiveParams(BaseModel):
@@ -54,7 +61,7 @@ class ObjectiveParams(BaseModel):
     )
     error_budget: float = Field(0.01, ge=0, lt=1, description="share of requests that may fail (5xx, 503s included)")
     priority: int | None = Field(
-        None, ge=0, description="queue order in a lane gate, lower first; default pinned 0, others 1"
+        None, ge=0, description="queue order in a lane gate, lower first; default pinned 0, jobs 2, others 1"
     )
 
 
@@ -91,7 +98,7 @@ class Objective:
 
 
 class Objectives(Mapping[str, Objective]):
-    """Every traffic class of a config and its objective; pinned and switchable always exist."""
+    """Every traffic class of a config and its objective; pinned, switchable and jobs always exist."""
 
     __slots__ = ("_by_class",)
 
@@ -105,7 +112,7 @@ class Objectives(Mapping[str, Objective]):
                 latency_s=p.latency_s if p.latency_s is not None else math.inf,
                 percentile=p.percentile,
                 error_budget=p.error_budget,
-                priority=p.priority if p.priority is not None else (0 if name == PINNED else 1),
+                priority=p.priority if p.priority is not None else _DEFAULT_PRIORITY.get(name, 1),
             )
             for name, p in declared.items()
         }

@@ -40,6 +40,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from backends.codecs import codec_for
 from configs.schema import ModeshiftConfig, RouteConfig
+from policies.objectives import JOBS
 from router.errors import ProxyError, bad_request
 from router.headers import (
     CREDENTIAL_HEADERS,
@@ -47,6 +48,7 @@ from router.headers import (
     IDEMPOTENCY_HEADER,
     JOB_HEADER,
     MODE_HEADER,
+    PRIORITY_HEADER,
     REQUEST_ID_HEADER,
     end_to_end,
 )
@@ -162,6 +164,7 @@ class Jobs:
         headers = CIMultiDict(job.headers)
         headers.extend(job.credentials)
         headers[MODE_HEADER] = self.lane_name
+        headers[PRIORITY_HEADER] = JOBS  # the jobs class: no latency promised, so admission lets it queue
         headers[REQUEST_ID_HEADER] = job.id
         headers[JOB_HEADER] = job.id
         headers[IDEMPOTENCY_HEADER] = job.id  # the same on every run of the job: an upstream may deduplicate

@@ -157,7 +157,7 @@ def test_objectives_are_checked_where_they_are_written():
     assert errors_of(text) == ["prod.yaml:12: objectives.pinned.percentile = 100: Input should be less than 100"]
     assert errors_of(text.replace("percentile: 100", "percentile: 99")) == [
         'prod.yaml:15: routes[0].class = "interactive": no objective for this class; declare it under objectives '
-        "(classes: pinned, switchable)",
+        "(classes: jobs, pinned, switchable)",
     ]
     fine = parse_config(
         text.replace("percentile: 100", "percentile: 99.9").replace("class: interactive", "class: pinned")
