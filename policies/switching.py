@@ -52,7 +52,6 @@ to stop moving, not to stop protecting.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from policies import stream_health as health
@@ -78,37 +77,10 @@ from policies.metrics import LaneTotals
 from policies.protocol import Proposal
 from policies.snapshot import ControlView, Snapshot, TransitionView
 from policies.switching_params import SwitchingParams
-from policies.switching_table import TRANSITIONS, State
+from policies.switching_table import TRANSITIONS, Ramp, State, Undo
 from policies.weights import Weights
 
 __all__ = ["TRANSITIONS", "State", "SwitchingController"]
-
-
-@dataclass(slots=True)
-class _Transition:
-    from_mode: str | None
-    to_mode: str
-    cause: str
-    baseline: Weights
-    target: Weights
-    gaining: tuple[str, ...]
-    losing: tuple[str, ...]
-    started_s: float
-    step_index: int = 0
-    step_started_s: float = 0.0
-    step_marks: dict[str, LaneTotals] = field(default_factory=dict)  # lane totals at the step's start
-    outcome_marks: health.Evidence = field(default_factory=dict)  # outcome totals at the step's start
-    before: health.Evidence = field(default_factory=dict)  # the outcomes the step is compared with
-    withheld: bool = False  # RollbackWithheld was said for this step
-
-
-@dataclass(frozen=True, slots=True)
-class _Undo:
-    """What a manual rollback restores once the transition is over."""
-
-    from_mode: str | None
-    to_mode: str
-    baseline: Weights
 
 
 class SwitchingController:
@@ -121,8 +93,8 @@ class SwitchingController:
         self.state = State.STEADY
         self.mode: str | None = initial_mode
         self.weights: Weights = self.modes[initial_mode]
-        self._transition: _Transition | None = None
-        self._undo: _Undo | None = None
+        self._transition: Ramp | None = None
+        self._undo: Undo | None = None
         self._hold: Proposal | None = None
         self._hold_since_s = 0.0
         self._cooldown_until_s: float | None = None
@@ -209,7 +181,7 @@ class SwitchingController:
             self._start(snapshot, held.target_mode, "policy", reason, held.figures, out)
 
     @property
-    def _ongoing(self) -> _Transition:
+    def _ongoing(self) -> Ramp:
         """The transition under way (called only while RAMPING, or PAUSED in one)."""
         assert self._transition is not None
         return self._transition
@@ -231,7 +203,7 @@ class SwitchingController:
     ) -> None:
         now = snapshot.now_s
         baseline, target = self.weights, self.modes[target_mode]
-        self._transition = t = _Transition(
+        self._transition = t = Ramp(
             from_mode=self.mode,
             to_mode=target_mode,
             cause=cause,
@@ -242,7 +214,7 @@ class SwitchingController:
             started_s=now,
             before=health.windows(snapshot.outcomes),
         )
-        self._undo = _Undo(self.mode, target_mode, baseline)
+        self._undo = Undo(self.mode, target_mode, baseline)
         self.mode = None
         out.append(
             TransitionStarted(
@@ -442,7 +414,7 @@ class SwitchingController:
             else:
                 self._move("force_now", State.PAUSED if self.state is State.PAUSED else State.COOLDOWN)
                 self._transition = None
-                self._undo = _Undo(self.mode, command.mode, self.weights)
+                self._undo = Undo(self.mode, command.mode, self.weights)
                 self.weights, self.mode = self.modes[command.mode], command.mode
                 self._cooldown_until_s = now + self.params.cooldown_s
                 out.append(

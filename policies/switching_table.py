@@ -1,14 +1,21 @@
-"""The switching controller's states and the table of every move between them.
+"""The switching controller's states, the table of every move between them, and its records.
 
 policies.switching explains what each state and trigger means and enforces
 this table in `_move`: a state change that is not a row here is a bug and
 raises. Rules about *when* a trigger fires (stream health, withheld
-rollbacks, urgency) live in the controller; *which* changes exist lives here.
+rollbacks, urgency) live in the controller; *which* changes exist lives here,
+with the records the controller keeps while it moves: the transition under
+way (`Ramp`) and what a rollback restores (`Undo`).
 """
 
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass, field
+
+from policies import stream_health as health
+from policies.metrics import LaneTotals
+from policies.weights import Weights
 
 
 class State(enum.Enum):
@@ -52,3 +59,32 @@ TRANSITIONS: frozenset[tuple[State, str, State]] = frozenset(
         *((s, "pause", State.PAUSED) for s in _ACTIVE),
     }
 )
+
+
+@dataclass(slots=True)
+class Ramp:
+    """A transition under way: where it goes, what it moves, and the step it is on with its evidence."""
+
+    from_mode: str | None
+    to_mode: str
+    cause: str
+    baseline: Weights
+    target: Weights
+    gaining: tuple[str, ...]
+    losing: tuple[str, ...]
+    started_s: float
+    step_index: int = 0
+    step_started_s: float = 0.0
+    step_marks: dict[str, LaneTotals] = field(default_factory=dict)  # lane totals at the step's start
+    outcome_marks: health.Evidence = field(default_factory=dict)  # outcome totals at the step's start
+    before: health.Evidence = field(default_factory=dict)  # the outcomes the step is compared with
+    withheld: bool = False  # RollbackWithheld was said for this step
+
+
+@dataclass(frozen=True, slots=True)
+class Undo:
+    """What a manual rollback restores once the transition is over."""
+
+    from_mode: str | None
+    to_mode: str
+    baseline: Weights
