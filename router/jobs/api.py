@@ -116,8 +116,12 @@ class Jobs:
     async def start(self, run: RunJob) -> None:
         """Take the data plane's entry for jobs; resume the jobs of an earlier run, if its database exists."""
         self._run = run
-        if Path(self.config.database).exists():
+        if self._stored_yet():
             self._open()
+
+    def _stored_yet(self) -> bool:
+        """Whether any job was ever stored: the store is open, or its file exists (no file is made to answer 404)."""
+        return self.store is not None or Path(self.config.database).exists()
 
     def _open_batches(self) -> BatchStore:
         self._open()
@@ -247,7 +251,7 @@ class Jobs:
             )
         if request.method not in ("GET", "DELETE"):
             raise ProxyError(405, "method_not_allowed", "jobs take GET (status, result) and DELETE (cancel)")
-        if self.store is None and not Path(self.config.database).exists():
+        if not self._stored_yet():
             raise job_not_found(job_id)
         store = self._open()
         owner = self.database.owners.of(request.headers)
@@ -274,7 +278,7 @@ class Jobs:
     async def handle_admin(self, request: web.BaseRequest) -> web.StreamResponse:
         """The admin API's read-only view of every job, file and batch, whoever owns it (GET only)."""
         path = request.rel_url.path
-        if self.store is None and not Path(self.config.database).exists():
+        if not self._stored_yet():
             raise ProxyError(404, "not_found", "no job has been stored yet")
         if path.startswith(JOBS_PREFIX):
             job_id = path[len(JOBS_PREFIX) :]
