@@ -25,6 +25,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from policies.flush import BatchingParams
 from policies.objectives import BUILT_IN, ObjectiveParams
 from policies.pricing import CostModel
+from policies.provider_batching import BatchApiParams
 from policies.registry import PolicySpec
 from policies.switching_params import SwitchingParams
 from policies.units import ByteSize, Duration
@@ -34,6 +35,7 @@ Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]+$")]
 
 Weight = Annotated[float, Field(ge=0, le=1)]
 Protocol = Literal["http", "openai-embeddings", "openai-chat", "kserve-v2"]
+ServiceTier = Literal["default", "flex", "priority"]
 WEIGHT_SUM_TOLERANCE = 1e-6
 
 
@@ -126,6 +128,15 @@ class LaneConfig(_Section):
     batching: BatchingParams | None = Field(None, description="router micro-batching for batchable protocols")
     cost: CostModel = Field(default_factory=CostModel, description="what this lane costs")
     outlier: OutlierConfig = Field(default_factory=OutlierConfig)
+    service_tier: ServiceTier | None = Field(
+        None,
+        description="OpenAI service tier this lane asks for (sent as the body's service_tier on chat requests); "
+        "flex: the cost's discount is booked only for answers the provider says it ran as flex, and a 429 "
+        "resource_unavailable spills to the next lane; priority: requests asking for priority (or fast) run here",
+    )
+    batch_api: BatchApiParams | None = Field(
+        None, description="the lane is a provider's Batch API: jobs only, gathered into batch files"
+    )
 
     @field_validator("upstreams")
     @classmethod
@@ -265,9 +276,59 @@ def _cross_problems(cfg: ModeshiftConfig) -> Iterator[InitErrorDetails]:
                 "unknown_class",
                 f"no objective for this class; declare it under objectives (classes: {known_classes})",
             )
+    yield from _batch_api_problems(cfg, known_lanes)
     if cfg.jobs.lane is not None and cfg.jobs.lane not in cfg.lanes:
         yield _problem(("jobs", "lane"), cfg.jobs.lane, "unknown_lane", f"no such lane; lanes: {known_lanes}")
     if cfg.server.listen == cfg.server.admin_listen:
         yield _problem(
             ("server", "admin_listen"), cfg.server.admin_listen, "shared_port", "the admin API needs its own address"
         )
+
+
+def _batch_api_problems(cfg: ModeshiftConfig, known_lanes: str) -> Iterator[InitErrorDetails]:
+    """A provider batch lane takes jobs only: no mode weighs it, no route pins it, and it has a lane to fall back on."""
+    for name, lane in cfg.lanes.items():
+        if lane.batch_api is None:
+            continue
+        if lane.batching is not None:
+            yield _problem(
+                ("lanes", name, "batching"), "batching", "batch_api_batching",
+                "a batch_api lane gathers batch files itself; remove batching",
+            )  # fmt: skip
+        fallback = lane.batch_api.fallback
+        others = [other for other, o in cfg.lanes.items() if other != name and o.batch_api is None]
+        if fallback is not None and fallback not in others:
+            yield _problem(
+                ("lanes", name, "batch_api", "fallback"), fallback, "unknown_lane",
+                f"the fallback must be another lane that is not a batch_api lane; lanes: {known_lanes}",
+            )  # fmt: skip
+        elif not others:
+            yield _problem(
+                ("lanes", name, "batch_api"), name, "no_fallback",
+                "a batch_api lane needs another lane to run expired and late lines on",
+            )  # fmt: skip
+        for mode, weights in cfg.modes.items():
+            if weights.get(name, 0) > 0:
+                yield _problem(
+                    ("modes", mode, name), weights[name], "batch_api_weight",
+                    f"lane {name!r} is a provider batch lane: it takes jobs (Prefer: respond-async, /v1/batches) "
+                    "only, never live requests",
+                )  # fmt: skip
+        for i, route in enumerate(cfg.routes):
+            if route.pin == name:
+                yield _problem(
+                    ("routes", i, "pin"), name, "batch_api_pin",
+                    f"lane {name!r} is a provider batch lane: it takes jobs only, a route cannot pin it",
+                )  # fmt: skip
+
+
+def live_lanes(cfg: ModeshiftConfig) -> list[str]:
+    """The lanes that take live requests (all but the provider batch lanes), in config order."""
+    return [name for name, lane in cfg.lanes.items() if lane.batch_api is None]
+
+
+def fallback_lane(cfg: ModeshiftConfig, lane: str) -> str:
+    """Where a provider batch lane's expired, failed-over and late lines run: its `fallback`, or the first live lane."""
+    params = cfg.lanes[lane].batch_api
+    assert params is not None
+    return params.fallback or live_lanes(cfg)[0]

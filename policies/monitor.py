@@ -58,10 +58,18 @@ class Monitor:
         self.outcomes[(traffic_class, lane)].served(now_s, latency_s if ok else None, ok)
 
     def attributed_cost_usd(
-        self, lane: str, input_tokens: int = 0, output_tokens: int = 0, busy_s: float = 0.0
-    ) -> float:
-        """The variable cost of one request on `lane` (what the driver records)."""
-        return self.costs[lane].request_cost_usd(input_tokens, output_tokens, busy_s)
+        self, lane: str, input_tokens: int = 0, output_tokens: int = 0, busy_s: float = 0.0, *,
+        discounted: bool = True,
+    ) -> float:  # fmt: skip
+        """The variable cost of one request on `lane` (what the driver records).
+
+        `discounted=False`: the provider did not run it the discounted way (a flex
+        lane's answer served at the default tier), so it is booked at list price.
+        """
+        cost = self.costs[lane]
+        if not discounted:
+            cost = cost.model_copy(update={"discount": 0.0})
+        return cost.request_cost_usd(input_tokens, output_tokens, busy_s)
 
     def snapshot(self, now_s: float, control: ControlView) -> Snapshot:
         readings = {lane: window.read(now_s) for lane, window in self.lanes.items()}

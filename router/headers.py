@@ -45,6 +45,7 @@ LANE_HEADER = "X-Modeshift-Lane"  # on every answer: the lane that served it
 MODE_HEADER = "X-Modeshift-Mode"  # a lane name pins the request to it; auto or none: drawn from the weights
 DEADLINE_HEADER = "X-Modeshift-Deadline-Ms"  # rules out lanes whose p95 is over it
 PRIORITY_HEADER = "X-Modeshift-Priority"  # the request's traffic class (objectives)
+SERVICE_TIER_HEADER = "X-Modeshift-Service-Tier"  # on a chat answer: the OpenAI service tier that served it
 BATCH_HEADER = "X-Modeshift-Batch"  # on a micro-batched answer: "<batch id>/<requests in the call>"
 # On the router's own 503s (back-pressure: nothing reached an upstream), never on an upstream's: a client,
 # and the job runner, can tell "come back later" from an upstream that failed.

@@ -57,6 +57,11 @@ class Lane:
         )
 
     @property
+    def live(self) -> bool:
+        """Whether the lane takes live requests: a provider batch lane (`batch_api`) takes jobs only."""
+        return self.config.batch_api is None
+
+    @property
     def waiting(self) -> int:
         """Requests waiting for this lane: in its gate's queue and its micro-batcher's queues."""
         return self.gate.waiting + (self.batching.waiting if self.batching is not None else 0)

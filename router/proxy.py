@@ -30,13 +30,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from backends.codecs import Codec, Part, codec_for
+from backends.codecs import Part, codec_for
 from configs.schema import RouteConfig
 from policies.admission import Placed, place
 from policies.lane_choice import expected_latency_s, failover_lane
@@ -48,10 +47,9 @@ from router.errors import (
     lane_full,
     predicted_miss,
     queue_timeout,
-    upstream_failed,
     upstream_refused,
-    upstream_timeout,
 )
+from router.forward import FlexUnavailable, Forwarder, Visit
 from router.headers import (
     BATCH_HEADER,
     DEADLINE_HEADER,
@@ -60,47 +58,26 @@ from router.headers import (
     PRIORITY_HEADER,
     REQUEST_ID_HEADER,
     REQUEST_ID_KEY,
-    client_response_headers,
     request_id_from,
     upstream_request_headers,
 )
 from router.intake import check_header_size, read_body
 from router.jobs.api import JOBS_PREFIX, prefers_async
 from router.lanes import Lane
-from router.routing import LaneChoice, choose_lane, deadline_s, requested_class, requested_lane
+from router.routing import choose_lane, deadline_s, requested_class, requested_lane
+from router.service_tier import PRIORITY_TIERS, priority_lane, requested_tier
 from router.state import RouterState
 from router.trail import Trail
-from router.upstream_client import ConnectFailed, UpstreamBrokeOff, UpstreamResponse
 from router.upstreams import Upstream
 
 if TYPE_CHECKING:
     from router.runtime import Runtime
 
-# Answers up to this size with a known length are read whole and sent in one
-# write; anything larger, or of unknown length (chunked, SSE), streams.
-WHOLE_RESPONSE_BYTES = 64 * 1024
-
-
-@dataclass(slots=True)
-class Visit:
-    """One request on its way through the lanes: what every step of the forward path reads."""
-
-    request: web.BaseRequest | None  # where the answer streams to; None (a job): the answer is read whole
-    method: str
-    target: str  # path and query, as the client sent them
-    client_headers: CIMultiDictProxy[str] | CIMultiDict[str]
-    state: RouterState  # the state the request started on (a reload does not move it)
-    choice: LaneChoice
-    codec: Codec
-    body: bytes
-    headers: CIMultiDict[str]  # to send upstream
-    trail: Trail
-    lanes: list[str] = field(default_factory=list)  # lanes visited, in order (failover and spill skip them)
-
 
 class Proxy:
     def __init__(self, runtime: Runtime):
         self.runtime = runtime
+        self.forwarder = Forwarder(runtime.now_s)
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         runtime = self.runtime
@@ -198,6 +175,9 @@ class Proxy:
     ) -> web.StreamResponse:  # fmt: skip
         """From a request read whole to its answer: the lane choice, its class, then the lanes."""
         header_pin, header_class, deadline = asked
+        tier = requested_tier(body) if route.protocol == "openai-chat" else None
+        if tier in PRIORITY_TIERS and header_pin is None and route.pin is None:
+            header_pin = priority_lane(state.config)  # a priority request is the real-time lane's, like a pinned one
         objectives = state.control.monitor.objectives
         now = self.runtime.now_s()
         expected = expected_latency_s(state.control.last_snapshot) if deadline is not None else {}
@@ -207,7 +187,7 @@ class Proxy:
             deadline=deadline,
             weights=state.control.weights,
             expected_latency_s=expected,
-            available=[name for name, lane in state.lanes.items() if lane.pool.available(now)],
+            available=[name for name, lane in state.lanes.items() if lane.live and lane.pool.available(now)],
             u=state.draw.random(),
         )
         trail.pinned = choice.pinned
@@ -218,7 +198,7 @@ class Proxy:
         if span is not None:
             self.runtime.telemetry.inject(span, headers)
         codec = codec_for(route.protocol)
-        visit = Visit(request, method, target, client_headers, state, choice, codec, body, headers, trail)
+        visit = Visit(request, method, target, client_headers, state, choice, codec, body, headers, trail, tier)
         state.retries.active += 1
         try:
             return await self._dispatch(visit)
@@ -232,6 +212,7 @@ class Proxy:
         retrying = False
         failure = ""
         part: Part | None | bool = None  # read only when a micro-batching lane needs it; False: not mergeable
+        unavailable: FlexUnavailable | None = None  # a flex upstream's 429, the answer when no lane is left
         try:
             while lane is not None:
                 lane = self._place(visit, lane)
@@ -260,15 +241,25 @@ class Proxy:
                 try:
                     while (upstream := lane.pool.pick(self.runtime.now_s(), exclude=tuple(tried))) is not None:
                         try:
-                            return await self._forward(visit, lane, upstream, started_s)
+                            return await self.forwarder.forward(visit, lane, upstream, started_s)
+                        except FlexUnavailable as exc:  # no flex capacity: spill, without the retry budget
+                            unavailable = exc
+                            break
                         except NothingSent as exc:
                             failure = str(exc)
                             tried.append(upstream)
                             if not retrying and not (retrying := state.retries.try_acquire()):
                                 break
-                    lane.window.completed(self.runtime.now_s(), None, ok=False)
+                    if unavailable is None:  # a flex 429 was recorded where it was answered
+                        lane.window.completed(self.runtime.now_s(), None, ok=False)
                 finally:
                     lane.gate.leave()
+                if unavailable is not None:
+                    lane = None if choice.pinned else _failover_lane(state, visit.lanes)
+                    if lane is None:
+                        return unavailable.response
+                    unavailable = None
+                    continue
                 if not retrying:
                     break
                 lane = None if choice.pinned else _failover_lane(state, visit.lanes)
@@ -337,7 +328,7 @@ class Proxy:
 
         placed = place(
             lane.name,
-            (name for name, other in state.lanes.items() if name == lane.name or other.pool.available(now)),
+            _candidates(state, lane, now),
             outlook_of,
             movable=not choice.pinned,
             latency_s=objective.latency_s,
@@ -386,115 +377,24 @@ class Proxy:
                 raise error
             lane = spill_to
 
-    async def _forward(self, visit: Visit, lane: Lane, upstream: Upstream, started_s: float) -> web.StreamResponse:
-        visit.trail.upstream = upstream.base
-        upstream.in_flight += 1
-        try:
-            try:
-                answer = await lane.client.request(upstream.base, visit.method, visit.target, visit.headers, visit.body)
-            except ConnectFailed as exc:
-                lane.pool.failed(upstream, self.runtime.now_s(), connect=True)
-                raise NothingSent(str(exc)) from None
-            except TimeoutError:
-                self._upstream_error(lane, upstream, started_s)
-                raise upstream_timeout(lane.name, lane.config.timeout_s) from None
-            except UpstreamBrokeOff as exc:
-                self._upstream_error(lane, upstream, started_s)
-                raise upstream_failed(lane.name, str(exc)) from None
-            except asyncio.CancelledError:
-                lane.window.abandoned(self.runtime.now_s())
-                raise
-            try:
-                return await self._relay(visit, lane, upstream, answer, started_s)
-            finally:
-                answer.release()
-        finally:
-            upstream.in_flight -= 1
-
-    async def _relay(
-        self, visit: Visit, lane: Lane, upstream: Upstream, answer: UpstreamResponse, started_s: float
-    ) -> web.StreamResponse:
-        request, codec, trail = visit.request, visit.codec, visit.trail
-        ok = answer.status < 500
-        headers = client_response_headers(answer.headers, lane=lane.name, request_id=trail.request_id)
-        length = answer.content_length
-        tokens = None  # (input, output) when the protocol reports them, for per-token prices
-        try:
-            if request is None or (length is not None and length <= WHOLE_RESPONSE_BYTES):
-                body = await answer.read()
-                tokens = codec.usage(body) if answer.status < 300 else None
-                response: web.StreamResponse = web.Response(
-                    status=answer.status, reason=answer.reason, body=body, headers=headers
-                )
-            else:
-                response = web.StreamResponse(status=answer.status, reason=answer.reason, headers=headers)
-                if length is not None:
-                    response.content_length = length
-                await response.prepare(request)
-                reader = codec.stream_usage()
-                async for chunk in answer.chunks():
-                    if reader is not None:
-                        reader.feed(chunk)
-                    await response.write(chunk)
-                await response.write_eof()
-                tokens = reader.usage if reader is not None else None
-        except (asyncio.CancelledError, ConnectionError):  # the client went away
-            lane.window.abandoned(self.runtime.now_s())
-            raise
-        except (UpstreamBrokeOff, TimeoutError) as exc:
-            self._upstream_error(lane, upstream, started_s)
-            detail = f"{upstream.base}: {exc}"
-            if request is None or not response_started(request):
-                raise upstream_failed(lane.name, detail) from None
-            # The status line is gone. Cut the connection, so the client sees
-            # a broken response rather than a complete-looking short one.
-            trail.error, trail.detail = "upstream_broke_off", detail
-            if request.transport is not None:
-                request.transport.abort()
-            return response
-        now = self.runtime.now_s()
-        if ok:
-            lane.pool.succeeded(upstream, now)
-        else:
-            lane.pool.failed(upstream, now)
-        latency_s = now - started_s
-        input_tokens, output_tokens = tokens or (0, 0)
-        monitor = visit.state.control.monitor
-        cost_usd = monitor.attributed_cost_usd(lane.name, input_tokens, output_tokens, busy_s=latency_s)
-        trail.cost_usd = cost_usd
-        lane.window.completed(
-            now,
-            latency_s,
-            ok=ok,
-            cost_usd=cost_usd,
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            busy_s=latency_s,
-        )
-        return response
-
-    def _upstream_error(self, lane: Lane, upstream: Upstream, started_s: float) -> None:
-        now = self.runtime.now_s()
-        lane.pool.failed(upstream, now)
-        lane.window.completed(now, now - started_s, ok=False)
-
 
 def _asked(
     headers: CIMultiDictProxy[str] | CIMultiDict[str], state: RouterState
 ) -> tuple[str | None, str | None, float | None]:
     """What the request's own headers ask for: (a lane pin, a traffic class, a deadline in seconds); 400 if wrong."""
     return (
-        requested_lane(headers.get(MODE_HEADER), state.lanes),
+        requested_lane(headers.get(MODE_HEADER), [name for name, lane in state.lanes.items() if lane.live]),
         requested_class(headers.get(PRIORITY_HEADER), state.control.monitor.objectives),
         deadline_s(headers.get(DEADLINE_HEADER)),
     )
 
 
-def response_started(request: web.BaseRequest) -> bool:
-    return request.writer is not None and request.writer.output_size > 0
+def _candidates(state: RouterState, lane: Lane, now: float) -> list[str]:
+    """The lanes a request drawn to `lane` may wait on: it, and every other live lane with an upstream in."""
+    return [name for name, other in state.lanes.items() if other is lane or (other.live and other.pool.available(now))]
 
 
 def _failover_lane(state: RouterState, visited: list[str]) -> Lane | None:
     """The next lane to try (policies.lane_choice.failover_lane), if any is left."""
-    name = failover_lane(state.control.weights, state.lanes, visited)
+    name = failover_lane(state.control.weights, [name for name, lane in state.lanes.items() if lane.live], visited)
     return state.lanes[name] if name is not None else None
