@@ -21,6 +21,7 @@ from pathlib import Path
 from configs import ConfigError, load_config
 from configs.schema import ModeshiftConfig
 from policies.actions import Action, Command
+from policies.objectives import JOBS
 from router.jobs.api import Jobs
 from router.logs import event
 from router.state import build_state, carry_over
@@ -49,7 +50,7 @@ class Runtime:
         self.route_stats = RouteStats()  # survives reloads, like the decision log
         self.history = History()
         self.jobs = (
-            Jobs(config, lambda: self.state.lanes[self.jobs.lane_name], lambda path: self.state.routes.find(path))
+            Jobs(config, lambda: self.state.lanes, lambda path: self.state.routes.find(path), record=self.record_line)
             if config.jobs.enabled
             else None
         )
@@ -61,6 +62,21 @@ class Runtime:
 
     def now_s(self) -> float:
         return self.clock()
+
+    def record_line(self, lane: str, latency_s: float, ok: bool, input_tokens: int, output_tokens: int) -> None:
+        """One job line a provider batch answered, on its lane's window and in the jobs class's objective."""
+        state = self.state
+        if lane not in state.lanes:  # gone in a reload
+            return
+        now = self.now_s()
+        monitor = state.control.monitor
+        cost_usd = monitor.attributed_cost_usd(lane, input_tokens, output_tokens)
+        window = state.lanes[lane].window
+        window.arrived(now, True)
+        window.completed(
+            now, latency_s, ok=ok, cost_usd=cost_usd, input_tokens=input_tokens, output_tokens=output_tokens
+        )
+        monitor.served(now, JOBS, lane, latency_s, ok)
 
     def figures(self) -> list[Family]:
         """The router's metric families now, for every exporter (router.telemetry.figures)."""

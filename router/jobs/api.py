@@ -39,11 +39,12 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from backends.codecs import codec_for
-from configs.schema import ModeshiftConfig, RouteConfig
+from configs.schema import ModeshiftConfig, RouteConfig, fallback_lane
 from policies.objectives import JOBS
 from router.errors import ProxyError, bad_request
 from router.headers import (
     CREDENTIAL_HEADERS,
+    DEADLINE_HEADER,
     HOP_BY_HOP,
     IDEMPOTENCY_HEADER,
     JOB_HEADER,
@@ -55,17 +56,29 @@ from router.headers import (
 from router.jobs.batch_store import BatchStore
 from router.jobs.batches import SWEEP_S, OpenAIBatches
 from router.jobs.database import EVERY_OWNER, Database
+from router.jobs.provider.bridge import ProviderBridge
 from router.jobs.runner import Answer, JobRunner, share_of
 from router.jobs.store import FINAL, IdempotencyConflict, Job, JobStore, NewJob
 from router.jobs.tenants import credentials_of
 from router.lanes import Lane
+from router.routing import deadline_s
 
 JOBS_PREFIX = "/v1/jobs/"
 _NOT_STORED = frozenset(
-    ("prefer", "idempotency-key", MODE_HEADER.lower(), REQUEST_ID_HEADER.lower(), JOB_HEADER.lower())
+    (
+        "prefer",
+        "idempotency-key",
+        MODE_HEADER.lower(),
+        REQUEST_ID_HEADER.lower(),
+        JOB_HEADER.lower(),
+        DEADLINE_HEADER.lower(),
+    )  # stored as the job's own deadline, in wall-clock time
 ).union(CREDENTIAL_HEADERS)
 # The data plane's entry for a job (router.proxy.Proxy.run_job): method, target, headers, body -> its answer.
 RunJob = Callable[[str, str, CIMultiDict, bytes], Awaitable[web.Response]]
+# A line a provider batch answered: (lane, latency_s, ok, input tokens, output tokens), for the lane's figures.
+RecordLine = Callable[[str, float, bool, int, int], None]
+PROVIDER_CALL_TIMEOUT_S = 300.0  # one call to a provider's batch API (an upload of a large file included)
 _NOT_KEPT = HOP_BY_HOP | {"content-length"}  # of an answer: the framing is made again when it is served
 _MAX_KEY = 255
 logger = logging.getLogger("modeshift.jobs")
@@ -88,15 +101,21 @@ class Jobs:
     def __init__(
         self,
         config: ModeshiftConfig,
-        lane_of: Callable[[], Lane],
+        lanes: Callable[[], dict[str, Lane]],
         route_of: Callable[[str], RouteConfig | None],
         clock: Callable[[], float] = time.time,
+        record: RecordLine | None = None,
     ):
         self.config = config.jobs
         self.lane_name = config.jobs.lane or ("batch" if "batch" in config.lanes else next(iter(config.lanes)))
-        self.lane_of = lane_of  # the jobs lane as it is now (a reload may replace it)
+        self.lane_config = config.lanes[self.lane_name]
+        # A provider batch lane's jobs go through its bridge; the runner runs those it gives back, on the fallback.
+        self.run_lane = fallback_lane(config, self.lane_name) if self.lane_config.batch_api else self.lane_name
+        self.lanes = lanes  # the lanes as they are now (a reload may replace them)
         self.route_of = route_of  # the route a path takes now
         self.clock = clock
+        self.record = record
+        self.bridge: ProviderBridge | None = None
         self.database: Database | None = None
         self.store: JobStore | None = None
         self.batch_store: BatchStore | None = None
@@ -141,11 +160,37 @@ class Jobs:
                 lane_queued=lambda: self.lane_of().gate.waiting,
                 lease_s=self.config.lease_s,
                 clock=self.clock,
+                rerouted_only=self.lane_config.batch_api is not None,
             )
             self.runner.start()
+            if self.lane_config.batch_api is not None:
+                self.bridge = self._bridge(self.database)
+                self.bridge.start()
             if self.batches is not None:
                 self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
         return self.store
+
+    def lane_of(self) -> Lane:
+        """The lane the runner's jobs run on, as it is now."""
+        return self.lanes()[self.run_lane]
+
+    def _bridge(self, database: Database) -> ProviderBridge:
+        lane, params = self.lane_config, self.lane_config.batch_api
+
+        def record(latency_s: float, ok: bool, input_tokens: int, output_tokens: int) -> None:
+            if self.record is not None:
+                self.record(self.lane_name, latency_s, ok, input_tokens, output_tokens)
+
+        return ProviderBridge(
+            database, lane=self.lane_name, params=params, base_url=lane.upstreams[0], fallback=self.run_lane,
+            record=record, connect_timeout_s=lane.connect_timeout_s,
+            timeout_s=min(lane.timeout_s, PROVIDER_CALL_TIMEOUT_S), clock=self.clock,
+        )  # fmt: skip
+
+    def _wake(self) -> None:
+        self.runner.wake()
+        if self.bridge is not None:
+            self.bridge.wake()
 
     async def _sweep_forever(self) -> None:
         while True:
@@ -160,14 +205,14 @@ class Jobs:
         self._open()
         owner = self.database.owners.of(request.headers)
         response = await self.batches.handle(request, owner, credentials_of(request.headers))
-        self.runner.wake()
+        self._wake()
         return response
 
     async def _send(self, job: Job) -> Answer:
         """The job through the data plane, in process, as the jobs lane's request; its answer, or the router's own."""
         headers = CIMultiDict(job.headers)
         headers.extend(job.credentials)
-        headers[MODE_HEADER] = self.lane_name
+        headers[MODE_HEADER] = job.lane or self.run_lane
         headers[PRIORITY_HEADER] = JOBS  # the jobs class: no latency promised, so admission lets it queue
         headers[REQUEST_ID_HEADER] = job.id
         headers[JOB_HEADER] = job.id
@@ -200,9 +245,11 @@ class Jobs:
         store = self._open()
         owner = self.database.owners.of(request.headers)
         headers = [(k, v) for k, v in end_to_end(request.headers).items() if k.lower() not in _NOT_STORED]
+        within_s = deadline_s(request.headers.get(DEADLINE_HEADER))
         job = NewJob(
-            request.method, request.rel_url.raw_path_qs, headers, body, owner, credentials_of(request.headers), key
-        )
+            request.method, request.rel_url.raw_path_qs, headers, body, owner, credentials_of(request.headers), key,
+            deadline_at=self.clock() + within_s if within_s is not None else None,
+        )  # fmt: skip
         try:
             if key is None:
                 stored, new = await store.submit(job, self.clock())
@@ -216,7 +263,7 @@ class Jobs:
                 f"{IDEMPOTENCY_HEADER} {key!r} was used for a different request; use a new key for a new request",
             ) from None
         if new:
-            self.runner.wake()
+            self._wake()
         headers = {
             "Location": f"{JOBS_PREFIX}{stored.id}",
             "Preference-Applied": "respond-async",
@@ -261,6 +308,7 @@ class Jobs:
                 raise job_not_found(job_id)
             if job.state != "cancelled":
                 raise ProxyError(409, "job_started", f"job {job_id} is {job.state}; only a queued job can be cancelled")
+            self._wake()  # a provider batch nobody waits for any more is cancelled there
             return web.json_response(view(job))
         job = await store.get(job_id, owner)
         if job is None:
@@ -295,6 +343,8 @@ class Jobs:
         if self._sweeper is not None:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
+        if self.bridge is not None:
+            await self.bridge.close()
         if self.runner is not None:
             await self.runner.close()
         if self.database is not None:

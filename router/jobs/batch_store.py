@@ -124,16 +124,20 @@ class BatchStore:
         self, batch_id: str, now: float, fields: dict[str, Any], owner: str, *, endpoint: str,
         lines: list[NewLine], credentials: list[tuple[str, str]], failed: bool,
     ) -> BatchRecord:  # fmt: skip
-        """The batch and one queued job per line, at once; `failed`: the file did not validate (no lines)."""
+        """The batch and one queued job per line, at once; `failed`: the file did not validate (no lines).
+
+        Each line's deadline is the batch's `expires_at`: a provider batch lane runs it elsewhere before then.
+        """
         stored_credentials = json.dumps(credentials)
 
         def create(db: sqlite3.Connection) -> BatchRecord:
             _put_batch(db, batch_id, now, "failed" if failed else "in_progress", fields, owner)
             db.executemany(
                 "INSERT INTO jobs (id, created_at, state, method, target, headers, body, payload_hash, batch_id,"
-                " custom_id, line, owner, credentials) VALUES (?, ?, 'queued', 'POST', ?, ?, ?, '', ?, ?, ?, ?, ?)",
+                " custom_id, line, owner, credentials, deadline_at)"
+                " VALUES (?, ?, 'queued', 'POST', ?, ?, ?, '', ?, ?, ?, ?, ?, ?)",
                 [(f"batch_req_{secrets.token_hex(12)}", now, endpoint, _LINE_HEADERS, line.body, batch_id,
-                  line.custom_id, line.number, owner, stored_credentials) for line in lines],
+                  line.custom_id, line.number, owner, stored_credentials, fields["expires_at"]) for line in lines],
             )  # fmt: skip
             return _batch(db, batch_id, owner)
 
@@ -178,7 +182,8 @@ class BatchStore:
                         db, batch.id, now, "batch_expired", "the completion window ran out before this line ran"
                     )
                 pending = db.execute(
-                    "SELECT COUNT(*) FROM jobs WHERE batch_id = ? AND state IN ('queued', 'running')", (batch.id,)
+                    "SELECT COUNT(*) FROM jobs WHERE batch_id = ? AND state IN ('queued', 'running', 'submitted')",
+                    (batch.id,),
                 ).fetchone()[0]
                 if pending == 0:
                     _finish(db, files, batch, now, render)
@@ -247,7 +252,7 @@ def _batch(db: sqlite3.Connection, batch_id: str, owner: Owner) -> BatchRecord:
 def _drop_queued(db: sqlite3.Connection, batch_id: str, now: float, code: str, message: str) -> None:
     db.execute(
         "UPDATE jobs SET state = 'cancelled', finished_at = ?, error = ?, credentials = NULL"
-        " WHERE batch_id = ? AND state = 'queued'",
+        " WHERE batch_id = ? AND state IN ('queued', 'submitted')",
         (now, json.dumps({"code": code, "message": message}), batch_id),
     )
 

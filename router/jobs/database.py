@@ -59,11 +59,15 @@ CREATE TABLE IF NOT EXISTS jobs (
     custom_id TEXT,
     line INTEGER,
     owner TEXT,  -- router.jobs.tenants. NULL: made before owners existed, seen by the admin API only
-    credentials TEXT  -- JSON header pairs, kept only until the job ends
+    credentials TEXT,  -- JSON header pairs, kept only until the job ends
+    deadline_at REAL,  -- wall-clock seconds by which the job must have its answer, if it has a deadline
+    lane TEXT,  -- the lane it must run on, set when a provider batch gives it back (NULL: the jobs lane)
+    provider_batch TEXT  -- the provider batch (provider_batches) it was gathered into, while it is there
 );
 CREATE INDEX IF NOT EXISTS jobs_ready ON jobs (state, not_before);
 CREATE INDEX IF NOT EXISTS jobs_batch ON jobs (batch_id, line);
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (owner, idempotency_key);
+CREATE INDEX IF NOT EXISTS jobs_provider ON jobs (provider_batch, state);
 CREATE TABLE IF NOT EXISTS files (
     id TEXT PRIMARY KEY,
     created_at REAL NOT NULL,
@@ -79,12 +83,35 @@ CREATE TABLE IF NOT EXISTS batches (
     record TEXT NOT NULL,
     owner TEXT
 );
+CREATE TABLE IF NOT EXISTS provider_batches (
+    id TEXT PRIMARY KEY,  -- ours (pb_...): the input file's name and the batch's metadata at the provider
+    lane TEXT NOT NULL,
+    api TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    model TEXT NOT NULL,
+    owner TEXT,
+    credentials TEXT,  -- JSON header pairs of its jobs' owner, erased when the batch ends
+    status TEXT NOT NULL,  -- gathering -> uploading -> submitted -> ended
+    created_at REAL NOT NULL,
+    lines INTEGER NOT NULL DEFAULT 0,
+    bytes INTEGER NOT NULL DEFAULT 0,
+    file_id TEXT,
+    remote_id TEXT,
+    remote_status TEXT,
+    polls INTEGER NOT NULL DEFAULT 0,
+    failures INTEGER NOT NULL DEFAULT 0,  -- provider calls that failed in a row
+    next_poll_at REAL,
+    submitted_at REAL,
+    ended_at REAL,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS provider_batches_open ON provider_batches (status, lane);
 CREATE TABLE IF NOT EXISTS meta (
     name TEXT PRIMARY KEY,
     value BLOB NOT NULL
 );
 """
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 1: owners; 2: deadlines, lanes and provider batches
 _GROUP = 512  # operations per transaction at most
 FINAL = ("succeeded", "failed", "cancelled")
 
@@ -203,6 +230,9 @@ def _migrate(db: sqlite3.Connection, files: FileDirectory) -> bytes:
         db.execute("DROP INDEX jobs_batch")
         db.execute("ALTER TABLE files RENAME TO files_v0")
         db.execute("ALTER TABLE batches ADD COLUMN owner TEXT")
+    elif version == 1:
+        for column in ("deadline_at REAL", "lane TEXT", "provider_batch TEXT"):
+            db.execute(f"ALTER TABLE jobs ADD COLUMN {column}")
     for statement in _SCHEMA.split(";"):
         db.execute(statement)
     row = db.execute("SELECT value FROM meta WHERE name = 'owner_key'").fetchone()

@@ -80,6 +80,7 @@ class JobRunner:
         lease_s: float,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        rerouted_only: bool = False,
     ):
         self.store = store
         self.config = config
@@ -90,6 +91,7 @@ class JobRunner:
         self.lease_s = lease_s
         self.clock = clock
         self.rng = rng or random.Random()
+        self.rerouted_only = rerouted_only  # the jobs lane is a provider's: run only what its bridge gives back
         self.running: dict[str, tuple[Job, asyncio.Task]] = {}
         self.held = 0.0  # slots the running jobs hold
         self._cost_estimate = 1.0  # of the next job: the cheapest of the last claim that ran
@@ -127,7 +129,11 @@ class JobRunner:
             else:  # with nothing running, one job always fits, however large
                 wanted = max(math.floor(free / self._cost_estimate + 1e-9), 0 if self.running else 1)
             try:
-                jobs = await self.store.claim(wanted, self.clock(), self.lease_s) if wanted > 0 else []
+                jobs = (
+                    await self.store.claim(wanted, self.clock(), self.lease_s, rerouted_only=self.rerouted_only)
+                    if wanted > 0
+                    else []
+                )
             except Exception:  # the disk: keep the router serving, try again shortly
                 logger.exception("claiming jobs failed")
                 jobs = []

@@ -5,7 +5,9 @@ respond-async`, or a line of a batch), with its outcome once it has one.
 States:
 
     queued -> running -> succeeded | failed      (running -> queued on a transient failure)
-    queued -> cancelled
+    queued -> submitted -> succeeded | failed    (in a provider batch: router.jobs.provider;
+                        -> queued                 given back to run on another lane)
+    queued | submitted -> cancelled
 
 A job is acknowledged only after its commit (router.jobs.database).
 
@@ -52,6 +54,7 @@ class NewJob:
     owner: str
     credentials: list[tuple[str, str]]  # stored until the job ends, then erased
     idempotency_key: str | None = None
+    deadline_at: float | None = None  # wall-clock seconds by which it must have its answer
 
     def payload_hash(self) -> str:
         digest = hashlib.sha256(f"{self.method} {self.target}\n".encode())
@@ -78,15 +81,18 @@ class Job:
     lease_token: str | None
     owner: str | None
     credentials: list[tuple[str, str]]
+    deadline_at: float | None
+    lane: str | None  # the lane it must run on; None: the jobs lane
+    provider_batch: str | None
 
 
-_COLUMNS = (
+JOB_COLUMNS = (
     "id, created_at, state, method, target, headers, body, attempts, claims, status_code, response_headers, "
-    "response_body, error, finished_at, lease_token, owner, credentials"
+    "response_body, error, finished_at, lease_token, owner, credentials, deadline_at, lane, provider_batch"
 )
 
 
-def _job(row: sqlite3.Row) -> Job:
+def job_from_row(row: sqlite3.Row) -> Job:
     """A row, read by column name, with its JSON columns decoded."""
     fields = {name: row[name] for name in row.keys() if name in _JOB_FIELDS}
     fields["headers"] = _pairs(fields["headers"])
@@ -113,19 +119,19 @@ class JobStore:
         def insert(db: sqlite3.Connection) -> tuple[Job, bool]:
             if job.idempotency_key is not None:
                 row = db.execute(
-                    f"SELECT {_COLUMNS}, payload_hash FROM jobs WHERE owner = ? AND idempotency_key = ?",
+                    f"SELECT {JOB_COLUMNS}, payload_hash FROM jobs WHERE owner = ? AND idempotency_key = ?",
                     (job.owner, job.idempotency_key),
                 ).fetchone()
                 if row is not None:
                     if row["payload_hash"] != payload_hash:
                         raise IdempotencyConflict(job.idempotency_key)
-                    return _job(row), False
+                    return job_from_row(row), False
             job_id = f"job_{secrets.token_hex(12)}"
             db.execute(
                 "INSERT INTO jobs (id, created_at, state, method, target, headers, body, idempotency_key, payload_hash,"
-                " owner, credentials) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?)",
+                " owner, credentials, deadline_at) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (job_id, now, job.method, job.target, json.dumps(job.headers), job.body, job.idempotency_key,
-                 payload_hash, job.owner, json.dumps(job.credentials)),
+                 payload_hash, job.owner, json.dumps(job.credentials), job.deadline_at),
             )  # fmt: skip
             return _get(db, job_id, job.owner), True
 
@@ -136,32 +142,38 @@ class JobStore:
         return await self.db.run(lambda db: _get(db, job_id, owner))
 
     async def cancel(self, job_id: str, owner: Owner, now: float) -> Job | None:
-        """Cancel a queued job; the job as it is afterwards (unchanged when it had started), or None."""
+        """Cancel a job that has not started (queued, or waiting in a provider batch); the job as it is
+        afterwards (unchanged when it had started), or None."""
         mine, mine_args = owned_by(owner)
 
         def cancel(db: sqlite3.Connection) -> Job | None:
             db.execute(
                 f"UPDATE jobs SET state = 'cancelled', finished_at = ?, credentials = NULL WHERE id = ?"
-                f" AND state = 'queued' AND {mine}",
+                f" AND state IN ('queued', 'submitted') AND {mine}",
                 (now, job_id, *mine_args),
             )
             return _get(db, job_id, owner)
 
         return await self.db.run(cancel)
 
-    async def claim(self, limit: int, now: float, lease_s: float) -> list[Job]:
-        """Up to `limit` jobs that are due, or whose lease ran out, oldest first, leased until now + lease_s."""
+    async def claim(self, limit: int, now: float, lease_s: float, *, rerouted_only: bool = False) -> list[Job]:
+        """Up to `limit` jobs that are due, or whose lease ran out, oldest first, leased until now + lease_s.
+
+        `rerouted_only`: only jobs a provider batch gave back to run on another lane (when the jobs lane is a
+        provider batch lane, its bridge takes the others: router.jobs.provider.bridge).
+        """
         token = secrets.token_hex(8)
+        rerouted = " AND lane IS NOT NULL" if rerouted_only else ""
 
         def claim(db: sqlite3.Connection) -> list[Job]:
             rows = db.execute(
                 "UPDATE jobs SET state = 'running', lease_token = ?, lease_until = ?, claims = claims + 1"
-                " WHERE id IN (SELECT id FROM jobs WHERE (state = 'queued' AND not_before <= ?)"
-                " OR (state = 'running' AND lease_until < ?) ORDER BY created_at LIMIT ?)"
-                f" RETURNING {_COLUMNS}",
+                f" WHERE id IN (SELECT id FROM jobs WHERE ((state = 'queued' AND not_before <= ?)"
+                f" OR (state = 'running' AND lease_until < ?)){rerouted} ORDER BY created_at LIMIT ?)"
+                f" RETURNING {JOB_COLUMNS}",
                 (token, now + lease_s, now, now, limit),
             ).fetchall()
-            return sorted((_job(row) for row in rows), key=lambda j: j.created_at)
+            return sorted((job_from_row(row) for row in rows), key=lambda j: j.created_at)
 
         return await self.db.run(claim) if limit > 0 else []
 
@@ -232,5 +244,5 @@ class JobStore:
 
 def _get(db: sqlite3.Connection, job_id: str, owner: Owner) -> Job | None:
     mine, mine_args = owned_by(owner)
-    row = db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ? AND {mine}", (job_id, *mine_args)).fetchone()
-    return _job(row) if row is not None else None
+    row = db.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ? AND {mine}", (job_id, *mine_args)).fetchone()
+    return job_from_row(row) if row is not None else None

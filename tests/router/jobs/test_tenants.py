@@ -13,7 +13,7 @@ import stat
 
 from aiohttp import FormData, web
 
-from router.jobs.database import Database
+from router.jobs.database import SCHEMA_VERSION, Database
 from router.jobs.store import JobStore
 from router.jobs.tenants import Owners
 from tests.router.helpers import admin_headers
@@ -164,7 +164,7 @@ def test_a_version_0_database_is_brought_up_to_date_with_owners_read_from_its_jo
 
     asyncio.run(check())
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert "content" not in [row[1] for row in db.execute("PRAGMA table_info(files)")]
 
 

@@ -1,0 +1,236 @@
+"""The bridge from the job queue to a provider's Batch API: gather, upload, poll, map back, fall back.
+
+When the jobs lane is a provider batch lane (`batch_api:`), its jobs are not
+sent one by one: every tick the bridge
+
+1. gathers queued jobs into batch files, one per (endpoint, model, owner),
+   by the flush rule shared with the simulator (policies.provider_batching);
+   a job the provider cannot take (another endpoint, a body that is not a
+   JSON object with a model) goes to the fallback lane at once;
+2. gives back to the fallback lane every job still waiting at the provider
+   whose deadline is within `deadline_margin` (a job's own
+   `X-Modeshift-Deadline-Ms`, or a /v1/batches line's completion window);
+3. cancels at the provider a batch none of whose jobs still wait for it
+   (all cancelled by their clients, or given back);
+4. uploads the batches that are due (file, then batch; each step stored as
+   it is done, so a restart continues where it stopped and never uploads a
+   file twice);
+5. polls each submitted batch every `poll` (with jitter; a failed call backs
+   off), and once it has ended stores each line's result in its job by
+   custom_id: an answer ends the job; an expired, cancelled or transient line
+   runs again on the fallback lane, as does a line the results do not have.
+
+Jobs given back are queued with their `lane` set; the job runner
+(router.jobs.runner) runs them through the data plane on that lane. Each
+answered line is recorded on the provider lane (latency from its job's
+arrival, tokens, and the cost at the lane's price, its batch discount
+included) through `record`.
+
+Every state is in the job store (router.jobs.provider.store); this loop
+keeps none of its own. What must not live here: HTTP shapes (the clients),
+SQL (the store).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import Callable
+
+import aiohttp
+
+from policies.provider_batching import BatchApiParams, FileGathering, poll_delay_s
+from router.jobs.database import Database
+from router.jobs.provider.anthropic import AnthropicBatchApi
+from router.jobs.provider.openai import OpenAIBatchApi
+from router.jobs.provider.store import Gathered, ProviderBatch, ProviderStore
+from router.jobs.provider.wire import Line, LineResult, ProviderError
+from router.jobs.store import Job
+from router.logs import event
+
+logger = logging.getLogger("modeshift.jobs")
+TICK_S = 0.25  # how often the bridge looks for work when nothing wakes it
+GATHER_LIMIT = 5000  # jobs gathered per tick at most
+CALLS_AT_ONCE = 4  # provider calls in flight at most
+_CARRIED = ("anthropic-", "openai-")  # a job's headers the provider's batch calls carry too (versions, betas)
+CLIENTS = {"openai": OpenAIBatchApi, "anthropic": AnthropicBatchApi}
+
+# (latency_s, ok, input_tokens, output_tokens) of one line the provider answered
+Record = Callable[[float, bool, int, int], None]
+
+
+class ProviderBridge:
+    def __init__(
+        self, db: Database, *, lane: str, params: BatchApiParams, base_url: str, fallback: str, record: Record,
+        connect_timeout_s: float = 10.0, timeout_s: float = 300.0, clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ):  # fmt: skip
+        self.store = ProviderStore(db)
+        self.lane = lane
+        self.params = params
+        self.rule = FileGathering.of(params)
+        self.base_url = base_url
+        self.fallback = fallback
+        self.record = record
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s, connect=connect_timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+        self.client: OpenAIBatchApi | AnthropicBatchApi | None = None
+        self._calls = asyncio.Semaphore(CALLS_AT_ONCE)
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._session = aiohttp.ClientSession(timeout=self._timeout)
+        self.client = CLIENTS[self.params.api](self._session, self.base_url, self.params.completion_window)
+        self._task = asyncio.get_running_loop().create_task(self._forever())
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def _forever(self) -> None:
+        while True:
+            try:
+                await self.step(self.clock())
+            except Exception:  # the disk or a bug: keep the router serving, try again next tick
+                logger.exception("the provider batch bridge failed a step")
+            self._wake.clear()
+            try:
+                async with asyncio.timeout(TICK_S):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+
+    async def step(self, now: float) -> None:
+        """One round of the five steps in the module docstring."""
+        await self._gather(now)
+        late = await self.store.late(self.lane, now + self.params.deadline_margin_s)
+        if late:
+            moved = await self.store.reroute(late, self.fallback, now, "its deadline is near: run on the fallback lane")
+            event(logger, "provider_lines_late", logging.INFO, lane=self.lane, jobs=moved, to=self.fallback)
+        for batch in await self.store.emptied(self.lane):
+            await self._close_emptied(batch, now)
+        await asyncio.gather(*(self._upload(b, now) for b in await self.store.to_upload(self.lane, self.rule, now)))
+        await asyncio.gather(*(self._poll(b, now) for b in await self.store.to_poll(self.lane, now)))
+
+    async def _gather(self, now: float) -> None:
+        jobs = await self.store.waiting(GATHER_LIMIT, now)
+        ready, refused = [], []
+        for job in jobs:
+            line = self._line(job)
+            if line is None or (job.deadline_at is not None and job.deadline_at - self.params.deadline_margin_s <= now):
+                refused.append(job.id)
+                continue
+            size = len(self.client.encode(line))
+            ready.append((job, Gathered(job.id, line.url, str(line.body["model"]), size)))
+        if refused:
+            await self.store.reroute(refused, self.fallback, now, "the provider's batch API cannot take it in time")
+        await self.store.gather(self.lane, self.params.api, ready, self.rule, now)
+
+    def _line(self, job: Job) -> Line | None:
+        """The job as a batch line, or None when the provider's batch API cannot take it."""
+        path = job.target.partition("?")[0]
+        if job.method != "POST" or path not in self.client.endpoints:
+            return None
+        try:
+            body = json.loads(job.body)
+        except ValueError:
+            return None
+        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+            return None
+        return Line(job.id, path, body)
+
+    async def _close_emptied(self, batch: ProviderBatch, now: float) -> None:
+        """Nobody waits for the batch any more: cancel it at the provider (when it is there) and end it."""
+        if batch.remote_id is not None:
+            try:
+                async with self._calls:
+                    await self.client.cancel(batch.remote_id, self._headers(batch, []))
+            except (ProviderError, aiohttp.ClientError, TimeoutError) as exc:
+                if isinstance(exc, ProviderError) and not exc.transient:
+                    pass  # it has ended there already, or cannot be cancelled: nothing waits for it here
+                else:
+                    event(logger, "provider_cancel_failed", logging.WARNING, batch=batch.id, error=str(exc))
+                    return  # the next tick tries again
+        await self.store.end(batch.id, now, "cancelled" if batch.remote_id else None)
+        event(logger, "provider_batch_dropped", logging.INFO, batch=batch.id, remote=batch.remote_id)
+
+    async def _upload(self, batch: ProviderBatch, now: float) -> None:
+        if batch.next_poll_at is not None and batch.next_poll_at > now:  # backing off after a failed call
+            return
+        jobs = await self.store.jobs_of(batch.id)
+        if not jobs:
+            await self.store.end(batch.id, now, None)
+            return
+        lines = [line for line in map(self._line, jobs) if line is not None]
+        content = b"".join(self.client.encode(line) for line in lines)
+        headers = self._headers(batch, jobs)
+        try:
+            async with self._calls:
+                remote = await self.client.find(batch.id, headers)
+                if remote is None:
+                    staged = await self.client.stage(batch.id, content, headers, batch.file_id)
+                    if staged != batch.file_id:
+                        await self.store.staged(batch.id, staged)
+                    remote = await self.client.create(batch.id, batch.endpoint, content, staged, headers)
+        except (ProviderError, aiohttp.ClientError, TimeoutError) as exc:
+            await self._call_failed(batch, exc, now, [job.id for job in jobs])
+            return
+        await self.store.submitted(batch.id, remote, now, now + poll_delay_s(self.params.poll_s, 0, self.rng.random()))
+        event(logger, "provider_batch_submitted", logging.INFO, batch=batch.id, remote=remote, lines=len(lines))
+
+    async def _poll(self, batch: ProviderBatch, now: float) -> None:
+        headers = self._headers(batch, [])
+        try:
+            async with self._calls:
+                state = await self.client.state(batch.remote_id, headers)
+                results = await self.client.results(batch.remote_id, headers) if state.ended else None
+        except (ProviderError, aiohttp.ClientError, TimeoutError) as exc:
+            await self._call_failed(batch, exc, now, None)
+            return
+        if results is None:
+            await self.store.polled(
+                batch.id, state.status, now + poll_delay_s(self.params.poll_s, 0, self.rng.random())
+            )
+            return
+        applied = await self.store.apply(batch, results, self.fallback, now, state.status)
+        self._record(batch, results, now)
+        event(
+            logger, "provider_batch_ended", logging.INFO, batch=batch.id, remote=batch.remote_id,
+            status=state.status, answered=applied.answered, rerun=applied.rerun,
+        )  # fmt: skip
+
+    async def _call_failed(self, batch: ProviderBatch, exc: Exception, now: float, job_ids: list[str] | None) -> None:
+        """A transient failure is tried again later (backing off); a refusal of the upload gives its jobs back."""
+        if isinstance(exc, ProviderError) and not exc.transient and job_ids is not None:
+            await self.store.reroute(job_ids, self.fallback, now, f"the provider refused the batch: {exc}")
+            await self.store.end(batch.id, now, "refused")
+            event(logger, "provider_batch_refused", logging.WARNING, batch=batch.id, error=str(exc))
+            return
+        delay = poll_delay_s(self.params.poll_s, batch.failures + 1, self.rng.random())
+        await self.store.failed_call(batch.id, str(exc) or type(exc).__name__, now + delay)
+        event(logger, "provider_call_failed", logging.WARNING, batch=batch.id, error=str(exc), retry_in_s=round(delay))
+
+    def _record(self, batch: ProviderBatch, results: list[LineResult], now: float) -> None:
+        latency_s = max(now - batch.created_at, 0.0)
+        for result in results:
+            if not result.rerun:
+                ok = result.status is not None and result.status < 500
+                self.record(latency_s, ok, result.input_tokens, result.output_tokens)
+
+    @staticmethod
+    def _headers(batch: ProviderBatch, jobs: list[Job]) -> list[tuple[str, str]]:
+        """The batch's calls carry its owner's credentials and the provider headers its jobs were sent with."""
+        carried = [(k, v) for k, v in (jobs[0].headers if jobs else []) if k.lower().startswith(_CARRIED)]
+        return [*batch.credentials, *carried]
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()

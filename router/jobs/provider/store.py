@@ -1,0 +1,322 @@
+"""Provider batches in the job database, and the moves of jobs in and out of them.
+
+A provider batch (table `provider_batches`) is one file's worth of jobs for
+one (lane, endpoint, model, owner):
+
+    gathering -> uploading -> submitted -> ended
+
+- gathering: jobs join it (each moves queued -> submitted, tied by
+  `provider_batch`) until the flush rule (policies.provider_batching) says
+  it must go;
+- uploading: it is being handed to the provider; `file_id` is kept as soon
+  as the file is uploaded, so a restart never uploads it again;
+- submitted: the provider has it (`remote_id`); it is polled;
+- ended: its results are stored, or it had no job left.
+
+Every move is one transaction. A job takes a result only while it is still
+`submitted` in that batch, so a job given back to another lane (a late
+deadline, a cancellation) never takes a second outcome. Credentials of the
+batch's owner are kept until it ends, like a job's.
+
+What must not live here: HTTP (router.jobs.provider.openai, .anthropic),
+when to do what (router.jobs.provider.bridge).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+from dataclasses import dataclass
+
+from policies.provider_batching import FileGathering
+from router.jobs.database import Database
+from router.jobs.provider.wire import LineResult
+from router.jobs.store import JOB_COLUMNS, Job, job_from_row
+
+_BATCH_COLUMNS = (
+    "id, lane, api, endpoint, model, owner, credentials, status, created_at, lines, bytes, file_id, remote_id,"
+    " remote_status, polls, failures, next_poll_at, submitted_at"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderBatch:
+    id: str
+    lane: str
+    api: str
+    endpoint: str
+    model: str
+    owner: str | None
+    credentials: list[tuple[str, str]]
+    status: str
+    created_at: float
+    lines: int
+    bytes: int
+    file_id: str | None
+    remote_id: str | None
+    remote_status: str | None
+    polls: int
+    failures: int
+    next_poll_at: float | None
+    submitted_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Gathered:
+    """A job ready to join a batch: where it goes and the size of its line."""
+
+    job_id: str
+    endpoint: str
+    model: str
+    line_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What one batch's results did: answers stored, and jobs given back to run elsewhere."""
+
+    answered: int
+    rerun: int
+
+
+def _batch(row: sqlite3.Row) -> ProviderBatch:
+    fields = {name: row[name] for name in row.keys()}
+    fields["credentials"] = [tuple(pair) for pair in json.loads(fields["credentials"] or "[]")]
+    return ProviderBatch(**fields)
+
+
+class ProviderStore:
+    def __init__(self, db: Database):
+        self.db = db
+
+    async def waiting(self, limit: int, now: float) -> list[Job]:
+        """Queued jobs for the jobs lane that no provider batch holds yet, oldest first."""
+
+        def rows(db: sqlite3.Connection) -> list[Job]:
+            query = (
+                f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'queued' AND lane IS NULL AND provider_batch IS NULL"
+                " AND not_before <= ? ORDER BY created_at LIMIT ?"
+            )
+            return [job_from_row(row) for row in db.execute(query, (now, limit))]
+
+        return await self.db.run(rows)
+
+    async def gather(
+        self, lane: str, api: str, jobs: list[tuple[Job, Gathered]], rule: FileGathering, now: float
+    ) -> int:
+        """Put each job into the gathering batch of its (endpoint, model, owner), opening one when none has
+        room; a batch that is full goes to uploading at once. How many jobs joined (a job cancelled since it
+        was read joins none)."""
+
+        def gather(db: sqlite3.Connection) -> int:
+            joined = 0
+            for job, line in jobs:
+                row = db.execute(
+                    f"SELECT {_BATCH_COLUMNS} FROM provider_batches WHERE status = 'gathering' AND lane = ?"
+                    " AND endpoint = ? AND model = ? AND owner IS ? ORDER BY created_at DESC LIMIT 1",
+                    (lane, line.endpoint, line.model, job.owner),
+                ).fetchone()
+                batch = _batch(row) if row is not None else None
+                if batch is None or not rule.fits(batch.lines, batch.bytes, line.line_bytes):
+                    if batch is not None:
+                        db.execute("UPDATE provider_batches SET status = 'uploading' WHERE id = ?", (batch.id,))
+                    batch_id = f"pb_{secrets.token_hex(12)}"
+                    db.execute(
+                        "INSERT INTO provider_batches (id, lane, api, endpoint, model, owner, credentials, status,"
+                        " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'gathering', ?)",
+                        (batch_id, lane, api, line.endpoint, line.model, job.owner, json.dumps(job.credentials), now),
+                    )
+                else:
+                    batch_id = batch.id
+                moved = db.execute(
+                    "UPDATE jobs SET state = 'submitted', provider_batch = ? WHERE id = ? AND state = 'queued'"
+                    " AND provider_batch IS NULL",
+                    (batch_id, job.id),
+                ).rowcount
+                if moved:
+                    joined += 1
+                    db.execute(
+                        "UPDATE provider_batches SET lines = lines + 1, bytes = bytes + ? WHERE id = ?",
+                        (line.line_bytes, batch_id),
+                    )
+                    lines, size = db.execute(
+                        "SELECT lines, bytes FROM provider_batches WHERE id = ?", (batch_id,)
+                    ).fetchone()
+                    if rule.full(lines, size):
+                        db.execute("UPDATE provider_batches SET status = 'uploading' WHERE id = ?", (batch_id,))
+            return joined
+
+        return await self.db.run(gather) if jobs else 0
+
+    async def reroute(self, job_ids: list[str], lane: str, now: float, reason: str) -> int:
+        """Give jobs that have no answer yet back to the queue, to run on `lane`; how many moved."""
+
+        def reroute(db: sqlite3.Connection) -> int:
+            return sum(
+                db.execute(
+                    "UPDATE jobs SET state = 'queued', lane = ?, not_before = ?, error = ?"
+                    " WHERE id = ? AND state IN ('queued', 'submitted')",
+                    (lane, now, reason, job_id),
+                ).rowcount
+                for job_id in job_ids
+            )
+
+        return await self.db.run(reroute) if job_ids else 0
+
+    async def to_upload(self, lane: str, rule: FileGathering, now: float) -> list[ProviderBatch]:
+        """Gathering batches that are due go to uploading; every batch of the lane being uploaded."""
+
+        def due(db: sqlite3.Connection) -> list[ProviderBatch]:
+            for row in db.execute(
+                f"SELECT {_BATCH_COLUMNS} FROM provider_batches WHERE status = 'gathering' AND lane = ?", (lane,)
+            ).fetchall():
+                batch = _batch(row)
+                if rule.due_at(batch.created_at, batch.lines, batch.bytes) <= now:
+                    db.execute("UPDATE provider_batches SET status = 'uploading' WHERE id = ?", (batch.id,))
+            return self._in(db, lane, "uploading")
+
+        return await self.db.run(due)
+
+    @staticmethod
+    def _in(db: sqlite3.Connection, lane: str, status: str) -> list[ProviderBatch]:
+        query = f"SELECT {_BATCH_COLUMNS} FROM provider_batches WHERE status = ? AND lane = ? ORDER BY created_at"
+        return [_batch(row) for row in db.execute(query, (status, lane))]
+
+    async def jobs_of(self, batch_id: str) -> list[Job]:
+        """The jobs still waiting in a batch, in the order they joined it (the file's line order)."""
+
+        def rows(db: sqlite3.Connection) -> list[Job]:
+            query = (
+                f"SELECT {JOB_COLUMNS} FROM jobs WHERE provider_batch = ? AND state = 'submitted' ORDER BY created_at"
+            )
+            return [job_from_row(row) for row in db.execute(query, (batch_id,))]
+
+        return await self.db.run(rows)
+
+    async def staged(self, batch_id: str, file_id: str | None) -> None:
+        await self.db.run(
+            lambda db: db.execute("UPDATE provider_batches SET file_id = ? WHERE id = ?", (file_id, batch_id))
+        )
+
+    async def submitted(self, batch_id: str, remote_id: str, now: float, next_poll_at: float) -> None:
+        await self.db.run(
+            lambda db: db.execute(
+                "UPDATE provider_batches SET status = 'submitted', remote_id = ?, submitted_at = ?, next_poll_at = ?,"
+                " failures = 0 WHERE id = ? AND status = 'uploading'",
+                (remote_id, now, next_poll_at, batch_id),
+            )
+        )
+
+    async def failed_call(self, batch_id: str, error: str, next_poll_at: float) -> None:
+        """A provider call for the batch failed: try again at `next_poll_at`."""
+        await self.db.run(
+            lambda db: db.execute(
+                "UPDATE provider_batches SET failures = failures + 1, error = ?, next_poll_at = ? WHERE id = ?",
+                (error, next_poll_at, batch_id),
+            )
+        )
+
+    async def to_poll(self, lane: str, now: float) -> list[ProviderBatch]:
+        def due(db: sqlite3.Connection) -> list[ProviderBatch]:
+            query = (
+                f"SELECT {_BATCH_COLUMNS} FROM provider_batches WHERE status = 'submitted' AND lane = ?"
+                " AND next_poll_at <= ? ORDER BY next_poll_at"
+            )
+            return [_batch(row) for row in db.execute(query, (lane, now))]
+
+        return await self.db.run(due)
+
+    async def polled(self, batch_id: str, remote_status: str, next_poll_at: float) -> None:
+        await self.db.run(
+            lambda db: db.execute(
+                "UPDATE provider_batches SET polls = polls + 1, failures = 0, remote_status = ?, next_poll_at = ?"
+                " WHERE id = ?",
+                (remote_status, next_poll_at, batch_id),
+            )
+        )
+
+    async def apply(
+        self, batch: ProviderBatch, results: list[LineResult], fallback: str, now: float, remote_status: str
+    ) -> Applied:
+        """Store the batch's results and end it, in one transaction: each answer ends its job (while the job
+        still waits in this batch); reruns and lines with no result go back to the queue for `fallback`."""
+
+        def apply(db: sqlite3.Connection) -> Applied:
+            answered = rerun = 0
+            seen = set()
+            for result in results:
+                seen.add(result.custom_id)
+                if result.rerun:
+                    rerun += _give_back(db, result.custom_id, batch.id, fallback, now, result.error)
+                    continue
+                state = "succeeded" if result.status is not None and 200 <= result.status < 300 else "failed"
+                headers = json.dumps([("Content-Type", "application/json")]) if result.body is not None else None
+                answered += db.execute(
+                    "UPDATE jobs SET state = ?, status_code = ?, response_headers = ?, response_body = ?, error = ?,"
+                    " finished_at = ?, attempts = attempts + 1, credentials = NULL"
+                    " WHERE id = ? AND state = 'submitted' AND provider_batch = ?",
+                    (state, result.status, headers, result.body, result.error, now, result.custom_id, batch.id),
+                ).rowcount
+            for row in db.execute(
+                "SELECT id FROM jobs WHERE provider_batch = ? AND state = 'submitted'", (batch.id,)
+            ).fetchall():
+                if row["id"] not in seen:
+                    rerun += _give_back(db, row["id"], batch.id, fallback, now, "the provider's results had no line")
+            _end(db, batch.id, now, remote_status)
+            return Applied(answered, rerun)
+
+        return await self.db.run(apply)
+
+    async def late(self, lane: str, before: float) -> list[str]:
+        """Jobs waiting in the lane's provider batches whose deadline falls before `before`."""
+
+        def rows(db: sqlite3.Connection) -> list[str]:
+            query = (
+                "SELECT jobs.id FROM jobs JOIN provider_batches ON provider_batches.id = jobs.provider_batch"
+                " WHERE jobs.state = 'submitted' AND provider_batches.lane = ? AND jobs.deadline_at < ?"
+            )
+            return [row["id"] for row in db.execute(query, (lane, before))]
+
+        return await self.db.run(rows)
+
+    async def emptied(self, lane: str) -> list[ProviderBatch]:
+        """Open batches of the lane with no job left waiting in them (all given back or cancelled)."""
+
+        def rows(db: sqlite3.Connection) -> list[ProviderBatch]:
+            query = (
+                f"SELECT {_BATCH_COLUMNS} FROM provider_batches b WHERE status != 'ended' AND lane = ?"
+                " AND NOT EXISTS (SELECT 1 FROM jobs WHERE provider_batch = b.id AND state = 'submitted')"
+            )
+            return [_batch(row) for row in db.execute(query, (lane,))]
+
+        return await self.db.run(rows)
+
+    async def end(self, batch_id: str, now: float, remote_status: str | None) -> None:
+        await self.db.run(lambda db: _end(db, batch_id, now, remote_status))
+
+    async def batches(self, lane: str | None = None) -> list[ProviderBatch]:
+        """Every provider batch (of `lane`), newest first: for the admin API and the tests."""
+
+        def rows(db: sqlite3.Connection) -> list[ProviderBatch]:
+            where, args = ("WHERE lane = ?", (lane,)) if lane is not None else ("", ())
+            query = f"SELECT {_BATCH_COLUMNS} FROM provider_batches {where} ORDER BY created_at DESC"
+            return [_batch(row) for row in db.execute(query, args)]
+
+        return await self.db.run(rows)
+
+
+def _give_back(db: sqlite3.Connection, job_id: str, batch_id: str, lane: str, now: float, reason: str | None) -> int:
+    return db.execute(
+        "UPDATE jobs SET state = 'queued', lane = ?, not_before = ?, error = ?"
+        " WHERE id = ? AND state = 'submitted' AND provider_batch = ?",
+        (lane, now, f"given back by the provider batch: {reason}", job_id, batch_id),
+    ).rowcount
+
+
+def _end(db: sqlite3.Connection, batch_id: str, now: float, remote_status: str | None) -> None:
+    db.execute(
+        "UPDATE provider_batches SET status = 'ended', ended_at = ?, remote_status = COALESCE(?, remote_status),"
+        " credentials = NULL WHERE id = ?",
+        (now, remote_status, batch_id),
+    )
