@@ -84,7 +84,7 @@ class BatchApiParams(BaseModel):
 
     @property
     def window_s(self) -> float:
-        return WINDOW_S[self.completion_window]
+        return float(WINDOW_S[self.completion_window])
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,5 +114,5 @@ class FileGathering:
 
 def poll_delay_s(poll_s: float, failures: int, u: float) -> float:
     """Seconds to the next poll: `poll` x 2^failures (at most MAX_POLL_BACKOFF x), times a jitter of 0.8 to 1.2."""
-    backoff = min(2**failures, MAX_POLL_BACKOFF)
+    backoff = float(min(2 ** min(failures, 16), MAX_POLL_BACKOFF))
     return poll_s * backoff * (0.8 + 0.4 * u)

@@ -179,3 +179,38 @@ def test_objectives_are_checked_where_they_are_written():
 def test_an_upstream_url_is_checked_for_scheme_host_and_port(url, problem):
     (line,) = errors_of(GOOD.replace('["http://127.0.0.1:8101"]', f'["{url}"]'))
     assert line.startswith("prod.yaml:6: lanes.realtime.upstreams = ") and problem in line and url in line
+
+
+PROVIDER_LANE = GOOD.replace(
+    "    batching: {rule: hybrid, max_batch: 32, max_wait: 20ms}",
+    "    batch_api: {api: openai, max_requests: 1000, max_wait: 1m}",
+)
+
+
+def test_a_provider_batch_lane_takes_jobs_only_and_names_its_fallback():
+    lines = errors_of(PROVIDER_LANE)  # GOOD's hybrid and batch modes weigh the batch lane
+    assert lines == [
+        "prod.yaml:13: modes.hybrid.batch = 0.5: lane 'batch' is a provider batch lane: it takes jobs"
+        " (Prefer: respond-async, /v1/batches) only, never live requests",
+        "prod.yaml:14: modes.batch.batch = 1.0: lane 'batch' is a provider batch lane: it takes jobs"
+        " (Prefer: respond-async, /v1/batches) only, never live requests",
+    ]
+    jobs_only = PROVIDER_LANE.replace("  hybrid: {realtime: 0.5, batch: 0.5}\n  batch: {batch: 1.0}\n", "").replace(
+        "type: load\n  params: {low_rps: 10, high_rps: 100}", "type: static\n  params: {mode: realtime}"
+    )
+    config = parse_config(jobs_only, "prod.yaml")
+    assert config.lanes["batch"].batch_api.max_wait_s == 60.0
+    wrong_fallback = jobs_only.replace("max_wait: 1m}", "max_wait: 1m, fallback: gpu}")
+    assert errors_of(wrong_fallback) == [
+        'prod.yaml:10: lanes.batch.batch_api.fallback = "gpu": the fallback must be another lane that is not a'
+        " batch_api lane; lanes: batch, realtime"
+    ]
+
+
+def test_a_provider_batch_lane_stays_within_the_providers_limits():
+    over = PROVIDER_LANE.replace("max_requests: 1000", "max_requests: 60000")
+    (line,) = [line for line in errors_of(over) if "batch_api" in line]
+    assert line.startswith("prod.yaml:10: lanes.batch.batch_api")
+    assert "max_requests 60000 is over openai's 50,000" in line
+    anthropic = over.replace("api: openai", "api: anthropic")
+    assert not [line for line in errors_of(anthropic) if "max_requests" in line]  # Anthropic takes 100,000

@@ -15,6 +15,7 @@ import pytest
 from configs import ModeshiftConfig
 from router.server import RunningRouter, runtime_for
 from tests.router.helpers import TOKEN, FakeClock, Handler, RouterUnderTest, Upstream, echo
+from tests.standins.provider import ProviderStandIn
 
 
 @pytest.fixture
@@ -30,6 +31,15 @@ async def upstream():
     yield start
     for server in started:
         await server.stop()
+
+
+@pytest.fixture
+async def provider():
+    """The OpenAI and Anthropic stand-in (tests/standins/provider.py) on a free loopback port."""
+    stand_in = ProviderStandIn()
+    await stand_in.start()
+    yield stand_in
+    await stand_in.stop()
 
 
 @pytest.fixture

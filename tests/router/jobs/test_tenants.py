@@ -189,3 +189,47 @@ CREATE TABLE files (
 );
 CREATE TABLE batches (id TEXT PRIMARY KEY, created_at REAL NOT NULL, status TEXT NOT NULL, record TEXT NOT NULL);
 """
+
+
+VERSION_1_JOBS = """
+CREATE TABLE jobs (
+    id TEXT PRIMARY KEY, created_at REAL NOT NULL, state TEXT NOT NULL, method TEXT NOT NULL, target TEXT NOT NULL,
+    headers TEXT NOT NULL, body BLOB NOT NULL, idempotency_key TEXT, payload_hash TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0, claims INTEGER NOT NULL DEFAULT 0, not_before REAL NOT NULL DEFAULT 0,
+    lease_token TEXT, lease_until REAL, status_code INTEGER, response_headers TEXT, response_body BLOB, error TEXT,
+    finished_at REAL, batch_id TEXT, custom_id TEXT, line INTEGER, owner TEXT, credentials TEXT
+);
+CREATE INDEX jobs_ready ON jobs (state, not_before);
+CREATE INDEX jobs_batch ON jobs (batch_id, line);
+CREATE UNIQUE INDEX jobs_idempotency ON jobs (owner, idempotency_key);
+CREATE TABLE files (id TEXT PRIMARY KEY, created_at REAL NOT NULL, filename TEXT NOT NULL, purpose TEXT NOT NULL,
+                    bytes INTEGER NOT NULL, owner TEXT);
+CREATE TABLE batches (id TEXT PRIMARY KEY, created_at REAL NOT NULL, status TEXT NOT NULL, record TEXT NOT NULL,
+                      owner TEXT);
+CREATE TABLE meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
+INSERT INTO meta VALUES ('owner_key', x'00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff');
+PRAGMA user_version = 1;
+"""
+
+
+def test_a_version_1_database_gains_deadlines_lanes_and_provider_batches_and_keeps_its_jobs(tmp_path):
+    path = tmp_path / "v1.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.executescript(VERSION_1_JOBS)
+        db.execute(
+            "INSERT INTO jobs (id, created_at, state, method, target, headers, body, payload_hash, owner, credentials)"
+            " VALUES ('job_1', 1.0, 'queued', 'POST', '/a', '[]', x'00', 'h', 'alice', '[]')"
+        )
+
+    async def check() -> None:
+        database = Database(path)
+        try:
+            (job,) = await JobStore(database).claim(5, now=10.0, lease_s=5.0)
+            assert job.id == "job_1" and job.deadline_at is None and job.lane is None and job.provider_batch is None
+        finally:
+            await database.close()
+
+    asyncio.run(check())
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert db.execute("SELECT COUNT(*) FROM provider_batches").fetchone()[0] == 0
