@@ -17,8 +17,11 @@ the lanes' service models:
 - a lane with `batching:` merges requests on batchable routes with the
   policies.batching Batcher and the lane's flush rule, at most
   `max_in_flight` merged calls at once, each charged to its items by share;
-- a `batch_api` lane answers after its turnaround, with no queue and no
-  gate: its requests are submitted as jobs, not held open as calls;
+- a `batch_api` lane has no queue and no gate: its requests are submitted
+  as jobs, gathered into batch files by the router's own rule
+  (policies.provider_batching: full by count or bytes, or `max_wait` after
+  the first line), and every request of a file is answered one turnaround
+  after the file went;
 - every completion is recorded into the monitor's LaneWindow with the
   latency and attributed cost the router would record (from admission, not
   from arrival), and the loop ticks every `switching.tick`;
@@ -46,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from backends.codecs import codec_for
+from backends.codecs.base import BYTES_PER_TOKEN
 from configs.assembly import build_control_loop
 from configs.routes import RoutesByPrefix
 from configs.schema import ModeshiftConfig
@@ -60,7 +64,8 @@ from simulator.service import ServiceModel, check_covers
 from simulator.traces import TraceRequest
 
 OK, LANE_FULL = 200, 503
-_DONE, _BATCH_DONE, _FLUSH, _GATE_TIMEOUT, _TICK = range(5)
+_DONE, _BATCH_DONE, _FLUSH, _GATE_TIMEOUT, _FILE_DUE, _TICK = range(6)
+LINE_OVERHEAD_BYTES = 200  # a batch file line's JSON around its body (custom_id, method, url, keys)
 
 
 # An entry of the event heap: (t, seq, kind, lane, payload), ordered by (t, seq); seq is unique, so nothing
@@ -125,7 +130,7 @@ class _Run:
         tick_s = self.config.switching.tick_s
         self._push(tick_s, _TICK, None, None)
         route_info = self._route_info()
-        handlers = (self._on_done, self._on_batch_done, self._on_flush, self._on_gate_timeout)
+        handlers = (self._on_done, self._on_batch_done, self._on_flush, self._on_gate_timeout, self._on_file_due)
         for i, request in enumerate(trace):
             t = request.t_s
             while heap and heap[0][0] <= t:  # the earliest event's time
@@ -312,8 +317,37 @@ class _Run:
         self.started_s[i] = t
         self.lane_of[i] = lane.index
         lane.window.arrived(t, self.pinned[i])
+        if lane.gathering is not None:
+            self._gather(i, lane, t)
+            return
         service_s = lane.call_s(request.items, request.input_tokens, request.output_tokens, self.z[i])
         self._call(lane, t, service_s, _DONE, i)
+
+    def _gather(self, i: int, lane: LaneRun, t: float) -> None:
+        """Into the lane's open batch file, sent first when the request does not fit; sent when full."""
+        rule = lane.gathering
+        size = LINE_OVERHEAD_BYTES + BYTES_PER_TOKEN * self.trace[i].input_tokens
+        if not rule.fits(len(lane.file), lane.file_bytes, size):
+            self._send_file(lane, t)
+        if not lane.file:
+            self._push(rule.due_at(t, 0, 0), _FILE_DUE, lane, lane.files)
+        lane.file.append(i)
+        lane.file_bytes += size
+        if rule.full(len(lane.file), lane.file_bytes):
+            self._send_file(lane, t)
+
+    def _send_file(self, lane: LaneRun, t: float) -> None:
+        """The open file goes: one turnaround for all of it (drawn with its first request's number)."""
+        members = lane.file
+        lane.file, lane.file_bytes = [], 0
+        lane.files += 1
+        turnaround_s = lane.call_s(0, 0, 0, self.z[members[0]])
+        for j in members:
+            self._push(t + turnaround_s, _DONE, lane, j)
+
+    def _on_file_due(self, t: float, lane: LaneRun, serial: int) -> None:
+        if serial == lane.files and lane.file:  # still the open file: its max_wait is up
+            self._send_file(lane, t)
 
     def _call(self, lane: LaneRun, t: float, service_s: float, kind: int, payload) -> None:
         if lane.batch_api:
@@ -455,4 +489,5 @@ class _Run:
             end_s=end_s,
             decisions=self.decisions,
             timeline=self.timeline,
+            files={name: lane.files for name, lane in self.lanes.items() if lane.gathering is not None},
         )

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 from configs.schema import ModeshiftConfig
 from policies.admission import Gate, Outlook, batched_latency_s, outlook, takes_at_once
 from policies.batching import Batcher
+from policies.provider_batching import FileGathering
 from policies.snapshot import Snapshot
 from simulator.service import BatchApiLane, ServerLane, jittered_s
 
@@ -54,6 +55,13 @@ class LaneRun:
         self.gate: Gate[Queued] = Gate(lane_config.max_in_flight, lane_config.queue_depth, lane_config.aging_s)
         self.batch_api = isinstance(service, BatchApiLane)
         self.service = service
+        # A batch API lane's open file (policies.provider_batching): its requests, size and serial number.
+        self.gathering: FileGathering | None = None
+        if isinstance(service, BatchApiLane):
+            self.gathering = FileGathering(service.max_requests, service.max_bytes, service.max_wait_s)
+        self.file: list[int] = []
+        self.file_bytes = 0
+        self.files = 0  # files sent so far; the open one is number `files`
         # A server lane's service time: base + per item + per token, jittered; a batch API has none of it.
         self.coef = (0.0, 0.0, 0.0, 0.0)
         self.sigma = 0.0

@@ -68,6 +68,7 @@ class Outcome:
     end_s: float
     decisions: list[dict] = field(default_factory=list)
     timeline: list[TimelineRow] = field(default_factory=list)
+    files: Mapping[str, int] = field(default_factory=dict)  # batch files each batch_api lane sent
 
     def __len__(self) -> int:
         return len(self.arrival_s)

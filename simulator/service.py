@@ -11,9 +11,13 @@ each lane one of two kinds:
   `fit_latency` finds the coefficients from measurements by non-negative
   least squares (scipy), and the jitter from the residuals.
 - `batch_api`: a provider's batch API (OpenAI, Anthropic, Bedrock): no
-  queueing at our side, a turnaround drawn from a log-normal with the given
-  median and sigma, never over `max_turnaround` (24 h at most, the providers'
-  completion window). Its price, discount included, is the lane's `cost:`.
+  queueing at our side; requests are gathered into batch files by the
+  router's own rule (policies.provider_batching, with the `max_requests`,
+  `max_bytes` and `max_wait` a router lane's `batch_api:` takes), and each
+  file takes a turnaround drawn from a log-normal with the given median and
+  sigma, never over `max_turnaround` (24 h at most, the
+  providers' completion window). Its price, discount included, is the
+  lane's `cost:`.
 
     lanes:
       realtime: {kind: server, replicas: 2, concurrency: 4,
@@ -43,7 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy.optimize import nnls
 
 from configs.loader import load_document
-from policies.units import Duration
+from policies.units import ByteSize, Duration
 
 DAY_S = 86_400.0
 
@@ -86,6 +90,10 @@ class BatchApiLane(_Model):
     turnaround_median_s: Duration = Field(1800.0, alias="turnaround_median", gt=0)
     turnaround_sigma: float = Field(1.0, ge=0, le=3, description="sigma of the log-normal turnaround")
     max_turnaround_s: Duration = Field(DAY_S, alias="max_turnaround", gt=0, le=DAY_S)
+    # How requests are gathered into files: the settings of a router lane's `batch_api:` (policies.provider_batching).
+    max_requests: int = Field(10_000, ge=1, description="lines per batch file")
+    max_bytes: ByteSize = Field(100 * 1000**2, ge=1, description="bytes per batch file")
+    max_wait_s: Duration = Field(60.0, alias="max_wait", ge=0, description="a file goes this long after its first line")
 
     @model_validator(mode="after")
     def _median_within_ceiling(self) -> BatchApiLane:

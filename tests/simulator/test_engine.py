@@ -93,12 +93,31 @@ def test_micro_batching_merges_items_and_shares_the_call_cost():
 
 
 def test_a_batch_api_lane_answers_after_its_turnaround_within_the_ceiling():
-    api = BatchApiLane(kind="batch_api", turnaround_median_s=600.0, turnaround_sigma=2.0, max_turnaround_s=3600.0)
+    api = BatchApiLane(  # max_wait 0: every request goes in a file of its own
+        kind="batch_api", turnaround_median_s=600.0, turnaround_sigma=2.0, max_turnaround_s=3600.0, max_wait_s=0.0
+    )
     trace = generators.poisson(5.0, 200.0, np.random.default_rng(1))
     out = Engine(config(initial="batch"), service(batch=api), seed=3).run(trace)
     assert (out.latency_s <= 3600.0 + 1e-9).all()
     assert 300 < np.median(out.latency_s) < 1200
     assert (out.latency_s == 3600.0).any()  # sigma 2 puts a share above the ceiling
+
+
+def test_a_batch_api_lane_gathers_files_by_the_routers_rule_and_answers_each_file_after_one_turnaround():
+    api = BatchApiLane(
+        kind="batch_api", turnaround_median_s=600.0, turnaround_sigma=0.0, max_requests=50, max_bytes="1MB",
+        max_wait="30s",
+    )  # fmt: skip
+    trace = at(*[i * 0.1 for i in range(1000)], *[1000.0 + i for i in range(3)])  # 10/s for 100 s, then 3 late ones
+    out = Engine(config(initial="batch"), service(batch=api)).run(trace)
+    assert out.files == {"batch": 21}  # 20 full files of 50 lines, then one that went 30 s after its first line
+    waits = out.latency_s[:1000] - 600.0
+    assert waits[0] == pytest.approx(4.9) and waits[49] == pytest.approx(0.0)  # the first waits for 49 more
+    assert waits[50] == pytest.approx(4.9) and waits.max() == pytest.approx(4.9)
+    assert out.latency_s[1000:].tolist() == pytest.approx([630.0, 629.0, 628.0])
+    # A line is 200 bytes and 4 a token (100 input tokens here): 600 bytes, so 3 lines fill 2,000 bytes.
+    small = api.model_copy(update={"max_bytes": 2000})
+    assert Engine(config(initial="batch"), service(batch=small)).run(trace[:100]).files == {"batch": 34}
 
 
 def test_pinned_requests_go_to_their_lane_whatever_the_weights():
