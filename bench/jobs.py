@@ -1,6 +1,6 @@
 """Async jobs against sending one by one: acceptance rate, completion throughput, cost per 1k items.
 
-    python bench/jobs.py [--items 1000] [--corpus mixed|short]
+    python bench/jobs.py [--items 1000] [--corpus mixed|short] [--provider-jobs 10000]
 
 Starts the demo's stack (the realtime and batch reference backends and the
 router, configs/default.yaml, one torch thread per backend) and sends the
@@ -16,8 +16,17 @@ from the first submission to the last job done), and cost per 1k items two
 ways: node time (the lane's price per hour x the phase's wall time, what a
 dedicated node costs) and the router's attributed cost (from the admin API;
 its busy billing charges every call its own latency, so calls that overlap
-on one server are each charged for the shared time). Output also goes to
-bench/out/jobs.txt.
+on one server are each charged for the shared time).
+
+Then the provider lane (configs/provider.yaml's shape, in front of the
+loopback stand-in of OpenAI's API, tests/standins/provider.py, which ends
+each batch at its second poll): `--provider-jobs` chat jobs through the
+Batch API bridge against as many sync chat calls on the realtime lane. It
+prints jobs accepted/s, jobs/s from the first submission to the last answer
+mapped back, the batch files made, and the cost per 1k requests the router
+booked each way. The stand-in answers at once, so the jobs/s is the
+bridge's own ceiling (gather, upload, poll, map, store), not a provider's.
+Output also goes to bench/out/jobs.txt.
 """
 
 from __future__ import annotations
@@ -36,6 +45,8 @@ from batching import CORPORA, texts
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
+
+from provider_lane import measure_provider  # noqa: E402
 
 from commands.demo_stack import LocalStack  # noqa: E402
 
@@ -115,6 +126,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--items", type=int, default=1000)
     parser.add_argument("--corpus", choices=sorted(CORPORA), default="mixed")
+    parser.add_argument(
+        "--provider-jobs", type=int, default=10_000, help="chat jobs through the provider lane (0: skip)"
+    )
     args = parser.parse_args()
     corpus = texts(args.items, CORPORA[args.corpus])
     with tempfile.TemporaryDirectory(prefix="modeshift-bench-jobs-") as work:
@@ -138,6 +152,9 @@ def main() -> int:
         f"cost per 1k items, attributed by the router: jobs ${figures['jobs_cost']:.4f}, one by one "
         f"${figures['realtime_cost']:.4f} (jobs cost {figures['jobs_cost'] / figures['realtime_cost']:.0%})",
     ]
+    if args.provider_jobs:
+        print(f"provider lane: {args.provider_jobs} chat jobs against the stand-in ...", flush=True)
+        lines += asyncio.run(measure_provider(args.provider_jobs))
     print("\n".join(lines))
     OUT.mkdir(exist_ok=True)
     (OUT / "jobs.txt").write_text("\n".join(lines) + "\n")
