@@ -20,6 +20,8 @@ which browsers never send) and calls the API with it.
     POST /reload     read the config file again; an invalid one is refused with its error lines
     GET  /v1/jobs/{id}, /v1/files[/{id}[/content]], /v1/batches[/{id}]
                      every tenant's stored objects, with their owner (the data plane shows each its own)
+    GET  /v1/provider_batches
+                     the batches a provider batch lane made at its provider: status, lines, ids, polls
 
 A command the controller refuses (already in that mode, nothing to roll
 back) answers 409 with the reason.
@@ -259,6 +261,6 @@ def admin_app(runtime: Runtime) -> web.Application:
     app.router.add_post("/rollback", _simple(Rollback))
     app.router.add_post("/reload", _reload)
     for path in ("/v1/jobs/{id}", "/v1/files", "/v1/files/{id}", "/v1/files/{id}/content", "/v1/batches",
-                 "/v1/batches/{id}"):  # fmt: skip
+                 "/v1/batches/{id}", "/v1/provider_batches"):  # fmt: skip
         app.router.add_get(path, _stored)
     return app

@@ -64,6 +64,7 @@ from router.lanes import Lane
 from router.routing import deadline_s
 
 JOBS_PREFIX = "/v1/jobs/"
+PROVIDER_BATCHES = "/v1/provider_batches"  # admin API only
 _NOT_STORED = frozenset(
     (
         "prefer",
@@ -328,6 +329,11 @@ class Jobs:
         path = request.rel_url.path
         if not self._stored_yet():
             raise ProxyError(404, "not_found", "no job has been stored yet")
+        if path == PROVIDER_BATCHES:
+            self._open()
+            if self.bridge is None:
+                raise ProxyError(404, "not_found", f"the jobs lane {self.lane_name!r} is not a provider batch lane")
+            return web.json_response({"object": "list", "data": [b.view() for b in await self.bridge.store.batches()]})
         if path.startswith(JOBS_PREFIX):
             job_id = path[len(JOBS_PREFIX) :]
             job = await self._open().get(job_id, EVERY_OWNER)
@@ -370,6 +376,8 @@ def view(job: Job) -> dict:
         "created_at": job.created_at,
         "finished_at": job.finished_at,
         "attempts": job.attempts,
+        "deadline_at": job.deadline_at,
+        "provider_batch": job.provider_batch,  # the provider batch it went in, on a provider batch lane
         "error": job.error if job.state != "succeeded" else None,
         "response": None,
     }

@@ -61,6 +61,11 @@ class ProviderBatch:
     next_poll_at: float | None
     submitted_at: float | None
 
+    def view(self) -> dict:
+        """What the admin API shows of it: everything but the credentials."""
+        fields = {name: getattr(self, name) for name in self.__slots__ if name != "credentials"}
+        return {"object": "provider_batch", **fields}
+
 
 @dataclass(frozen=True, slots=True)
 class Gathered:

@@ -11,7 +11,7 @@ import asyncio
 import json
 
 from configs import ModeshiftConfig
-from tests.router.helpers import gather_limited, two_lane_raw
+from tests.router.helpers import admin_headers, gather_limited, two_lane_raw
 from tests.standins.provider import POISON
 
 ALICE = {"Authorization": "Bearer sk-alice-1234", "Prefer": "respond-async"}
@@ -79,9 +79,12 @@ async def test_a_thousand_async_chat_jobs_become_a_handful_of_provider_batches(
     assert len(provider.created) == 4  # 300 + 300 + 300 + 100: files flush when full, the last after max_wait
     assert len(provider.uploads) == len(set(provider.uploads)) == 4
     assert not realtime.seen
-    stored = await router.runtime.jobs.bridge.store.batches()
-    assert sorted(batch.lines for batch in stored) == [100, 300, 300, 300]
-    assert {batch.status for batch in stored} == {"ended"} and all(not batch.credentials for batch in stored)
+    async with client.get(f"{router.admin_url}/v1/provider_batches", headers=admin_headers()) as response:
+        stored = (await response.json())["data"]
+    assert sorted(batch["lines"] for batch in stored) == [100, 300, 300, 300]
+    assert {batch["status"] for batch in stored} == {"ended"}
+    assert sorted(batch["remote_id"] for batch in stored) == sorted(provider.created)
+    assert "sk-alice" not in json.dumps(stored)
 
 
 async def test_one_poisoned_line_fails_alone_with_the_providers_error(
