@@ -178,7 +178,7 @@ class ProviderBridge:
                         await self.store.staged(batch.id, staged)
                     remote = await self.client.create(batch.id, batch.endpoint, content, staged, headers)
         except (ProviderError, aiohttp.ClientError, TimeoutError) as exc:
-            await self._call_failed(batch, exc, now, [job.id for job in jobs])
+            await self._call_failed(batch, exc, now)
             return
         await self.store.submitted(batch.id, remote, now, now + poll_delay_s(self.params.poll_s, 0, self.rng.random()))
         event(logger, "provider_batch_submitted", logging.INFO, batch=batch.id, remote=remote, lines=len(lines))
@@ -190,7 +190,7 @@ class ProviderBridge:
                 state = await self.client.state(batch.remote_id, headers)
                 results = await self.client.results(batch.remote_id, headers) if state.ended else None
         except (ProviderError, aiohttp.ClientError, TimeoutError) as exc:
-            await self._call_failed(batch, exc, now, None)
+            await self._call_failed(batch, exc, now)
             return
         if results is None:
             await self.store.polled(
@@ -204,9 +204,11 @@ class ProviderBridge:
             status=state.status, answered=applied.answered, rerun=applied.rerun,
         )  # fmt: skip
 
-    async def _call_failed(self, batch: ProviderBatch, exc: Exception, now: float, job_ids: list[str] | None) -> None:
-        """A transient failure is tried again later (backing off); a refusal of the upload gives its jobs back."""
-        if isinstance(exc, ProviderError) and not exc.transient and job_ids is not None:
+    async def _call_failed(self, batch: ProviderBatch, exc: Exception, now: float) -> None:
+        """A transient failure is tried again later, backing off; any other (the provider refused the file,
+        or no longer knows the batch) gives the batch's jobs to the fallback lane and ends it."""
+        if isinstance(exc, ProviderError) and not exc.transient:
+            job_ids = [job.id for job in await self.store.jobs_of(batch.id)]
             await self.store.reroute(job_ids, self.fallback, now, f"the provider refused the batch: {exc}")
             await self.store.end(batch.id, now, "refused")
             event(logger, "provider_batch_refused", logging.WARNING, batch=batch.id, error=str(exc))

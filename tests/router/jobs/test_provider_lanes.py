@@ -223,3 +223,19 @@ async def test_a_routers_own_batches_api_serves_as_the_provider_of_another_route
         (made,) = (await response.json())["data"]
     assert made["status"] == "completed" and made["metadata"]["modeshift_batch"].startswith("pb_")
     assert made["request_counts"] == {"total": 6, "completed": 6, "failed": 0}
+
+
+async def test_a_batch_the_provider_no_longer_knows_gives_its_jobs_to_the_real_time_lane(
+    upstream, provider, start_router, client, tmp_path
+):
+    realtime = await upstream()
+    provider.hold = True
+    router = await start_router(provider_config(realtime.url, provider.url, tmp_path, **one_file(2)))
+    locations = [await submit(client, router, chat(i)) for i in range(2)]
+    async with asyncio.timeout(5):
+        while not provider.created:
+            await asyncio.sleep(0.02)
+    provider.batches.clear()  # the provider lost it: every poll is a 404 now
+    jobs = [await outcome(client, router, location) for location in locations]
+    assert [job["response"]["headers"]["X-Modeshift-Lane"] for job in jobs] == ["realtime", "realtime"]
+    assert len(realtime.seen) == 2
