@@ -67,7 +67,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_ready ON jobs (state, not_before);
 CREATE INDEX IF NOT EXISTS jobs_batch ON jobs (batch_id, line);
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (owner, idempotency_key);
-CREATE INDEX IF NOT EXISTS jobs_provider ON jobs (provider_batch, state);
+CREATE INDEX IF NOT EXISTS jobs_provider ON jobs (provider_batch, state) WHERE provider_batch IS NOT NULL;
 CREATE TABLE IF NOT EXISTS files (
     id TEXT PRIMARY KEY,
     created_at REAL NOT NULL,
