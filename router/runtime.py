@@ -80,7 +80,9 @@ class Runtime:
 
     def figures(self) -> list[Family]:
         """The router's metric families now, for every exporter (router.telemetry.figures)."""
-        return collect(self.state, self.route_stats, self.decisions, self.now_s())
+        bridge = self.jobs.bridge if self.jobs is not None else None
+        counts = bridge.counts if bridge is not None else None
+        return collect(self.state, self.route_stats, self.decisions, self.now_s(), counts)
 
     def tick(self, now_s: float | None = None) -> list[Action]:
         """One control tick at `now_s` (default: the clock's reading now)."""

@@ -19,6 +19,9 @@ always agree and serving requests pays nothing for either.
     modeshift_transitions, modeshift_rollbacks{cause}, modeshift_rollbacks_withheld
     modeshift_attainment{class}                          share within objective, over the metrics window
     modeshift_upstream_ejected{lane,upstream}            1 while ejected
+    modeshift_provider_batches{lane,event}               counter (submitted | ended | refused | dropped)
+    modeshift_provider_lines{lane,outcome}               counter (answered | rerun on the fallback lane)
+    modeshift_provider_calls_failed{lane}                counter, provider calls tried again later
 
 (Prometheus adds `_total` to counters.) Histogram buckets come from the
 router's log-spaced histograms; each bucket count is exact to within their 1%
@@ -36,6 +39,7 @@ from typing import TYPE_CHECKING, Literal
 from policies import stream_health
 
 if TYPE_CHECKING:
+    from router.jobs.provider.bridge import BridgeCounts
     from router.state import RouterState
     from router.telemetry.decisions import DecisionLog
     from router.telemetry.route_stats import RouteStats
@@ -67,8 +71,32 @@ class Family:
         self.points.append((labels, value))
 
 
-def collect(state: RouterState, route_stats: RouteStats, decisions: DecisionLog, now_s: float) -> list[Family]:
-    return [*_routes(route_stats), *_lanes(state, now_s), *_control(state, decisions)]
+def collect(
+    state: RouterState, route_stats: RouteStats, decisions: DecisionLog, now_s: float,
+    provider: BridgeCounts | None = None,
+) -> list[Family]:  # fmt: skip
+    families = [*_routes(route_stats), *_lanes(state, now_s), *_control(state, decisions)]
+    return families + _provider(provider) if provider is not None else families
+
+
+def _provider(counts: BridgeCounts) -> list[Family]:
+    """What a provider batch lane's bridge did (router.jobs.provider.bridge)."""
+    batches = Family(
+        "modeshift_provider_batches", "counter", "Provider batches, by what happened to them.", ("lane", "event")
+    )
+    for name, n in sorted(counts.batches.items()):
+        batches.add((counts.lane, name), n)
+    lines = Family(
+        "modeshift_provider_lines", "counter", "Jobs back from provider batches, by outcome.", ("lane", "outcome")
+    )
+    for name, n in sorted(counts.lines.items()):
+        lines.add((counts.lane, name), n)
+    failed = Family(
+        "modeshift_provider_calls_failed", "counter", "Provider batch calls that failed and are tried again.",
+        ("lane",),
+    )  # fmt: skip
+    failed.add((counts.lane,), counts.failed_calls)
+    return [batches, lines, failed]
 
 
 def _routes(stats: RouteStats) -> list[Family]:

@@ -38,7 +38,9 @@ import json
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import aiohttp
 
@@ -62,6 +64,16 @@ CLIENTS = {"openai": OpenAIBatchApi, "anthropic": AnthropicBatchApi}
 Record = Callable[[float, bool, int, int], None]
 
 
+@dataclass(slots=True)
+class BridgeCounts:
+    """What the bridge did since the router started, for the metrics (router.telemetry.figures)."""
+
+    lane: str
+    batches: Counter[str] = field(default_factory=Counter)  # submitted, ended, refused, dropped
+    lines: Counter[str] = field(default_factory=Counter)  # answered, rerun (at the fallback lane)
+    failed_calls: int = 0  # provider calls that failed and are tried again
+
+
 class ProviderBridge:
     def __init__(
         self, db: Database, *, lane: str, params: BatchApiParams, base_url: str, fallback: str, record: Record,
@@ -69,6 +81,7 @@ class ProviderBridge:
         rng: random.Random | None = None,
     ):  # fmt: skip
         self.store = ProviderStore(db)
+        self.counts = BridgeCounts(lane)
         self.lane = lane
         self.params = params
         self.rule = FileGathering.of(params)
@@ -157,6 +170,7 @@ class ProviderBridge:
                     event(logger, "provider_cancel_failed", logging.WARNING, batch=batch.id, error=str(exc))
                     return  # the next tick tries again
         await self.store.end(batch.id, now, "cancelled" if batch.remote_id else None)
+        self.counts.batches["dropped"] += 1
         event(logger, "provider_batch_dropped", logging.INFO, batch=batch.id, remote=batch.remote_id)
 
     async def _upload(self, batch: ProviderBatch, now: float) -> None:
@@ -181,6 +195,7 @@ class ProviderBridge:
             await self._call_failed(batch, exc, now)
             return
         await self.store.submitted(batch.id, remote, now, now + poll_delay_s(self.params.poll_s, 0, self.rng.random()))
+        self.counts.batches["submitted"] += 1
         event(logger, "provider_batch_submitted", logging.INFO, batch=batch.id, remote=remote, lines=len(lines))
 
     async def _poll(self, batch: ProviderBatch, now: float) -> None:
@@ -199,6 +214,9 @@ class ProviderBridge:
             return
         applied = await self.store.apply(batch, results, self.fallback, now, state.status)
         self._record(batch, results, now)
+        self.counts.batches["ended"] += 1
+        self.counts.lines["answered"] += applied.answered
+        self.counts.lines["rerun"] += applied.rerun
         event(
             logger, "provider_batch_ended", logging.INFO, batch=batch.id, remote=batch.remote_id,
             status=state.status, answered=applied.answered, rerun=applied.rerun,
@@ -211,8 +229,11 @@ class ProviderBridge:
             job_ids = [job.id for job in await self.store.jobs_of(batch.id)]
             await self.store.reroute(job_ids, self.fallback, now, f"the provider refused the batch: {exc}")
             await self.store.end(batch.id, now, "refused")
+            self.counts.batches["refused"] += 1
+            self.counts.lines["rerun"] += len(job_ids)
             event(logger, "provider_batch_refused", logging.WARNING, batch=batch.id, error=str(exc))
             return
+        self.counts.failed_calls += 1
         delay = poll_delay_s(self.params.poll_s, batch.failures + 1, self.rng.random())
         await self.store.failed_call(batch.id, str(exc) or type(exc).__name__, now + delay)
         event(logger, "provider_call_failed", logging.WARNING, batch=batch.id, error=str(exc), retry_in_s=round(delay))

@@ -115,6 +115,11 @@ async def test_an_expired_batchs_unanswered_lines_run_again_on_the_real_time_lan
     rerun = [job for job in jobs if job["response"]["headers"].get("X-Modeshift-Lane") == "realtime"]
     assert len(from_provider) == 4 and len(rerun) == 6 and len(realtime.seen) == 6
     assert all(request.headers["Authorization"] == "Bearer sk-alice-1234" for request in realtime.seen)
+    async with client.get(f"{router.admin_url}/metrics", headers=admin_headers()) as response:
+        metrics = await response.text()
+    assert 'modeshift_provider_batches_total{event="submitted",lane="batch"} 1.0' in metrics
+    assert 'modeshift_provider_lines_total{lane="batch",outcome="answered"} 4.0' in metrics
+    assert 'modeshift_provider_lines_total{lane="batch",outcome="rerun"} 6.0' in metrics
 
 
 async def test_a_job_whose_deadline_nears_runs_on_the_real_time_lane_and_its_empty_batch_is_cancelled(
