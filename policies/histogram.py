@@ -103,6 +103,10 @@ class Histogram:
     def copy(self) -> Histogram:
         return Histogram(self._counts, self._sum)
 
+    def buckets(self) -> dict[int, int]:
+        """The occupied buckets, index -> count (a copy): with `sum`, all it takes to make it again."""
+        return dict(self._counts)
+
     def merge(self, other: Histogram) -> None:
         """Add another histogram's counts into this one (replicas, slots)."""
         counts = self._counts

@@ -203,6 +203,22 @@ class LaneWindow:
         if latency_s is not None:
             totals.latency.record(latency_s)
 
+    def absorb(self, now_s: float, delta: LaneTotals) -> None:
+        """Add what happened elsewhere (another replica's totals since it last said) as if it happened now."""
+        if now_s >= self._next_mark_s:
+            self._mark(now_s)
+        totals = self._totals
+        totals.arrivals += delta.arrivals
+        totals.pinned_arrivals += delta.pinned_arrivals
+        totals.completions += delta.completions
+        totals.errors += delta.errors
+        totals.items += delta.items
+        totals.input_tokens += delta.input_tokens
+        totals.output_tokens += delta.output_tokens
+        totals.cost_usd += delta.cost_usd
+        totals.busy_s += delta.busy_s
+        totals.latency.merge(delta.latency)
+
     @property
     def since_start(self) -> LaneTotals:
         """Counters since the lane was created (a copy)."""

@@ -53,8 +53,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
+from typing import Any
 
 from policies import stream_health as health
+from policies import switching_record
 from policies.actions import (
     Action,
     Command,
@@ -124,6 +126,24 @@ class SwitchingController:
             holding_since_s=self._hold_since_s if self._hold else None,
             cooldown_until_s=self._cooldown_until_s,
         )
+
+    def record(self) -> dict[str, Any]:
+        """This controller's state as plain data (policies.switching_record), for a successor to restore."""
+        return switching_record.record_of(
+            self.state, self.mode, self.weights, self._transition, self._undo, self._hold, self._hold_since_s,
+            self._cooldown_until_s,
+        )  # fmt: skip
+
+    def restore(self, record: dict[str, Any], snapshot: Snapshot) -> None:
+        """Carry on from a record another controller with the same modes made; a transition under way starts
+        its current step's evidence and clock again from `snapshot`."""
+        r = switching_record.read(record)
+        self.state, self.mode, self.weights = r.state, r.mode, r.weights
+        self._transition, self._undo, self._hold = r.transition, r.undo, r.hold
+        self._hold_since_s, self._cooldown_until_s = r.hold_since_s, r.cooldown_until_s
+        self._last_ignored = None
+        if self._transition is not None:
+            self._restart_step_clock(snapshot)
 
     def on_tick(self, snapshot: Snapshot, proposal: Proposal | None) -> list[Action]:
         """Advance the controller to `snapshot.now_s` given the policy's proposal."""
