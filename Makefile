@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,model,telemetry,plots]'
+	$(PY) -m pip install --quiet -e '.[dev,model,telemetry,plots,cluster]'
 	touch $@
 
 test: lint

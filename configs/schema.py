@@ -215,6 +215,28 @@ class JobsConfig(_Section):
     max_file_bytes: ByteSize = Field(200 * 2**20, description="largest batch input file")
 
 
+class ClusterConfig(_Section):
+    """Several replicas with one controller: Redis holds the leader's lease, the weights and what each measured."""
+
+    redis_url: str = Field(description='the Redis that holds the shared state, e.g. "redis://10.0.0.5:6379/0"')
+    name: Name = Field("modeshift", description="replicas with the same name (and Redis) form one cluster")
+    replica: str | None = Field(None, description="this replica's name in the cluster; default: host:pid")
+    lease_ticks: int = Field(
+        3, ge=2, description="the leader's lease, in control ticks: a replica takes over this long after a leader "
+        "stops renewing it",
+    )  # fmt: skip
+    redis_timeout_s: Duration = Field(
+        0.5, alias="redis_timeout", gt=0, description="longest wait for Redis, after which it counts as unreachable"
+    )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, url: str) -> str:
+        if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f'{url!r} is not a Redis URL; expected "redis://host:port/db"')
+        return url
+
+
 class ModeshiftConfig(_Section):
     server: ServerConfig = Field(default_factory=ServerConfig)
     lanes: dict[Name, LaneConfig] = Field(min_length=1)
@@ -229,6 +251,7 @@ class ModeshiftConfig(_Section):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     jobs: JobsConfig = Field(default_factory=JobsConfig)
+    cluster: ClusterConfig | None = Field(None, description="several replicas, one controller; none: a lone router")
 
     @model_validator(mode="after")
     def _cross_checks(self) -> ModeshiftConfig:

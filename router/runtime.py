@@ -17,12 +17,16 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from configs import ConfigError, load_config
 from configs.schema import ModeshiftConfig
 from policies.actions import Action, Command
 from policies.objectives import JOBS
 from router.jobs.api import Jobs
+
+if TYPE_CHECKING:
+    from router.cluster.coordinator import ClusterMember
 from router.logs import event
 from router.state import build_state, carry_over
 from router.telemetry.decisions import DecisionLog
@@ -55,6 +59,12 @@ class Runtime:
             else None
         )
         self.telemetry = telemetry  # built by the server (router.server.runtime_for), which starts it
+        self.cluster: ClusterMember | None = None
+        if config.cluster is not None:
+            # Imported here: redis-py is the `cluster` extra, and a lone router needs none of it.
+            from router.cluster.coordinator import ClusterMember
+
+            self.cluster = ClusterMember(config.cluster, self, wall_clock=time.time)
         self.started_s = clock()
         self.reloads = 0
         self._ticker: asyncio.Task | None = None
@@ -99,6 +109,32 @@ class Runtime:
         actions = self.state.control.command(command, self.now_s())
         self.decisions.record(actions)
         return actions
+
+    async def run_command(self, command: Command) -> list[dict]:
+        """The command carried out, by this router or, in a cluster, by the leader; the records of its actions.
+
+        TimeoutError: in a cluster, no leader answered within a few ticks (nothing was done).
+        """
+        if self.cluster is None:
+            return [action.as_record() for action in self.command(command)]
+        return await self.cluster.command(command)
+
+    async def tick_async(self, now_s: float | None = None) -> list[Action]:
+        """One control tick: the lone router's, or this replica's part of the cluster's."""
+        if self.cluster is None:
+            return self.tick(now_s)
+        now = self.now_s() if now_s is None else now_s
+        actions = await self.cluster.tick(now)
+        self.decisions.record(actions)
+        self.history.record(now, self.state.lanes, self.state.control.weights.as_dict())
+        return actions
+
+    async def reload_everywhere(self) -> dict:
+        """Reload here; in a cluster, then have every other replica reload its own file."""
+        record = self.reload()
+        if self.cluster is not None:
+            await self.cluster.ask_reload()
+        return record
 
     def reload(self, config: ModeshiftConfig | None = None) -> dict:
         """Swap in `config` (default: the config file read again); ConfigError keeps the old one."""
@@ -153,7 +189,7 @@ class Runtime:
             if abs(self.now_s() - due_s) > tick_s / 2:
                 due_s = self.now_s()
             try:
-                self.tick(due_s)
+                await self.tick_async(due_s)
             except Exception:
                 # A bug in a policy must not stop the router: the weights stay
                 # where they are, and the error is in the log.
@@ -163,6 +199,8 @@ class Runtime:
         if self._ticker is not None:
             self._ticker.cancel()
             await asyncio.gather(self._ticker, return_exceptions=True)
+        if self.cluster is not None:
+            await self.cluster.close()
         for lane in self.state.lanes.values():
             await lane.close()
         await asyncio.gather(*self._closing, return_exceptions=True)

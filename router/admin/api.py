@@ -41,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from configs import ConfigError
 from policies import stream_health
-from policies.actions import CommandRejected, Force, Pause, Resume, Rollback
+from policies.actions import Command, CommandRejected, Force, Pause, Resume, Rollback
 from policies.snapshot import Snapshot
 from router.errors import ProxyError, bad_request
 from router.logs import finite
@@ -158,6 +158,7 @@ def status(runtime: Runtime) -> dict:
         "objectives": _objectives(snapshot),
         "decisions": runtime.decisions.recent(RECENT_DECISIONS),
         "config": {"path": str(runtime.config_path) if runtime.config_path else None, "reloads": runtime.reloads},
+        "cluster": runtime.cluster.view() if runtime.cluster is not None else None,
         "uptime_s": now - runtime.started_s,
         "now_s": now,
     }
@@ -167,32 +168,36 @@ async def _status(request: web.Request) -> web.Response:
     return web.json_response(status(request.app[_RUNTIME]), dumps=_dumps)
 
 
-def _answer(runtime: Runtime, actions) -> web.Response:
-    refused = next((a for a in actions if isinstance(a, CommandRejected)), None)
+async def _answer(runtime: Runtime, command: Command) -> web.Response:
+    """What the controller did with `command` (in a cluster, the leader's, wherever it runs); 409 if refused."""
+    try:
+        records = await runtime.run_command(command)
+    except TimeoutError:
+        return _error(503, "no_leader", "no cluster leader answered the command; it was not carried out")
+    refused = next((r for r in records if r.get("kind") == CommandRejected.__name__), None)
     if refused is not None:
-        return _error(409, "command_rejected", refused.reason)
-    return web.json_response({"actions": [a.as_record() for a in actions]}, dumps=_dumps)
+        return _error(409, "command_rejected", refused["reason"])
+    return web.json_response({"actions": records}, dumps=_dumps)
 
 
 async def _mode(request: web.Request) -> web.Response:
     body = await _read(request, _ModeBody)
-    runtime = request.app[_RUNTIME]
-    return _answer(runtime, runtime.command(Force(mode=body.mode, gradual=body.gradual, reason=body.reason)))
+    return await _answer(request.app[_RUNTIME], Force(mode=body.mode, gradual=body.gradual, reason=body.reason))
 
 
 def _simple(command: type) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def handle(request: web.Request) -> web.Response:
         body = await _read(request, _ReasonBody)
-        runtime = request.app[_RUNTIME]
-        return _answer(runtime, runtime.command(command(reason=body.reason)))
+        return await _answer(request.app[_RUNTIME], command(reason=body.reason))
 
     return handle
 
 
 async def _reload(request: web.Request) -> web.Response:
+    """Read the config file again (in a cluster: here now, then every other replica its own, at its next tick)."""
     runtime = request.app[_RUNTIME]
     try:
-        record = runtime.reload()
+        record = await runtime.reload_everywhere()
     except ConfigError as exc:
         return _error(422, "invalid_config", "the new config is invalid; the old one keeps serving", lines=exc.lines)
     return web.json_response(record, dumps=_dumps)
