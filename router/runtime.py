@@ -92,7 +92,8 @@ class Runtime:
         """The router's metric families now, for every exporter (router.telemetry.figures)."""
         bridge = self.jobs.bridge if self.jobs is not None else None
         counts = bridge.counts if bridge is not None else None
-        return collect(self.state, self.route_stats, self.decisions, self.now_s(), counts)
+        cluster = self.cluster.view() if self.cluster is not None else None
+        return collect(self.state, self.route_stats, self.decisions, self.now_s(), counts, cluster)
 
     def tick(self, now_s: float | None = None) -> list[Action]:
         """One control tick at `now_s` (default: the clock's reading now)."""
@@ -197,8 +198,11 @@ class Runtime:
 
     async def close(self) -> None:
         if self._ticker is not None:
-            self._ticker.cancel()
-            await asyncio.gather(self._ticker, return_exceptions=True)
+            # Cancelled until it is done: a library may turn one cancellation into an error it handles
+            # (redis-py does, in the middle of a command), and the ticker must not outlive the router.
+            while not self._ticker.done():
+                self._ticker.cancel()
+                await asyncio.wait([self._ticker], timeout=0.5)
         if self.cluster is not None:
             await self.cluster.close()
         for lane in self.state.lanes.values():

@@ -15,6 +15,7 @@ from hypothesis import settings
 
 from backends.embedder import Embedder
 from backends.model_server import ModelService, build_app
+from tests.servers.redis import RedisServer
 
 # Shared CI machines are slow and noisy: a property may take longer than
 # hypothesis' 200 ms default deadline without anything being wrong.
@@ -58,3 +59,12 @@ async def model_server():
     yield start
     for server in servers:
         await server.close()
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A real redis-server on a free loopback port (tests/servers/redis.py); `.stop()` and `.start()` at will."""
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()

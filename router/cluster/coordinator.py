@@ -100,6 +100,11 @@ class ClusterMember:
         try:
             actions = await self._tick(now_s)
         except UNREACHABLE as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # redis-py turns a cancellation during a command into a connection error: the router is
+                # stopping, and the ticker must stop with it.
+                raise asyncio.CancelledError from exc
             self._lost(exc)
             return []
         if not self.connected:

@@ -22,6 +22,8 @@ always agree and serving requests pays nothing for either.
     modeshift_provider_batches{lane,event}               counter (submitted | ended | refused | dropped)
     modeshift_provider_lines{lane,outcome}               counter (answered | rerun on the fallback lane)
     modeshift_provider_calls_failed{lane}                counter, provider calls tried again later
+    modeshift_cluster_connected{replica}, modeshift_cluster_leader{replica}, modeshift_cluster_epoch
+                                                         in a cluster: Redis reachable, this replica leads
 
 (Prometheus adds `_total` to counters.) Histogram buckets come from the
 router's log-spaced histograms; each bucket count is exact to within their 1%
@@ -73,10 +75,25 @@ class Family:
 
 def collect(
     state: RouterState, route_stats: RouteStats, decisions: DecisionLog, now_s: float,
-    provider: BridgeCounts | None = None,
+    provider: BridgeCounts | None = None, cluster: dict | None = None,
 ) -> list[Family]:  # fmt: skip
     families = [*_routes(route_stats), *_lanes(state, now_s), *_control(state, decisions)]
-    return families + _provider(provider) if provider is not None else families
+    if provider is not None:
+        families += _provider(provider)
+    if cluster is not None:
+        families += _cluster(cluster)
+    return families
+
+
+def _cluster(view: dict) -> list[Family]:
+    """This replica's view of its cluster (router.cluster.coordinator.ClusterMember.view)."""
+    connected = Family("modeshift_cluster_connected", "gauge", "1 while Redis answers this replica.", ("replica",))
+    connected.add((view["replica"],), 1.0 if view["connected"] else 0.0)
+    leader = Family("modeshift_cluster_leader", "gauge", "1 while this replica leads the cluster.", ("replica",))
+    leader.add((view["replica"],), 1.0 if view["leading"] else 0.0)
+    epoch = Family("modeshift_cluster_epoch", "gauge", "The epoch of the cluster's leader as last seen.", ())
+    epoch.add((), float(view["epoch"]))
+    return [connected, leader, epoch]
 
 
 def _provider(counts: BridgeCounts) -> list[Family]:
