@@ -125,8 +125,7 @@ class Runtime:
         if self.cluster is None:
             return self.tick(now_s)
         now = self.now_s() if now_s is None else now_s
-        actions = await self.cluster.tick(now)
-        self.decisions.record(actions)
+        actions = await self.cluster.tick(now)  # logged by the cluster member, with the leader's epoch
         self.history.record(now, self.state.lanes, self.state.control.weights.as_dict())
         return actions
 

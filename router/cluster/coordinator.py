@@ -92,7 +92,8 @@ class ClusterMember:
         return self.runtime.state.config.switching.tick_s
 
     async def tick(self, now_s: float) -> list[Action]:
-        """One control tick; the actions this replica took as the leader (none as a follower)."""
+        """One control tick; the actions this replica took as the leader (none as a follower), in the
+        runtime's decision log already, with the leader, its epoch and the state's seq."""
         state = self.runtime.state
         for lane in state.lanes.values():
             lane.window.queue_depth = lane.waiting
@@ -194,7 +195,9 @@ class ClusterMember:
             {**action.as_record(), "leader": self.replica, "epoch": self.epoch, "seq": self.seq} for action in actions
         ]
         await self.shared.add_decisions(records, self.runtime.state.config.telemetry.decisions_kept)
-        self.decisions_seen = (self.epoch, self.seq)  # this log has them already
+        for record in records:  # this replica's log holds the cluster's decisions, as every follower's does
+            self.runtime.decisions.add(record)
+        self.decisions_seen = (self.epoch, self.seq)
         for command_id, done in answers:
             await self.shared.answer_command(command_id, {"actions": [a.as_record() for a in done]}, keep_s=60)
         self.applied = (self.epoch, self.seq)
