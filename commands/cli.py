@@ -3,6 +3,7 @@
     modeshift validate FILE [FILE ...]   exit 0, or 2 with one line per error
     modeshift schema                     the config's JSON Schema, for editors
     modeshift serve -c FILE              the proxy: data plane and admin API, until SIGTERM
+                    [--workers N]        N processes sharing the listening socket, under a supervisor
     modeshift demo                       the control core on a real trace with a rush
     modeshift backend --mode M --port N  the reference embedding model server
     modeshift simulate --trace T -c FILE --service MODEL [--policy SPEC ...]
@@ -55,9 +56,13 @@ def _schema(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    if args.workers > 1:
+        from router.supervisor import supervise
+
+        return supervise(args.config, args.workers)
     from router.server import serve
 
-    return serve(args.config)
+    return serve(args.config, shared_socket=args.worker)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -117,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the proxy: data plane and admin API")
     serve.add_argument("-c", "--config", required=True, metavar="FILE", help="the YAML config")
+    serve.add_argument(
+        "--workers", type=int, default=1, metavar="N",
+        help="N router processes sharing the listening socket, one cluster (needs `cluster:`), under a supervisor",
+    )  # fmt: skip
+    serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one of the supervisor's workers
     serve.set_defaults(run=_serve)
 
     demo = commands.add_parser("demo", help="replay a real trace with a rush through the default config")

@@ -79,19 +79,22 @@ class RunningRouter:
         data: tuple[str, int] | None = None,
         admin: tuple[str, int] | None = None,
         ticking: bool = True,
+        shared_socket: bool = False,
     ) -> None:
         """Listen on the config's addresses, or the given ones (port 0: any free port).
 
         With `ticking=False` the control loop only moves when `runtime.tick()`
-        is called (tests drive it with a fake clock).
+        is called (tests drive it with a fake clock). `shared_socket`: bind with
+        SO_REUSEPORT, as one of `serve --workers N`'s processes (router.supervisor).
         """
         config = self.runtime.state.config.server
         data = data or split_host_port(config.listen)
         admin = admin or split_host_port(config.admin_listen)
         await self._data.setup()
         await self._admin.setup()
-        data_site = web.TCPSite(self._data, *data, backlog=LISTEN_BACKLOG, reuse_address=True)
-        admin_site = web.TCPSite(self._admin, *admin, reuse_address=True)
+        reuse_port = True if shared_socket else None
+        data_site = web.TCPSite(self._data, *data, backlog=LISTEN_BACKLOG, reuse_address=True, reuse_port=reuse_port)
+        admin_site = web.TCPSite(self._admin, *admin, reuse_address=True, reuse_port=reuse_port)
         await data_site.start()
         await admin_site.start()
         self.data_address = self._data.addresses[0][:2]
@@ -114,7 +117,7 @@ class RunningRouter:
         await self.runtime.close()
 
 
-async def _serve(config: ModeshiftConfig, path: Path) -> int:
+async def _serve(config: ModeshiftConfig, path: Path, shared_socket: bool) -> int:
     try:
         runtime = runtime_for(config, config_path=path)
     except TelemetryUnavailable as exc:
@@ -122,7 +125,7 @@ async def _serve(config: ModeshiftConfig, path: Path) -> int:
         return 2
     router = RunningRouter(runtime)
     try:
-        await router.start()
+        await router.start(shared_socket=shared_socket)
     except OSError as exc:  # the address is taken, or not this host's
         print(f"{path}: cannot listen on {config.server.listen} / {config.server.admin_listen}: {exc}", file=sys.stderr)
         await router.stop()
@@ -156,7 +159,7 @@ async def _serve(config: ModeshiftConfig, path: Path) -> int:
     return 0
 
 
-def serve(path: str | Path) -> int:
+def serve(path: str | Path, *, shared_socket: bool = False) -> int:
     """Run the router for the config at `path`; exit status 0, or 2 for an invalid config."""
     try:
         config = load_config(path)
@@ -168,5 +171,5 @@ def serve(path: str | Path) -> int:
     try:
         import uvloop
     except ImportError:
-        return asyncio.run(_serve(config, Path(path)))
-    return uvloop.run(_serve(config, Path(path)))
+        return asyncio.run(_serve(config, Path(path), shared_socket))
+    return uvloop.run(_serve(config, Path(path), shared_socket))

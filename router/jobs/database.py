@@ -215,6 +215,7 @@ def _connect(path: str) -> sqlite3.Connection:
     db.row_factory = sqlite3.Row
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=FULL")
+    db.execute("PRAGMA busy_timeout=10000")  # `serve --workers N`: the processes take the write lock in turn
     return db
 
 
