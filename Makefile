@@ -26,9 +26,9 @@ demo: $(VENV)/.installed
 	$(PY) -m commands.cli demo
 
 bench: $(VENV)/.installed
-	@command -v wrk >/dev/null && command -v nginx >/dev/null || \
-		{ [ "$$(id -u)" = 0 ] && apt-get install -y -q wrk nginx-light >/dev/null; } || \
-		echo "wrk/nginx not installed: the proxy benchmark runs without them"
+	@command -v wrk >/dev/null && command -v nginx >/dev/null && command -v redis-server >/dev/null || \
+		{ [ "$$(id -u)" = 0 ] && apt-get install -y -q wrk nginx-light redis-server >/dev/null; } || \
+		echo "wrk/nginx/redis-server not installed: the proxy benchmark runs without nginx; cluster.py needs both others"
 	$(PY) bench/core.py
 	$(PY) bench/proxy_overhead.py
 	$(PY) bench/batching.py
@@ -37,6 +37,7 @@ bench: $(VENV)/.installed
 	$(PY) bench/fidelity.py
 	$(PY) bench/overload.py
 	$(PY) bench/slow_clients.py
+	$(PY) bench/cluster.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
