@@ -27,7 +27,10 @@ arrival, tokens, and the cost at the lane's price, its batch discount
 included) through `record`.
 
 Every state is in the job store (router.jobs.provider.store); this loop
-keeps none of its own. What must not live here: HTTP shapes (the clients),
+keeps none of its own. One bridge acts per lane at a time, by a lease in the
+store renewed every second: processes sharing the database (`serve
+--workers N`) would otherwise upload the same file twice; when the holder
+dies, another takes over within LEASE_S. What must not live here: HTTP shapes (the clients),
 SQL (the store).
 """
 
@@ -37,6 +40,7 @@ import asyncio
 import json
 import logging
 import random
+import secrets
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -55,6 +59,7 @@ from router.logs import event
 
 logger = logging.getLogger("modeshift.jobs")
 TICK_S = 0.25  # how often the bridge looks for work when nothing wakes it
+LEASE_S = 5.0  # the lane's bridge lease (one bridge acts per lane), renewed every second while held
 GATHER_LIMIT = 5000  # jobs gathered per tick at most
 CALLS_AT_ONCE = 4  # provider calls in flight at most
 _CARRIED = ("anthropic-", "openai-")  # a job's headers the provider's batch calls carry too (versions, betas)
@@ -96,11 +101,15 @@ class ProviderBridge:
         self._calls = asyncio.Semaphore(CALLS_AT_ONCE)
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._heart: asyncio.Task | None = None
+        self.token = secrets.token_hex(8)  # this bridge, in the lane's lease
+        self.holding = False
 
     def start(self) -> None:
         self._session = aiohttp.ClientSession(timeout=self._timeout)
         self.client = CLIENTS[self.params.api](self._session, self.base_url, self.params.completion_window)
         self._task = asyncio.get_running_loop().create_task(self._forever())
+        self._heart = asyncio.get_running_loop().create_task(self._heartbeat())
 
     def wake(self) -> None:
         self._wake.set()
@@ -108,7 +117,10 @@ class ProviderBridge:
     async def _forever(self) -> None:
         while True:
             try:
-                await self.step(self.clock())
+                if not self.holding:
+                    self.holding = await self.store.hold(self.lane, self.token, self.clock(), LEASE_S)
+                if self.holding:
+                    await self.step(self.clock())
             except Exception:  # the disk or a bug: keep the router serving, try again next tick
                 logger.exception("the provider batch bridge failed a step")
             self._wake.clear()
@@ -117,6 +129,16 @@ class ProviderBridge:
                     await self._wake.wait()
             except TimeoutError:
                 pass
+
+    async def _heartbeat(self) -> None:
+        """Renew the lane's lease every second while this bridge holds it, a long upload included."""
+        while True:
+            await asyncio.sleep(LEASE_S / 5)
+            if self.holding:
+                try:
+                    self.holding = await self.store.hold(self.lane, self.token, self.clock(), LEASE_S)
+                except Exception:  # the disk: the lease may run out, and another bridge take over
+                    logger.exception("renewing the provider bridge's lease failed")
 
     async def step(self, now: float) -> None:
         """One round of the five steps in the module docstring."""
@@ -252,8 +274,9 @@ class ProviderBridge:
         return [*batch.credentials, *carried]
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for task in (self._task, self._heart):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self._session is not None:
             await self._session.close()

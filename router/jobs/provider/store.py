@@ -95,6 +95,26 @@ class ProviderStore:
     def __init__(self, db: Database):
         self.db = db
 
+    async def hold(self, lane: str, token: str, now: float, lease_s: float) -> bool:
+        """Take or renew the lane's bridge lease for `token`; False while another bridge holds it.
+
+        One bridge acts for a lane at a time, however many processes share the database (`serve --workers N`):
+        two would upload the same file. The lease is a row of `meta`, read and written in one transaction.
+        """
+        key = f"provider_bridge:{lane}"
+
+        def hold(db: sqlite3.Connection) -> bool:
+            row = db.execute("SELECT value FROM meta WHERE name = ?", (key,)).fetchone()
+            if row is not None:
+                value = row["value"]
+                holder, _, until = (value.decode() if isinstance(value, bytes) else value).partition(" ")
+                if holder != token and float(until) > now:
+                    return False
+            db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (key, f"{token} {now + lease_s}"))
+            return True
+
+        return await self.db.run(hold)
+
     async def waiting(self, limit: int, now: float) -> list[Job]:
         """Queued jobs for the jobs lane that no provider batch holds yet, oldest first."""
 

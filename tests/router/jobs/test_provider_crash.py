@@ -114,3 +114,52 @@ async def test_the_openai_client_finds_the_file_and_the_batch_it_made_before_a_c
         assert await api.find("pb_1", [("Authorization", "Bearer sk-bob-5678")]) is None  # another key's
     assert provider.uploads == ["pb_1.jsonl", "pb_2.jsonl"]
     assert ALICE["Authorization"] == headers[0][1]
+
+
+async def test_two_processes_bridges_on_one_database_take_turns_and_upload_each_file_once(provider, tmp_path):
+    """`serve --workers 2` shares the job database: one bridge acts per lane, the other takes over when it dies."""
+    from policies.provider_batching import BatchApiParams
+    from router.jobs.database import Database
+    from router.jobs.provider.bridge import LEASE_S, ProviderBridge
+    from router.jobs.store import JobStore, NewJob
+
+    path = tmp_path / "jobs.sqlite3"
+    databases = [Database(path), Database(path)]
+    params = BatchApiParams(api="openai", max_requests=10, max_wait="30s", poll="20ms")
+    bridges = [
+        ProviderBridge(db, lane="batch", params=params, base_url=provider.url, fallback="realtime",
+                       record=lambda *_: None)
+        for db in databases
+    ]  # fmt: skip
+    store = JobStore(databases[0])
+    provider.hold = True
+    try:
+        for bridge in bridges:
+            bridge.start()
+        credentials = [("authorization", "Bearer sk-alice-1234")]
+        jobs = [
+            (await store.submit(NewJob("POST", "/v1/chat/completions", [], chat(i), "alice", credentials), 1.0))[0]
+            for i in range(30)
+        ]
+        await until(lambda: len(provider.created) == 3)
+        await asyncio.sleep(0.5)  # a few more ticks of both
+        assert sorted(provider.uploads) == sorted(set(provider.uploads)) and len(provider.uploads) == 3
+        holder = next(b for b in bridges if b.holding)
+        assert [b.holding for b in bridges].count(True) == 1
+        await holder.close()  # the worker that held the lease dies
+        provider.hold = False
+        await until(lambda: provider.batches[provider.created[-1]].status == "completed", timeout_s=LEASE_S + 10)
+
+        async def all_done() -> bool:
+            states = [(await store.get(job.id, "alice")).state for job in jobs]
+            return states == ["succeeded"] * len(jobs)
+
+        async with asyncio.timeout(10):
+            while not await all_done():
+                await asyncio.sleep(0.05)
+        assert len(provider.uploads) == 3 and len(provider.created) == 3
+    finally:
+        for bridge in bridges:
+            await bridge.close()
+        for db in databases:
+            await db.close()
