@@ -64,7 +64,10 @@ class Runtime:
             # Imported here: redis-py is the `cluster` extra, and a lone router needs none of it.
             from router.cluster.coordinator import ClusterMember
 
-            self.cluster = ClusterMember(config.cluster, self, wall_clock=time.time)
+            self.cluster = ClusterMember(
+                config.cluster, state=lambda: self.state, decisions=self.decisions, reload=self.reload,
+                wall_clock=time.time,
+            )  # fmt: skip
         self.started_s = clock()
         self.reloads = 0
         self._ticker: asyncio.Task | None = None

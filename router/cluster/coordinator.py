@@ -51,7 +51,8 @@ from router.cluster.shared import SharedState
 from router.logs import event
 
 if TYPE_CHECKING:
-    from router.runtime import Runtime
+    from router.state import RouterState
+    from router.telemetry.decisions import DecisionLog
 
 logger = logging.getLogger("modeshift.cluster")
 UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -65,9 +66,14 @@ def default_replica_name() -> str:
 
 
 class ClusterMember:
-    def __init__(self, config: ClusterConfig, runtime: Runtime, wall_clock: Callable[[], float]):
+    def __init__(
+        self, config: ClusterConfig, *, state: Callable[[], RouterState], decisions: DecisionLog,
+        reload: Callable[[], object], wall_clock: Callable[[], float],
+    ):  # fmt: skip
         self.config = config
-        self.runtime = runtime
+        self.state_now = state  # the router's state as it is now (a reload replaces it)
+        self.decisions = decisions  # the router's decision log: the cluster's decisions go in it
+        self.reload = reload  # reload the config file (raises ConfigError, the old config serving on)
         self.wall_clock = wall_clock  # for publication times only; control time comes in as now_s
         self.replica = config.replica or default_replica_name()
         self.shared = SharedState(config.redis_url, config.name, timeout_s=config.redis_timeout_s)
@@ -89,12 +95,12 @@ class ClusterMember:
         return self.epoch > 0
 
     def tick_s(self) -> float:
-        return self.runtime.state.config.switching.tick_s
+        return self.state_now().config.switching.tick_s
 
     async def tick(self, now_s: float) -> list[Action]:
         """One control tick; the actions this replica took as the leader (none as a follower), in the
-        runtime's decision log already, with the leader, its epoch and the state's seq."""
-        state = self.runtime.state
+        router's decision log already, with the leader, its epoch and the state's seq."""
+        state = self.state_now()
         for lane in state.lanes.values():
             lane.window.queue_depth = lane.waiting
         state.control.last_snapshot = state.control.snapshot(now_s)  # the data plane's own view (admission)
@@ -127,7 +133,7 @@ class ClusterMember:
         self._loop = self._merge = None
 
     async def _tick(self, now_s: float) -> list[Action]:
-        shared, state = self.shared, self.runtime.state
+        shared, state = self.shared, self.state_now()
         await shared.publish(self.replica, self.wall_clock(), published(state.control.monitor))
         await self._follow_reloads()
         lease_ms = int(self.config.lease_ticks * self.tick_s() * 1000)
@@ -149,7 +155,7 @@ class ClusterMember:
         self._build_loop(now_s)
         stored = await self.shared.read_state()
         if stored is not None:
-            self.runtime.state.control.controller.restore(stored["controller"], self._loop.snapshot(now_s))
+            self.state_now().control.controller.restore(stored["controller"], self._loop.snapshot(now_s))
             self.seq = int(stored["seq"])
         event(logger, "cluster_leader", logging.INFO, replica=self.replica, epoch=epoch,
               resumed=stored is not None)  # fmt: skip
@@ -157,14 +163,14 @@ class ClusterMember:
     def _build_loop(self, now_s: float) -> None:
         """The leader's cluster loop: a monitor of the whole cluster's figures, the replica's own policy and
         controller (the data plane draws from that controller's weights)."""
-        state = self.runtime.state
+        state = self.state_now()
         fresh = build_control_loop(state.config, now_s=now_s, rng=random.Random(state.config.server.seed))
         self._loop = ControlLoop(fresh.monitor, state.control.policy, state.control.controller)
         self._merge = ClusterMerge(fresh.monitor)
         self._built_for = state.config
 
     async def _lead(self, now_s: float, publications: dict[str, dict[str, Any]]) -> list[Action]:
-        if self._built_for is not self.runtime.state.config:  # a reload: new lanes, costs or controller
+        if self._built_for is not self.state_now().config:  # a reload: new lanes, costs or controller
             self._build_loop(now_s)
         loop, merge = self._loop, self._merge
         live, stale = {}, []
@@ -194,9 +200,9 @@ class ClusterMember:
         records = [
             {**action.as_record(), "leader": self.replica, "epoch": self.epoch, "seq": self.seq} for action in actions
         ]
-        await self.shared.add_decisions(records, self.runtime.state.config.telemetry.decisions_kept)
+        await self.shared.add_decisions(records, self.state_now().config.telemetry.decisions_kept)
         for record in records:  # this replica's log holds the cluster's decisions, as every follower's does
-            self.runtime.decisions.add(record)
+            self.decisions.add(record)
         self.decisions_seen = (self.epoch, self.seq)
         for command_id, done in answers:
             await self.shared.answer_command(command_id, {"actions": [a.as_record() for a in done]}, keep_s=60)
@@ -213,20 +219,20 @@ class ClusterMember:
     async def _follow(self, now_s: float) -> None:
         stored = await self.shared.read_state()
         if stored is not None and (int(stored["epoch"]), int(stored["seq"])) > self.applied:
-            control = self.runtime.state.control
+            control = self.state_now().control
             control.controller.restore(stored["controller"], control.last_snapshot or control.snapshot(now_s))
             self.applied = (int(stored["epoch"]), int(stored["seq"]))
-        for record in await self.shared.decisions(self.runtime.state.config.telemetry.decisions_kept):
+        for record in await self.shared.decisions(self.state_now().config.telemetry.decisions_kept):
             key = (int(record.get("epoch", 0)), int(record.get("seq", 0)))
             if key > self.decisions_seen:
-                self.runtime.decisions.add(record)
+                self.decisions.add(record)
                 self.decisions_seen = key
 
     async def _follow_reloads(self) -> None:
         reloads = await self.shared.reloads()
         if self.reloads_seen is not None and reloads > self.reloads_seen:
             try:
-                self.runtime.reload()
+                self.reload()
             except Exception as exc:  # the old config keeps serving, as for a local reload
                 event(logger, "cluster_reload_failed", logging.WARNING, replica=self.replica, error=str(exc))
         self.reloads_seen = reloads
