@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import random
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from policies.replicas import ClusterMerge, published
 from policies.switching import SwitchingController
 from tests.policies.helpers import MODES, feed, make_monitor, quick_params
@@ -71,3 +74,29 @@ def test_a_controller_restored_from_a_record_carries_a_transition_on_from_its_st
     rollback = SwitchingController(MODES, "realtime", quick_params())
     rollback.restore(wire(s.controller.record()), s.snapshot())
     assert rollback.view().cooldown_until_s == s.controller.view().cooldown_until_s
+
+
+@settings(max_examples=50)
+@given(st.lists(st.tuples(st.integers(0, 2), st.floats(0.0005, 30.0), st.booleans(), st.integers(0, 3)), max_size=60))
+def test_however_requests_fall_over_replicas_and_ticks_the_leader_sees_what_one_router_would(requests):
+    """Any split of any requests over three replicas, published at any ticks, adds up to one monitor's figures."""
+    replicas, everything, cluster = [make_monitor() for _ in range(3)], make_monitor(), make_monitor()
+    merge = ClusterMerge(cluster)
+    for r, monitor in enumerate(replicas):
+        merge.absorb(f"r{r}", wire(published(monitor)), 0.0)
+    now = 0.0
+    for replica, latency, ok, publish_after in requests:
+        now += 0.01
+        for monitor in (replicas[replica], everything):
+            monitor.lanes["realtime"].arrived(now)
+            monitor.lanes["realtime"].completed(now, latency, ok=ok)
+            monitor.served(now, "pinned", "realtime", latency, ok)
+        if publish_after == 0:  # this replica publishes now; the others publish later, or at the end
+            merge.absorb(f"r{replica}", wire(published(replicas[replica])), now)
+    now += 0.01
+    for r, monitor in enumerate(replicas):
+        merge.absorb(f"r{r}", wire(published(monitor)), now)
+    assert cluster.lanes["realtime"].since_start == everything.lanes["realtime"].since_start
+    assert (
+        cluster.outcomes[("pinned", "realtime")].since_start == everything.outcomes[("pinned", "realtime")].since_start
+    )
