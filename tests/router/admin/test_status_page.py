@@ -72,3 +72,25 @@ async def test_a_wrong_token_asks_for_the_token_again(upstream, start_router, pa
     await page.fill("#token", TOKEN)
     await page.click("#login button")
     await expect(page.locator(".weight[data-lane=realtime]")).to_have_text("100%")
+
+
+async def test_a_cluster_replica_says_who_leads_and_when_redis_is_gone(redis_server, upstream, page, monkeypatch):
+    from router.server import RunningRouter, runtime_for
+    from tests.router.cluster.test_cluster import cluster_config
+    from tests.router.helpers import FakeClock
+
+    monkeypatch.setenv("MODESHIFT_TEST_TOKEN", TOKEN)
+    server = await upstream()
+    runtime = runtime_for(cluster_config(redis_server.url, "web-1", server.url, server.url), clock=FakeClock())
+    router = RunningRouter(runtime)
+    await router.start(data=("127.0.0.1", 0), admin=("127.0.0.1", 0), ticking=False)
+    try:
+        await runtime.tick_async()
+        host, port = router.admin_address
+        await page.goto(f"http://{host}:{port}/#token={TOKEN}")
+        await expect(page.locator("#cluster")).to_have_text("replica web-1 of test, 1 in all · leader web-1 (epoch 1)")
+        redis_server.stop()
+        await runtime.tick_async()
+        await expect(page.locator("#cluster")).to_have_text("replica web-1 of test · Redis unreachable: weights held")
+    finally:
+        await router.stop()
