@@ -182,7 +182,11 @@ async def _answer(runtime: Runtime, command: Command) -> web.Response:
 
 async def _mode(request: web.Request) -> web.Response:
     body = await _read(request, _ModeBody)
-    return await _answer(request.app[_RUNTIME], Force(mode=body.mode, gradual=body.gradual, reason=body.reason))
+    runtime = request.app[_RUNTIME]
+    modes = runtime.state.config.modes
+    if body.mode not in modes:  # a bad request, not a refusal: nothing about the controller's state says no
+        raise bad_request(f"mode {body.mode!r} is not one of the config's modes: {', '.join(sorted(modes))}")
+    return await _answer(runtime, Force(mode=body.mode, gradual=body.gradual, reason=body.reason))
 
 
 def _simple(command: type) -> Callable[[web.Request], Awaitable[web.Response]]:

@@ -318,7 +318,12 @@ class Jobs:
             if job.state not in FINAL:
                 return web.json_response(view(job), status=202, headers={"Retry-After": "1"})
             if job.status_code is None:
-                raise ProxyError(409, "no_result", f"job {job_id} is {job.state} without an answer: {job.error}")
+                why = (
+                    f": {job.error}"
+                    if job.error
+                    else (" (cancelled before it ran)" if job.state == "cancelled" else "")
+                )
+                raise ProxyError(409, "no_result", f"job {job_id} is {job.state} without an answer{why}")
             return web.Response(
                 status=job.status_code, body=job.response_body, headers=CIMultiDict(job.response_headers)
             )

@@ -69,8 +69,11 @@ async def test_status_and_commands(upstream, start_router, client):
     assert status["decisions"][-2]["reason"] == "operator changed their mind"
 
     async with client.post(f"{admin}/mode", json={"mode": "warp"}, headers=h) as response:
-        assert response.status == 409
-        assert "unknown mode" in (await response.json())["error"]["message"]
+        assert response.status == 400  # a bad request: no state of the controller would take it
+        assert (
+            "'warp' is not one of the config's modes: batch, hybrid, realtime"
+            in (await response.json())["error"]["message"]
+        )
     async with client.post(f"{admin}/mode", json={"mode": "batch", "speed": 3}, headers=h) as response:
         assert response.status == 400
         assert "speed" in (await response.json())["error"]["message"]

@@ -140,6 +140,10 @@ async def test_only_a_queued_job_can_be_cancelled(upstream, start_router, client
     assert (await wait_done(client, router, locations[0]))["status"] == "succeeded"
     assert (await wait_done(client, router, locations[1]))["status"] == "cancelled"
     assert len(server.seen) == 1
+    async with client.get(f"{router.url}{locations[1]}/result") as response:
+        assert response.status == 409
+        message = (await response.json())["error"]["message"]
+    assert message.endswith("is cancelled without an answer (cancelled before it ran)") and "None" not in message
 
 
 async def test_unknown_jobs_are_404_and_no_database_is_made_until_a_job_arrives(
