@@ -135,7 +135,8 @@ def status(runtime: Runtime) -> dict:
     for name, lane in state.lanes.items():
         lanes[name].update(weight=view.weights[name], **lane.describe(now))
     return {
-        "mode": view.mode,
+        "mode": view.mode,  # None while a transition is under way: `heading_to` says where it goes
+        "heading_to": t.to_mode if t is not None else None,
         "state": view.state,
         "weights": view.weights.as_dict(),
         "transition": None

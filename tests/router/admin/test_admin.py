@@ -34,7 +34,7 @@ async def test_status_and_commands(upstream, start_router, client):
         pass
     async with client.get(f"{admin}/status", headers=h) as response:
         status = await response.json()
-    assert status["mode"] == "realtime" and status["state"] == "steady"
+    assert status["mode"] == "realtime" and status["state"] == "steady" and status["heading_to"] is None
     assert status["weights"] == {"realtime": 1.0, "batch": 0.0}
     assert status["lanes"]["realtime"]["arrivals"] == 1
     assert status["lanes"]["batch"]["p95_s"] is None  # no data is null, never 0
@@ -53,6 +53,9 @@ async def test_status_and_commands(upstream, start_router, client):
     async with client.post(f"{admin}/mode", json={"mode": "batch", "gradual": True}, headers=h) as response:
         assert response.status == 200
         assert [a["kind"] for a in (await response.json())["actions"]] == ["TransitionStarted", "SetWeights"]
+    async with client.get(f"{admin}/status", headers=h) as response:
+        moving = await response.json()
+    assert moving["mode"] is None and moving["heading_to"] == "batch"  # between modes, and says which way
     async with client.post(f"{admin}/pause", headers=h) as response:
         assert response.status == 200
     async with client.post(f"{admin}/pause", headers=h) as response:
