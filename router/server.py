@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 import time
@@ -142,6 +143,7 @@ async def _serve(config: ModeshiftConfig, path: Path, shared_socket: bool) -> in
     loop.add_signal_handler(signal.SIGHUP, reload)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
+    watchdog = loop.create_task(_stop_when_orphaned(stop)) if shared_socket else None
     # Logged once the signal handlers are in place: a supervisor that sends
     # SIGHUP as soon as it reads this line must not kill the process.
     event(
@@ -153,10 +155,22 @@ async def _serve(config: ModeshiftConfig, path: Path, shared_socket: bool) -> in
         mode=runtime.state.control.controller.mode,
     )
     await stop.wait()
+    if watchdog is not None:
+        watchdog.cancel()
     event(logger, "stopping", in_flight=sum(lane.gate.in_flight for lane in runtime.state.lanes.values()))
     await router.stop()
     event(logger, "stopped")
     return 0
+
+
+async def _stop_when_orphaned(stop: asyncio.Event) -> None:
+    """A worker of `serve --workers N` stops (draining) when its supervisor is gone, even killed with SIGKILL:
+    nobody would stop or restart it any more, and it would hold the port."""
+    parent = os.getppid()
+    while os.getppid() == parent:
+        await asyncio.sleep(1.0)
+    event(logger, "supervisor_gone", logging.WARNING, supervisor=parent)
+    stop.set()
 
 
 def serve(path: str | Path, *, shared_socket: bool = False) -> int:

@@ -14,6 +14,9 @@ The supervisor starts the workers and then only watches:
   supervisor exits once all have (0 when each stopped cleanly);
 - SIGHUP goes to every worker: each reloads its config file.
 
+A worker whose supervisor is gone (killed outright) drains and stops by
+itself within a second (router.server), so no orphan keeps the port.
+
 It serves nothing itself and imports no aiohttp server code.
 """
 

@@ -46,7 +46,7 @@ async def test_two_workers_share_the_port_one_cluster_and_a_killed_one_is_starte
     config.write_text(yaml.safe_dump(raw))
     supervisor = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "commands.cli", "serve", "-c", str(config), "--workers", "2",
-        stderr=asyncio.subprocess.PIPE, env={**os.environ, "MODESHIFT_TEST_TOKEN": TOKEN},
+        stderr=asyncio.subprocess.PIPE, env={**os.environ, "MODESHIFT_TEST_TOKEN": TOKEN}, start_new_session=True,
     )  # fmt: skip
     seen: list[dict] = []
     reader = asyncio.ensure_future(events(supervisor.stderr, seen))
@@ -57,7 +57,8 @@ async def test_two_workers_share_the_port_one_cluster_and_a_killed_one_is_starte
         replicas = set()
         connector = aiohttp.TCPConnector(force_close=True)  # a new connection each time: the kernel spreads them
         async with aiohttp.ClientSession(connector=connector) as client:
-            for _ in range(40):
+            deadline = asyncio.get_running_loop().time() + 15
+            while asyncio.get_running_loop().time() < deadline:  # until both answered, and a leader is known
                 async with client.get(f"http://127.0.0.1:{port}/x") as response:
                     assert response.status == 200
                 headers = {"Authorization": f"Bearer {TOKEN}"}
@@ -79,8 +80,9 @@ async def test_two_workers_share_the_port_one_cluster_and_a_killed_one_is_starte
         assert sum(e.get("event") == "stopped" for e in seen) == 2  # each worker drained and stopped
     finally:
         if supervisor.returncode is None:
-            supervisor.kill()
+            os.killpg(supervisor.pid, signal.SIGKILL)  # the supervisor and its workers, whatever failed
             await supervisor.wait()
+        reader.cancel()
         await asyncio.gather(reader, return_exceptions=True)
 
 
@@ -95,3 +97,37 @@ async def test_several_workers_without_a_cluster_are_refused_with_the_reason(tmp
     _, stderr = await process.communicate()
     assert process.returncode == 2
     assert "--workers 3 needs a `cluster:` section" in stderr.decode()
+
+
+async def test_workers_stop_by_themselves_when_their_supervisor_is_killed(redis_server, upstream, tmp_path):
+    server = await upstream()
+    port, admin_port = free_port(), free_port()
+    raw = two_lane_raw(
+        [server.url],
+        [server.url],
+        server={"listen": f"127.0.0.1:{port}", "admin_listen": f"127.0.0.1:{admin_port}"},
+        cluster={"redis_url": redis_server.url, "name": "orphans"},
+    )
+    config = tmp_path / "modeshift.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    supervisor = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "commands.cli", "serve", "-c", str(config), "--workers", "2",
+        stderr=asyncio.subprocess.PIPE, env={**os.environ, "MODESHIFT_TEST_TOKEN": TOKEN}, start_new_session=True,
+    )  # fmt: skip
+    seen: list[dict] = []
+    reader = asyncio.ensure_future(events(supervisor.stderr, seen))
+    try:
+        await until(lambda: sum(e.get("event") == "listening" for e in seen) == 2)
+        supervisor.send_signal(signal.SIGKILL)
+        await supervisor.wait()
+        async with asyncio.timeout(20):
+            await reader  # the workers hold the pipe until they exit: its end means both stopped
+        assert sum(e.get("event") == "supervisor_gone" for e in seen) == 2
+        assert sum(e.get("event") == "stopped" for e in seen) == 2
+    finally:
+        try:
+            os.killpg(supervisor.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
