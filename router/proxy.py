@@ -383,7 +383,7 @@ def _asked(
 ) -> tuple[str | None, str | None, float | None]:
     """What the request's own headers ask for: (a lane pin, a traffic class, a deadline in seconds); 400 if wrong."""
     return (
-        requested_lane(headers.get(MODE_HEADER), [name for name, lane in state.lanes.items() if lane.live]),
+        requested_lane(headers.get(MODE_HEADER), state.live_lanes),
         requested_class(headers.get(PRIORITY_HEADER), state.control.monitor.objectives),
         deadline_s(headers.get(DEADLINE_HEADER)),
     )
@@ -396,5 +396,5 @@ def _candidates(state: RouterState, lane: Lane, now: float) -> list[str]:
 
 def _failover_lane(state: RouterState, visited: list[str]) -> Lane | None:
     """The next lane to try (policies.lane_choice.failover_lane), if any is left."""
-    name = failover_lane(state.control.weights, [name for name, lane in state.lanes.items() if lane.live], visited)
+    name = failover_lane(state.control.weights, state.live_lanes, visited)
     return state.lanes[name] if name is not None else None

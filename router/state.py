@@ -26,6 +26,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from configs.assembly import build_control_loop, mode_weights
 from configs.schema import ModeshiftConfig
@@ -44,6 +45,11 @@ class RouterState:
     control: ControlLoop
     draw: random.Random
     retries: RetryBudget = field(default_factory=RetryBudget)
+
+    @cached_property
+    def live_lanes(self) -> tuple[str, ...]:
+        """The lanes that take live requests (all but provider batch lanes), in config order; made once per state."""
+        return tuple(name for name, lane in self.lanes.items() if lane.live)
 
 
 @dataclass(frozen=True, slots=True)
