@@ -30,16 +30,14 @@ async def until(condition, timeout_s: float = 20.0) -> None:
             await asyncio.sleep(0.05)
 
 
-async def test_two_workers_share_the_port_one_cluster_and_a_killed_one_is_started_again(
-    redis_server, upstream, tmp_path
-):
-    server = await upstream()
+async def two_workers(redis_url: str, upstream_url: str, tmp_path, name: str):
+    """`serve --workers 2` in its own process group: (supervisor, its log events as they come, their reader, ports)."""
     port, admin_port = free_port(), free_port()
     raw = two_lane_raw(
-        [server.url],
-        [server.url],
+        [upstream_url],
+        [upstream_url],
         server={"listen": f"127.0.0.1:{port}", "admin_listen": f"127.0.0.1:{admin_port}"},
-        cluster={"redis_url": redis_server.url, "name": "workers", "lease_ticks": 2},
+        cluster={"redis_url": redis_url, "name": name, "lease_ticks": 2},
         switching={"tick": "200ms"},
     )
     config = tmp_path / "modeshift.yaml"
@@ -50,6 +48,14 @@ async def test_two_workers_share_the_port_one_cluster_and_a_killed_one_is_starte
     )  # fmt: skip
     seen: list[dict] = []
     reader = asyncio.ensure_future(events(supervisor.stderr, seen))
+    return supervisor, seen, reader, port, admin_port
+
+
+async def test_two_workers_share_the_port_one_cluster_and_a_killed_one_is_started_again(
+    redis_server, upstream, tmp_path
+):
+    server = await upstream()
+    supervisor, seen, reader, port, admin_port = await two_workers(redis_server.url, server.url, tmp_path, "workers")
     try:
         await until(lambda: sum(e.get("event") == "listening" for e in seen) == 2)
         started = [e for e in seen if e.get("event") == "worker_started"]
@@ -101,21 +107,7 @@ async def test_several_workers_without_a_cluster_are_refused_with_the_reason(tmp
 
 async def test_workers_stop_by_themselves_when_their_supervisor_is_killed(redis_server, upstream, tmp_path):
     server = await upstream()
-    port, admin_port = free_port(), free_port()
-    raw = two_lane_raw(
-        [server.url],
-        [server.url],
-        server={"listen": f"127.0.0.1:{port}", "admin_listen": f"127.0.0.1:{admin_port}"},
-        cluster={"redis_url": redis_server.url, "name": "orphans"},
-    )
-    config = tmp_path / "modeshift.yaml"
-    config.write_text(yaml.safe_dump(raw))
-    supervisor = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "commands.cli", "serve", "-c", str(config), "--workers", "2",
-        stderr=asyncio.subprocess.PIPE, env={**os.environ, "MODESHIFT_TEST_TOKEN": TOKEN}, start_new_session=True,
-    )  # fmt: skip
-    seen: list[dict] = []
-    reader = asyncio.ensure_future(events(supervisor.stderr, seen))
+    supervisor, seen, reader, _, _ = await two_workers(redis_server.url, server.url, tmp_path, "orphans")
     try:
         await until(lambda: sum(e.get("event") == "listening" for e in seen) == 2)
         supervisor.send_signal(signal.SIGKILL)

@@ -55,6 +55,13 @@ async def submit(client, router, body: bytes, path: str = CHAT, headers=ALICE) -
         return response.headers["Location"]
 
 
+async def until_made(provider, timeout_s: float = 5.0) -> None:
+    """Until the stand-in has a batch made at it."""
+    async with asyncio.timeout(timeout_s):
+        while not provider.created:
+            await asyncio.sleep(0.02)
+
+
 async def outcome(client, router, location: str, timeout_s: float = 20.0, headers=ALICE) -> dict:
     async with asyncio.timeout(timeout_s):
         while True:
@@ -130,9 +137,7 @@ async def test_a_job_whose_deadline_nears_runs_on_the_real_time_lane_and_its_emp
     router = await start_router(provider_config(realtime.url, provider.url, tmp_path, deadline_margin="2s"))
     soon = {**ALICE, "X-Modeshift-Deadline-Ms": "3000"}
     location = await submit(client, router, chat(0), headers=soon)
-    async with asyncio.timeout(5):
-        while not provider.created:  # gathered and uploaded first: the deadline is not near yet
-            await asyncio.sleep(0.02)
+    await until_made(provider)  # gathered and uploaded first: the deadline is not near yet
     job = await outcome(client, router, location)
     assert job["status"] == "succeeded" and job["response"]["headers"]["X-Modeshift-Lane"] == "realtime"
     async with asyncio.timeout(5):
@@ -148,9 +153,7 @@ async def test_cancelling_every_job_of_a_provider_batch_cancels_the_batch(
     provider.hold = True
     router = await start_router(provider_config(realtime.url, provider.url, tmp_path, **one_file(3)))
     locations = [await submit(client, router, chat(i)) for i in range(3)]
-    async with asyncio.timeout(5):
-        while not provider.created:
-            await asyncio.sleep(0.02)
+    await until_made(provider)
     for n, location in enumerate(locations):
         async with client.delete(f"{router.url}{location}", headers=ALICE) as response:
             assert response.status == 200 and (await response.json())["status"] == "cancelled"
@@ -237,10 +240,40 @@ async def test_a_batch_the_provider_no_longer_knows_gives_its_jobs_to_the_real_t
     provider.hold = True
     router = await start_router(provider_config(realtime.url, provider.url, tmp_path, **one_file(2)))
     locations = [await submit(client, router, chat(i)) for i in range(2)]
-    async with asyncio.timeout(5):
-        while not provider.created:
-            await asyncio.sleep(0.02)
+    await until_made(provider)
     provider.batches.clear()  # the provider lost it: every poll is a 404 now
     jobs = [await outcome(client, router, location) for location in locations]
     assert [job["response"]["headers"]["X-Modeshift-Lane"] for job in jobs] == ["realtime", "realtime"]
     assert len(realtime.seen) == 2
+
+
+async def test_two_tenants_jobs_go_in_batches_of_their_own_under_their_own_keys(
+    upstream, provider, start_router, client, tmp_path
+):
+    realtime = await upstream()
+    router = await start_router(provider_config(realtime.url, provider.url, tmp_path, **one_file(2)))
+    bob = {"Authorization": "Bearer sk-bob-5678", "Prefer": "respond-async"}
+    alice_jobs = [await submit(client, router, chat(i)) for i in range(2)]
+    bob_jobs = [await submit(client, router, chat(i, "bob"), headers=bob) for i in range(2)]
+    done = [await outcome(client, router, location) for location in alice_jobs]
+    done += [await outcome(client, router, location, headers=bob) for location in bob_jobs]
+    assert [job["response"]["body"]["key_tail"] for job in done] == ["1234", "1234", "5678", "5678"]
+    assert sorted(batch.credential for batch in provider.batches.values()) == [
+        "Bearer sk-alice-1234",
+        "Bearer sk-bob-5678",
+    ]  # one batch each, made and billed under its own key
+    async with client.get(f"{router.url}{alice_jobs[0]}", headers=bob) as response:
+        assert response.status == 404 and (await response.json())["error"]["type"] == "job_not_found"
+
+
+async def test_a_live_request_pinned_to_a_provider_batch_lane_is_a_400_in_the_routers_shape(
+    upstream, provider, start_router, client, tmp_path
+):
+    realtime = await upstream()
+    router = await start_router(provider_config(realtime.url, provider.url, tmp_path))
+    headers = {"Authorization": "Bearer sk-alice-1234", "X-Modeshift-Mode": "batch"}
+    async with client.post(f"{router.url}{CHAT}", data=chat(0), headers=headers) as response:
+        assert response.status == 400
+        error = (await response.json())["error"]
+    assert "'batch' is not a lane; use one of realtime or auto" in error["message"] and error["request_id"]
+    assert not provider.chat_tiers and not realtime.seen  # nothing was sent anywhere
