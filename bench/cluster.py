@@ -18,9 +18,17 @@ ticks): the time from a forced mode on one replica's admin API to the mode
 in force on all three, and, after a SIGKILL of the leader, the time until
 another replica leads.
 
+Last, the shared job store: one process taking `Prefer: respond-async`
+jobs from wrk (64 connections) for --seconds, each acknowledged only once
+stored, with `jobs.database` a SQLite file and then a real PostgreSQL
+(tests/servers/postgres.py, fsync on: a commit is on the disk); the runner
+works them off on the same process meanwhile. It prints jobs accepted per
+second for each, and the ratio.
+
 Targets: CPU per request with the cluster on within 10% of a lone process; a
 forced mode in force everywhere within one tick; failover within 2 lease
-periods. Output also goes to bench/out/cluster.txt.
+periods; jobs accepted/s on Postgres at least half of SQLite's. Output also
+goes to bench/out/cluster.txt.
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ OUT = HERE / "out"
 PY = sys.executable
 sys.path.insert(0, str(ROOT))
 
+from tests.servers.postgres import PostgresServer  # noqa: E402
 from tests.servers.redis import RedisServer  # noqa: E402
 
 TOKEN = "bench-cluster"
@@ -110,6 +119,41 @@ def throughput(work: Path, upstream: str, redis_url: str, seconds: float) -> dic
     return figures
 
 
+SUBMIT = """
+wrk.method = "POST"
+wrk.body = '{"model": "bench", "input": "a job to keep"}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Prefer"] = "respond-async"
+wrk.headers["Authorization"] = "Bearer sk-bench"
+"""
+
+
+def intake(work: Path, upstream: str, seconds: float) -> dict[str, float]:
+    """Jobs accepted per second by one process, on a SQLite file and on Postgres."""
+    proxy_cpu, load_cpu = cpus()
+    env = {**os.environ, "MODESHIFT_BENCH_TOKEN": TOKEN}
+    script = work / "submit.lua"
+    script.write_text(SUBMIT)
+    postgres = PostgresServer(fsync=True)
+    postgres.start()
+    figures = {}
+    try:
+        for store in ("sqlite", "postgres"):
+            port, admin_port = free_port(), free_port()
+            raw = config(upstream, port, admin_port, None)
+            database = str(work / f"jobs-{os.urandom(4).hex()}.sqlite3") if store == "sqlite" else None
+            raw["jobs"] = {"database": database or postgres.new_database(), "lane": "batch"}
+            path = work / f"intake-{store}.yaml"
+            path.write_text(yaml.safe_dump(raw))
+            with process([*proxy_cpu, PY, "-m", "commands.cli", "serve", "-c", str(path)], port, env=env, cwd=ROOT):
+                time.sleep(1.0)
+                wrk(f"http://127.0.0.1:{port}/v1/embeddings", 1.0, load_cpu, None, script)  # warm: the store opens
+                figures[store] = wrk(f"http://127.0.0.1:{port}/v1/embeddings", seconds, load_cpu, None, script)[0]
+    finally:
+        postgres.remove()
+    return figures
+
+
 def agreement(work: Path, upstream: str, redis_url: str) -> tuple[float, float]:
     """(seconds from a forced mode on one replica to that mode on all three, seconds from killing the leader
     to another replica leading)."""
@@ -170,6 +214,7 @@ def main() -> int:
                 upstream = f"http://127.0.0.1:{upstream_port}"
                 rounds = [throughput(Path(work), upstream, redis.url, args.seconds) for _ in range(args.rounds)]
                 agreements = [agreement(Path(work), upstream, redis.url) for _ in range(args.rounds)]
+                intakes = [intake(Path(work), upstream, args.seconds) for _ in range(args.rounds)]
         finally:
             redis.stop()
     lines = [
@@ -188,6 +233,11 @@ def main() -> int:
         f" ({in_force / TICK_S:.2f} ticks of {TICK_S * 1000:.0f} ms)",
         f"failover, SIGKILL of the leader to a new leader: at most {failover * 1000:.0f} ms"
         f" ({failover / lease_s:.2f} lease periods of {lease_s * 1000:.0f} ms)",
+    ]
+    sqlite, postgres = (statistics.median(r[store] for r in intakes) for store in ("sqlite", "postgres"))
+    lines += [
+        f"jobs accepted (202, durably stored), one process: SQLite {sqlite:,.0f} jobs/s, Postgres {postgres:,.0f}"
+        f" jobs/s ({postgres / sqlite:.2f}x SQLite)",
     ]
     print("\n".join(lines))
     OUT.mkdir(exist_ok=True)

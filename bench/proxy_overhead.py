@@ -123,11 +123,14 @@ def group_cpu_s(pgid: int) -> float:
     return total / tick
 
 
-def wrk(url: str, seconds: float, prefix: list[str], pgid: int | None) -> tuple[float, float]:
-    """(requests per second, CPU microseconds the target spent per request)."""
+def wrk(
+    url: str, seconds: float, prefix: list[str], pgid: int | None, script: Path | None = None
+) -> tuple[float, float]:
+    """(requests per second, CPU microseconds the target spent per request); `script`: wrk's Lua request."""
     cpu_before = group_cpu_s(pgid) if pgid else 0.0
+    scripted = ["-s", str(script)] if script is not None else []
     out = subprocess.run(
-        [*prefix, "wrk", "-t1", "-c64", f"-d{seconds:g}s", url], capture_output=True, text=True, check=True
+        [*prefix, "wrk", "-t1", "-c64", f"-d{seconds:g}s", *scripted, url], capture_output=True, text=True, check=True
     ).stdout
     cpu_s = group_cpu_s(pgid) - cpu_before if pgid else float("nan")
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)

@@ -198,7 +198,13 @@ class TelemetryConfig(_Section):
 class JobsConfig(_Section):
     enabled: bool = True
     database: str = Field(
-        "modeshift-jobs.sqlite3", description="SQLite file of the durable job store, made when the first job arrives"
+        "modeshift-jobs.sqlite3",
+        description="the durable job store: a SQLite file, made when the first job arrives, or a postgresql:// URL"
+        " that several replicas share",
+    )
+    files: str | None = Field(
+        None,
+        description="a directory for the contents of /v1/files; default: beside a SQLite file, in a Postgres database",
     )
     lane: Name | None = Field(None, description='the lane jobs run on; default: the lane named "batch", else the first')
     schedule: Literal["asap", "idle"] = Field(

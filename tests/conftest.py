@@ -15,6 +15,7 @@ from hypothesis import settings
 
 from backends.embedder import Embedder
 from backends.model_server import ModelService, build_app
+from tests.servers.postgres import PostgresServer
 from tests.servers.redis import RedisServer
 
 # Shared CI machines are slow and noisy: a property may take longer than
@@ -68,3 +69,20 @@ def redis_server(tmp_path):
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One real PostgreSQL for the session (tests/servers/postgres.py); each test makes its own database in it."""
+    server = PostgresServer()
+    server.start()
+    yield server
+    server.remove()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def job_database(request, tmp_path) -> str:
+    """`jobs.database` for a test both stores must pass: a SQLite file, then a fresh Postgres database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "jobs.sqlite3")
+    return request.getfixturevalue("postgres_server").new_database()

@@ -32,7 +32,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 from aiohttp import web
@@ -55,7 +55,7 @@ from router.headers import (
 )
 from router.jobs.batch_store import BatchStore
 from router.jobs.batches import SWEEP_S, OpenAIBatches
-from router.jobs.database import EVERY_OWNER, Database
+from router.jobs.database import EVERY_OWNER, Database, StoreUnavailable, is_postgres, open_database
 from router.jobs.provider.bridge import ProviderBridge
 from router.jobs.runner import Answer, JobRunner, share_of
 from router.jobs.store import FINAL, IdempotencyConflict, Job, JobStore, NewJob
@@ -82,6 +82,7 @@ RecordLine = Callable[[str, float, bool, int, int], None]
 PROVIDER_CALL_TIMEOUT_S = 300.0  # one call to a provider's batch API (an upload of a large file included)
 _NOT_KEPT = HOP_BY_HOP | {"content-length"}  # of an answer: the framing is made again when it is served
 _MAX_KEY = 255
+REOPEN_S = 2  # between tries to open a job database that was out of reach
 logger = logging.getLogger("modeshift.jobs")
 
 
@@ -124,6 +125,8 @@ class Jobs:
         self._run: RunJob | None = None
         self._storing: dict[tuple[str, str], _KeyInUse] = {}
         self._sweeper: asyncio.Task | None = None
+        self._opening = asyncio.Lock()
+        self._reopener: asyncio.Task | None = None
         self.batches = (
             OpenAIBatches(
                 self._open_batches, clock, max_file_bytes=config.jobs.max_file_bytes,
@@ -137,39 +140,57 @@ class Jobs:
         """Take the data plane's entry for jobs; resume the jobs of an earlier run, if its database exists."""
         self._run = run
         if self._stored_yet():
-            self._open()
+            try:
+                await self._open()
+            except StoreUnavailable as exc:  # Postgres is down: the router serves, and the jobs wait for it
+                logger.warning("the job store is out of reach (%s); trying again until it answers", exc)
+                self._reopener = asyncio.get_running_loop().create_task(self._open_when_reachable())
+
+    async def _open_when_reachable(self) -> None:
+        while self.store is None:
+            await asyncio.sleep(REOPEN_S)
+            with contextlib.suppress(StoreUnavailable):
+                await self._open()
 
     def _stored_yet(self) -> bool:
-        """Whether any job was ever stored: the store is open, or its file exists (no file is made to answer 404)."""
-        return self.store is not None or Path(self.config.database).exists()
+        """Whether any job was ever stored: the store is open, its file exists (no file is made to answer 404),
+        or it is a shared Postgres database (other replicas may have stored jobs this one must run)."""
+        database = self.config.database
+        return self.store is not None or is_postgres(database) or Path(database).exists()
 
-    def _open_batches(self) -> BatchStore:
-        self._open()
+    async def _open_batches(self) -> BatchStore:
+        await self._open()
         return self.batch_store
 
-    def _open(self) -> JobStore:
-        if self.store is None:
-            self.database = Database(self.config.database)
-            self.store = JobStore(self.database)
-            self.batch_store = BatchStore(self.database)
-            self.runner = JobRunner(
-                self.store,
-                self.config,
-                self._send,
-                slots=lambda: share_of(self.lane_of().config, self.config.max_share),
-                cost_of=self._cost_of,
-                lane_queued=lambda: self.lane_of().gate.waiting,
-                lease_s=self.config.lease_s,
-                clock=self.clock,
-                rerouted_only=self.lane_config.batch_api is not None,
-            )
-            self.runner.start()
-            if self.lane_config.batch_api is not None:
-                self.bridge = self._bridge(self.database)
-                self.bridge.start()
-            if self.batches is not None:
-                self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
+    async def _open(self) -> JobStore:
+        async with self._opening:
+            if self.store is None:
+                self._open_with(await open_database(self.config.database, self.config.files))
         return self.store
+
+    def _open_with(self, database: Database) -> None:
+        """Start the runner (and the bridge, the sweeper) on the opened database."""
+        self.database = database
+        self.store = JobStore(self.database)
+        self.batch_store = BatchStore(self.database)
+        self.runner = JobRunner(
+            self.store,
+            self.config,
+            self._send,
+            slots=lambda: share_of(self.lane_of().config, self.config.max_share),
+            cost_of=self._cost_of,
+            lane_queued=lambda: self.lane_of().gate.waiting,
+            lease_s=self.config.lease_s,
+            clock=self.clock,
+            rerouted_only=self.lane_config.batch_api is not None,
+        )
+        self.runner.start()
+        if self.lane_config.batch_api is not None:
+            self.bridge = self._bridge(self.database)
+            self.bridge.start()
+        if self.batches is not None:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
+        database.on_jobs_ready(self._wake)  # another replica stored or gave back jobs
 
     def lane_of(self) -> Lane:
         """The lane the runner's jobs run on, as it is now."""
@@ -201,11 +222,12 @@ class Jobs:
             except Exception:
                 logger.exception("sweeping batches failed")
 
-    async def handle_openai(self, request: web.BaseRequest) -> web.Response:
+    async def handle_openai(self, request: web.BaseRequest) -> web.StreamResponse:
         """/v1/files and /v1/batches, for the caller's own; a new batch's lines run with the caller's credentials."""
-        self._open()
-        owner = self.database.owners.of(request.headers)
-        response = await self.batches.handle(request, owner, credentials_of(request.headers))
+        with store_reachable():
+            await self._open()
+            owner = self.database.owners.of(request.headers)
+            response = await self.batches.handle(request, owner, credentials_of(request.headers))
         self._wake()
         return response
 
@@ -243,7 +265,8 @@ class Jobs:
         key = request.headers.get(IDEMPOTENCY_HEADER)
         if key is not None and not 0 < len(key) <= _MAX_KEY:
             raise bad_request(f"{IDEMPOTENCY_HEADER} must be 1 to {_MAX_KEY} characters, got {len(key)}")
-        store = self._open()
+        with store_reachable():
+            store = await self._open()
         owner = self.database.owners.of(request.headers)
         headers = [(k, v) for k, v in end_to_end(request.headers).items() if k.lower() not in _NOT_STORED]
         within_s = deadline_s(request.headers.get(DEADLINE_HEADER))
@@ -252,11 +275,12 @@ class Jobs:
             deadline_at=self.clock() + within_s if within_s is not None else None,
         )  # fmt: skip
         try:
-            if key is None:
-                stored, new = await store.submit(job, self.clock())
-            else:
-                async with self._one_at_a_time((owner, key)):
+            with store_reachable():
+                if key is None:
                     stored, new = await store.submit(job, self.clock())
+                else:
+                    async with self._one_at_a_time((owner, key)):
+                        stored, new = await store.submit(job, self.clock())
         except IdempotencyConflict:
             raise ProxyError(
                 422,
@@ -291,6 +315,10 @@ class Jobs:
 
     async def handle(self, request: web.BaseRequest) -> web.Response:
         """GET or DELETE /v1/jobs/{id}, GET /v1/jobs/{id}/result, for the job's owner only."""
+        with store_reachable():
+            return await self._handle(request)
+
+    async def _handle(self, request: web.BaseRequest) -> web.Response:
         rest = request.rel_url.path[len(JOBS_PREFIX) :]
         job_id, _, tail = rest.partition("/")
         if tail not in ("", "result") or (tail == "result" and request.method != "GET"):
@@ -301,7 +329,7 @@ class Jobs:
             raise ProxyError(405, "method_not_allowed", "jobs take GET (status, result) and DELETE (cancel)")
         if not self._stored_yet():
             raise job_not_found(job_id)
-        store = self._open()
+        store = await self._open()
         owner = self.database.owners.of(request.headers)
         if request.method == "DELETE":
             job = await store.cancel(job_id, owner, self.clock())
@@ -331,26 +359,33 @@ class Jobs:
 
     async def handle_admin(self, request: web.BaseRequest) -> web.StreamResponse:
         """The admin API's read-only view of every job, file and batch, whoever owns it (GET only)."""
+        with store_reachable():
+            return await self._handle_admin(request)
+
+    async def _handle_admin(self, request: web.BaseRequest) -> web.StreamResponse:
         path = request.rel_url.path
         if not self._stored_yet():
             raise ProxyError(404, "not_found", "no job has been stored yet")
         if path == PROVIDER_BATCHES:
-            self._open()
+            await self._open()
             if self.bridge is None:
                 raise ProxyError(404, "not_found", f"the jobs lane {self.lane_name!r} is not a provider batch lane")
             return web.json_response({"object": "list", "data": [b.view() for b in await self.bridge.store.batches()]})
         if path.startswith(JOBS_PREFIX):
             job_id = path[len(JOBS_PREFIX) :]
-            job = await self._open().get(job_id, EVERY_OWNER)
+            job = await (await self._open()).get(job_id, EVERY_OWNER)
             if job is None:
                 raise job_not_found(job_id)
             return web.json_response({**view(job), "owner": job.owner})
         if self.batches is None:
             raise ProxyError(404, "not_found", "the Files and Batches API is off (jobs.openai_api)")
-        self._open()
+        await self._open()
         return await self.batches.handle(request, EVERY_OWNER, [])
 
     async def close(self) -> None:
+        if self._reopener is not None:
+            self._reopener.cancel()
+            await asyncio.gather(self._reopener, return_exceptions=True)
         if self._sweeper is not None:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
@@ -360,6 +395,18 @@ class Jobs:
             await self.runner.close()
         if self.database is not None:
             await self.database.close()
+
+
+@contextlib.contextmanager
+def store_reachable() -> Iterator[None]:
+    """The job database out of reach (Postgres down) is the router's 503, at once, with nothing stored."""
+    try:
+        yield
+    except StoreUnavailable as exc:
+        raise ProxyError(
+            503, "job_store_unavailable", f"{exc}; nothing was stored: send it again shortly",
+            headers={"Retry-After": str(REOPEN_S)},
+        ) from None  # fmt: skip
 
 
 class _KeyInUse:

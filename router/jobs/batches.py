@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import BodyPartReader, MultipartReader, web
@@ -59,8 +59,8 @@ def not_found(kind: str, ident: str) -> ProxyError:
 
 class OpenAIBatches:
     def __init__(
-        self, store: Callable[[], BatchStore], clock: Callable[[], float], *, max_file_bytes: int, max_body_bytes: int,
-        receive_timeout_s: float,
+        self, store: Callable[[], Awaitable[BatchStore]], clock: Callable[[], float], *, max_file_bytes: int,
+        max_body_bytes: int, receive_timeout_s: float,
     ):  # fmt: skip
         self.store = store  # opens the job store on first use
         self.clock = clock
@@ -85,7 +85,7 @@ class OpenAIBatches:
             if len(rest) == 1 and method in ("GET", "DELETE"):
                 return _json(await self._file(rest[0], owner, delete=method == "DELETE"))
             if rest[1:] == ["content"] and method == "GET":
-                return await self._content(rest[0], owner)
+                return await self._content(request, rest[0], owner)
         else:
             if not rest and method == "POST" and owner is not EVERY_OWNER:
                 return _json(await self._create(request, owner, credentials))
@@ -102,7 +102,7 @@ class OpenAIBatches:
     async def _upload(self, request: web.BaseRequest, owner: str) -> dict:
         if not request.content_type.startswith("multipart/"):
             raise bad_request("upload a file as multipart/form-data with the fields 'file' and 'purpose'")
-        store = self.store()
+        store = await self.store()
         files = store.files
         file_id = f"file-{secrets.token_hex(12)}"
         purpose, filename, size = None, None, None
@@ -127,13 +127,13 @@ class OpenAIBatches:
         except TooLarge:
             raise file_too_large(self.max_file_bytes) from None
         except (ValueError, HttpProcessingError) as exc:  # a malformed body: boundaries, part headers
-            files.remove(file_id)
+            await files.remove(file_id)
             raise bad_request(f"the multipart body could not be read: {exc}") from None
         except BaseException:
-            files.remove(file_id)
+            await asyncio.shield(files.remove(file_id))
             raise
         if size is None or purpose is None or purpose != "batch":
-            files.remove(file_id)
+            await files.remove(file_id)
             if size is None or purpose is None:
                 raise bad_request("a file upload needs the multipart fields 'file' and 'purpose'")
             raise bad_request(f"purpose must be 'batch' (the only kind of file this router keeps), got {purpose!r}")
@@ -141,29 +141,43 @@ class OpenAIBatches:
         return _file_object(await store.put_file(record), owner)
 
     async def _file(self, file_id: str, owner: Owner, *, delete: bool) -> dict:
-        store = self.store()
+        store = await self.store()
         if delete:
             if not await store.delete_file(file_id, owner):
                 raise not_found("file", file_id)
-            await asyncio.to_thread(store.files.remove, file_id)
+            await store.files.remove(file_id)
             return {"id": file_id, "object": "file", "deleted": True}
         found = await store.file(file_id, owner)
         if found is None:
             raise not_found("file", file_id)
         return _file_object(found, owner)
 
-    async def _content(self, file_id: str, owner: Owner) -> web.StreamResponse:
-        store = self.store()
-        if await store.file(file_id, owner) is None:
+    async def _content(self, request: web.BaseRequest, file_id: str, owner: Owner) -> web.StreamResponse:
+        """The file's bytes, streamed as they are read (a directory's file or the database's chunks)."""
+        store = await self.store()
+        found = await store.file(file_id, owner)
+        if found is None:
             raise not_found("file", file_id)
-        return web.FileResponse(store.files.path_of(file_id), headers={"Content-Type": "application/jsonl"})
+        chunks = store.files.chunks(file_id)
+        try:
+            first = await anext(chunks, b"")
+        except FileNotFoundError:  # deleted since
+            raise not_found("file", file_id) from None
+        response = web.StreamResponse(headers={"Content-Type": "application/jsonl"})
+        response.content_length = found.bytes
+        await response.prepare(request)
+        await response.write(first)
+        async for chunk in chunks:
+            await response.write(chunk)
+        await response.write_eof()
+        return response
 
     async def _list(self, kind: str, request: web.BaseRequest, owner: Owner) -> dict:
         try:
             limit = min(max(int(request.query.get("limit", "20")), 1), 100)
         except ValueError:
             raise bad_request("limit must be a whole number from 1 to 100") from None
-        store = self.store()
+        store = await self.store()
         if kind == "files":
             data = [_file_object(found, owner) for found in await store.files_of(owner, limit)]
         else:
@@ -185,12 +199,13 @@ class OpenAIBatches:
             raise bad_request(f"endpoint must be one of {', '.join(ENDPOINTS)}, got {endpoint!r}")
         if window not in WINDOWS:
             raise bad_request(f"completion_window must be one of {', '.join(WINDOWS)}, got {window!r}")
-        store = self.store()
+        store = await self.store()
         input_file_id = str(asked.get("input_file_id"))
         if await store.file(input_file_id, owner) is None:  # nobody runs lines from another tenant's file
             raise not_found("file", input_file_id)
         try:
-            lines, problems = await asyncio.to_thread(lambda: _read_lines(store.files.read(input_file_id), endpoint))
+            content = await store.files.read(input_file_id)
+            lines, problems = await asyncio.to_thread(_read_lines, content, endpoint)
         except FileNotFoundError:  # deleted since
             raise not_found("file", input_file_id) from None
         now = self.clock()
@@ -209,14 +224,14 @@ class OpenAIBatches:
         return _batch_object(created, owner)
 
     async def _batch(self, batch_id: str, owner: Owner) -> dict:
-        found = await self.store().batch(batch_id, owner)
+        found = await (await self.store()).batch(batch_id, owner)
         if found is None:
             raise not_found("batch", batch_id)
         return _batch_object(found, owner)
 
     async def _cancel(self, batch_id: str, owner: Owner) -> dict:
         try:
-            found = await self.store().cancel_batch(batch_id, owner, self.clock())
+            found = await (await self.store()).cancel_batch(batch_id, owner, self.clock())
         except NotCancellable as exc:
             raise ProxyError(409, "batch_not_cancellable", f"batch {batch_id} is {exc.status}") from None
         if found is None:
@@ -225,7 +240,7 @@ class OpenAIBatches:
 
     async def sweep(self) -> None:
         """Expire batches past their window; finish those with no line left to run."""
-        await self.store().sweep(self.clock(), _render)
+        await (await self.store()).sweep(self.clock(), _render)
 
 
 _MAX_FIELD_BYTES = 64 * 2**10  # a form field other than the file (purpose)

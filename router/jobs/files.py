@@ -1,4 +1,4 @@
-"""The contents of /v1/files on disk: one file per id, streamed in under a size limit.
+"""The contents of /v1/files in a directory: one file per id, streamed in under a size limit.
 
 A batch input file may be 200 MB (OpenAI's limit), too large to hold in
 memory or to write through the job store's single writer thread, so the
@@ -8,7 +8,11 @@ renamed to its id only when it is whole and within the limit; a refused or
 broken upload leaves nothing behind. The directory is 0700 and every file
 0600: they hold other tenants' requests.
 
-What must not live here: records and owners (router.jobs.store), HTTP
+The directory is the default beside a SQLite database and may be named for
+Postgres too (`jobs.files`: a volume every replica mounts); otherwise
+Postgres keeps contents in its own rows (router.jobs.database_files).
+
+What must not live here: records and owners (router.jobs.batch_store), HTTP
 (router.jobs.batches).
 """
 
@@ -21,7 +25,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 # Bytes gathered in memory before one write to the disk (a thread hop each).
-_FLUSH_BYTES = 1 << 20
+CHUNK_BYTES = 1 << 20
 
 
 class TooLarge(Exception):
@@ -66,7 +70,7 @@ class FileDirectory:
                 if size > limit:
                     raise TooLarge(limit)
                 pending += chunk
-                if len(pending) >= _FLUSH_BYTES:
+                if len(pending) >= CHUNK_BYTES:
                     await asyncio.to_thread(handle.write, bytes(pending))
                     pending.clear()
             await asyncio.to_thread(_finish, handle, bytes(pending), temporary, self.path_of(file_id))
@@ -76,17 +80,29 @@ class FileDirectory:
             raise
         return size
 
-    def write(self, file_id: str, content: bytes) -> None:
+    async def write(self, file_id: str, content: bytes) -> None:
         """Store `content` as `file_id` at once (files the router makes itself: batch output)."""
+        await asyncio.to_thread(self.write_now, file_id, content)
+
+    def write_now(self, file_id: str, content: bytes) -> None:
+        """`write`, on this thread (a schema migration moving old contents here)."""
         self._ensure()
         temporary = self.path / f".write-{secrets.token_hex(8)}"
         _finish(_open_private(temporary), content, temporary, self.path_of(file_id))
 
-    def read(self, file_id: str) -> bytes:
-        return self.path_of(file_id).read_bytes()
+    async def read(self, file_id: str) -> bytes:
+        return await asyncio.to_thread(self.path_of(file_id).read_bytes)
 
-    def remove(self, file_id: str) -> None:
-        self.path_of(file_id).unlink(missing_ok=True)
+    async def chunks(self, file_id: str) -> AsyncIterator[bytes]:
+        handle = await asyncio.to_thread(self.path_of(file_id).open, "rb")
+        try:
+            while chunk := await asyncio.to_thread(handle.read, CHUNK_BYTES):
+                yield chunk
+        finally:
+            handle.close()
+
+    async def remove(self, file_id: str) -> None:
+        await asyncio.to_thread(self.path_of(file_id).unlink, missing_ok=True)
 
 
 def _open_private(path: Path):

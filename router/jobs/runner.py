@@ -46,6 +46,7 @@ from collections.abc import Awaitable, Callable
 from typing import NamedTuple
 
 from configs.schema import JobsConfig, LaneConfig
+from router.jobs.database import StoreUnavailable
 from router.jobs.store import Job, JobStore
 from router.logs import event
 
@@ -98,6 +99,7 @@ class JobRunner:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._heart: asyncio.Task | None = None
+        self._said_unavailable = -math.inf
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -134,6 +136,9 @@ class JobRunner:
                     if wanted > 0
                     else []
                 )
+            except StoreUnavailable as exc:  # Postgres is down: say so once a second at most, try again shortly
+                self._unavailable(exc)
+                jobs = []
             except Exception:  # the disk: keep the router serving, try again shortly
                 logger.exception("claiming jobs failed")
                 jobs = []
@@ -145,6 +150,12 @@ class JobRunner:
                         await self._wake.wait()
                 except TimeoutError:
                     pass
+
+    def _unavailable(self, exc: StoreUnavailable) -> None:
+        now = time.monotonic()
+        if now - self._said_unavailable >= 1.0:
+            self._said_unavailable = now
+            event(logger, "job_store_unavailable", logging.WARNING, error=str(exc))
 
     def _start(self, jobs: list[Job]) -> int:
         """Start the claimed jobs that fit the share; give the others back. How many started."""
@@ -227,7 +238,10 @@ class JobRunner:
             task.cancel()
         await asyncio.gather(*(task for _, task in held), return_exceptions=True)
         if held:
-            await self.store.release([job for job, _ in held])
+            try:
+                await self.store.release([job for job, _ in held])
+            except Exception as exc:  # the database is gone: their leases run out and they run again
+                event(logger, "jobs_not_given_back", logging.WARNING, jobs=len(held), error=str(exc))
 
 
 def share_of(lane: LaneConfig, share: float) -> float:

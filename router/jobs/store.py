@@ -25,7 +25,7 @@ Times are wall-clock seconds passed in by the caller (leases must survive a
 restart); nothing here reads a clock.
 
 What must not live here: HTTP (router.jobs.api), running jobs (router.jobs.runner),
-the connection and the schema (router.jobs.database).
+the database and its engines (router.jobs.database).
 """
 
 from __future__ import annotations
@@ -33,10 +33,9 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-import sqlite3
 from dataclasses import dataclass
 
-from router.jobs.database import FINAL, Database, Owner, owned_by
+from router.jobs.database import FINAL, Database, Owner, Row, Tx, owned_by
 
 __all__ = ["FINAL", "IdempotencyConflict", "Job", "JobStore", "NewJob"]
 
@@ -92,9 +91,9 @@ JOB_COLUMNS = (
 )
 
 
-def job_from_row(row: sqlite3.Row) -> Job:
+def job_from_row(row: Row) -> Job:
     """A row, read by column name, with its JSON columns decoded."""
-    fields = {name: row[name] for name in row.keys() if name in _JOB_FIELDS}
+    fields = {name: value for name, value in row.items() if name in _JOB_FIELDS}
     fields["headers"] = _pairs(fields["headers"])
     fields["response_headers"] = _pairs(fields["response_headers"])
     fields["credentials"] = _pairs(fields["credentials"]) or []
@@ -116,43 +115,44 @@ class JobStore:
         """Store `job`; (the job, True) when new, (the earlier job, False) for its owner's repeated idempotency key."""
         payload_hash = job.payload_hash()
 
-        def insert(db: sqlite3.Connection) -> tuple[Job, bool]:
+        async def insert(tx: Tx) -> tuple[Job, bool]:
             if job.idempotency_key is not None:
-                row = db.execute(
+                row = await tx.one(
                     f"SELECT {JOB_COLUMNS}, payload_hash FROM jobs WHERE owner = ? AND idempotency_key = ?",
                     (job.owner, job.idempotency_key),
-                ).fetchone()
+                )
                 if row is not None:
                     if row["payload_hash"] != payload_hash:
                         raise IdempotencyConflict(job.idempotency_key)
                     return job_from_row(row), False
-            job_id = f"job_{secrets.token_hex(12)}"
-            db.execute(
+            row = await tx.one(
                 "INSERT INTO jobs (id, created_at, state, method, target, headers, body, idempotency_key, payload_hash,"
-                " owner, credentials, deadline_at) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (job_id, now, job.method, job.target, json.dumps(job.headers), job.body, job.idempotency_key,
-                 payload_hash, job.owner, json.dumps(job.credentials), job.deadline_at),
+                " owner, credentials, deadline_at) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                f" RETURNING {JOB_COLUMNS}",
+                (f"job_{secrets.token_hex(12)}", now, job.method, job.target, json.dumps(job.headers), job.body,
+                 job.idempotency_key, payload_hash, job.owner, json.dumps(job.credentials), job.deadline_at),
             )  # fmt: skip
-            return _get(db, job_id, job.owner), True
+            tx.jobs_ready()
+            return job_from_row(row), True
 
         return await self.db.run(insert)
 
     async def get(self, job_id: str, owner: Owner) -> Job | None:
         """The job, when `owner` may see it; None otherwise, as for a job that does not exist."""
-        return await self.db.run(lambda db: _get(db, job_id, owner))
+        return await self.db.run(lambda tx: _get(tx, job_id, owner))
 
     async def cancel(self, job_id: str, owner: Owner, now: float) -> Job | None:
         """Cancel a job that has not started (queued, or waiting in a provider batch); the job as it is
         afterwards (unchanged when it had started), or None."""
         mine, mine_args = owned_by(owner)
 
-        def cancel(db: sqlite3.Connection) -> Job | None:
-            db.execute(
+        async def cancel(tx: Tx) -> Job | None:
+            await tx.execute(
                 f"UPDATE jobs SET state = 'cancelled', finished_at = ?, credentials = NULL WHERE id = ?"
                 f" AND state IN ('queued', 'submitted') AND {mine}",
                 (now, job_id, *mine_args),
             )
-            return _get(db, job_id, owner)
+            return await _get(tx, job_id, owner)
 
         return await self.db.run(cancel)
 
@@ -165,14 +165,14 @@ class JobStore:
         token = secrets.token_hex(8)
         rerouted = " AND lane IS NOT NULL" if rerouted_only else ""
 
-        def claim(db: sqlite3.Connection) -> list[Job]:
-            rows = db.execute(
+        async def claim(tx: Tx) -> list[Job]:
+            rows = await tx.all(
                 "UPDATE jobs SET state = 'running', lease_token = ?, lease_until = ?, claims = claims + 1"
                 f" WHERE id IN (SELECT id FROM jobs WHERE ((state = 'queued' AND not_before <= ?)"
-                f" OR (state = 'running' AND lease_until < ?)){rerouted} ORDER BY created_at LIMIT ?)"
+                f" OR (state = 'running' AND lease_until < ?)){rerouted} ORDER BY created_at LIMIT ?{tx.skip_locked})"
                 f" RETURNING {JOB_COLUMNS}",
                 (token, now + lease_s, now, now, limit),
-            ).fetchall()
+            )
             return sorted((job_from_row(row) for row in rows), key=lambda j: j.created_at)
 
         return await self.db.run(claim) if limit > 0 else []
@@ -184,15 +184,15 @@ class JobStore:
         """Store the job's one outcome; False when the lease was lost (another worker has the job now)."""
         assert state in ("succeeded", "failed")
 
-        def finish(db: sqlite3.Connection) -> bool:
-            cursor = db.execute(
+        async def finish(tx: Tx) -> bool:
+            changed = await tx.execute(
                 "UPDATE jobs SET state = ?, status_code = ?, response_headers = ?, response_body = ?, error = ?,"
                 " finished_at = ?, attempts = attempts + 1, lease_token = NULL, lease_until = NULL, credentials = NULL"
                 " WHERE id = ? AND state = 'running' AND lease_token = ?",
                 (state, status_code, json.dumps(headers) if headers is not None else None, body, error, now,
                  job.id, job.lease_token),
             )  # fmt: skip
-            return cursor.rowcount == 1
+            return changed == 1
 
         return await self.db.run(finish)
 
@@ -203,27 +203,26 @@ class JobStore:
         own back-pressure): the job waits without using up an attempt.
         """
 
-        def retry(db: sqlite3.Connection) -> bool:
-            cursor = db.execute(
+        async def retry(tx: Tx) -> bool:
+            changed = await tx.execute(
                 "UPDATE jobs SET state = 'queued', attempts = attempts + ?, not_before = ?, error = ?,"
                 " lease_token = NULL, lease_until = NULL WHERE id = ? AND state = 'running' AND lease_token = ?",
                 (int(counted), not_before, error, job.id, job.lease_token),
             )
-            return cursor.rowcount == 1
+            return changed == 1
 
         return await self.db.run(retry)
 
     async def renew(self, jobs: list[Job], until: float) -> set[str]:
         """Extend the leases of running jobs to `until` (a heartbeat); the ids whose lease was still theirs."""
 
-        def renew(db: sqlite3.Connection) -> set[str]:
+        async def renew(tx: Tx) -> set[str]:
             kept = set()
             for job in jobs:
-                cursor = db.execute(
+                if await tx.execute(
                     "UPDATE jobs SET lease_until = ? WHERE id = ? AND state = 'running' AND lease_token = ?",
                     (until, job.id, job.lease_token),
-                )
-                if cursor.rowcount == 1:
+                ):
                     kept.add(job.id)
             return kept
 
@@ -232,17 +231,18 @@ class JobStore:
     async def release(self, jobs: list[Job]) -> None:
         """Give jobs back to the queue at once (a clean shutdown), keeping their attempts."""
 
-        def release(db: sqlite3.Connection) -> None:
-            db.executemany(
+        async def release(tx: Tx) -> None:
+            await tx.many(
                 "UPDATE jobs SET state = 'queued', lease_token = NULL, lease_until = NULL"
                 " WHERE id = ? AND state = 'running' AND lease_token = ?",
                 [(job.id, job.lease_token) for job in jobs],
             )
+            tx.jobs_ready()
 
         await self.db.run(release)
 
 
-def _get(db: sqlite3.Connection, job_id: str, owner: Owner) -> Job | None:
+async def _get(tx: Tx, job_id: str, owner: Owner) -> Job | None:
     mine, mine_args = owned_by(owner)
-    row = db.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ? AND {mine}", (job_id, *mine_args)).fetchone()
+    row = await tx.one(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ? AND {mine}", (job_id, *mine_args))
     return job_from_row(row) if row is not None else None

@@ -26,11 +26,10 @@ from __future__ import annotations
 
 import json
 import secrets
-import sqlite3
 from dataclasses import dataclass
 
 from policies.provider_batching import FileGathering
-from router.jobs.database import Database
+from router.jobs.database import Database, Row, Tx
 from router.jobs.provider.wire import LineResult
 from router.jobs.store import JOB_COLUMNS, Job, job_from_row
 
@@ -85,8 +84,8 @@ class Applied:
     rerun: int
 
 
-def _batch(row: sqlite3.Row) -> ProviderBatch:
-    fields = {name: row[name] for name in row.keys()}
+def _batch(row: Row) -> ProviderBatch:
+    fields = dict(row)
     fields["credentials"] = [tuple(pair) for pair in json.loads(fields["credentials"] or "[]")]
     return ProviderBatch(**fields)
 
@@ -98,32 +97,31 @@ class ProviderStore:
     async def hold(self, lane: str, token: str, now: float, lease_s: float) -> bool:
         """Take or renew the lane's bridge lease for `token`; False while another bridge holds it.
 
-        One bridge acts for a lane at a time, however many processes share the database (`serve --workers N`):
-        two would upload the same file. The lease is a row of `meta`, read and written in one transaction.
+        One bridge acts for a lane at a time, however many processes share the database (`serve --workers N`,
+        replicas on Postgres): two would upload the same file. The lease is a row of `leases`, taken or renewed
+        by one statement, so two processes asking at once cannot both get it.
         """
-        key = f"provider_bridge:{lane}"
 
-        def hold(db: sqlite3.Connection) -> bool:
-            row = db.execute("SELECT value FROM meta WHERE name = ?", (key,)).fetchone()
-            if row is not None:
-                value = row["value"]
-                holder, _, until = (value.decode() if isinstance(value, bytes) else value).partition(" ")
-                if holder != token and float(until) > now:
-                    return False
-            db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (key, f"{token} {now + lease_s}"))
-            return True
+        async def hold(tx: Tx) -> bool:
+            held = await tx.one(
+                "INSERT INTO leases (name, holder, expires_at) VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE"
+                " SET holder = excluded.holder, expires_at = excluded.expires_at"
+                " WHERE leases.holder = excluded.holder OR leases.expires_at <= ? RETURNING holder",
+                (f"provider_bridge:{lane}", token, now + lease_s, now),
+            )
+            return held is not None
 
         return await self.db.run(hold)
 
     async def waiting(self, limit: int, now: float) -> list[Job]:
         """Queued jobs for the jobs lane that no provider batch holds yet, oldest first."""
 
-        def rows(db: sqlite3.Connection) -> list[Job]:
+        async def rows(tx: Tx) -> list[Job]:
             query = (
                 f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'queued' AND lane IS NULL AND provider_batch IS NULL"
                 " AND not_before <= ? ORDER BY created_at LIMIT ?"
             )
-            return [job_from_row(row) for row in db.execute(query, (now, limit))]
+            return [job_from_row(row) for row in await tx.all(query, (now, limit))]
 
         return await self.db.run(rows)
 
@@ -134,42 +132,40 @@ class ProviderStore:
         room; a batch that is full goes to uploading at once. How many jobs joined (a job cancelled since it
         was read joins none)."""
 
-        def gather(db: sqlite3.Connection) -> int:
+        async def gather(tx: Tx) -> int:
             joined = 0
             for job, line in jobs:
-                row = db.execute(
+                row = await tx.one(
                     f"SELECT {_BATCH_COLUMNS} FROM provider_batches WHERE status = 'gathering' AND lane = ?"
-                    " AND endpoint = ? AND model = ? AND owner IS ? ORDER BY created_at DESC LIMIT 1",
+                    " AND endpoint = ? AND model = ? AND owner IS NOT DISTINCT FROM ? ORDER BY created_at DESC LIMIT 1",
                     (lane, line.endpoint, line.model, job.owner),
-                ).fetchone()
+                )
                 batch = _batch(row) if row is not None else None
                 if batch is None or not rule.fits(batch.lines, batch.bytes, line.line_bytes):
                     if batch is not None:
-                        db.execute("UPDATE provider_batches SET status = 'uploading' WHERE id = ?", (batch.id,))
+                        await _uploading(tx, batch.id)
                     batch_id = f"pb_{secrets.token_hex(12)}"
-                    db.execute(
+                    await tx.execute(
                         "INSERT INTO provider_batches (id, lane, api, endpoint, model, owner, credentials, status,"
                         " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'gathering', ?)",
                         (batch_id, lane, api, line.endpoint, line.model, job.owner, json.dumps(job.credentials), now),
                     )
                 else:
                     batch_id = batch.id
-                moved = db.execute(
+                moved = await tx.execute(
                     "UPDATE jobs SET state = 'submitted', provider_batch = ? WHERE id = ? AND state = 'queued'"
                     " AND provider_batch IS NULL",
                     (batch_id, job.id),
-                ).rowcount
+                )
                 if moved:
                     joined += 1
-                    db.execute(
-                        "UPDATE provider_batches SET lines = lines + 1, bytes = bytes + ? WHERE id = ?",
+                    size = await tx.one(
+                        "UPDATE provider_batches SET lines = lines + 1, bytes = bytes + ? WHERE id = ?"
+                        " RETURNING lines, bytes",
                         (line.line_bytes, batch_id),
                     )
-                    lines, size = db.execute(
-                        "SELECT lines, bytes FROM provider_batches WHERE id = ?", (batch_id,)
-                    ).fetchone()
-                    if rule.full(lines, size):
-                        db.execute("UPDATE provider_batches SET status = 'uploading' WHERE id = ?", (batch_id,))
+                    if size is not None and rule.full(size["lines"], size["bytes"]):
+                        await _uploading(tx, batch_id)
             return joined
 
         return await self.db.run(gather) if jobs else 0
@@ -177,56 +173,58 @@ class ProviderStore:
     async def reroute(self, job_ids: list[str], lane: str, now: float, reason: str) -> int:
         """Give jobs that have no answer yet back to the queue, to run on `lane`; how many moved."""
 
-        def reroute(db: sqlite3.Connection) -> int:
-            return sum(
-                db.execute(
+        async def reroute(tx: Tx) -> int:
+            moved = 0
+            for job_id in job_ids:
+                moved += await tx.execute(
                     "UPDATE jobs SET state = 'queued', lane = ?, not_before = ?, error = ?"
                     " WHERE id = ? AND state IN ('queued', 'submitted')",
                     (lane, now, reason, job_id),
-                ).rowcount
-                for job_id in job_ids
-            )
+                )
+            if moved:
+                tx.jobs_ready()
+            return moved
 
         return await self.db.run(reroute) if job_ids else 0
 
     async def to_upload(self, lane: str, rule: FileGathering, now: float) -> list[ProviderBatch]:
         """Gathering batches that are due go to uploading; every batch of the lane being uploaded."""
 
-        def due(db: sqlite3.Connection) -> list[ProviderBatch]:
-            for row in db.execute(
+        async def due(tx: Tx) -> list[ProviderBatch]:
+            for row in await tx.all(
                 f"SELECT {_BATCH_COLUMNS} FROM provider_batches WHERE status = 'gathering' AND lane = ?", (lane,)
-            ).fetchall():
+            ):
                 batch = _batch(row)
                 if rule.due_at(batch.created_at, batch.lines, batch.bytes) <= now:
-                    db.execute("UPDATE provider_batches SET status = 'uploading' WHERE id = ?", (batch.id,))
-            return self._in(db, lane, "uploading")
+                    await _uploading(tx, batch.id)
+            return await self._in(tx, lane, "uploading")
 
         return await self.db.run(due)
 
     @staticmethod
-    def _in(db: sqlite3.Connection, lane: str, status: str) -> list[ProviderBatch]:
+    async def _in(tx: Tx, lane: str, status: str) -> list[ProviderBatch]:
         query = f"SELECT {_BATCH_COLUMNS} FROM provider_batches WHERE status = ? AND lane = ? ORDER BY created_at"
-        return [_batch(row) for row in db.execute(query, (status, lane))]
+        return [_batch(row) for row in await tx.all(query, (status, lane))]
 
     async def jobs_of(self, batch_id: str) -> list[Job]:
         """The jobs still waiting in a batch, in the order they joined it (the file's line order)."""
 
-        def rows(db: sqlite3.Connection) -> list[Job]:
+        async def rows(tx: Tx) -> list[Job]:
             query = (
                 f"SELECT {JOB_COLUMNS} FROM jobs WHERE provider_batch = ? AND state = 'submitted' ORDER BY created_at"
             )
-            return [job_from_row(row) for row in db.execute(query, (batch_id,))]
+            return [job_from_row(row) for row in await tx.all(query, (batch_id,))]
 
         return await self.db.run(rows)
 
     async def staged(self, batch_id: str, file_id: str | None) -> None:
         await self.db.run(
-            lambda db: db.execute("UPDATE provider_batches SET file_id = ? WHERE id = ?", (file_id, batch_id))
+            lambda tx: tx.execute("UPDATE provider_batches SET file_id = ? WHERE id = ?", (file_id, batch_id))
         )
 
     async def submitted(self, batch_id: str, remote_id: str, now: float, next_poll_at: float) -> None:
         await self.db.run(
-            lambda db: db.execute(
+            lambda tx: tx.execute(
                 "UPDATE provider_batches SET status = 'submitted', remote_id = ?, submitted_at = ?, next_poll_at = ?,"
                 " failures = 0 WHERE id = ? AND status = 'uploading'",
                 (remote_id, now, next_poll_at, batch_id),
@@ -236,25 +234,25 @@ class ProviderStore:
     async def failed_call(self, batch_id: str, error: str, next_poll_at: float) -> None:
         """A provider call for the batch failed: try again at `next_poll_at`."""
         await self.db.run(
-            lambda db: db.execute(
+            lambda tx: tx.execute(
                 "UPDATE provider_batches SET failures = failures + 1, error = ?, next_poll_at = ? WHERE id = ?",
                 (error, next_poll_at, batch_id),
             )
         )
 
     async def to_poll(self, lane: str, now: float) -> list[ProviderBatch]:
-        def due(db: sqlite3.Connection) -> list[ProviderBatch]:
+        async def due(tx: Tx) -> list[ProviderBatch]:
             query = (
                 f"SELECT {_BATCH_COLUMNS} FROM provider_batches WHERE status = 'submitted' AND lane = ?"
                 " AND next_poll_at <= ? ORDER BY next_poll_at"
             )
-            return [_batch(row) for row in db.execute(query, (lane, now))]
+            return [_batch(row) for row in await tx.all(query, (lane, now))]
 
         return await self.db.run(due)
 
     async def polled(self, batch_id: str, remote_status: str, next_poll_at: float) -> None:
         await self.db.run(
-            lambda db: db.execute(
+            lambda tx: tx.execute(
                 "UPDATE provider_batches SET polls = polls + 1, failures = 0, remote_status = ?, next_poll_at = ?"
                 " WHERE id = ?",
                 (remote_status, next_poll_at, batch_id),
@@ -267,28 +265,31 @@ class ProviderStore:
         """Store the batch's results and end it, in one transaction: each answer ends its job (while the job
         still waits in this batch); reruns and lines with no result go back to the queue for `fallback`."""
 
-        def apply(db: sqlite3.Connection) -> Applied:
+        async def apply(tx: Tx) -> Applied:
             answered = rerun = 0
             seen = set()
             for result in results:
                 seen.add(result.custom_id)
                 if result.rerun:
-                    rerun += _give_back(db, result.custom_id, batch.id, fallback, now, result.error)
+                    rerun += await _give_back(tx, result.custom_id, batch.id, fallback, now, result.error)
                     continue
                 state = "succeeded" if result.status is not None and 200 <= result.status < 300 else "failed"
                 headers = json.dumps([("Content-Type", "application/json")]) if result.body is not None else None
-                answered += db.execute(
+                answered += await tx.execute(
                     "UPDATE jobs SET state = ?, status_code = ?, response_headers = ?, response_body = ?, error = ?,"
                     " finished_at = ?, attempts = attempts + 1, credentials = NULL"
                     " WHERE id = ? AND state = 'submitted' AND provider_batch = ?",
                     (state, result.status, headers, result.body, result.error, now, result.custom_id, batch.id),
-                ).rowcount
-            for row in db.execute(
-                "SELECT id FROM jobs WHERE provider_batch = ? AND state = 'submitted'", (batch.id,)
-            ).fetchall():
+                )
+            waiting = "SELECT id FROM jobs WHERE provider_batch = ? AND state = 'submitted'"
+            for row in await tx.all(waiting, (batch.id,)):
                 if row["id"] not in seen:
-                    rerun += _give_back(db, row["id"], batch.id, fallback, now, "the provider's results had no line")
-            _end(db, batch.id, now, remote_status)
+                    rerun += await _give_back(
+                        tx, row["id"], batch.id, fallback, now, "the provider's results had no line"
+                    )
+            await _end(tx, batch.id, now, remote_status)
+            if rerun:
+                tx.jobs_ready()
             return Applied(answered, rerun)
 
         return await self.db.run(apply)
@@ -296,51 +297,55 @@ class ProviderStore:
     async def late(self, lane: str, before: float) -> list[str]:
         """Jobs waiting in the lane's provider batches whose deadline falls before `before`."""
 
-        def rows(db: sqlite3.Connection) -> list[str]:
+        async def rows(tx: Tx) -> list[str]:
             query = (
                 "SELECT jobs.id FROM jobs JOIN provider_batches ON provider_batches.id = jobs.provider_batch"
                 " WHERE jobs.state = 'submitted' AND provider_batches.lane = ? AND jobs.deadline_at < ?"
             )
-            return [row["id"] for row in db.execute(query, (lane, before))]
+            return [row["id"] for row in await tx.all(query, (lane, before))]
 
         return await self.db.run(rows)
 
     async def emptied(self, lane: str) -> list[ProviderBatch]:
         """Open batches of the lane with no job left waiting in them (all given back or cancelled)."""
 
-        def rows(db: sqlite3.Connection) -> list[ProviderBatch]:
+        async def rows(tx: Tx) -> list[ProviderBatch]:
             query = (
                 f"SELECT {_BATCH_COLUMNS} FROM provider_batches b WHERE status != 'ended' AND lane = ?"
                 " AND NOT EXISTS (SELECT 1 FROM jobs WHERE provider_batch = b.id AND state = 'submitted')"
             )
-            return [_batch(row) for row in db.execute(query, (lane,))]
+            return [_batch(row) for row in await tx.all(query, (lane,))]
 
         return await self.db.run(rows)
 
     async def end(self, batch_id: str, now: float, remote_status: str | None) -> None:
-        await self.db.run(lambda db: _end(db, batch_id, now, remote_status))
+        await self.db.run(lambda tx: _end(tx, batch_id, now, remote_status))
 
     async def batches(self, lane: str | None = None) -> list[ProviderBatch]:
         """Every provider batch (of `lane`), newest first: for the admin API and the tests."""
 
-        def rows(db: sqlite3.Connection) -> list[ProviderBatch]:
+        async def rows(tx: Tx) -> list[ProviderBatch]:
             where, args = ("WHERE lane = ?", (lane,)) if lane is not None else ("", ())
             query = f"SELECT {_BATCH_COLUMNS} FROM provider_batches {where} ORDER BY created_at DESC"
-            return [_batch(row) for row in db.execute(query, args)]
+            return [_batch(row) for row in await tx.all(query, args)]
 
         return await self.db.run(rows)
 
 
-def _give_back(db: sqlite3.Connection, job_id: str, batch_id: str, lane: str, now: float, reason: str | None) -> int:
-    return db.execute(
+async def _give_back(tx: Tx, job_id: str, batch_id: str, lane: str, now: float, reason: str | None) -> int:
+    return await tx.execute(
         "UPDATE jobs SET state = 'queued', lane = ?, not_before = ?, error = ?"
         " WHERE id = ? AND state = 'submitted' AND provider_batch = ?",
         (lane, now, f"given back by the provider batch: {reason}", job_id, batch_id),
-    ).rowcount
+    )
 
 
-def _end(db: sqlite3.Connection, batch_id: str, now: float, remote_status: str | None) -> None:
-    db.execute(
+async def _uploading(tx: Tx, batch_id: str) -> None:
+    await tx.execute("UPDATE provider_batches SET status = 'uploading' WHERE id = ?", (batch_id,))
+
+
+async def _end(tx: Tx, batch_id: str, now: float, remote_status: str | None) -> None:
+    await tx.execute(
         "UPDATE provider_batches SET status = 'ended', ended_at = ?, remote_status = COALESCE(?, remote_status),"
         " credentials = NULL WHERE id = ?",
         (now, remote_status, batch_id),

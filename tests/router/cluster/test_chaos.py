@@ -26,7 +26,7 @@ TICK_S, LEASE_TICKS = 0.2, 2
 
 
 class Replica:
-    def __init__(self, name: str, redis_url: str, realtime: str, batch: str, tmp_path):
+    def __init__(self, name: str, redis_url: str, realtime: str, batch: str, tmp_path, **overrides):
         self.name = name
         self.port, self.admin_port = free_port(), free_port()
         raw = two_lane_raw(
@@ -37,6 +37,7 @@ class Replica:
             switching={"hold": "0s", "cooldown": "10m", "step": "1s", "min_samples": 5,
                        "steps": [0.25, 0.5, 0.75, 1.0], "tick": f"{int(TICK_S * 1000)}ms"},
             policy={"type": "static", "params": {"mode": "batch"}},
+            **overrides,
         )  # fmt: skip
         self.config = tmp_path / f"{name}.yaml"
         self.config.write_text(yaml.safe_dump(raw))

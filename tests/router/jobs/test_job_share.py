@@ -12,7 +12,7 @@ from tests.router.jobs.test_jobs import ASYNC, wait_done
 BATCH = {"X-Modeshift-Mode": "batch"}
 
 
-def shared_lane_config(url: str, tmp_path, *, max_in_flight: int = 4, queue_depth: int = 256, **jobs):
+def shared_lane_config(url: str, database: str, *, max_in_flight: int = 4, queue_depth: int = 256, **jobs):
     lanes = {
         "realtime": {"upstreams": [url]},
         "batch": {
@@ -23,7 +23,7 @@ def shared_lane_config(url: str, tmp_path, *, max_in_flight: int = 4, queue_dept
         },
     }
     routes = [{"path": "/v1/embeddings", "protocol": "openai-embeddings"}, {"path": "/", "protocol": "http"}]
-    settings = {"database": str(tmp_path / "jobs.sqlite3"), "backoff": "10ms", **jobs}
+    settings = {"database": database, "backoff": "10ms", **jobs}
     return two_lane_config([url], [url], lanes=lanes, routes=routes, jobs=settings)
 
 
@@ -59,11 +59,11 @@ async def submit(client, router, path: str, body: bytes) -> str:
 
 
 async def test_jobs_that_do_not_merge_hold_at_most_their_share_of_upstream_slots(
-    upstream, start_router, client, tmp_path
+    upstream, start_router, client, job_database
 ):
     recorder = Recorder()
     server = await upstream(recorder)
-    router = await start_router(shared_lane_config(server.url, tmp_path, max_share=0.5))
+    router = await start_router(shared_lane_config(server.url, job_database, max_share=0.5))
     locations = [await submit(client, router, f"/job/{i}", b"x") for i in range(30)]
     await asyncio.sleep(0.1)
     lane = router.runtime.state.lanes["batch"]
@@ -76,10 +76,12 @@ async def test_jobs_that_do_not_merge_hold_at_most_their_share_of_upstream_slots
     assert recorder.most["job"] == 2  # half of 4 slots: counted in slots, not in the 128 items they could carry
 
 
-async def test_jobs_that_merge_share_calls_so_many_run_within_the_same_slots(upstream, start_router, client, tmp_path):
+async def test_jobs_that_merge_share_calls_so_many_run_within_the_same_slots(
+    upstream, start_router, client, job_database
+):
     recorder = Recorder()
     server = await upstream(recorder)
-    router = await start_router(shared_lane_config(server.url, tmp_path, max_share=0.5))
+    router = await start_router(shared_lane_config(server.url, job_database, max_share=0.5))
     locations = [
         await submit(client, router, "/v1/embeddings", b'{"model": "m", "input": "t%d"}' % i) for i in range(100)
     ]
@@ -90,7 +92,7 @@ async def test_jobs_that_merge_share_calls_so_many_run_within_the_same_slots(ups
 
 
 async def test_a_job_turned_away_by_the_routers_own_back_pressure_waits_without_using_an_attempt(
-    upstream, start_router, client, tmp_path
+    upstream, start_router, client, job_database
 ):
     release = asyncio.Event()
 
@@ -100,7 +102,7 @@ async def test_a_job_turned_away_by_the_routers_own_back_pressure_waits_without_
         return web.json_response({"path": request.path})
 
     server = await upstream(handler)
-    config = shared_lane_config(server.url, tmp_path, max_in_flight=1, queue_depth=1, max_share=1.0, attempts=1)
+    config = shared_lane_config(server.url, job_database, max_in_flight=1, queue_depth=1, max_share=1.0, attempts=1)
     router = await start_router(config)
     lane = router.runtime.state.lanes["batch"]
     live = [asyncio.ensure_future(client.get(f"{router.url}/live", headers=BATCH)) for _ in range(2)]
@@ -119,14 +121,14 @@ async def test_a_job_turned_away_by_the_routers_own_back_pressure_waits_without_
     assert done["status"] == "succeeded" and done["attempts"] == 1  # one attempt allowed, and it was enough
 
 
-async def test_an_upstreams_503_is_never_taken_for_the_routers_own(upstream, start_router, client, tmp_path):
+async def test_an_upstreams_503_is_never_taken_for_the_routers_own(upstream, start_router, client, job_database):
     async def busy(request: web.Request) -> web.Response:
         return web.json_response(
             {"error": "busy"}, status=503, headers={"X-Modeshift-Refused": "lane_full", "Retry-After": "0"}
         )
 
     server = await upstream(busy)
-    router = await start_router(shared_lane_config(server.url, tmp_path, attempts=2))
+    router = await start_router(shared_lane_config(server.url, job_database, attempts=2))
     async with client.get(f"{router.url}/x", headers=BATCH) as response:
         assert response.status == 503 and "X-Modeshift-Refused" not in response.headers
     location = await submit(client, router, "/job", b"x")

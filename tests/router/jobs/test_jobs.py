@@ -1,4 +1,4 @@
-"""Async jobs through a real router, a real SQLite store and loopback upstreams."""
+"""Async jobs through a real router, a real job store (SQLite, then Postgres) and loopback upstreams."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from tests.router.helpers import two_lane_config
 ASYNC = {"Prefer": "respond-async"}
 
 
-def jobs_config(realtime: str, batch: str, tmp_path, **jobs):
+def jobs_config(realtime: str, batch: str, database: str, **jobs):
     lanes = {"realtime": {"upstreams": [realtime]}, "batch": {"upstreams": [batch], "max_in_flight": 4}}
-    settings = {"database": str(tmp_path / "jobs.sqlite3"), "backoff": "10ms", **jobs}
+    settings = {"database": database, "backoff": "10ms", **jobs}
     return two_lane_config([realtime], [batch], lanes=lanes, jobs=settings)
 
 
@@ -31,9 +31,11 @@ async def wait_done(client, router, location: str, timeout_s: float = 10.0, head
             await asyncio.sleep(0.02)
 
 
-async def test_respond_async_stores_the_request_and_runs_it_on_the_batch_lane(upstream, start_router, client, tmp_path):
+async def test_respond_async_stores_the_request_and_runs_it_on_the_batch_lane(
+    upstream, start_router, client, job_database
+):
     realtime, batch = await upstream(), await upstream()
-    router = await start_router(jobs_config(realtime.url, batch.url, tmp_path))
+    router = await start_router(jobs_config(realtime.url, batch.url, job_database))
     async with client.post(f"{router.url}/v1/things?q=1", data=b"payload", headers=ASYNC) as response:
         assert response.status == 202
         assert response.headers["Preference-Applied"] == "respond-async"
@@ -52,10 +54,10 @@ async def test_respond_async_stores_the_request_and_runs_it_on_the_batch_lane(up
 
 
 async def test_an_idempotency_key_gives_the_same_job_and_refuses_a_different_request(
-    upstream, start_router, client, tmp_path
+    upstream, start_router, client, job_database
 ):
     server = await upstream()
-    router = await start_router(jobs_config(server.url, server.url, tmp_path))
+    router = await start_router(jobs_config(server.url, server.url, job_database))
     key = {**ASYNC, "Idempotency-Key": "order-17"}
     async with client.post(f"{router.url}/a", data=b"one", headers=key) as first:
         assert first.status == 202
@@ -69,14 +71,21 @@ async def test_an_idempotency_key_gives_the_same_job_and_refuses_a_different_req
     assert len(server.seen) == 1
 
 
-async def test_concurrent_resends_of_one_key_all_get_the_job_stored_first(upstream, start_router, client, tmp_path):
+async def test_concurrent_resends_of_one_key_all_get_the_job_stored_first(upstream, start_router, client, job_database):
     server = await upstream()
-    router = await start_router(jobs_config(server.url, server.url, tmp_path))
+    router = await start_router(jobs_config(server.url, server.url, job_database))
     async with client.post(f"{router.url}/a", data=b"warm", headers=ASYNC) as response:  # opens the store
         assert response.status == 202
-    database = router.runtime.jobs.database
-    hold = threading.Event()
-    held = asyncio.ensure_future(database.run(lambda db: hold.wait(10)))  # the writer is busy: storing waits
+    hold, release = threading.Event(), asyncio.Event()
+
+    async def busy(tx) -> None:  # the store is busy: storing waits
+        if job_database.startswith("postgresql://"):
+            await tx.execute("LOCK TABLE jobs IN EXCLUSIVE MODE")  # inserts wait for this transaction
+            await asyncio.wait_for(release.wait(), 10)
+        else:
+            hold.wait(10)  # SQLite: the one writer thread waits
+
+    held = asyncio.ensure_future(router.runtime.jobs.database.run(busy))
     key = {**ASYNC, "Idempotency-Key": "k"}
 
     async def send() -> tuple[int, str, str | None]:
@@ -86,6 +95,7 @@ async def test_concurrent_resends_of_one_key_all_get_the_job_stored_first(upstre
     sends = [asyncio.ensure_future(send()) for _ in range(5)]
     await asyncio.sleep(0.2)  # all five are in: the first waits for the writer, the others for the first
     hold.set()
+    release.set()
     await held
     answers = await asyncio.gather(*sends)
     assert {status for status, _, _ in answers} == {202}
@@ -96,7 +106,7 @@ async def test_concurrent_resends_of_one_key_all_get_the_job_stored_first(upstre
         assert again.status == 202 and again.headers["Location"] == answers[0][1]
 
 
-async def test_transient_failures_are_retried_and_permanent_ones_recorded(upstream, start_router, client, tmp_path):
+async def test_transient_failures_are_retried_and_permanent_ones_recorded(upstream, start_router, client, job_database):
     answers = {"flaky": [503, 502, 200], "bad": [400], "down": [503, 503, 503, 503]}
 
     async def handler(request: web.Request) -> web.Response:
@@ -104,7 +114,7 @@ async def test_transient_failures_are_retried_and_permanent_ones_recorded(upstre
         return web.json_response({"status": status}, status=status)
 
     server = await upstream(handler)
-    router = await start_router(jobs_config(server.url, server.url, tmp_path))
+    router = await start_router(jobs_config(server.url, server.url, job_database))
     locations = {}
     for name in answers:
         async with client.post(f"{router.url}/{name}", headers=ASYNC) as response:
@@ -116,7 +126,7 @@ async def test_transient_failures_are_retried_and_permanent_ones_recorded(upstre
     assert answers["down"] == [503]  # three tries, not four
 
 
-async def test_only_a_queued_job_can_be_cancelled(upstream, start_router, client, tmp_path):
+async def test_only_a_queued_job_can_be_cancelled(upstream, start_router, client, job_database):
     gate = asyncio.Event()
 
     async def slow(request: web.Request) -> web.Response:
@@ -124,7 +134,7 @@ async def test_only_a_queued_job_can_be_cancelled(upstream, start_router, client
         return web.json_response({})
 
     server = await upstream(slow)
-    router = await start_router(jobs_config(server.url, server.url, tmp_path, max_share=0.25))  # one at a time
+    router = await start_router(jobs_config(server.url, server.url, job_database, max_share=0.25))  # one at a time
     locations = []
     for _ in range(2):
         async with client.post(f"{router.url}/a", headers=ASYNC) as response:
@@ -150,7 +160,7 @@ async def test_unknown_jobs_are_404_and_no_database_is_made_until_a_job_arrives(
     upstream, start_router, client, tmp_path
 ):
     server = await upstream()
-    router = await start_router(jobs_config(server.url, server.url, tmp_path))
+    router = await start_router(jobs_config(server.url, server.url, str(tmp_path / "jobs.sqlite3")))
     async with client.get(f"{router.url}/v1/jobs/job_nope") as response:
         assert response.status == 404 and (await response.json())["error"]["type"] == "job_not_found"
     async with client.get(f"{router.url}/plain") as response:
@@ -169,7 +179,9 @@ def test_prefer_is_read_as_rfc_7240_tokens():
     assert not prefers()
 
 
-async def test_idle_scheduling_waits_while_live_traffic_queues_for_the_lane(upstream, start_router, client, tmp_path):
+async def test_idle_scheduling_waits_while_live_traffic_queues_for_the_lane(
+    upstream, start_router, client, job_database
+):
     gate = asyncio.Event()
 
     async def handler(request: web.Request) -> web.Response:
@@ -178,7 +190,7 @@ async def test_idle_scheduling_waits_while_live_traffic_queues_for_the_lane(upst
         return web.json_response({"path": request.path})
 
     server = await upstream(handler)
-    config = jobs_config(server.url, server.url, tmp_path, schedule="idle", max_share=1.0)
+    config = jobs_config(server.url, server.url, job_database, schedule="idle", max_share=1.0)
     config.lanes["batch"] = config.lanes["batch"].model_copy(update={"max_in_flight": 1, "queue_depth": 8})
     router = await start_router(config)
     pinned = {"X-Modeshift-Mode": "batch"}
@@ -200,7 +212,7 @@ async def test_idle_scheduling_waits_while_live_traffic_queues_for_the_lane(upst
 
 
 async def test_a_job_longer_than_its_lease_keeps_it_by_heartbeat_and_carries_its_id_as_idempotency_key(
-    upstream, start_router, client, tmp_path
+    upstream, start_router, client, job_database
 ):
     keys: list[str] = []
 
@@ -210,7 +222,7 @@ async def test_a_job_longer_than_its_lease_keeps_it_by_heartbeat_and_carries_its
         return web.json_response({"ok": True})
 
     server = await upstream(slow)
-    router = await start_router(jobs_config(server.url, server.url, tmp_path, lease="300ms"))
+    router = await start_router(jobs_config(server.url, server.url, job_database, lease="300ms"))
     async with client.post(f"{router.url}/a", data=b"x", headers={**ASYNC, "Idempotency-Key": "client-key"}) as r:
         job_id = (await r.json())["id"]
     job = await wait_done(client, router, f"/v1/jobs/{job_id}")

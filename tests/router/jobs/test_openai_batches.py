@@ -59,11 +59,11 @@ async def client_for():
 
 
 async def test_a_batch_runs_every_line_and_keeps_one_bad_line_to_the_error_file(
-    upstream, start_router, tmp_path, client_for
+    upstream, start_router, job_database, client_for
 ):
     seen: list = []
     server = await upstream(embeddings_upstream(seen))
-    router = await start_router(jobs_config(server.url, server.url, tmp_path))
+    router = await start_router(jobs_config(server.url, server.url, job_database))
     client = await client_for(router)
     texts = ["a", "bb", "bad", "dddd", "eeeee"]
     upload = await client.files.create(
@@ -87,10 +87,10 @@ async def test_a_batch_runs_every_line_and_keeps_one_bad_line_to_the_error_file(
 
 
 async def test_a_malformed_file_fails_the_batch_with_an_error_naming_each_line(
-    upstream, start_router, tmp_path, client_for
+    upstream, start_router, job_database, client_for
 ):
     server = await upstream(embeddings_upstream([]))
-    router = await start_router(jobs_config(server.url, server.url, tmp_path))
+    router = await start_router(jobs_config(server.url, server.url, job_database))
     client = await client_for(router)
     lines = [
         request_line("ok", "x"),
@@ -106,10 +106,12 @@ async def test_a_malformed_file_fails_the_batch_with_an_error_naming_each_line(
     assert all(f"line {e.line}" in e.message for e in batch.errors.data)
 
 
-async def test_cancel_keeps_what_finished_and_drops_what_had_not_started(upstream, start_router, tmp_path, client_for):
+async def test_cancel_keeps_what_finished_and_drops_what_had_not_started(
+    upstream, start_router, job_database, client_for
+):
     seen: list = []
     server = await upstream(embeddings_upstream(seen, delay_s=0.2))
-    router = await start_router(jobs_config(server.url, server.url, tmp_path, max_share=0.25))  # one at a time
+    router = await start_router(jobs_config(server.url, server.url, job_database, max_share=0.25))  # one at a time
     client = await client_for(router)
     upload = await client.files.create(
         file=("in.jsonl", jsonl([request_line(f"r{i}", "x" * (i + 1)) for i in range(10)])), purpose="batch"
@@ -129,10 +131,10 @@ async def test_cancel_keeps_what_finished_and_drops_what_had_not_started(upstrea
     assert len(seen) == counts.completed
 
 
-async def test_an_expired_batch_keeps_its_finished_lines(upstream, start_router, tmp_path, client_for):
+async def test_an_expired_batch_keeps_its_finished_lines(upstream, start_router, job_database, client_for):
     seen: list = []
     server = await upstream(embeddings_upstream(seen, delay_s=0.2))
-    router = await start_router(jobs_config(server.url, server.url, tmp_path, max_share=0.25))
+    router = await start_router(jobs_config(server.url, server.url, job_database, max_share=0.25))
     client = await client_for(router)
     upload = await client.files.create(
         file=("in.jsonl", jsonl([request_line(f"r{i}", "x") for i in range(10)])), purpose="batch"

@@ -59,10 +59,12 @@ async def until(condition, timeout_s: float = 10.0) -> None:
             await asyncio.sleep(0.02)
 
 
-async def test_a_router_killed_mid_poll_resumes_polling_and_uploads_nothing_twice(upstream, provider, client, tmp_path):
+async def test_a_router_killed_mid_poll_resumes_polling_and_uploads_nothing_twice(
+    upstream, provider, client, tmp_path, job_database
+):
     realtime = await upstream()
     provider.hold = True
-    served = Served(provider_raw(realtime.url, provider.url, tmp_path, **one_file(20)), tmp_path)
+    served = Served(provider_raw(realtime.url, provider.url, job_database, **one_file(20)), tmp_path)
     try:
         await served.start()
         locations = [await submit(client, served, chat(i)) for i in range(20)]
@@ -81,11 +83,11 @@ async def test_a_router_killed_mid_poll_resumes_polling_and_uploads_nothing_twic
 
 
 async def test_a_router_killed_between_upload_and_batch_creation_creates_from_the_file_it_uploaded(
-    upstream, provider, client, tmp_path
+    upstream, provider, client, tmp_path, job_database
 ):
     realtime = await upstream()
     provider.failing_creates = 10**6
-    served = Served(provider_raw(realtime.url, provider.url, tmp_path, **one_file(5)), tmp_path)
+    served = Served(provider_raw(realtime.url, provider.url, job_database, **one_file(5)), tmp_path)
     try:
         await served.start()
         locations = [await submit(client, served, chat(i)) for i in range(5)]
@@ -116,15 +118,14 @@ async def test_the_openai_client_finds_the_file_and_the_batch_it_made_before_a_c
     assert ALICE["Authorization"] == headers[0][1]
 
 
-async def test_two_processes_bridges_on_one_database_take_turns_and_upload_each_file_once(provider, tmp_path):
-    """`serve --workers 2` shares the job database: one bridge acts per lane, the other takes over when it dies."""
+async def test_two_processes_bridges_on_one_database_take_turns_and_upload_each_file_once(provider, job_database):
+    """Workers or replicas share the job database: one bridge acts per lane, the other takes over when it dies."""
     from policies.provider_batching import BatchApiParams
-    from router.jobs.database import Database
+    from router.jobs.database import open_database
     from router.jobs.provider.bridge import LEASE_S, ProviderBridge
     from router.jobs.store import JobStore, NewJob
 
-    path = tmp_path / "jobs.sqlite3"
-    databases = [Database(path), Database(path)]
+    databases = [await open_database(job_database), await open_database(job_database)]
     params = BatchApiParams(api="openai", max_requests=10, max_wait="30s", poll="20ms")
     bridges = [
         ProviderBridge(db, lane="batch", params=params, base_url=provider.url, fallback="realtime",

@@ -18,7 +18,7 @@ ALICE = {"Authorization": "Bearer sk-alice-1234", "Prefer": "respond-async"}
 CHAT = "/v1/chat/completions"
 
 
-def provider_raw(realtime: str, provider: str, tmp_path, api: str = "openai", **batch_api) -> dict:
+def provider_raw(realtime: str, provider: str, database: str, api: str = "openai", **batch_api) -> dict:
     raw = two_lane_raw(
         [realtime],
         [provider],
@@ -30,7 +30,7 @@ def provider_raw(realtime: str, provider: str, tmp_path, api: str = "openai", **
                 "cost": {"per_1k_input_tokens": 0.002, "per_1k_output_tokens": 0.008, "discount": 0.5},
             },
         },
-        jobs={"database": str(tmp_path / "jobs.sqlite3"), "backoff": "10ms"},
+        jobs={"database": database, "backoff": "10ms"},
     )
     raw["modes"] = {"realtime": {"realtime": 1.0}}  # a provider batch lane takes jobs only: no mode weighs it
     return raw
@@ -73,10 +73,12 @@ async def outcome(client, router, location: str, timeout_s: float = 20.0, header
 
 
 async def test_a_thousand_async_chat_jobs_become_a_handful_of_provider_batches(
-    upstream, provider, start_router, client, tmp_path
+    upstream, provider, start_router, client, job_database
 ):
     realtime = await upstream()
-    router = await start_router(provider_config(realtime.url, provider.url, tmp_path, max_requests=300, max_wait="3s"))
+    router = await start_router(
+        provider_config(realtime.url, provider.url, job_database, max_requests=300, max_wait="3s")
+    )
     locations = await gather_limited(1000, 50, lambda i: submit(client, router, chat(i)))
     jobs = await gather_limited(1000, 50, lambda i: outcome(client, router, locations[i], timeout_s=60))
     assert [job["status"] for job in jobs] == ["succeeded"] * 1000
@@ -95,10 +97,10 @@ async def test_a_thousand_async_chat_jobs_become_a_handful_of_provider_batches(
 
 
 async def test_one_poisoned_line_fails_alone_with_the_providers_error(
-    upstream, provider, start_router, client, tmp_path
+    upstream, provider, start_router, client, job_database
 ):
     realtime = await upstream()
-    router = await start_router(provider_config(realtime.url, provider.url, tmp_path, **one_file(10)))
+    router = await start_router(provider_config(realtime.url, provider.url, job_database, **one_file(10)))
     bodies = [chat(i, POISON if i == 3 else "hello") for i in range(10)]
     locations = [await submit(client, router, body) for body in bodies]
     jobs = [await outcome(client, router, location) for location in locations]
@@ -110,11 +112,11 @@ async def test_one_poisoned_line_fails_alone_with_the_providers_error(
 
 
 async def test_an_expired_batchs_unanswered_lines_run_again_on_the_real_time_lane(
-    upstream, provider, start_router, client, tmp_path
+    upstream, provider, start_router, client, job_database
 ):
     realtime = await upstream()
     provider.outcome, provider.answered_before_expiry = "expired", 4
-    router = await start_router(provider_config(realtime.url, provider.url, tmp_path, **one_file(10)))
+    router = await start_router(provider_config(realtime.url, provider.url, job_database, **one_file(10)))
     locations = [await submit(client, router, chat(i)) for i in range(10)]
     jobs = [await outcome(client, router, location) for location in locations]
     assert [job["status"] for job in jobs] == ["succeeded"] * 10
@@ -130,11 +132,11 @@ async def test_an_expired_batchs_unanswered_lines_run_again_on_the_real_time_lan
 
 
 async def test_a_job_whose_deadline_nears_runs_on_the_real_time_lane_and_its_empty_batch_is_cancelled(
-    upstream, provider, start_router, client, tmp_path
+    upstream, provider, start_router, client, job_database
 ):
     realtime = await upstream()
     provider.hold = True  # the provider never finishes
-    router = await start_router(provider_config(realtime.url, provider.url, tmp_path, deadline_margin="2s"))
+    router = await start_router(provider_config(realtime.url, provider.url, job_database, deadline_margin="2s"))
     soon = {**ALICE, "X-Modeshift-Deadline-Ms": "3000"}
     location = await submit(client, router, chat(0), headers=soon)
     await until_made(provider)  # gathered and uploaded first: the deadline is not near yet
@@ -147,11 +149,11 @@ async def test_a_job_whose_deadline_nears_runs_on_the_real_time_lane_and_its_emp
 
 
 async def test_cancelling_every_job_of_a_provider_batch_cancels_the_batch(
-    upstream, provider, start_router, client, tmp_path
+    upstream, provider, start_router, client, job_database
 ):
     realtime = await upstream()
     provider.hold = True
-    router = await start_router(provider_config(realtime.url, provider.url, tmp_path, **one_file(3)))
+    router = await start_router(provider_config(realtime.url, provider.url, job_database, **one_file(3)))
     locations = [await submit(client, router, chat(i)) for i in range(3)]
     await until_made(provider)
     for n, location in enumerate(locations):
@@ -162,10 +164,14 @@ async def test_cancelling_every_job_of_a_provider_batch_cancels_the_batch(
     assert not realtime.seen
 
 
-async def test_anthropic_message_batches_map_results_by_custom_id(upstream, provider, start_router, client, tmp_path):
+async def test_anthropic_message_batches_map_results_by_custom_id(
+    upstream, provider, start_router, client, job_database
+):
     realtime = await upstream()
     provider.outcome, provider.answered_before_expiry = "expired", 5
-    router = await start_router(provider_config(realtime.url, provider.url, tmp_path, api="anthropic", **one_file(8)))
+    router = await start_router(
+        provider_config(realtime.url, provider.url, job_database, api="anthropic", **one_file(8))
+    )
     headers = {"x-api-key": "sk-ant-9876", "Prefer": "respond-async"}
 
     def message(i: int) -> bytes:
@@ -183,10 +189,10 @@ async def test_anthropic_message_batches_map_results_by_custom_id(upstream, prov
 
 
 async def test_a_request_the_batch_api_cannot_take_runs_on_the_fallback_lane(
-    upstream, provider, start_router, client, tmp_path
+    upstream, provider, start_router, client, job_database
 ):
     realtime = await upstream()
-    router = await start_router(provider_config(realtime.url, provider.url, tmp_path))
+    router = await start_router(provider_config(realtime.url, provider.url, job_database))
     location = await submit(client, router, b"not json", "/v1/other")
     job = await outcome(client, router, location)
     assert job["status"] == "succeeded" and job["response"]["headers"]["X-Modeshift-Lane"] == "realtime"
@@ -194,10 +200,10 @@ async def test_a_request_the_batch_api_cannot_take_runs_on_the_fallback_lane(
 
 
 async def test_a_provider_lines_cost_is_booked_on_its_lane_at_the_batch_discount(
-    upstream, provider, start_router, client, tmp_path
+    upstream, provider, start_router, client, job_database
 ):
     realtime = await upstream()
-    router = await start_router(provider_config(realtime.url, provider.url, tmp_path))
+    router = await start_router(provider_config(realtime.url, provider.url, job_database))
     for location in [await submit(client, router, chat(i)) for i in range(4)]:
         await outcome(client, router, location)
     reading = router.runtime.state.lanes["batch"].window.read(router.clock())
@@ -218,7 +224,8 @@ async def test_a_routers_own_batches_api_serves_as_the_provider_of_another_route
     )
     router_a = await start_router(ModeshiftConfig.model_validate(a_raw, context={}))
     realtime = await upstream()
-    router_b = await start_router(provider_config(realtime.url, router_a.url, tmp_path / "b", **one_file(6)))
+    b_database = str(tmp_path / "b" / "jobs.sqlite3")
+    router_b = await start_router(provider_config(realtime.url, router_a.url, b_database, **one_file(6)))
     locations = [await submit(client, router_b, chat(i, POISON if i == 2 else "via a")) for i in range(6)]
     jobs = [await outcome(client, router_b, location) for location in locations]
     assert [job["status"] for job in jobs] == ["succeeded"] * 6  # A has no poison rule: its upstream answers all
@@ -234,11 +241,11 @@ async def test_a_routers_own_batches_api_serves_as_the_provider_of_another_route
 
 
 async def test_a_batch_the_provider_no_longer_knows_gives_its_jobs_to_the_real_time_lane(
-    upstream, provider, start_router, client, tmp_path
+    upstream, provider, start_router, client, job_database
 ):
     realtime = await upstream()
     provider.hold = True
-    router = await start_router(provider_config(realtime.url, provider.url, tmp_path, **one_file(2)))
+    router = await start_router(provider_config(realtime.url, provider.url, job_database, **one_file(2)))
     locations = [await submit(client, router, chat(i)) for i in range(2)]
     await until_made(provider)
     provider.batches.clear()  # the provider lost it: every poll is a 404 now
@@ -248,10 +255,10 @@ async def test_a_batch_the_provider_no_longer_knows_gives_its_jobs_to_the_real_t
 
 
 async def test_two_tenants_jobs_go_in_batches_of_their_own_under_their_own_keys(
-    upstream, provider, start_router, client, tmp_path
+    upstream, provider, start_router, client, job_database
 ):
     realtime = await upstream()
-    router = await start_router(provider_config(realtime.url, provider.url, tmp_path, **one_file(2)))
+    router = await start_router(provider_config(realtime.url, provider.url, job_database, **one_file(2)))
     bob = {"Authorization": "Bearer sk-bob-5678", "Prefer": "respond-async"}
     alice_jobs = [await submit(client, router, chat(i)) for i in range(2)]
     bob_jobs = [await submit(client, router, chat(i, "bob"), headers=bob) for i in range(2)]
@@ -267,10 +274,10 @@ async def test_two_tenants_jobs_go_in_batches_of_their_own_under_their_own_keys(
 
 
 async def test_a_live_request_pinned_to_a_provider_batch_lane_is_a_400_in_the_routers_shape(
-    upstream, provider, start_router, client, tmp_path
+    upstream, provider, start_router, client, job_database
 ):
     realtime = await upstream()
-    router = await start_router(provider_config(realtime.url, provider.url, tmp_path))
+    router = await start_router(provider_config(realtime.url, provider.url, job_database))
     headers = {"Authorization": "Bearer sk-alice-1234", "X-Modeshift-Mode": "batch"}
     async with client.post(f"{router.url}{CHAT}", data=chat(0), headers=headers) as response:
         assert response.status == 400

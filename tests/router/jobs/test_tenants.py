@@ -13,7 +13,8 @@ import stat
 
 from aiohttp import FormData, web
 
-from router.jobs.database import SCHEMA_VERSION, Database
+from router.jobs.schema import SCHEMA_VERSION
+from router.jobs.sqlite import SqliteDatabase
 from router.jobs.store import JobStore
 from router.jobs.tenants import Owners
 from tests.router.helpers import admin_headers
@@ -43,7 +44,7 @@ async def status_of(client, method: str, url: str, who: dict, **kwargs) -> int:
 
 
 async def test_another_credential_or_none_sees_nothing_of_a_tenants_jobs_files_and_batches(
-    upstream, start_router, client, tmp_path
+    upstream, start_router, client, job_database
 ):
     seen: list[str | None] = []
 
@@ -52,7 +53,7 @@ async def test_another_credential_or_none_sees_nothing_of_a_tenants_jobs_files_a
         return web.json_response({"object": "list", "data": [{"embedding": [1.0], "index": 0}]})
 
     server = await upstream(upstream_handler)
-    router = await start_router(jobs_config(server.url, server.url, tmp_path))
+    router = await start_router(jobs_config(server.url, server.url, job_database))
     file = await upload(client, router, ALICE, jsonl([request_line("a", "x")]))
     async with client.post(
         f"{router.url}/v1/batches",
@@ -103,9 +104,9 @@ async def test_another_credential_or_none_sees_nothing_of_a_tenants_jobs_files_a
     assert "sk-alice" not in alice
 
 
-async def test_an_idempotency_key_is_each_tenants_own(upstream, start_router, client, tmp_path):
+async def test_an_idempotency_key_is_each_tenants_own(upstream, start_router, client, job_database):
     server = await upstream()
-    router = await start_router(jobs_config(server.url, server.url, tmp_path))
+    router = await start_router(jobs_config(server.url, server.url, job_database))
     locations = []
     for who in (ALICE, BOB):
         async with client.post(
@@ -120,7 +121,7 @@ async def test_the_store_is_private_to_this_user_and_forgets_credentials_when_a_
     upstream, start_router, client, tmp_path
 ):
     server = await upstream()
-    router = await start_router(jobs_config(server.url, server.url, tmp_path))
+    router = await start_router(jobs_config(server.url, server.url, str(tmp_path / "jobs.sqlite3")))
     async with client.post(f"{router.url}/a", data=b"x", headers={**ASYNC, **ALICE}) as response:
         location = response.headers["Location"]
     await upload(client, router, ALICE, jsonl([request_line("a", "x")]))
@@ -148,7 +149,7 @@ def test_a_version_0_database_is_brought_up_to_date_with_owners_read_from_its_jo
         db.execute("INSERT INTO files VALUES ('file-1', 1.0, 'in.jsonl', 'batch', 3, x'616263')")
 
     async def check() -> None:
-        database = Database(path)
+        database = SqliteDatabase(path)
         store = JobStore(database)
         try:
             alice = Owners(_owner_key(path)).of(ALICE)
@@ -158,7 +159,7 @@ def test_a_version_0_database_is_brought_up_to_date_with_owners_read_from_its_jo
             assert job.headers == [("Content-Type", "text/plain")]
             assert job.credentials == [("authorization", "Bearer sk-alice")]
             assert await store.get("job_1", Owners(_owner_key(path)).of(BOB)) is None
-            assert database.files.read("file-1") == b"abc"
+            assert await database.files.read("file-1") == b"abc"
         finally:
             await database.close()
 
@@ -222,7 +223,7 @@ def test_a_version_1_database_gains_deadlines_lanes_and_provider_batches_and_kee
         )
 
     async def check() -> None:
-        database = Database(path)
+        database = SqliteDatabase(path)
         try:
             (job,) = await JobStore(database).claim(5, now=10.0, lease_s=5.0)
             assert job.id == "job_1" and job.deadline_at is None and job.lane is None and job.provider_batch is None
@@ -231,5 +232,5 @@ def test_a_version_1_database_gains_deadlines_lanes_and_provider_batches_and_kee
 
     asyncio.run(check())
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
         assert db.execute("SELECT COUNT(*) FROM provider_batches").fetchone()[0] == 0

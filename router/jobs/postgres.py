@@ -1,0 +1,192 @@
+"""The job database on Postgres, for several replicas: a connection pool, LISTEN/NOTIFY, its versioned schema.
+
+Every store operation (router.jobs.database.Tx) runs in its own transaction
+on a pooled connection (psycopg 3, async). Replicas share the tables: claims
+take rows `FOR UPDATE SKIP LOCKED`, so two runners never wait on, or take,
+the same job; an operation that lost a race (a deadlock, a serialization
+failure, two inserts of one idempotency key) runs again from its start, up
+to _TRIES times. A transaction that made jobs due sends NOTIFY on
+`modeshift_jobs` as it commits, and every replica's listener wakes its
+runner at once instead of at its next poll.
+
+Postgres out of reach: an operation raises StoreUnavailable (the API
+answers 503; nothing is stored that was not acknowledged), the listener
+tries again every few seconds, and nothing else changes: jobs already
+stored wait in Postgres.
+
+The schema (router.jobs.schema) is made or brought up to date at open,
+under an advisory lock so replicas starting together do it once; its
+version is the row `schema_version` of `meta`.
+
+What must not live here: what a job, a file or a batch is (the stores), HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import secrets
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import errors
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from router.jobs.database import FileStore, Row, StoreUnavailable, Tx
+from router.jobs.database_files import DatabaseFiles
+from router.jobs.files import FileDirectory
+from router.jobs.schema import SCHEMA_VERSION, for_postgres
+from router.jobs.tenants import KEY_BYTES, Owners
+
+T = TypeVar("T")
+logger = logging.getLogger("modeshift.jobs")
+CHANNEL = "modeshift_jobs"
+_POOL_SIZE = 8  # connections per process
+_WAIT_S = 5.0  # for a pooled connection, or for Postgres to answer at open
+_TRIES = 3  # of an operation that lost a race
+_LISTEN_RETRY_S = 2.0
+_MIGRATION_LOCK = 0x6D6F6465  # pg_advisory_xact_lock key: one replica at a time brings the schema up to date
+_RACES = (errors.SerializationFailure, errors.DeadlockDetected, errors.UniqueViolation)
+
+
+class PostgresDatabase:
+    def __init__(self, url: str, pool: AsyncConnectionPool, owners: Owners, files: str | None):
+        self.url = url
+        self.pool = pool
+        self.owners = owners
+        self.files: FileStore = FileDirectory(files) if files is not None else DatabaseFiles(self)
+        self._wakers: list[Callable[[], None]] = []
+        self._listener: asyncio.Task | None = None
+
+    @classmethod
+    async def open(cls, url: str, files: str | None = None) -> PostgresDatabase:
+        """Connect, bring the schema up to date; StoreUnavailable when Postgres does not answer."""
+        pool = AsyncConnectionPool(
+            url, min_size=1, max_size=_POOL_SIZE, timeout=_WAIT_S, open=False,
+            kwargs={"autocommit": True, "row_factory": dict_row}, name="modeshift-jobs",
+        )  # fmt: skip
+        try:
+            await pool.open(wait=True, timeout=_WAIT_S)
+            async with pool.connection() as conn, conn.transaction():
+                key = await _migrate(conn)
+        except (PoolTimeout, psycopg.OperationalError) as exc:
+            await pool.close()
+            raise StoreUnavailable(f"the job database does not answer: {_quiet(exc)}") from None
+        except BaseException:
+            await pool.close()
+            raise
+        return cls(url, pool, Owners(key), files)
+
+    async def run(self, op: Callable[[Tx], Awaitable[T]]) -> T:
+        for attempt in range(1, _TRIES + 1):
+            try:
+                async with self.pool.connection() as conn, conn.transaction():
+                    tx = _PostgresTx(conn)
+                    result = await op(tx)
+                    if tx.ready:
+                        await conn.execute(f"NOTIFY {CHANNEL}")  # delivered when this transaction commits
+                return result
+            except _RACES:
+                if attempt == _TRIES:
+                    raise
+            except (PoolTimeout, psycopg.OperationalError) as exc:
+                raise StoreUnavailable(f"the job database does not answer: {_quiet(exc)}") from None
+        raise AssertionError("unreachable")
+
+    def on_jobs_ready(self, wake: Callable[[], None]) -> None:
+        self._wakers.append(wake)
+        if self._listener is None:
+            self._listener = asyncio.get_running_loop().create_task(self._listen())
+
+    async def _listen(self) -> None:
+        """LISTEN on its own connection (a pooled one goes back between operations); reconnect when it drops."""
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
+                    await conn.execute(f"LISTEN {CHANNEL}")
+                    self._wake()  # whatever was notified while nobody listened
+                    async for _ in conn.notifies():
+                        self._wake()
+            except psycopg.Error as exc:
+                logger.warning("listening for new jobs failed (%s); runners poll until it is back", _quiet(exc))
+            await asyncio.sleep(_LISTEN_RETRY_S)
+
+    def _wake(self) -> None:
+        for wake in self._wakers:
+            wake()
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+        await self.pool.close()
+
+
+class _PostgresTx:
+    skip_locked = " FOR UPDATE SKIP LOCKED"
+
+    def __init__(self, conn: psycopg.AsyncConnection):
+        self.conn = conn
+        self.ready = False
+
+    async def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
+        cursor = await self.conn.execute(_placeholders(sql), args)
+        return cursor.rowcount
+
+    async def one(self, sql: str, args: Sequence[Any] = ()) -> Row | None:
+        cursor = await self.conn.execute(_placeholders(sql), args)
+        return await cursor.fetchone()
+
+    async def all(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
+        cursor = await self.conn.execute(_placeholders(sql), args)
+        return await cursor.fetchall()
+
+    async def many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        async with self.conn.cursor() as cursor:
+            await cursor.executemany(_placeholders(sql), list(rows))
+
+    def jobs_ready(self) -> None:
+        self.ready = True
+
+
+@functools.lru_cache(maxsize=1024)
+def _placeholders(sql: str) -> str:
+    """The stores write SQLite's `?`; psycopg takes `%s` (no store's SQL holds a literal `?` or `%`)."""
+    return sql.replace("?", "%s")
+
+
+async def _migrate(conn: psycopg.AsyncConnection) -> bytes:
+    """Make the tables or bring them up to date, once however many replicas start together; the owners' key."""
+    await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+    await conn.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BYTEA NOT NULL)")
+    row = await (await conn.execute("SELECT value FROM meta WHERE name = 'schema_version'")).fetchone()
+    version = int(bytes(row["value"])) if row is not None else 0
+    if version > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"the job database is at schema version {version}, newer than this router's {SCHEMA_VERSION}: "
+            "upgrade the router"
+        )
+    if version < SCHEMA_VERSION:  # every table is made whole at SCHEMA_VERSION: later versions add steps here
+        for statement in for_postgres():
+            await conn.execute(statement)
+        await conn.execute(
+            "INSERT INTO meta (name, value) VALUES ('schema_version', %s)"
+            " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            (str(SCHEMA_VERSION).encode(),),
+        )
+    row = await (await conn.execute("SELECT value FROM meta WHERE name = 'owner_key'")).fetchone()
+    if row is not None:
+        return bytes(row["value"])
+    key = secrets.token_bytes(KEY_BYTES)
+    await conn.execute("INSERT INTO meta (name, value) VALUES ('owner_key', %s)", (key,))
+    return key
+
+
+def _quiet(exc: BaseException) -> str:
+    """An error's first line, without the connection string psycopg may quote (it can hold a password)."""
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
