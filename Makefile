@@ -26,9 +26,11 @@ demo: $(VENV)/.installed
 	$(PY) -m commands.cli demo
 
 bench: $(VENV)/.installed
-	@command -v wrk >/dev/null && command -v nginx >/dev/null && command -v redis-server >/dev/null || \
-		{ [ "$$(id -u)" = 0 ] && apt-get install -y -q wrk nginx-light redis-server >/dev/null; } || \
-		echo "wrk/nginx/redis-server not installed: the proxy benchmark runs without nginx; cluster.py needs both others"
+	@command -v wrk >/dev/null && command -v nginx >/dev/null && command -v redis-server >/dev/null && \
+		ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+		{ [ "$$(id -u)" = 0 ] && apt-get install -y -q wrk nginx-light redis-server postgresql >/dev/null; } || \
+		echo "wrk/nginx/redis-server/postgresql not installed: the proxy benchmark runs without nginx;" \
+			"cluster.py needs the others"
 	$(PY) bench/core.py
 	$(PY) bench/proxy_overhead.py
 	$(PY) bench/batching.py

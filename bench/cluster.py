@@ -1,6 +1,6 @@
 """Several replicas, one controller: what the cluster costs per request, and how fast it agrees.
 
-    python bench/cluster.py [--seconds 5] [--rounds 2]
+    python bench/cluster.py [--seconds 5] [--rounds 2] [--parts throughput,agreement,intake]
 
 A real redis-server (tests/servers/redis.py) and a fast local upstream
 (bench/fast_upstream.py). Side by side in one run, `modeshift serve` with
@@ -128,7 +128,7 @@ wrk.headers["Authorization"] = "Bearer sk-bench"
 """
 
 
-def intake(work: Path, upstream: str, seconds: float) -> dict[str, float]:
+def intake(work: Path, upstream: str, _redis_url: str, seconds: float) -> dict[str, float]:
     """Jobs accepted per second by one process, on a SQLite file and on Postgres."""
     proxy_cpu, load_cpu = cpus()
     env = {**os.environ, "MODESHIFT_BENCH_TOKEN": TOKEN}
@@ -154,7 +154,7 @@ def intake(work: Path, upstream: str, seconds: float) -> dict[str, float]:
     return figures
 
 
-def agreement(work: Path, upstream: str, redis_url: str) -> tuple[float, float]:
+def agreement(work: Path, upstream: str, redis_url: str, _seconds: float) -> tuple[float, float]:
     """(seconds from a forced mode on one replica to that mode on all three, seconds from killing the leader
     to another replica leading)."""
     env = {**os.environ, "MODESHIFT_BENCH_TOKEN": TOKEN}
@@ -203,7 +203,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--parts", default="throughput,agreement,intake", help="which of throughput, agreement, intake to run"
+    )
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
     upstream_port = free_port()
     _, load_cpu = cpus()
     with tempfile.TemporaryDirectory(prefix="modeshift-bench-cluster-") as work:
@@ -212,33 +216,39 @@ def main() -> int:
         try:
             with process([*load_cpu, PY, str(HERE / "fast_upstream.py"), str(upstream_port)], upstream_port):
                 upstream = f"http://127.0.0.1:{upstream_port}"
-                rounds = [throughput(Path(work), upstream, redis.url, args.seconds) for _ in range(args.rounds)]
-                agreements = [agreement(Path(work), upstream, redis.url) for _ in range(args.rounds)]
-                intakes = [intake(Path(work), upstream, args.seconds) for _ in range(args.rounds)]
+                runs = {
+                    part: [run(Path(work), upstream, redis.url, args.seconds) for _ in range(args.rounds)]
+                    for part, run in (("throughput", throughput), ("agreement", agreement), ("intake", intake))
+                    if part in parts
+                }
         finally:
             redis.stop()
     lines = [
         f"{args.rounds} rounds of {args.seconds:g} s, wrk -c64; proxies on one core, load and upstream on the rest"
     ]
-    lone_cpu = statistics.median(r["lone"][1] for r in rounds)
-    for name in ("lone", "cluster-1", "workers-2"):
-        rps = statistics.median(r[name][0] for r in rounds)
-        cpu = statistics.median(r[name][1] for r in rounds)
-        lines.append(f"  {name:<10} {rps:>8,.0f} req/s  {cpu:6.1f} us CPU/request  ({cpu / lone_cpu:.2f}x lone)")
-    in_force = max(a[0] for a in agreements)
-    failover = max(a[1] for a in agreements)
-    lease_s = 2 * TICK_S
-    lines += [
-        f"forced mode in force on all 3 replicas after the leader's answer: at most {in_force * 1000:.0f} ms"
-        f" ({in_force / TICK_S:.2f} ticks of {TICK_S * 1000:.0f} ms)",
-        f"failover, SIGKILL of the leader to a new leader: at most {failover * 1000:.0f} ms"
-        f" ({failover / lease_s:.2f} lease periods of {lease_s * 1000:.0f} ms)",
-    ]
-    sqlite, postgres = (statistics.median(r[store] for r in intakes) for store in ("sqlite", "postgres"))
-    lines += [
-        f"jobs accepted (202, durably stored), one process: SQLite {sqlite:,.0f} jobs/s, Postgres {postgres:,.0f}"
-        f" jobs/s ({postgres / sqlite:.2f}x SQLite)",
-    ]
+    if "throughput" in runs:
+        rounds = runs["throughput"]
+        lone_cpu = statistics.median(r["lone"][1] for r in rounds)
+        for name in ("lone", "cluster-1", "workers-2"):
+            rps = statistics.median(r[name][0] for r in rounds)
+            cpu = statistics.median(r[name][1] for r in rounds)
+            lines.append(f"  {name:<10} {rps:>8,.0f} req/s  {cpu:6.1f} us CPU/request  ({cpu / lone_cpu:.2f}x lone)")
+    if "agreement" in runs:
+        in_force = max(a[0] for a in runs["agreement"])
+        failover = max(a[1] for a in runs["agreement"])
+        lease_s = 2 * TICK_S
+        lines += [
+            f"forced mode in force on all 3 replicas after the leader's answer: at most {in_force * 1000:.0f} ms"
+            f" ({in_force / TICK_S:.2f} ticks of {TICK_S * 1000:.0f} ms)",
+            f"failover, SIGKILL of the leader to a new leader: at most {failover * 1000:.0f} ms"
+            f" ({failover / lease_s:.2f} lease periods of {lease_s * 1000:.0f} ms)",
+        ]
+    if "intake" in runs:
+        sqlite, postgres = (statistics.median(r[store] for r in runs["intake"]) for store in ("sqlite", "postgres"))
+        lines.append(
+            f"jobs accepted (202, durably stored), one process: SQLite {sqlite:,.0f} jobs/s, Postgres {postgres:,.0f}"
+            f" jobs/s ({postgres / sqlite:.2f}x SQLite)"
+        )
     print("\n".join(lines))
     OUT.mkdir(exist_ok=True)
     (OUT / "cluster.txt").write_text("\n".join(lines) + "\n")

@@ -10,9 +10,12 @@ to _TRIES times. A transaction that made jobs due sends NOTIFY on
 runner at once instead of at its next poll.
 
 Postgres out of reach: an operation raises StoreUnavailable (the API
-answers 503; nothing is stored that was not acknowledged), the listener
-tries again every few seconds, and nothing else changes: jobs already
-stored wait in Postgres.
+answers 503; nothing is stored that was not acknowledged), and nothing
+else changes: jobs already stored wait in Postgres. Refused at once, not
+after a wait: after a failure, operations fail without trying for
+_PROBE_S, then the next one tries again; a pooled connection is waited for
+_WAIT_S at most (longer means the store is overloaded, and a 503 is the
+answer then too). The pool and the listener reconnect by themselves.
 
 The schema (router.jobs.schema) is made or brought up to date at open,
 under an advisory lock so replicas starting together do it once; its
@@ -46,7 +49,10 @@ T = TypeVar("T")
 logger = logging.getLogger("modeshift.jobs")
 CHANNEL = "modeshift_jobs"
 _POOL_SIZE = 8  # connections per process
-_WAIT_S = 5.0  # for a pooled connection, or for Postgres to answer at open
+_WAIT_S = 1.0  # for a pooled connection
+_OPEN_WAIT_S = 5.0  # for Postgres to answer at open
+_PROBE_S = 1.0  # after a failure, operations are refused this long before one tries again
+_RECONNECT_S = 10.0  # a pool connection given up after failing this long is tried afresh on the next demand
 _TRIES = 3  # of an operation that lost a race
 _LISTEN_RETRY_S = 2.0
 _MIGRATION_LOCK = 0x6D6F6465  # pg_advisory_xact_lock key: one replica at a time brings the schema up to date
@@ -61,16 +67,19 @@ class PostgresDatabase:
         self.files: FileStore = FileDirectory(files) if files is not None else DatabaseFiles(self)
         self._wakers: list[Callable[[], None]] = []
         self._listener: asyncio.Task | None = None
+        self._failed_at: float | None = None  # monotonic time of the last failure to reach Postgres
+        self._failure = ""
+        self._checking: asyncio.Task | None = None
 
     @classmethod
     async def open(cls, url: str, files: str | None = None) -> PostgresDatabase:
         """Connect, bring the schema up to date; StoreUnavailable when Postgres does not answer."""
         pool = AsyncConnectionPool(
-            url, min_size=1, max_size=_POOL_SIZE, timeout=_WAIT_S, open=False,
+            url, min_size=1, max_size=_POOL_SIZE, timeout=_WAIT_S, open=False, reconnect_timeout=_RECONNECT_S,
             kwargs={"autocommit": True, "row_factory": dict_row}, name="modeshift-jobs",
         )  # fmt: skip
         try:
-            await pool.open(wait=True, timeout=_WAIT_S)
+            await pool.open(wait=True, timeout=_OPEN_WAIT_S)
             async with pool.connection() as conn, conn.transaction():
                 key = await _migrate(conn)
         except (PoolTimeout, psycopg.OperationalError) as exc:
@@ -82,6 +91,9 @@ class PostgresDatabase:
         return cls(url, pool, Owners(key), files)
 
     async def run(self, op: Callable[[Tx], Awaitable[T]]) -> T:
+        loop = asyncio.get_running_loop()
+        if self._failed_at is not None and loop.time() - self._failed_at < _PROBE_S:
+            raise StoreUnavailable(self._failure)
         for attempt in range(1, _TRIES + 1):
             try:
                 async with self.pool.connection() as conn, conn.transaction():
@@ -89,12 +101,16 @@ class PostgresDatabase:
                     result = await op(tx)
                     if tx.ready:
                         await conn.execute(f"NOTIFY {CHANNEL}")  # delivered when this transaction commits
+                self._failed_at = None
                 return result
             except _RACES:
                 if attempt == _TRIES:
                     raise
             except (PoolTimeout, psycopg.OperationalError) as exc:
-                raise StoreUnavailable(f"the job database does not answer: {_quiet(exc)}") from None
+                self._failed_at, self._failure = loop.time(), f"the job database does not answer: {_quiet(exc)}"
+                if not isinstance(exc, PoolTimeout) and (self._checking is None or self._checking.done()):
+                    self._checking = loop.create_task(self.pool.check())  # drop the others that broke with it
+                raise StoreUnavailable(self._failure) from None
         raise AssertionError("unreachable")
 
     def on_jobs_ready(self, wake: Callable[[], None]) -> None:

@@ -30,6 +30,7 @@ the database and its engines (router.jobs.database).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import secrets
@@ -38,6 +39,7 @@ from dataclasses import dataclass
 from router.jobs.database import FINAL, Database, Owner, Row, Tx, owned_by
 
 __all__ = ["FINAL", "IdempotencyConflict", "Job", "JobStore", "NewJob"]
+_GROUP = 512  # jobs stored in one transaction at most
 
 
 class IdempotencyConflict(Exception):
@@ -110,32 +112,50 @@ def _pairs(stored: str | None) -> list[tuple[str, str]] | None:
 class JobStore:
     def __init__(self, db: Database):
         self.db = db
+        self._arriving: list[tuple[NewJob, float, asyncio.Future[Job]]] = []  # to store in the next group
+        self._storing: asyncio.Task | None = None
 
     async def submit(self, job: NewJob, now: float) -> tuple[Job, bool]:
-        """Store `job`; (the job, True) when new, (the earlier job, False) for its owner's repeated idempotency key."""
+        """Store `job`; (the job, True) when new, (the earlier job, False) for its owner's repeated idempotency key.
+
+        Jobs without a key that arrive while a group is being stored are stored together in the next group,
+        one transaction for all of them (each is acknowledged only once its group is committed).
+        """
+        if job.idempotency_key is None:
+            loop = asyncio.get_running_loop()
+            stored = loop.create_future()
+            self._arriving.append((job, now, stored))
+            if self._storing is None or self._storing.done():
+                self._storing = loop.create_task(self._store_arrivals())
+            return await stored, True
         payload_hash = job.payload_hash()
 
         async def insert(tx: Tx) -> tuple[Job, bool]:
-            if job.idempotency_key is not None:
-                row = await tx.one(
-                    f"SELECT {JOB_COLUMNS}, payload_hash FROM jobs WHERE owner = ? AND idempotency_key = ?",
-                    (job.owner, job.idempotency_key),
-                )
-                if row is not None:
-                    if row["payload_hash"] != payload_hash:
-                        raise IdempotencyConflict(job.idempotency_key)
-                    return job_from_row(row), False
             row = await tx.one(
-                "INSERT INTO jobs (id, created_at, state, method, target, headers, body, idempotency_key, payload_hash,"
-                " owner, credentials, deadline_at) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                f" RETURNING {JOB_COLUMNS}",
-                (f"job_{secrets.token_hex(12)}", now, job.method, job.target, json.dumps(job.headers), job.body,
-                 job.idempotency_key, payload_hash, job.owner, json.dumps(job.credentials), job.deadline_at),
-            )  # fmt: skip
-            tx.jobs_ready()
-            return job_from_row(row), True
+                f"SELECT {JOB_COLUMNS}, payload_hash FROM jobs WHERE owner = ? AND idempotency_key = ?",
+                (job.owner, job.idempotency_key),
+            )
+            if row is not None:
+                if row["payload_hash"] != payload_hash:
+                    raise IdempotencyConflict(job.idempotency_key)
+                return job_from_row(row), False
+            return (await _insert(tx, [(job, now)]))[0], True
 
         return await self.db.run(insert)
+
+    async def _store_arrivals(self) -> None:
+        while self._arriving:
+            group, self._arriving = self._arriving[:_GROUP], self._arriving[_GROUP:]
+            try:
+                jobs = await self.db.run(lambda tx, group=group: _insert(tx, [(job, now) for job, now, _ in group]))
+            except Exception as exc:  # the database: nothing of this group was stored
+                for _, _, stored in group:
+                    if not stored.done():
+                        stored.set_exception(exc)
+            else:
+                for job, (_, _, stored) in zip(jobs, group, strict=True):
+                    if not stored.done():  # its client may have gone: the job is stored all the same
+                        stored.set_result(job)
 
     async def get(self, job_id: str, owner: Owner) -> Job | None:
         """The job, when `owner` may see it; None otherwise, as for a job that does not exist."""
@@ -240,6 +260,26 @@ class JobStore:
             tx.jobs_ready()
 
         await self.db.run(release)
+
+
+async def _insert(tx: Tx, jobs: list[tuple[NewJob, float]]) -> list[Job]:
+    """New queued jobs, each stored at its own time; as they are now stored."""
+    made = [
+        Job(id=f"job_{secrets.token_hex(12)}", created_at=now, state="queued", method=job.method, target=job.target,
+            headers=job.headers, body=job.body, attempts=0, claims=0, status_code=None, response_headers=None,
+            response_body=None, error=None, finished_at=None, lease_token=None, owner=job.owner,
+            credentials=job.credentials, deadline_at=job.deadline_at, lane=None, provider_batch=None)
+        for job, now in jobs
+    ]  # fmt: skip
+    await tx.many(
+        "INSERT INTO jobs (id, created_at, state, method, target, headers, body, idempotency_key, payload_hash, owner,"
+        " credentials, deadline_at) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [(new.id, new.created_at, job.method, job.target, json.dumps(job.headers), job.body, job.idempotency_key,
+          job.payload_hash(), job.owner, json.dumps(job.credentials), job.deadline_at)
+         for new, (job, _) in zip(made, jobs, strict=True)],
+    )  # fmt: skip
+    tx.jobs_ready()
+    return made
 
 
 async def _get(tx: Tx, job_id: str, owner: Owner) -> Job | None:
