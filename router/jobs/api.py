@@ -55,7 +55,8 @@ from router.headers import (
 )
 from router.jobs.batch_store import BatchStore
 from router.jobs.batches import SWEEP_S, OpenAIBatches
-from router.jobs.database import EVERY_OWNER, Database, StoreUnavailable, is_postgres, open_database
+from router.jobs.database import EVERY_OWNER, Database, StoreUnavailable
+from router.jobs.engines import is_postgres, open_database
 from router.jobs.provider.bridge import ProviderBridge
 from router.jobs.runner import Answer, JobRunner, share_of
 from router.jobs.store import FINAL, IdempotencyConflict, Job, JobStore, NewJob

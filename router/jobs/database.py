@@ -15,8 +15,7 @@ difference a store sees is `tx.skip_locked`, the clause that lets claims
 from several replicas pass each other's locked rows (empty on SQLite, where
 one writer at a time holds the whole file).
 
-`open_database(config)`: a `postgresql://` URL in `jobs.database` opens
-Postgres; anything else is a SQLite file.
+Which engine a setting names, and opening it: router.jobs.engines.
 
 What must not live here: what a job, a file or a batch is (the stores), an
 engine's connections and schema (router.jobs.sqlite, router.jobs.postgres).
@@ -104,19 +103,3 @@ class Database(Protocol):
         """Call `wake` when another process made jobs due (Postgres: LISTEN/NOTIFY; SQLite: never, they poll)."""
 
     async def close(self) -> None: ...
-
-
-def is_postgres(setting: str) -> bool:
-    return setting.startswith(("postgresql://", "postgres://"))
-
-
-async def open_database(setting: str, files: str | None = None) -> Database:
-    """The job database `jobs.database` names, its schema brought up to date; `files`: a directory for file
-    contents (default: beside a SQLite file, inside a Postgres database)."""
-    if is_postgres(setting):
-        from router.jobs.postgres import PostgresDatabase  # psycopg is the cluster extra's: imported when used
-
-        return await PostgresDatabase.open(setting, files)
-    from router.jobs.sqlite import SqliteDatabase
-
-    return await SqliteDatabase.open(setting, files)

@@ -12,7 +12,8 @@ import os
 import psycopg
 import pytest
 
-from router.jobs.database import StoreUnavailable, open_database
+from router.jobs.database import StoreUnavailable
+from router.jobs.engines import open_database
 from router.jobs.files import TooLarge
 from router.jobs.schema import SCHEMA_VERSION
 from tests.router.jobs.test_jobs import ASYNC, jobs_config, wait_done
