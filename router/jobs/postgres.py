@@ -50,7 +50,7 @@ logger = logging.getLogger("modeshift.jobs")
 CHANNEL = "modeshift_jobs"
 _POOL_SIZE = 8  # connections per process
 _WAIT_S = 1.0  # for a pooled connection
-_OPEN_WAIT_S = 5.0  # for Postgres to answer at open
+_CONNECT_S = 5  # for Postgres to answer a new connection (a refused one fails at once)
 _PROBE_S = 1.0  # after a failure, operations are refused this long before one tries again
 _RECONNECT_S = 10.0  # a pool connection given up after failing this long is tried afresh on the next demand
 _TRIES = 3  # of an operation that lost a race
@@ -73,21 +73,23 @@ class PostgresDatabase:
 
     @classmethod
     async def open(cls, url: str, files: str | None = None) -> PostgresDatabase:
-        """Connect, bring the schema up to date; StoreUnavailable when Postgres does not answer."""
+        """Connect, bring the schema up to date; StoreUnavailable when Postgres does not answer.
+
+        The schema is made on a connection of its own first, so a Postgres that is down is known at once (a
+        refused connection) instead of after the pool's wait.
+        """
+        try:
+            async with await psycopg.AsyncConnection.connect(
+                url, autocommit=True, row_factory=dict_row, connect_timeout=_CONNECT_S
+            ) as conn, conn.transaction():  # fmt: skip
+                key = await _migrate(conn)
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(f"the job database does not answer: {_quiet(exc)}") from None
         pool = AsyncConnectionPool(
             url, min_size=1, max_size=_POOL_SIZE, timeout=_WAIT_S, open=False, reconnect_timeout=_RECONNECT_S,
             kwargs={"autocommit": True, "row_factory": dict_row}, name="modeshift-jobs",
         )  # fmt: skip
-        try:
-            await pool.open(wait=True, timeout=_OPEN_WAIT_S)
-            async with pool.connection() as conn, conn.transaction():
-                key = await _migrate(conn)
-        except (PoolTimeout, psycopg.OperationalError) as exc:
-            await pool.close()
-            raise StoreUnavailable(f"the job database does not answer: {_quiet(exc)}") from None
-        except BaseException:
-            await pool.close()
-            raise
+        await pool.open(wait=False)
         return cls(url, pool, Owners(key), files)
 
     async def run(self, op: Callable[[Tx], Awaitable[T]]) -> T:
@@ -176,7 +178,7 @@ def _placeholders(sql: str) -> str:
     return sql.replace("?", "%s")
 
 
-async def _migrate(conn: psycopg.AsyncConnection) -> bytes:
+async def _migrate(conn: psycopg.AsyncConnection[Row]) -> bytes:
     """Make the tables or bring them up to date, once however many replicas start together; the owners' key."""
     await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
     await conn.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BYTEA NOT NULL)")
