@@ -39,17 +39,18 @@ class Action:
     def as_record(self) -> dict[str, Any]:
         record: dict[str, Any] = {"kind": self.kind}
         for f in fields(self):
-            record[f.name] = _plain(getattr(self, f.name))
+            record[f.name] = plain(getattr(self, f.name))
         return record
 
 
-def _plain(value: Any) -> Any:
-    """JSON-ready: weights and mappings as dicts, NaN as None."""
+def plain(value: Any) -> Any:
+    """Strict-JSON-ready: weights and mappings as dicts, sequences as lists, NaN and infinities as None
+    (JSON has no NaN: `jq` and browsers refuse it)."""
     if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, float) and math.isnan(value):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [plain(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
 

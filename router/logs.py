@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import sys
 import time
 from typing import Any
+
+from policies.actions import plain
 
 
 class JsonFormatter(logging.Formatter):
@@ -30,17 +31,7 @@ class JsonFormatter(logging.Formatter):
             line["message"] = record.getMessage()
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(finite(line), default=str)
-
-
-def finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [finite(v) for v in value]
-    return value
+        return json.dumps(plain(line), default=str)
 
 
 def event(logger: logging.Logger, name: str, level: int = logging.INFO, **fields: Any) -> None:

@@ -26,6 +26,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from configs.loader import ConfigError, load_config
+from policies.actions import plain
 from policies.objectives import Objectives
 from policies.units import parse_duration_s
 from simulator.compare import OWN, Comparison, baseline_label, compare, variants
@@ -139,7 +140,7 @@ def _write(result: Comparison, slo: SloTargets, out: Path, console: Console, plo
         for label, s in result.summaries.items()
     }
     summary["oracle"]["modes_by_window"] = result.oracle_modes
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=True) + "\n")
+    (out / "summary.json").write_text(json.dumps(plain(summary), indent=2, allow_nan=False) + "\n")  # strict JSON
     console.print(f"wrote per-request CSVs, decision logs and summary.json to {out}")
     if plots:
         from simulator.plots import PlotsUnavailable, plot_runs

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from rich.table import Table
 
+from policies.actions import plain
 from simulator.outcome import NO_LANE, TOTAL, Outcome, Row, SloTargets, Summary
 
 REQUEST_COLUMNS = ("arrival_s", "lane", "status", "latency_s", "cost_usd", "pinned", "met_slo")
@@ -46,9 +47,9 @@ def comparison_table(summaries: Mapping[str, Summary], slo: SloTargets, baseline
             *_latencies(row),
             _attainment(row.slo_pinned, slo),
             _attainment(row.slo_switchable, slo),
-            f"${row.cost_usd:,.4f}",
-            f"${row.cost_per_1k_usd:,.4f}",
-            "" if math.isnan(saving) else f"{saving:+.1%}",
+            _usd(row.cost_usd),
+            _usd(row.cost_per_1k_usd),
+            "-" if math.isnan(saving) else f"{saving:+.1%}",
             str(summary.transitions),
             str(summary.rollbacks),
         )
@@ -67,8 +68,8 @@ def lane_table(summary: Summary, slo: SloTargets) -> Table:
             *_latencies(row),
             _attainment(row.slo_pinned, slo),
             _attainment(row.slo_switchable, slo),
-            f"${row.cost_usd:,.4f}",
-            f"${row.cost_per_1k_usd:,.4f}",
+            _usd(row.cost_usd),
+            _usd(row.cost_per_1k_usd),
         )
     return table
 
@@ -97,11 +98,16 @@ def write_requests_csv(outcome: Outcome, slo: SloTargets, path: str | Path) -> N
 def write_decisions(decisions: Iterable[dict], path: str | Path) -> None:
     with open(path, "w", encoding="utf-8") as f:
         for record in decisions:
-            f.write(json.dumps(record, allow_nan=True) + "\n")
+            f.write(json.dumps(plain(record), allow_nan=False) + "\n")
 
 
 def _latencies(row: Row) -> tuple[str, str, str]:
     return _ms(row.p50_s), _ms(row.p95_s), _ms(row.p99_s)
+
+
+def _usd(dollars: float) -> str:
+    """A figure that does not exist (per 1k of no requests, a cost nobody reported) is "-", never "$nan"."""
+    return "-" if math.isnan(dollars) else f"${dollars:,.4f}"
 
 
 def _ms(seconds: float) -> str:

@@ -41,10 +41,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from configs import ConfigError
 from policies import stream_health
-from policies.actions import Command, CommandRejected, Force, Pause, Resume, Rollback
+from policies.actions import Command, CommandRejected, Force, Pause, Resume, Rollback, plain
 from policies.snapshot import Snapshot
 from router.errors import ProxyError, bad_request
-from router.logs import finite
 from router.runtime import Runtime
 
 RECENT_DECISIONS = 50
@@ -71,7 +70,7 @@ def _error(status: int, kind: str, message: str, **extra) -> web.Response:
 
 
 def _dumps(value) -> str:
-    return json.dumps(finite(value), default=str)
+    return json.dumps(plain(value), default=str)
 
 
 @web.middleware

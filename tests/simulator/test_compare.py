@@ -95,8 +95,15 @@ def test_the_simulate_command_prints_the_table_and_writes_its_files(tmp_path, ca
         rows = list(csv.DictReader(f))
     assert rows and set(rows[0]) == {"arrival_s", "lane", "status", "latency_s", "cost_usd", "pinned", "met_slo"}
     assert {r["lane"] for r in rows if r["pinned"] == "0"} == {"batch"}
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text(), parse_constant=_not_json)  # strict: no NaN
     assert summary["config"]["rows"]["total"]["requests"] == len(rows)
+    assert summary["always-realtime"]["rows"]["batch"]["requests"] == 0
+    assert summary["always-realtime"]["rows"]["batch"]["p50_s"] is None  # a figure that does not exist is null
+    assert "nan" not in printed.lower()  # and "-" in the tables
+
+
+def _not_json(constant: str):
+    raise ValueError(f"{constant} is not JSON")
 
 
 def test_the_simulate_command_refuses_bad_input_with_exit_2(tmp_path, capsys):
