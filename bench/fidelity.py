@@ -179,7 +179,7 @@ def _write(
         write_lane(out / "service.yaml", lane, model, "bench/fidelity.py", hop_s=service.hop_s)
     write_jsonl(sent, out / "sent.jsonl")
     for label, outcome in outcomes.items():
-        write_requests_csv(outcome, slo, out / f"{label}.csv")
+        write_requests_csv(outcome, slo, out / f"{label}.csv", [request.route for request in sent])
     write_decisions(live_decisions, out / "live-decisions.jsonl")
     write_decisions(outcomes["simulated"].decisions, out / "simulated-decisions.jsonl")
 

@@ -5,7 +5,9 @@ many words as the trace's input tokens suggest (clamped, so a CPU model can
 keep up), sent at its arrival time (divided by `speed`) however slow earlier
 answers are (open loop: a slow server meets the load the trace describes,
 not less). A request on the default route "/" goes to `url`; one with its
-own route goes to that path on the same host. A trace's `mode` becomes
+own route goes to that path on the same host. Each result keeps the path it
+went to, so the simulation of the same run (`as_sent`, `simulate --route`)
+plays the same request path. A trace's `mode` becomes
 X-Modeshift-Mode (a pin), its `deadline_ms` X-Modeshift-Deadline-Ms and its
 class X-Modeshift-Priority. A result records when it was sent, the lane that
 served it (X-Modeshift-Lane), its status and latency.
@@ -44,6 +46,7 @@ class Result:
     latency_s: float
     index: int = 0  # the request's place in the trace
     input_tokens: int = 0  # as the answer's usage counted them, else the words sent
+    route: str = "/"  # the path it was sent to
 
 
 def text_for(request: TraceRequest, rng: random.Random, *, tokens_per_word: int = 32, most_words: int = 24) -> str:
@@ -72,7 +75,8 @@ async def replay(
         began = time.perf_counter()
 
         async def send(index: int, request: TraceRequest, body: dict, at_s: float) -> None:
-            target = url if request.route == "/" else urlunsplit((*origin[:2], request.route, "", ""))
+            route = request.route if request.route != "/" else (origin.path or "/")
+            target = url if request.route == "/" else urlunsplit((*origin[:2], route, "", ""))
             headers = {}
             if request.mode is not None:
                 headers[MODE_HEADER] = request.mode
@@ -90,7 +94,7 @@ async def replay(
             except (aiohttp.ClientError, TimeoutError):
                 pass
             latency_s = time.perf_counter() - started
-            result = results[index] = Result(at_s, lane, status, latency_s, index, tokens)
+            result = results[index] = Result(at_s, lane, status, latency_s, index, tokens, route)
             if on_result is not None:
                 on_result(result)
 
@@ -111,9 +115,9 @@ def as_sent(trace: Sequence[TraceRequest], results: Sequence[Result]) -> list[Tr
 
     A replay sends short texts, not the trace's token counts, and embeddings
     produce no output tokens: each request carries the input tokens of its
-    result and no output.
+    result and no output, and the path it was sent to.
     """
-    return [replace(trace[r.index], input_tokens=r.input_tokens, output_tokens=0) for r in results]
+    return [replace(trace[r.index], input_tokens=r.input_tokens, output_tokens=0, route=r.route) for r in results]
 
 
 def as_outcome(trace: Sequence[TraceRequest], results: Sequence[Result]) -> Outcome:
@@ -149,8 +153,9 @@ def run(args) -> int:
 
     try:
         trace = prepared(
-            args.trace, window=args.slice, pinned_share=args.pinned_share, pinned_lane=args.pinned_lane, seed=args.seed
-        )
+            args.trace, window=args.slice, pinned_share=args.pinned_share, pinned_lane=args.pinned_lane, seed=args.seed,
+            route=args.route or "/",
+        )  # fmt: skip
         slo = slo_targets(args)
     except ValueError as exc:
         print(exc, file=sys.stderr)
@@ -175,8 +180,10 @@ def run(args) -> int:
         )
     outcome = as_outcome(trace, results)
     console.print(lane_table(summarize(outcome, slo, f"replay of {args.trace}"), slo))
+    routes = sorted({r.route for r in results})
+    console.print(f"routes: {', '.join(routes)} (simulate the same path: --route {urlsplit(args.target).path or '/'})")
     if args.out:
-        write_requests_csv(outcome, slo, args.out)
+        write_requests_csv(outcome, slo, args.out, [r.route for r in results])
         console.print(f"wrote {len(results):,} results to {args.out}")
     failed = sum(1 for r in results if r.status == 0)
     return 1 if failed == len(results) else 0

@@ -57,6 +57,11 @@ def add_trace_arguments(parser: argparse.ArgumentParser, speed_help: str) -> Non
         "--attainment", type=float, help="share of a class that must meet its target (default: the objectives')"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of service times and pinning")
+    parser.add_argument(
+        "--route",
+        metavar="PATH",
+        help="the path the trace's default-route requests take, e.g. /v1/embeddings (replay: --target's path)",
+    )
 
 
 def slo_targets(args: argparse.Namespace, objectives: Objectives | None = None) -> SloTargets:
@@ -93,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
             pinned_share=args.pinned_share,
             pinned_lane=args.pinned_lane,
             seed=args.seed,
+            route=args.route or "/",
         )
         slo = slo_targets(args, Objectives(config.objectives))
         window_s = parse_duration_s(args.oracle_window)
@@ -126,14 +132,14 @@ def run(args: argparse.Namespace) -> int:
     console.print(f"saving: against {baseline}. oracle: the cheapest mode meeting the SLO per {window_s:g} s window")
     console.print(lane_table(result.summaries[OWN], slo))
     if args.out:
-        _write(result, slo, Path(args.out), console, args.plots)
+        _write(result, slo, Path(args.out), console, args.plots, [request.route for request in trace])
     return EXIT_OK
 
 
-def _write(result: Comparison, slo: SloTargets, out: Path, console: Console, plots: bool) -> None:
+def _write(result: Comparison, slo: SloTargets, out: Path, console: Console, plots: bool, routes: list[str]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for label, outcome in result.outcomes.items():
-        write_requests_csv(outcome, slo, out / f"requests-{_file_label(label)}.csv")
+        write_requests_csv(outcome, slo, out / f"requests-{_file_label(label)}.csv", routes)
         write_decisions(outcome.decisions, out / f"decisions-{_file_label(label)}.jsonl")
     summary = {
         label: {"rows": {lane: asdict(row) for lane, row in s.rows.items()}, "transitions": s.transitions}

@@ -6,8 +6,9 @@
   baseline, transitions and rollbacks.
 - `lane_table`: one contender's figures per lane and in total.
 - `write_requests_csv`: one row per request (arrival, lane, status,
-  latency, cost, pinned, met), the format `modeshift replay` writes too, so a
-  simulated and a live run compare line by line.
+  latency, cost, pinned, met, route), the format `modeshift replay` writes
+  too, so a simulated and a live run compare line by line, and say which
+  request path each played.
 - `write_decisions`: JSON Lines, one `Action.as_record()` per line, the
   format of the router's GET /decisions.
 
@@ -19,7 +20,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from rich.table import Table
@@ -27,7 +28,7 @@ from rich.table import Table
 from policies.actions import plain
 from simulator.outcome import NO_LANE, TOTAL, Outcome, Row, SloTargets, Summary
 
-REQUEST_COLUMNS = ("arrival_s", "lane", "status", "latency_s", "cost_usd", "pinned", "met_slo")
+REQUEST_COLUMNS = ("arrival_s", "lane", "status", "latency_s", "cost_usd", "pinned", "met_slo", "route")
 
 
 def comparison_table(summaries: Mapping[str, Summary], slo: SloTargets, baseline: str | None = None) -> Table:
@@ -74,7 +75,8 @@ def lane_table(summary: Summary, slo: SloTargets) -> Table:
     return table
 
 
-def write_requests_csv(outcome: Outcome, slo: SloTargets, path: str | Path) -> None:
+def write_requests_csv(outcome: Outcome, slo: SloTargets, path: str | Path, routes: Sequence[str]) -> None:
+    """One row per request; `routes`: the path each request took, in the outcome's order."""
     met = outcome.met(slo)
     names = (*outcome.lanes, "")
     with open(path, "w", newline="", encoding="utf-8") as f:
@@ -91,6 +93,7 @@ def write_requests_csv(outcome: Outcome, slo: SloTargets, path: str | Path) -> N
                     f"{outcome.cost_usd[i]:.9f}",
                     int(outcome.pinned[i]),
                     int(met[i]),
+                    routes[i],
                 )
             )
 

@@ -205,8 +205,10 @@ def prepared(
     pinned_share: float = 0.0,
     pinned_lane: str = "realtime",
     seed: int = 0,
+    route: str = "/",
 ) -> list[TraceRequest]:
-    """A trace as the commands take it: a file or "bundled", then `START:END`, speed and a pinned share."""
+    """A trace as the commands take it: a file or "bundled", then `START:END`, speed and a pinned share; the
+    requests on the default route "/" take `route` (the path a replay sends them to)."""
     trace = bundled_azure_slice() if source == "bundled" else load_trace(source)
     if window:
         start, _, end = window.partition(":")
@@ -215,4 +217,6 @@ def prepared(
         trace = time_scaled(trace, speed)
     if pinned_share:
         trace = with_pinned_share(trace, pinned_share, random.Random(seed), pinned_lane)
+    if route != "/":
+        trace = [replace(request, route=route) if request.route == "/" else request for request in trace]
     return trace

@@ -9,8 +9,10 @@ import pytest
 from aiohttp import web
 
 from commands.cli import main
-from commands.replay import as_outcome, replay
+from commands.replay import as_outcome, as_sent, replay
+from configs import ready_config_path
 from simulator.traces import TraceRequest, write_jsonl
+from tests.simulator.test_compare import DEFAULT_SERVICE
 
 TRACE = [
     TraceRequest(0.0, 64, 0),
@@ -55,6 +57,7 @@ async def test_replay_keeps_the_timing_and_sends_routes_pins_and_deadlines():
     assert outcome.lanes == ("batch", "realtime")
     assert outcome.pinned.tolist() == [False, True, False, False]
     assert (outcome.status == 200).all()
+    assert [r.route for r in as_sent(TRACE, results)] == [path for _, path, _ in seen]  # simulated as sent
 
 
 def test_the_replay_command_writes_the_simulators_csv(tmp_path):
@@ -77,3 +80,18 @@ def test_the_replay_command_writes_the_simulators_csv(tmp_path):
     assert [r["lane"] for r in rows] == ["batch", "realtime", "batch", "batch"]
     assert [r["pinned"] for r in rows] == ["0", "1", "0", "0"]
     assert all(r["status"] == "200" and r["met_slo"] == "1" for r in rows)
+    assert [r["route"] for r in rows] == ["/v1/embeddings", "/v1/embeddings", "/v2/other", "/v1/embeddings"]
+
+
+def test_simulate_with_the_replays_route_plays_the_same_request_path(tmp_path):
+    """The same trace through `simulate --route` writes the route column a replay to that path writes."""
+    write_jsonl(TRACE, tmp_path / "trace.jsonl")
+    args = ["simulate", "--trace", str(tmp_path / "trace.jsonl"), "-c", str(ready_config_path("default"))]
+    args += ["--service", DEFAULT_SERVICE, "--out", str(tmp_path / "sim")]
+    assert main([*args, "--route", "/v1/embeddings"]) == 0
+    with open(tmp_path / "sim" / "requests-config.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["route"] for r in rows] == ["/v1/embeddings", "/v1/embeddings", "/v2/other", "/v1/embeddings"]
+    assert main(args) == 0  # without --route, the default route stays "/": the CSV says so
+    with open(tmp_path / "sim" / "requests-config.csv") as f:
+        assert [r["route"] for r in csv.DictReader(f)] == ["/", "/", "/v2/other", "/"]

@@ -10,6 +10,7 @@ import pytest
 from configs import load_config, ready_config_path
 from simulator.compare import compare, oracle, parse_policy, variants
 from simulator.outcome import Outcome, SloTargets
+from simulator.report import REQUEST_COLUMNS
 from tests.simulator.test_engine import at, config, service
 
 DEFAULT_SERVICE = str(Path(__file__).resolve().parents[2] / "bench" / "scenarios" / "default-service.yaml")
@@ -93,7 +94,7 @@ def test_the_simulate_command_prints_the_table_and_writes_its_files(tmp_path, ca
         assert label in printed
     with open(out / "requests-always-batch.csv") as f:
         rows = list(csv.DictReader(f))
-    assert rows and set(rows[0]) == {"arrival_s", "lane", "status", "latency_s", "cost_usd", "pinned", "met_slo"}
+    assert rows and tuple(rows[0]) == REQUEST_COLUMNS and {r["route"] for r in rows} == {"/"}
     assert {r["lane"] for r in rows if r["pinned"] == "0"} == {"batch"}
     summary = json.loads((out / "summary.json").read_text(), parse_constant=_not_json)  # strict: no NaN
     assert summary["config"]["rows"]["total"]["requests"] == len(rows)
