@@ -1,11 +1,15 @@
 """An upstream of known capacity: a model server whose service time is a given model, not a model's.
 
 `ModeledServer` answers like an embedding server (POST /v1/embeddings in
-the OpenAI shape, with usage; any other path a small JSON body) but spends
-no CPU on it: a call holds one of `slots` (a model server's concurrency;
-later calls queue inside the server, as vLLM's or TGI's do) for
+the OpenAI shape, with usage), like a chat server (POST
+/v1/chat/completions: `max_tokens` output tokens, streamed as server-sent
+events when `stream` is true, the first after the prefill and then one per
+output token's time, usage in the last chunk), and any other path with a
+small JSON body, but spends no CPU on it: a call holds one of `slots` (a
+model server's concurrency; later calls queue inside the server, as vLLM's
+or TGI's do) for
 
-    base_s + per_item_s x items + per_input_token_s x input tokens,
+    base_s + per_item_s x items + per_input_token_s x input tokens + per_output_token_s x output tokens,
 
 times a log-normal jitter of mean 1 and spread `jitter`, drawn from a seeded
 generator. Its capacity is therefore known exactly (slots over the mean call
@@ -40,6 +44,7 @@ class ModeledServer:
         base_s: float,
         per_item_s: float = 0.0,
         per_input_token_s: float = 0.0,
+        per_output_token_s: float = 0.0,
         jitter: float = 0.0,
         seed: int = 0,
     ):
@@ -47,23 +52,31 @@ class ModeledServer:
         self.base_s = base_s
         self.per_item_s = per_item_s
         self.per_input_token_s = per_input_token_s
+        self.per_output_token_s = per_output_token_s
         self.jitter = jitter
         self._rng = random.Random(seed)
         self._busy = asyncio.Semaphore(slots)
         self.calls = 0
         self.items = 0
+        self.output_tokens: list[int] = []  # asked for by each chat call, in arrival order
         self._runner: web.AppRunner | None = None
         self.url = ""
 
-    def call_s(self, items: int, input_tokens: int) -> float:
+    def call_s(self, items: int, input_tokens: int, output_tokens: int = 0) -> float:
         mean = self.base_s + self.per_item_s * items + self.per_input_token_s * input_tokens
-        if self.jitter <= 0:
-            return mean
-        sigma2 = math.log1p(self.jitter**2)
-        return mean * math.exp(self._rng.gauss(-sigma2 / 2, math.sqrt(sigma2)))
+        return (mean + self.per_output_token_s * output_tokens) * self._factor()
 
-    async def handle(self, request: web.Request) -> web.Response:
+    def _factor(self) -> float:
+        """One call's log-normal jitter, mean 1."""
+        if self.jitter <= 0:
+            return 1.0
+        sigma2 = math.log1p(self.jitter**2)
+        return math.exp(self._rng.gauss(-sigma2 / 2, math.sqrt(sigma2)))
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
+        if request.path.rstrip("/").endswith("/chat/completions"):
+            return await self._chat(request, body)
         texts: list[str] = []
         if request.path.rstrip("/").endswith("/embeddings"):
             try:
@@ -83,6 +96,41 @@ class ModeledServer:
         usage = {"prompt_tokens": sum(tokens), "total_tokens": sum(tokens)}
         return web.json_response({"object": "list", "data": data, "model": "modeled", "usage": usage})
 
+    async def _chat(self, request: web.Request, body: bytes) -> web.StreamResponse:
+        try:
+            asked = json.loads(body or b"null")
+            prompt = " ".join(str(message.get("content", "")) for message in asked["messages"])
+            output = int(asked.get("max_tokens") or asked.get("max_completion_tokens") or 16)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            return web.json_response({"error": {"message": f"not a chat completion request: {exc}"}}, status=400)
+        self.output_tokens.append(output)
+        usage = {"prompt_tokens": len(prompt.split()), "completion_tokens": output}
+        usage["total_tokens"] = usage["prompt_tokens"] + output
+        async with self._busy:
+            self.calls += 1
+            self.items += 1
+            factor = self._factor()
+            prefill_s = (self.base_s + self.per_item_s + self.per_input_token_s * usage["prompt_tokens"]) * factor
+            if not asked.get("stream"):
+                await asyncio.sleep(prefill_s + self.per_output_token_s * output * factor)
+                message = {"role": "assistant", "content": " ".join(["token"] * output)}
+                choice = {"index": 0, "message": message, "finish_reason": "length"}
+                return web.json_response(
+                    {"object": "chat.completion", "model": "modeled", "choices": [choice], "usage": usage}
+                )
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            await asyncio.sleep(prefill_s)
+            for _ in range(output):
+                delta = {"choices": [{"index": 0, "delta": {"content": "token "}, "finish_reason": None}]}
+                await response.write(_event({"object": "chat.completion.chunk", "model": "modeled", **delta}))
+                await asyncio.sleep(self.per_output_token_s * factor)
+            if (asked.get("stream_options") or {}).get("include_usage"):
+                await response.write(_event({"object": "chat.completion.chunk", "choices": [], "usage": usage}))
+            await response.write(b"data: [DONE]\n\n")
+            await response.write_eof()
+            return response
+
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self.handle)
@@ -97,3 +145,7 @@ class ModeledServer:
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+
+
+def _event(data: dict) -> bytes:
+    return f"data: {json.dumps(data)}\n\n".encode()

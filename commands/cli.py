@@ -171,6 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--target", required=True, help="where default-route requests go, e.g. http://host/v1/embeddings"
     )
     replay.add_argument("--timeout", type=float, default=60.0, help="seconds one request may take")
+    replay.add_argument(
+        "--protocol", choices=("openai-embeddings", "openai-chat"), default="openai-embeddings",
+        help="embeddings of the trace's inputs, or chat completions asking for its output tokens",
+    )  # fmt: skip
+    replay.add_argument("--stream", action="store_true", help="chat: stream the answers; time the first token")
+    replay.add_argument("--model", help="the model name to send in each request (default: none sent)")
     replay.add_argument("--out", metavar="FILE", help="per-request CSV, in the simulator's format")
     replay.set_defaults(run=_replay)
     return parser

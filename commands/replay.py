@@ -2,15 +2,19 @@
 
 Each trace request becomes an embeddings request whose text has about as
 many words as the trace's input tokens suggest (clamped, so a CPU model can
-keep up), sent at its arrival time (divided by `speed`) however slow earlier
-answers are (open loop: a slow server meets the load the trace describes,
-not less). A request on the default route "/" goes to `url`; one with its
-own route goes to that path on the same host. Each result keeps the path it
-went to, so the simulation of the same run (`as_sent`, `simulate --route`)
-plays the same request path. A trace's `mode` becomes
-X-Modeshift-Mode (a pin), its `deadline_ms` X-Modeshift-Deadline-Ms and its
-class X-Modeshift-Priority. A result records when it was sent, the lane that
-served it (X-Modeshift-Lane), its status and latency.
+keep up), or with `protocol="openai-chat"` a chat completion of such a
+prompt asking for the trace's output tokens (`max_tokens`; streamed when
+asked, with the time to the first token recorded). It is sent at its
+arrival time (divided by `speed`) however slow earlier answers are (open
+loop: a slow server meets the load the trace describes, not less). A
+request on the default route "/" goes to `url`; one with its own route goes
+to that path on the same host. Each result keeps the path it went to, so
+the simulation of the same run (`as_sent`, `simulate --route`) plays the
+same request path. A trace's `mode` becomes X-Modeshift-Mode (a pin), its
+`deadline_ms` X-Modeshift-Deadline-Ms and its class X-Modeshift-Priority. A
+result records when it was sent, the lane that served it
+(X-Modeshift-Lane), its status and latency, the tokens the answer counted,
+and the cost the router attributed to it (X-Modeshift-Cost-Usd).
 
 `modeshift replay` (`run`) shows progress and writes the results in the
 simulator's per-request CSV, so a live run and a simulated one compare.
@@ -22,6 +26,7 @@ What must not live here: starting servers (commands.demo), the figures
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import sys
 import time
@@ -33,7 +38,7 @@ import aiohttp
 import numpy as np
 
 from commands.profile import answer_usage, words_text
-from router.headers import DEADLINE_HEADER, LANE_HEADER, MODE_HEADER, PRIORITY_HEADER
+from router.headers import COST_HEADER, DEADLINE_HEADER, LANE_HEADER, MODE_HEADER, PRIORITY_HEADER
 from simulator.outcome import NO_LANE, Outcome
 from simulator.traces import TraceRequest
 
@@ -47,11 +52,34 @@ class Result:
     index: int = 0  # the request's place in the trace
     input_tokens: int = 0  # as the answer's usage counted them, else the words sent
     route: str = "/"  # the path it was sent to
+    output_tokens: int = 0  # chat: as the answer's usage counted them, else max_tokens
+    ttft_s: float = math.nan  # streamed chat: from sending to the first token
+    cost_usd: float = math.nan  # what the router attributed to it (X-Modeshift-Cost-Usd); NaN when it did not say
+
+
+PROTOCOLS = ("openai-embeddings", "openai-chat")
 
 
 def text_for(request: TraceRequest, rng: random.Random, *, tokens_per_word: int = 32, most_words: int = 24) -> str:
     words = min(max(request.input_tokens // tokens_per_word, 4), most_words)
     return words_text(rng, words)
+
+
+def body_for(
+    request: TraceRequest, text: str, protocol: str, *, stream: bool = False, model: str | None = None
+) -> dict:
+    """The request a trace request becomes: an embeddings input, or a chat prompt asking for its output tokens."""
+    if protocol == "openai-embeddings":
+        body: dict = {"input": text}
+    elif protocol == "openai-chat":
+        body = {"messages": [{"role": "user", "content": text}], "max_tokens": max(request.output_tokens, 1)}
+        if stream:
+            body.update(stream=True, stream_options={"include_usage": True})
+    else:
+        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    if model is not None:
+        body["model"] = model
+    return body
 
 
 async def replay(
@@ -61,13 +89,16 @@ async def replay(
     seed: int = 0,
     speed: float = 1.0,
     timeout_s: float = 30.0,
+    protocol: str = "openai-embeddings",
+    stream: bool = False,
+    model: str | None = None,
     on_result: Callable[[Result], None] | None = None,
 ) -> list[Result]:
-    """Send `trace` (POST, OpenAI embeddings bodies) at its arrival times; results in trace order."""
+    """Send `trace` (POST, OpenAI embeddings or chat bodies) at its arrival times; results in trace order."""
     if speed <= 0:
         raise ValueError(f"speed must be positive, got {speed}")
     rng = random.Random(seed)
-    bodies = [{"input": text_for(request, rng)} for request in trace]
+    bodies = [body_for(request, text_for(request, rng), protocol, stream=stream, model=model) for request in trace]
     origin = urlsplit(url)
     results: list[Result | None] = [None] * len(trace)
     timeout = aiohttp.ClientTimeout(total=timeout_s)
@@ -85,16 +116,24 @@ async def replay(
             if request.traffic_class is not None:
                 headers[PRIORITY_HEADER] = request.traffic_class
             started = time.perf_counter()
-            lane, status, tokens = "", 0, len(body["input"].split())
+            prompt = body["input"] if "input" in body else body["messages"][0]["content"]
+            lane, status, usage, ttft_s, cost_usd = "", 0, {}, math.nan, math.nan
             try:
                 async with session.post(target, json=body, headers=headers) as response:
-                    data = await response.read()
                     lane, status = response.headers.get(LANE_HEADER, ""), response.status
-                    tokens = answer_usage(data).get("prompt_tokens", tokens)
+                    cost_usd = float(response.headers.get(COST_HEADER, "nan"))
+                    if body.get("stream"):
+                        data, ttft_s = await _streamed(response, started)
+                        usage = _stream_usage(data)
+                    else:
+                        usage = answer_usage(await response.read())
             except (aiohttp.ClientError, TimeoutError):
                 pass
             latency_s = time.perf_counter() - started
-            result = results[index] = Result(at_s, lane, status, latency_s, index, tokens, route)
+            result = results[index] = Result(
+                at_s, lane, status, latency_s, index, usage.get("prompt_tokens", len(prompt.split())), route,
+                usage.get("completion_tokens", body.get("max_tokens", 0)), ttft_s, cost_usd,
+            )  # fmt: skip
             if on_result is not None:
                 on_result(result)
 
@@ -110,28 +149,48 @@ async def replay(
     return [r for r in results if r is not None]
 
 
+async def _streamed(response: aiohttp.ClientResponse, started: float) -> tuple[bytes, float]:
+    """A streamed answer's bytes, and the seconds from sending to its first token (its first non-empty delta)."""
+    data, ttft_s = bytearray(), math.nan
+    async for chunk in response.content.iter_any():
+        data += chunk
+        if math.isnan(ttft_s) and b'"content"' in data:
+            ttft_s = time.perf_counter() - started
+    return bytes(data), ttft_s
+
+
+def _stream_usage(data: bytes) -> dict[str, int]:
+    """The usage in a stream's events (the last chunk's, with `stream_options.include_usage`); empty when none."""
+    for line in reversed(data.splitlines()):
+        if line.startswith(b"data: {") and b'"usage"' in line:
+            return answer_usage(line[len(b"data: ") :])
+    return {}
+
+
 def as_sent(trace: Sequence[TraceRequest], results: Sequence[Result]) -> list[TraceRequest]:
     """The trace as the router received it, to simulate against a live run.
 
-    A replay sends short texts, not the trace's token counts, and embeddings
-    produce no output tokens: each request carries the input tokens of its
-    result and no output, and the path it was sent to.
+    A replay sends short texts, not the trace's token counts: each request
+    carries the input tokens of its result, the output tokens it got (none
+    from embeddings; a chat answer's own), and the path it was sent to.
     """
-    return [replace(trace[r.index], input_tokens=r.input_tokens, output_tokens=0, route=r.route) for r in results]
+    return [
+        replace(trace[r.index], input_tokens=r.input_tokens, output_tokens=r.output_tokens, route=r.route)
+        for r in results
+    ]
 
 
 def as_outcome(trace: Sequence[TraceRequest], results: Sequence[Result]) -> Outcome:
-    """Live results in the simulator's shape (no cost: the router's /metrics has it in total)."""
+    """Live results in the simulator's shape, each with the cost the router said it attributed (NaN: unsaid)."""
     lanes = tuple(sorted({r.lane for r in results if r.lane}))
     index = {lane: i for i, lane in enumerate(lanes)}
-    n = len(results)
     return Outcome(
         lanes=lanes,
         arrival_s=np.array([r.sent_s for r in results]),
         lane=np.array([index.get(r.lane, NO_LANE) for r in results], dtype=np.int16),
         status=np.array([r.status or 599 for r in results], dtype=np.int16),
         latency_s=np.array([r.latency_s for r in results]),
-        cost_usd=np.full(n, np.nan),
+        cost_usd=np.array([r.cost_usd for r in results], dtype=float),
         pinned=np.array([trace[r.index].mode is not None for r in results], dtype=bool),
         deadline_s=np.array(
             [trace[r.index].deadline_ms / 1000.0 if trace[r.index].deadline_ms else np.nan for r in results]
@@ -175,6 +234,9 @@ def run(args) -> int:
                 seed=args.seed,
                 speed=args.speed,
                 timeout_s=args.timeout,
+                protocol=args.protocol,
+                stream=args.stream,
+                model=args.model,
                 on_result=lambda _: progress.advance(task),
             )
         )
@@ -182,8 +244,12 @@ def run(args) -> int:
     console.print(lane_table(summarize(outcome, slo, f"replay of {args.trace}"), slo))
     routes = sorted({r.route for r in results})
     console.print(f"routes: {', '.join(routes)} (simulate the same path: --route {urlsplit(args.target).path or '/'})")
+    ttft = np.array([r.ttft_s for r in results if not math.isnan(r.ttft_s)])
+    if ttft.size:
+        p50, p95 = np.percentile(ttft, (50, 95)) * 1e3
+        console.print(f"time to first token: p50 {p50:.0f} ms, p95 {p95:.0f} ms ({ttft.size:,} streamed answers)")
     if args.out:
-        write_requests_csv(outcome, slo, args.out, [r.route for r in results])
+        write_requests_csv(outcome, slo, args.out, [r.route for r in results], [r.ttft_s for r in results])
         console.print(f"wrote {len(results):,} results to {args.out}")
     failed = sum(1 for r in results if r.status == 0)
     return 1 if failed == len(results) else 0

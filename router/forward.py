@@ -31,7 +31,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from backends.codecs import Codec
 from router.errors import NothingSent, upstream_failed, upstream_timeout
-from router.headers import SERVICE_TIER_HEADER, client_response_headers
+from router.headers import COST_HEADER, SERVICE_TIER_HEADER, client_response_headers
 from router.lanes import Lane
 from router.routing import LaneChoice
 from router.service_tier import FLEX, flex_unavailable, served_tier, with_tier
@@ -186,6 +186,8 @@ class Forwarder:
             discounted=lane.config.service_tier != FLEX or tier == FLEX,
         )  # fmt: skip
         trail.cost_usd = cost_usd
+        if not response.prepared:  # read whole: the headers are not sent yet
+            response.headers[COST_HEADER] = f"{cost_usd:.9g}"
         lane.window.completed(
             now,
             latency_s,

@@ -47,6 +47,9 @@ DEADLINE_HEADER = "X-Modeshift-Deadline-Ms"  # rules out lanes whose p95 is over
 PRIORITY_HEADER = "X-Modeshift-Priority"  # the request's traffic class (objectives)
 SERVICE_TIER_HEADER = "X-Modeshift-Service-Tier"  # on a chat answer: the OpenAI service tier that served it
 BATCH_HEADER = "X-Modeshift-Batch"  # on a micro-batched answer: "<batch id>/<requests in the call>"
+# On an answer the router read whole: the dollars it attributed to this request (its share of a merged call).
+# A streamed answer's cost is known only at its end, after its headers: it is in the metrics.
+COST_HEADER = "X-Modeshift-Cost-Usd"
 # On the router's own 503s (back-pressure: nothing reached an upstream), never on an upstream's: a client,
 # and the job runner, can tell "come back later" from an upstream that failed.
 REFUSED_HEADER = "X-Modeshift-Refused"

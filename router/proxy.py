@@ -52,6 +52,7 @@ from router.errors import (
 from router.forward import FlexUnavailable, Forwarder, Visit
 from router.headers import (
     BATCH_HEADER,
+    COST_HEADER,
     DEADLINE_HEADER,
     LANE_HEADER,
     MODE_HEADER,
@@ -310,6 +311,7 @@ class Proxy:
             LANE_HEADER: lane.name,
             REQUEST_ID_HEADER: trail.request_id,
             BATCH_HEADER: result.batch,
+            COST_HEADER: f"{result.cost_usd:.9g}",
         }
         return web.Response(status=reply.status, body=reply.body, headers=headers)
 

@@ -28,7 +28,7 @@ from rich.table import Table
 from policies.actions import plain
 from simulator.outcome import NO_LANE, TOTAL, Outcome, Row, SloTargets, Summary
 
-REQUEST_COLUMNS = ("arrival_s", "lane", "status", "latency_s", "cost_usd", "pinned", "met_slo", "route")
+REQUEST_COLUMNS = ("arrival_s", "lane", "status", "latency_s", "cost_usd", "pinned", "met_slo", "route", "ttft_s")
 
 
 def comparison_table(summaries: Mapping[str, Summary], slo: SloTargets, baseline: str | None = None) -> Table:
@@ -75,8 +75,11 @@ def lane_table(summary: Summary, slo: SloTargets) -> Table:
     return table
 
 
-def write_requests_csv(outcome: Outcome, slo: SloTargets, path: str | Path, routes: Sequence[str]) -> None:
-    """One row per request; `routes`: the path each request took, in the outcome's order."""
+def write_requests_csv(
+    outcome: Outcome, slo: SloTargets, path: str | Path, routes: Sequence[str], ttft_s: Sequence[float] = ()
+) -> None:
+    """One row per request; `routes`: the path each request took, in the outcome's order; `ttft_s`: a streamed
+    answer's time to its first token (empty where there is none, as in a simulation)."""
     met = outcome.met(slo)
     names = (*outcome.lanes, "")
     with open(path, "w", newline="", encoding="utf-8") as f:
@@ -90,10 +93,11 @@ def write_requests_csv(outcome: Outcome, slo: SloTargets, path: str | Path, rout
                     names[lane] if lane != NO_LANE else "",
                     int(outcome.status[i]),
                     f"{outcome.latency_s[i]:.6f}",
-                    f"{outcome.cost_usd[i]:.9f}",
+                    "" if math.isnan(outcome.cost_usd[i]) else f"{outcome.cost_usd[i]:.9f}",
                     int(outcome.pinned[i]),
                     int(met[i]),
                     routes[i],
+                    f"{ttft_s[i]:.6f}" if i < len(ttft_s) and not math.isnan(ttft_s[i]) else "",
                 )
             )
 

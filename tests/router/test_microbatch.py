@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 
 import numpy as np
@@ -45,7 +46,7 @@ async def test_concurrent_requests_share_upstream_calls_and_get_their_own_vector
     model_server, embedder, start_router, client
 ):
     url, service = await model_server(embedder, mode="realtime")
-    router = await start_router(batching_config(url, url))
+    router = await start_router(batching_config(url, url, cost={"per_request": 0.003}))
     texts = [[MIXED[i % 5]] if i % 3 else [MIXED[i % 5], f"extra {i}"] for i in range(30)]
     answers = await asyncio.gather(*(post_json(client, f"{router.url}/v1/embeddings", {"input": t}) for t in texts))
     for sent, (status, headers, body) in zip(texts, answers):
@@ -56,6 +57,10 @@ async def test_concurrent_requests_share_upstream_calls_and_get_their_own_vector
     total_tokens = sum(sum(embedder.embed(t).tokens) for t in texts)
     assert sum(body["usage"]["prompt_tokens"] for _, _, body in answers) == total_tokens
     assert service.describe()["requests"] <= 30 / 5  # the upstream saw merged calls only
+    shares = [float(headers["X-Modeshift-Cost-Usd"]) for _, headers, _ in answers]  # each its share of a call
+    assert sum(shares) > 0
+    router.tick()
+    assert math.isclose(sum(shares), router.runtime.state.control.last_snapshot.lanes["batch"].cost_usd)
     window = router.runtime.state.lanes["batch"].window
     assert window.in_flight == 0
 

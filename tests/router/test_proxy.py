@@ -228,6 +228,7 @@ async def test_each_request_is_recorded_with_the_cost_its_lane_attributes(upstre
     for _ in range(3):
         async with client.get(f"{router.url}/x") as response:
             await response.read()
+            assert float(response.headers["X-Modeshift-Cost-Usd"]) == 0.01  # the client sees its own cost
     router.tick()
     figures = router.runtime.state.control.last_snapshot.lanes["realtime"]
     assert figures.completions == 3
