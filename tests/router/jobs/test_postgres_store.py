@@ -133,3 +133,21 @@ async def test_an_unreachable_postgres_at_open_is_store_unavailable_without_the_
     with pytest.raises(StoreUnavailable) as refused:
         await open_database("postgresql://modeshift:hunter2@127.0.0.1:1/none")
     assert "hunter2" not in str(refused.value)
+
+
+async def test_a_job_stored_by_one_replica_wakes_the_runners_of_another_at_once(postgres_server):
+    from router.jobs.store import JobStore, NewJob
+
+    url = postgres_server.new_database()
+    storing, other = await open_database(url), await open_database(url)
+    woken = asyncio.Event()
+    try:
+        other.on_jobs_ready(woken.set)
+        await asyncio.sleep(0.5)  # its listener is connected (it wakes once on connecting, too)
+        woken.clear()
+        await JobStore(storing).submit(NewJob("POST", "/a", [], b"x", "alice", []), 1.0)
+        async with asyncio.timeout(5):
+            await woken.wait()  # NOTIFY on commit, not the next poll of the other replica
+    finally:
+        await storing.close()
+        await other.close()
