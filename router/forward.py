@@ -30,6 +30,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from backends.codecs import Codec
+from policies.upstream_pool import Upstream
 from router.errors import NothingSent, upstream_failed, upstream_timeout
 from router.headers import COST_HEADER, SERVICE_TIER_HEADER, client_response_headers
 from router.lanes import Lane
@@ -38,7 +39,6 @@ from router.service_tier import FLEX, flex_unavailable, served_tier, with_tier
 from router.state import RouterState
 from router.trail import Trail
 from router.upstream_client import ConnectFailed, UpstreamBrokeOff, UpstreamResponse
-from router.upstreams import Upstream
 
 WHOLE_RESPONSE_BYTES = 64 * 1024
 _TIERED = "openai-chat"  # the protocol whose requests carry service_tier

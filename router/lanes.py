@@ -20,10 +20,10 @@ from configs.schema import LaneConfig
 from policies.admission import Outlook, outlook, retry_after_s
 from policies.metrics import LaneWindow
 from policies.snapshot import Snapshot
+from policies.upstream_pool import UpstreamPool
 from router.admission import LaneGate
 from router.microbatch import MicroBatcher
 from router.upstream_client import UpstreamClient
-from router.upstreams import UpstreamPool
 
 
 class Lane:

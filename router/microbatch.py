@@ -40,6 +40,7 @@ from backends.codecs import Codec, CodecError, Part, Reply
 from configs.schema import LaneConfig
 from policies.batching import Batcher, BatchItem
 from policies.pricing import item_shares
+from policies.upstream_pool import UpstreamPool
 from router.errors import (
     NothingSent,
     ProxyError,
@@ -51,7 +52,6 @@ from router.errors import (
 from router.headers import CREDENTIAL_HEADERS, JOB_HEADER, REQUEST_ID_HEADER
 from router.jobs.runner import share_of
 from router.upstream_client import ConnectFailed, UpstreamBrokeOff, UpstreamClient
-from router.upstreams import UpstreamPool
 
 # Queues kept before the idle ones are dropped: one per (route, options, credentials).
 MAX_QUEUES = 256

@@ -8,7 +8,7 @@ as the upstream sends it.
 
 A failure before anything reached the upstream (a refused or timed-out
 connect) is retried on another upstream of the lane, then on another lane
-unless the request is pinned, within the retry budget (router.retry_budget).
+unless the request is pinned, within the retry budget (policies.retry_budget).
 Anything later is not retried: the upstream may have acted on the request.
 
 Every visit to a lane is recorded in that lane's window: an arrival when the
@@ -39,6 +39,7 @@ from backends.codecs import Part, codec_for
 from configs.schema import RouteConfig
 from policies.admission import Placed, place
 from policies.lane_choice import expected_latency_s, failover_lane
+from policies.upstream_pool import Upstream
 from router.admission import LaneFull, QueueTimedOut
 from router.errors import (
     NothingSent,
@@ -69,7 +70,6 @@ from router.routing import choose_lane, deadline_s, requested_class, requested_l
 from router.service_tier import PRIORITY_TIERS, priority_lane, requested_tier
 from router.state import RouterState
 from router.trail import Trail
-from router.upstreams import Upstream
 
 if TYPE_CHECKING:
     from router.runtime import Runtime

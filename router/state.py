@@ -31,9 +31,9 @@ from functools import cached_property
 from configs.assembly import build_control_loop, mode_weights
 from configs.schema import ModeshiftConfig
 from policies.control import ControlLoop
+from policies.retry_budget import RetryBudget
 from policies.switching import SwitchingController
 from router.lanes import Lane
-from router.retry_budget import RetryBudget
 from router.routing import RouteTable
 
 

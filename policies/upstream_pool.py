@@ -1,4 +1,4 @@
-"""A lane's upstream servers: least-in-flight choice and passive outlier ejection.
+"""A lane's upstream servers: least-in-flight choice and passive outlier ejection (the router's and the simulator's).
 
 Choice: the upstream with the fewest requests in flight among those not
 ejected; ties go round-robin, so an idle pool still spreads its load.
@@ -22,22 +22,23 @@ ejection is half-open: it gets one request at a time (a probe) until one
 succeeds, and a failed probe ejects it again at once, rather than the whole
 stream finding out that it is still down.
 
-Time comes in as `now_s`; nothing here reads a clock or does I/O.
+Time comes in as `now_s`; nothing here reads a clock or does I/O. The
+router's pool holds its upstream URLs; the simulator's holds a lane's
+replicas, so a failing replica is ejected there by the same rule.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-
-from yarl import URL
+from typing import Any
 
 MAX_EJECTION_MULTIPLIER = 10
 
 
 @dataclass(eq=False, slots=True)
 class Upstream:
-    url: URL
+    address: str  # the router's upstream URL; the simulator's replica name
     base: str = field(init=False)
     in_flight: int = 0
     consecutive_errors: int = 0
@@ -49,12 +50,12 @@ class Upstream:
     def __post_init__(self) -> None:
         # The upstream URL of a request is `base` + the request's path and
         # query; a base path ("http://host/api") prefixes every request.
-        self.base = str(self.url).rstrip("/")
+        self.base = self.address.rstrip("/")
 
     def ejected(self, now_s: float) -> bool:
         return now_s < self.ejected_until_s
 
-    def describe(self, now_s: float) -> dict:
+    def describe(self, now_s: float) -> dict[str, Any]:
         return {
             "url": self.base,
             "in_flight": self.in_flight,
@@ -75,7 +76,7 @@ class UpstreamPool:
         base_ejection_s: float = 30.0,
         max_ejected_fraction: float = 0.1,
     ):
-        self.upstreams = [Upstream(URL(url)) for url in urls]
+        self.upstreams = [Upstream(url) for url in urls]
         self.consecutive_errors = consecutive_errors
         self.base_ejection_s = base_ejection_s
         self.max_ejected = max(1, math.floor(max_ejected_fraction * len(self.upstreams)))
@@ -127,5 +128,5 @@ class UpstreamPool:
         upstream.probing = True
         return True
 
-    def describe(self, now_s: float) -> list[dict]:
+    def describe(self, now_s: float) -> list[dict[str, Any]]:
         return [u.describe(now_s) for u in self.upstreams]

@@ -1,4 +1,4 @@
-from router.upstreams import UpstreamPool
+from policies.upstream_pool import UpstreamPool
 
 URLS = ("http://a:1", "http://b:1", "http://c:1")
 
