@@ -58,13 +58,15 @@ from policies.admission import Placed, Waiter, place
 from policies.batching import BatchItem
 from policies.lane_choice import choose_lane, expected_latency_s, failover_lane
 from policies.pricing import item_shares
+from policies.retry_budget import RetryBudget
+from simulator.failure_path import FailurePath, error_draws
 from simulator.lane_run import Call, LaneRun, Queued
 from simulator.outcome import NO_LANE, Outcome, TimelineRow
 from simulator.service import ServiceModel, check_covers
 from simulator.traces import TraceRequest
 
 OK, LANE_FULL = 200, 503
-_DONE, _BATCH_DONE, _FLUSH, _GATE_TIMEOUT, _FILE_DUE, _TICK = range(6)
+_DONE, _BATCH_DONE, _FLUSH, _GATE_TIMEOUT, _FILE_DUE, _CALL_TIMEOUT, _TICK = range(7)
 LINE_OVERHEAD_BYTES = 200  # a batch file line's JSON around its body (custom_id, method, url, keys)
 
 
@@ -92,7 +94,9 @@ class Engine:
         return _Run(self, trace, progress, progress_every).play()
 
 
-class _Run:
+class _Run(FailurePath):
+    DONE, TIMEOUT = _DONE, _CALL_TIMEOUT  # the event kinds simulator.failure_path pushes
+
     def __init__(self, engine: Engine, trace: Sequence[TraceRequest], progress, progress_every: int):
         config = engine.config
         self.config = config
@@ -108,6 +112,13 @@ class _Run:
             for i, name in enumerate(names)
         }
         n = len(trace)
+        # Lanes that fail (simulator.failure_path): their replicas, retries, and each request's error draw.
+        self.failing = any(lane.failures is not None for lane in self.lanes.values())
+        self.budget = RetryBudget()
+        self.retrying: set[int] = set()
+        self.upstream_of: dict = {}
+        self.errors = error_draws(engine.seed, n) if self.failing else []
+        self.batchable = [False] * n
         self.z = np.random.default_rng(engine.seed).standard_normal(n).tolist()
         self.routes = RoutesByPrefix(config.routes)
         self.heap: list[_Event] = []
@@ -130,7 +141,10 @@ class _Run:
         tick_s = self.config.switching.tick_s
         self._push(tick_s, _TICK, None, None)
         route_info = self._route_info()
-        handlers = (self._on_done, self._on_batch_done, self._on_flush, self._on_gate_timeout, self._on_file_due)
+        handlers = (
+            self._on_done, self._on_batch_done, self._on_flush, self._on_gate_timeout, self._on_file_due,
+            self._on_timeout,
+        )  # fmt: skip
         for i, request in enumerate(trace):
             t = request.t_s
             while heap and heap[0][0] <= t:  # the earliest event's time
@@ -166,19 +180,7 @@ class _Run:
             lane.window.queue_depth = lane.waiting
         actions: list[Action] = self.loop.tick(t)
         self.decisions.extend(action.as_record() for action in actions)
-        snapshot = self.loop.last_snapshot
-        self.timeline.append(
-            TimelineRow(
-                t_s=t,
-                arrival_rate_per_s=snapshot.arrival_rate_per_s,
-                weights=tuple(self.loop.weights.values()),
-                p95_s=tuple(snapshot.lanes[name].p95_s for name in self.lanes),
-                cost_usd=tuple(
-                    snapshot.lanes[name].cumulative.cost_usd + self.loop.monitor.costs[name].idle_cost_usd(t)
-                    for name in self.lanes
-                ),
-            )
-        )
+        self.timeline.append(TimelineRow.after_tick(t, self.loop, tuple(self.lanes)))
 
     def _route_info(self):
         """Per request: (route pin, batchable, route class), cached by route path."""
@@ -214,7 +216,7 @@ class _Run:
             deadline=deadline,
             weights=self.loop.weights,
             expected_latency_s=expected,
-            available=self.lanes,
+            available=self.available_lanes(t) if self.failing else self.lanes,
             u=self.draw.random(),
         )
         self.pinned[i] = choice.pinned
@@ -222,6 +224,7 @@ class _Run:
             pinned=choice.pinned, route_class=route_class, header_class=request.traffic_class
         )
         self.in_flight += 1
+        self.batchable[i] = batchable
         self._dispatch(i, self.lanes[choice.lane], choice.pinned, t, [], batchable)
 
     def _dispatch(self, i: int, lane: LaneRun, pinned: bool, t: float, visited: list[str], batchable: bool) -> None:
@@ -258,7 +261,7 @@ class _Run:
 
         placed = place(
             lane.name,
-            lanes,
+            self.candidates(lane, t) if self.failing else lanes,
             outlook_of,
             movable=not pinned,
             latency_s=objective.latency_s,
@@ -275,9 +278,9 @@ class _Run:
     def _admit(self, i: int, lane: LaneRun, pinned: bool, t: float, visited: list[str], first: LaneRun) -> None:
         visited.append(lane.name)
         if lane.batch_api:
-            self._start(i, lane, t)  # submitted, not held open: no slot to wait for
+            self._start(i, lane, t, visited)  # submitted, not held open: no slot to wait for
         elif lane.gate.try_enter():
-            self._start(i, lane, t)
+            self._start(i, lane, t, visited)
         elif (waiter := self._enqueue(i, lane, pinned, t, visited, first)) is not None:
             self._push(t + lane.queue_timeout_s, _GATE_TIMEOUT, lane, waiter)
         else:
@@ -311,7 +314,7 @@ class _Run:
         name = failover_lane(self.loop.weights, self.lanes, visited)
         return self.lanes[name] if name is not None else None
 
-    def _start(self, i: int, lane: LaneRun, t: float) -> None:
+    def _start(self, i: int, lane: LaneRun, t: float, visited: list[str]) -> None:
         """Admitted: the router records the arrival and sends the call."""
         request = self.trace[i]
         self.started_s[i] = t
@@ -321,6 +324,9 @@ class _Run:
             self._gather(i, lane, t)
             return
         service_s = lane.call_s(request.items, request.input_tokens, request.output_tokens, self.z[i])
+        if lane.failures is not None:
+            self._send_failing(i, lane, t, service_s, visited)
+            return
         self._call(lane, t, service_s, _DONE, i)
 
     def _gather(self, i: int, lane: LaneRun, t: float) -> None:
@@ -368,6 +374,8 @@ class _Run:
             lane.free += 1
 
     def _on_done(self, t: float, lane: LaneRun, i: int) -> None:
+        if lane.failures is not None and not self._failing_done(t, lane, i):
+            return
         request = self.trace[i]
         latency = t - self.started_s[i]
         usd = lane.cost(request.input_tokens, request.output_tokens, latency)
@@ -389,7 +397,7 @@ class _Run:
     def _leave_gate(self, lane: LaneRun, t: float) -> None:
         waiter = lane.gate.release(t)
         if waiter is not None:  # the slot passes to the waiter
-            self._start(waiter.ticket.i, lane, t)
+            self._start(waiter.ticket.i, lane, t, waiter.ticket.visited)
 
     def _on_gate_timeout(self, t: float, lane: LaneRun, waiter: Waiter[Queued]) -> None:
         if not lane.gate.withdraw(waiter):
@@ -468,6 +476,8 @@ class _Run:
         self.status[i] = status
         self.done_s[i] = t
         self.in_flight -= 1
+        if self.retrying:
+            self._released(i)
         self.loop.monitor.served(t, self.traffic_class[i], lane.name, t - self.trace[i].t_s, status < 500)
 
     def _outcome(self, end_s: float) -> Outcome:

@@ -20,6 +20,7 @@ from policies.admission import Gate, Outlook, batched_latency_s, outlook, takes_
 from policies.batching import Batcher
 from policies.provider_batching import FileGathering
 from policies.snapshot import Snapshot
+from simulator.failure_path import LaneFailures
 from simulator.service import BatchApiLane, ServerLane, jittered_s
 
 
@@ -66,11 +67,16 @@ class LaneRun:
         self.coef = (0.0, 0.0, 0.0, 0.0)
         self.sigma = 0.0
         self.free = 0  # servers free now
+        self.failures: LaneFailures | None = None  # simulator.failure_path, when its service model says it fails
         if isinstance(service, ServerLane):
             latency = service.latency
             self.coef = (latency.base_s, latency.per_item_s, latency.per_input_token_s, latency.per_output_token_s)
             self.sigma = latency.jitter
             self.free = service.servers
+            if service.failures is not None:
+                self.failures = LaneFailures(
+                    name, service.failures, service.replicas, lane_config.outlier, lane_config.timeout_s
+                )
         self.backlog: deque[Call] = deque()  # calls waiting for a server
         # The micro-batcher, when the lane has one: its queue, merged calls running, and its next flush.
         self.batcher: Batcher | None = None

@@ -21,9 +21,9 @@ NaN, never 100%.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -39,6 +39,20 @@ class TimelineRow(NamedTuple):
     weights: tuple[float, ...]  # by lane, in Outcome.lanes order
     p95_s: tuple[float, ...]
     cost_usd: tuple[float, ...]  # cumulative, provisioned share included
+
+    @classmethod
+    def after_tick(cls, t: float, loop: Any, lanes: Sequence[str]) -> TimelineRow:
+        """The control loop's figures once its tick at `t` is done (a configs.assembly control loop)."""
+        snapshot = loop.last_snapshot
+        return cls(
+            t_s=t,
+            arrival_rate_per_s=snapshot.arrival_rate_per_s,
+            weights=tuple(loop.weights.values()),
+            p95_s=tuple(snapshot.lanes[name].p95_s for name in lanes),
+            cost_usd=tuple(
+                snapshot.lanes[name].cumulative.cost_usd + loop.monitor.costs[name].idle_cost_usd(t) for name in lanes
+            ),
+        )
 
 
 @dataclass(frozen=True, slots=True)

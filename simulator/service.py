@@ -21,9 +21,20 @@ each lane one of two kinds:
 
     lanes:
       realtime: {kind: server, replicas: 2, concurrency: 4,
-                 latency: {base: 20ms, per_input_token: 0.05ms, per_output_token: 12ms, jitter: 0.2}}
+                 latency: {base: 20ms, per_input_token: 0.05ms, per_output_token: 12ms, jitter: 0.2},
+                 failures: {error_rate: 0.01, down: [{from: 60s, to: 120s, replicas: 1}]}}
       batch:    {kind: batch_api, turnaround_median: 20m, turnaround_sigma: 0.8}
     hop: 1.5ms
+
+A server lane may fail (`failures:`): a share of its calls answered with a
+500 (`error_rate`), and outages in which some or all of its replicas refuse
+connections (`down`). The router's answers to that are played by its own
+rules (simulator.failure_path): each replica is an upstream of the lane's
+pool (policies.upstream_pool: least in flight, outlier ejection), a refused
+connection is retried on the next replica and then the next lane within the
+retry budget (policies.retry_budget), a call longer than the lane's
+`timeout` is a 504. A lane without `failures:` never fails and never times
+out (the fast path of a million-request run).
 
 `hop` (default 0) is the time the router itself and the network add to
 every answer as the client sees it: the simulated latencies include it, the
@@ -74,11 +85,35 @@ class Latency(_Model):
         )
 
 
+class Outage(_Model):
+    """A stretch of the run in which some of a lane's replicas refuse every connection."""
+
+    from_s: Duration = Field(alias="from", ge=0, description="when it starts, in the trace's seconds")
+    to_s: Duration = Field(alias="to", gt=0, description="when the replicas take connections again")
+    replicas: int | None = Field(None, ge=1, description="how many of the lane's replicas are down; default: all")
+
+    @model_validator(mode="after")
+    def _ends_after_it_starts(self) -> Outage:
+        if self.to_s <= self.from_s:
+            raise ValueError(f"an outage must end after it starts: from {self.from_s:g}s to {self.to_s:g}s")
+        return self
+
+
+class Failures(_Model):
+    """How a lane's upstreams fail: the router's answers to it (timeouts, ejection, retries, failover) follow."""
+
+    error_rate: float = Field(0.0, ge=0, le=1, description="share of calls a replica answers with a 500")
+    down: list[Outage] = Field(default_factory=list, description="outages: replicas that refuse connections")
+
+
 class ServerLane(_Model):
     kind: Literal["server"] = "server"
     replicas: int = Field(1, ge=1, description="model server instances behind the lane")
     concurrency: int = Field(1, ge=1, description="calls one replica serves at once")
     latency: Latency = Field(default_factory=Latency)
+    failures: Failures | None = Field(
+        None, description="errors and outages; with it, calls also time out after the lane's `timeout`"
+    )
 
     @property
     def servers(self) -> int:

@@ -1,0 +1,106 @@
+"""Lanes that fail, simulated: outages, errors and timeouts, and the router's answers to them.
+
+The router's rules are the ones played (policies.upstream_pool,
+policies.retry_budget, policies.lane_choice); these tests check that the
+simulator applies them where the router does: a refused connection ejects
+its replica and moves on within the retry budget, an ejected lane is left
+out of the draw, a pinned request has nowhere else to go, an error is
+relayed and counted against its replica, a slow call is a 504 at the lane's
+timeout while its server stays busy.
+"""
+
+import pytest
+
+from configs import parse_config
+from simulator.engine import Engine
+from simulator.failure_path import REFUSED, TIMED_OUT
+from simulator.service import Failures, Latency, Outage, ServerLane, ServiceModel
+from simulator.traces import TraceRequest
+
+CONFIG = """
+lanes:
+  realtime:
+    upstreams: ["http://127.0.0.1:1", "http://127.0.0.1:2"]
+    max_in_flight: 64
+    timeout: {timeout}
+    outlier: {{consecutive_errors: 3, base_ejection: 5s, max_ejected_fraction: 1.0}}
+  batch:
+    upstreams: ["http://127.0.0.1:3"]
+    max_in_flight: 64
+routes:
+  - {{path: /, protocol: http}}
+modes:
+  realtime: {{realtime: 1.0}}
+  batch: {{batch: 1.0}}
+initial_mode: realtime
+policy: {{type: static, params: {{mode: realtime}}}}
+"""
+
+
+def run(failures: Failures, trace, *, timeout="30s", base_s=0.05, seed=0):
+    config = parse_config(CONFIG.format(timeout=timeout))
+    service = ServiceModel(
+        lanes={
+            "realtime": ServerLane(replicas=2, concurrency=8, latency=Latency(base_s=base_s), failures=failures),
+            "batch": ServerLane(concurrency=8, latency=Latency(base_s=0.2)),
+        }
+    )
+    return Engine(config, service, seed=seed).run(trace)
+
+
+def every(step_s: float, until_s: float, **kw) -> list[TraceRequest]:
+    return [TraceRequest(k * step_s, 10, 0, **kw) for k in range(int(until_s / step_s))]
+
+
+def lanes_of(outcome) -> list[str]:
+    return [outcome.lanes[k] for k in outcome.lane]
+
+
+def test_an_outage_of_every_replica_fails_over_to_the_next_lane_and_ends_when_the_replicas_are_back():
+    trace = every(0.5, 30.0)
+    outcome = run(Failures(down=[Outage(**{"from": 10.0, "to": 20.0})]), trace)
+    during = [k for k, r in enumerate(trace) if 10.0 <= r.t_s < 20.0]
+    before = [k for k, r in enumerate(trace) if r.t_s < 10.0]
+    after = [k for k, r in enumerate(trace) if r.t_s >= 26.0]  # the ejection (5 s, then 10 s) has run out
+    assert all(outcome.status[k] == 200 for k in range(len(trace)))  # nothing lost: all failed over
+    assert {lanes_of(outcome)[k] for k in before} == {"realtime"}
+    assert {lanes_of(outcome)[k] for k in during} == {"batch"}
+    assert {lanes_of(outcome)[k] for k in after} == {"realtime"}
+
+
+def test_a_pinned_request_has_no_other_lane_and_is_a_502_while_its_lane_is_down():
+    trace = every(1.0, 20.0, mode="realtime")
+    outcome = run(Failures(down=[Outage(**{"from": 5.0, "to": 10.0})]), trace)
+    statuses = {int(outcome.status[k]) for k, r in enumerate(trace) if 5.0 <= r.t_s < 10.0}
+    assert statuses == {REFUSED}
+    assert all(outcome.status[k] == 200 for k, r in enumerate(trace) if r.t_s < 5.0)
+
+
+def test_one_replica_down_is_ejected_and_its_calls_go_to_the_other_replica_without_failing():
+    trace = every(0.25, 20.0)
+    outcome = run(Failures(down=[Outage(**{"from": 0.0, "to": 20.0, "replicas": 1})]), trace)
+    assert all(outcome.status == 200)
+    assert set(lanes_of(outcome)) == {"realtime"}  # retried on the replica that is up, in the same lane
+
+
+def test_errors_are_relayed_at_their_rate_and_counted_against_the_replicas():
+    trace = every(0.05, 200.0)
+    outcome = run(Failures(error_rate=0.1), trace)
+    errors = (outcome.status == 500).mean()
+    assert errors == pytest.approx(0.1, abs=0.02)
+    assert set(lanes_of(outcome)) == {"realtime"}  # a 500 is an answer: not retried, not failed over
+
+
+def test_a_call_longer_than_the_lane_timeout_is_a_504_at_the_timeout():
+    trace = every(1.0, 5.0)
+    outcome = run(Failures(), trace, timeout="300ms", base_s=1.0)
+    assert list(outcome.status) == [TIMED_OUT] * len(trace)
+    assert outcome.latency_s == pytest.approx([0.3] * len(trace))
+
+
+def test_a_failing_run_is_a_pure_function_of_its_inputs():
+    trace = every(0.1, 60.0)
+    failures = Failures(error_rate=0.2, down=[Outage(**{"from": 20.0, "to": 30.0, "replicas": 1})])
+    first, second = run(failures, trace, seed=4), run(failures, trace, seed=4)
+    assert list(first.status) == list(second.status) and list(first.lane) == list(second.lane)
+    assert first.decisions == second.decisions
