@@ -131,7 +131,9 @@ class FailurePath:
             lane.failures.pool.succeeded(upstream, t)
             return True
         lane.failures.pool.failed(upstream, t)
-        lane.window.completed(t, t - self.started_s[i], ok=False)
+        latency = t - self.started_s[i]
+        usd = self.cost[i] = lane.cost(0, 0, latency)  # an answer, billed as the router bills it: no tokens in it
+        lane.window.completed(t, latency, ok=False, cost_usd=usd, busy_s=latency)
         self._finish(i, lane, t, ERROR)
         self._server_freed(lane, t)
         self._leave_gate(lane, t)

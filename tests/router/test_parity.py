@@ -23,6 +23,7 @@ share their cost the same way.
 import asyncio
 import heapq
 import random
+import socket
 
 import aiohttp
 import numpy as np
@@ -31,7 +32,8 @@ from aiohttp import web
 from router.server import RunningRouter, runtime_for
 from simulator import generators
 from simulator.engine import Engine
-from simulator.service import Latency, ServerLane, ServiceModel, jittered_s
+from simulator.failure_path import error_draws
+from simulator.service import Failures, Latency, Outage, ServerLane, ServiceModel, jittered_s
 from simulator.traces import with_pinned_share
 from tests.router.helpers import FakeClock, Upstream, two_lane_config
 
@@ -166,6 +168,7 @@ def _embeddings(n: int) -> web.Response:
 async def _live_run(trace, make_config, service: ServiceModel) -> tuple[list[dict], list[tuple[str, int]]]:
     """The live router's decision log, and each request's (lane, status)."""
     calls: list[tuple[str, tuple[int, ...], asyncio.Future]] = []  # upstream calls held: lane, requests, release
+    draws = error_draws(SEED, len(trace))  # the simulator's: a lane with an error_rate answers these with a 500
 
     def holding(lane: str):
         async def handler(request: web.Request) -> web.Response:
@@ -176,6 +179,9 @@ async def _live_run(trace, make_config, service: ServiceModel) -> tuple[list[dic
             release = asyncio.get_running_loop().create_future()
             calls.append((lane, members, release))
             await release
+            failures = getattr(service.lanes[lane], "failures", None)
+            if failures is not None and draws[members[0]] < failures.error_rate:
+                return web.json_response({"error": "modelled"}, status=500)
             return _embeddings(len(members)) if request.path.endswith("/embeddings") else web.json_response({})
 
         return handler
@@ -272,7 +278,7 @@ async def _live_run(trace, make_config, service: ServiceModel) -> tuple[list[dic
 
 async def _compare(trace, make_config, service: ServiceModel) -> list[dict]:
     live, answers = await _live_run(trace, make_config, service)
-    placeholder = {"realtime": "http://127.0.0.1:1", "batch": "http://127.0.0.1:2"}
+    placeholder = {"realtime": "http://127.0.0.1:1", "batch": "http://127.0.0.1:2", "down": "http://127.0.0.1:3"}
     outcome = Engine(make_config(placeholder), service, seed=SEED).run(trace)
     simulated = outcome.decisions
     assert len(live) == len(simulated)
@@ -319,3 +325,44 @@ async def test_parity_holds_with_micro_batching_on_the_batch_lane():
     outcome = Engine(_batching_config({"realtime": "http://a:1", "batch": "http://b:2"}), BATCHING_SERVICE, seed=SEED)
     on_batch = outcome.run(trace).lane == 1
     assert on_batch.sum() > 100  # the merged calls were many, and their timing and cost shares agreed
+
+
+FAILING_SERVICE = ServiceModel(
+    lanes={
+        # Two replicas: the first refuses every connection (its URL has nothing listening), the second answers
+        # 30% of its calls with a 500 (drawn per request from the simulator's own stream): three in a row eject it,
+        # and with the first one ejected too, the lane is out of the draw for a while.
+        "realtime": ServerLane(
+            replicas=2, concurrency=10_000, latency=Latency(base_s=0.05, jitter=0.3),
+            failures=Failures(error_rate=0.3, down=[Outage(**{"from": 0.0, "to": 1e6, "replicas": 1})]),
+        ),
+        "batch": ServerLane(concurrency=10_000, latency=Latency(base_s=0.4, jitter=0.3)),
+    }
+)  # fmt: skip
+
+
+def _failing_config(upstreams: dict[str, str]):
+    """The calm config, its real-time lane on a dead upstream and a live one; three errors in a row eject."""
+    down = upstreams.get("down") or f"http://127.0.0.1:{_closed_port()}"
+    outlier = {"consecutive_errors": 3, "base_ejection": "5s", "max_ejected_fraction": 1.0}
+    lanes = {
+        "realtime": {"upstreams": [down, upstreams["realtime"]], "outlier": outlier,
+                     "cost": {"per_hour": 3.6, "billing": "busy"}},
+        "batch": {"upstreams": [upstreams["batch"]]},
+    }  # fmt: skip
+    return _load_config(upstreams, 3, 6, "3s", "10s", lanes=lanes)
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed when this returns: a connection to it is refused
+
+
+async def test_parity_holds_when_a_replica_refuses_connections_and_another_answers_errors():
+    trace = _trace()
+    simulated = await _compare(trace, _failing_config, FAILING_SERVICE)
+    outcome = Engine(_failing_config({"realtime": "http://a:1", "batch": "http://b:2", "down": "http://c:3"}),
+                     FAILING_SERVICE, seed=SEED).run(trace)  # fmt: skip
+    assert (outcome.status == 500).sum() >= 5  # errors relayed, on both sides alike
+    assert "TransitionStarted" in [record["kind"] for record in simulated]
