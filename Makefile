@@ -37,6 +37,7 @@ bench: $(VENV)/.installed
 	$(PY) bench/jobs.py
 	$(PY) bench/simulation.py
 	$(PY) bench/fidelity.py
+	$(PY) bench/fidelity_modeled.py
 	$(PY) bench/overload.py
 	$(PY) bench/slow_clients.py
 	$(PY) bench/cluster.py

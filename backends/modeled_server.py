@@ -11,8 +11,13 @@ or TGI's do) for
 
     base_s + per_item_s x items + per_input_token_s x input tokens + per_output_token_s x output tokens,
 
-times a log-normal jitter of mean 1 and spread `jitter`, drawn from a seeded
-generator. Its capacity is therefore known exactly (slots over the mean call
+times a log-normal factor of mean 1 and sigma `jitter`, exp(jitter x z -
+jitter^2 / 2) for a standard normal z drawn from a seeded generator, the
+simulator's own formula (simulator.service.jittered_s). A request may bring
+its own z in `X-Modeled-Z` (a replay sends the simulator's draw for each
+request): then a live run and the simulation of the same trace give each
+request the same service time, and what differs between them is the
+router, not the luck of the draws. Its capacity is therefore known exactly (slots over the mean call
 time), which is what overload tests and benchmarks need: the router's and
 the simulator's behaviour at twice a lane's capacity can be measured on two
 shared cores, where a real model's own time would be the noise. The
@@ -34,6 +39,7 @@ from aiohttp import web
 from backends.openai_api import ApiError, parse_embeddings_request
 
 DIMENSION = 8
+DRAW_HEADER = "X-Modeled-Z"  # a request's own standard normal draw for its jitter
 
 
 class ModeledServer:
@@ -62,16 +68,17 @@ class ModeledServer:
         self._runner: web.AppRunner | None = None
         self.url = ""
 
-    def call_s(self, items: int, input_tokens: int, output_tokens: int = 0) -> float:
+    def call_s(self, items: int, input_tokens: int, output_tokens: int = 0, z: float | None = None) -> float:
         mean = self.base_s + self.per_item_s * items + self.per_input_token_s * input_tokens
-        return (mean + self.per_output_token_s * output_tokens) * self._factor()
+        return (mean + self.per_output_token_s * output_tokens) * self._factor(z)
 
-    def _factor(self) -> float:
-        """One call's log-normal jitter, mean 1."""
+    def _factor(self, z: float | None = None) -> float:
+        """One call's log-normal jitter, mean 1: of the request's own draw `z`, else of the next one."""
         if self.jitter <= 0:
             return 1.0
-        sigma2 = math.log1p(self.jitter**2)
-        return math.exp(self._rng.gauss(-sigma2 / 2, math.sqrt(sigma2)))
+        if z is None:
+            z = self._rng.gauss(0.0, 1.0)
+        return math.exp(self.jitter * z - 0.5 * self.jitter * self.jitter)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
@@ -87,7 +94,7 @@ class ModeledServer:
         async with self._busy:
             self.calls += 1
             self.items += max(len(texts), 1)
-            await asyncio.sleep(self.call_s(max(len(texts), 1), sum(tokens)))
+            await asyncio.sleep(self.call_s(max(len(texts), 1), sum(tokens), z=_draw(request)))
         if not texts:
             return web.json_response({"ok": True})
         data = [
@@ -109,7 +116,7 @@ class ModeledServer:
         async with self._busy:
             self.calls += 1
             self.items += 1
-            factor = self._factor()
+            factor = self._factor(_draw(request))
             prefill_s = (self.base_s + self.per_item_s + self.per_input_token_s * usage["prompt_tokens"]) * factor
             if not asked.get("stream"):
                 await asyncio.sleep(prefill_s + self.per_output_token_s * output * factor)
@@ -149,3 +156,11 @@ class ModeledServer:
 
 def _event(data: dict) -> bytes:
     return f"data: {json.dumps(data)}\n\n".encode()
+
+
+def _draw(request: web.Request) -> float | None:
+    value = request.headers.get(DRAW_HEADER)
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None

@@ -3,8 +3,11 @@
     python bench/fidelity_modeled.py [--seconds 40] [--seed 1] [--only NAME]
 
 Two upstreams of known service time on loopback (backends.modeled_server:
-slots, a base, a time per text, log-normal jitter; no model, no CPU), the
-router in process with configs/default.yaml pointed at them (bench/overload
+slots, a base, a time per text, log-normal jitter; no model, no CPU), each
+in a process of its own on the other cores (bench/modeled_upstream.py), so
+their timers keep to the model however busy the router is; the router and
+the client in this process on the first core, with configs/default.yaml
+pointed at them (bench/overload
 has the numbers: real-time 4 slots x 40 ms, 100 req/s; batch one merged
 call at a time, 30 ms + 4 ms a text), and embeddings calls on
 /v1/embeddings, 10% pinned to real-time, under five loads:
@@ -26,20 +29,25 @@ transition within one tick, at every load.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import math
+import os
 import random
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 from fidelity import decision_table, relative_error
 from overload import BATCH, JITTER, PINNED_SHARE, REALTIME, capacity_per_s, contender_config, run_uvloop
 from overload import service_model as known_model
+from processes import free_port, process
+from proxy_overhead import cpus
 from rich.console import Console
 from rich.table import Table
 
-from backends.modeled_server import ModeledServer
 from commands.replay import as_outcome, replay
 from router.server import RunningRouter, runtime_for
 from simulator import generators
@@ -47,6 +55,7 @@ from simulator.engine import Engine
 from simulator.outcome import TOTAL, Outcome, SloTargets, summarize
 from simulator.traces import TraceRequest, with_pinned_share
 
+HERE = Path(__file__).resolve().parent
 ROUTE = "/v1/embeddings"
 TARGET = 0.10
 SCENARIOS = ("50%", "85%", "100%", "rush", "bursty")
@@ -68,22 +77,27 @@ def scenario(name: str, seconds: float, seed: int) -> list[TraceRequest]:
 
 
 async def live(trace: list[TraceRequest], seed: int) -> tuple[Outcome, list[dict]]:
-    servers = {
-        "realtime": ModeledServer(**REALTIME, jitter=JITTER, seed=seed),
-        "batch": ModeledServer(**BATCH, jitter=JITTER, seed=seed + 1),
-    }
-    upstreams = {lane: await server.start() for lane, server in servers.items()}
-    router = RunningRouter(runtime_for(contender_config("shipped", upstreams)))
-    await router.start(data=("127.0.0.1", 0), admin=("127.0.0.1", 0))
-    try:
-        host, port = router.data_address
-        began = router.runtime.now_s()  # the decisions are stamped on the router's clock
-        results = await replay(f"http://{host}:{port}{ROUTE}", trace, seed=seed, timeout_s=60.0)
-        decisions = [{**d, "at_s": d["at_s"] - began} for d in router.runtime.decisions.recent()]
-    finally:
-        await router.stop()
-        for server in servers.values():
-            await server.stop()
+    """The router in this process (with the client), each upstream in a process of its own on the other cores."""
+    _, upstream_cpu = cpus()
+    ports = {"realtime": free_port(), "batch": free_port()}
+    settings = {"realtime": {**REALTIME, "seed": seed}, "batch": {**BATCH, "seed": seed + 1}}
+    with contextlib.ExitStack() as stack:
+        for lane, port in ports.items():
+            command = [*upstream_cpu, sys.executable, str(HERE / "modeled_upstream.py"), str(port)]
+            stack.enter_context(process([*command, json.dumps({**settings[lane], "jitter": JITTER})], port))
+        upstreams = {lane: f"http://127.0.0.1:{port}" for lane, port in ports.items()}
+        router = RunningRouter(runtime_for(contender_config("shipped", upstreams)))
+        await router.start(data=("127.0.0.1", 0), admin=("127.0.0.1", 0))
+        try:
+            host, port = router.data_address
+            began = router.runtime.now_s()  # the decisions are stamped on the router's clock
+            draws = np.random.default_rng(seed).standard_normal(len(trace)).tolist()  # the simulator's (engine)
+            results = await replay(
+                f"http://{host}:{port}{ROUTE}", trace, seed=seed, timeout_s=60.0, modeled_draws=draws
+            )
+            decisions = [{**d, "at_s": d["at_s"] - began} for d in router.runtime.decisions.recent()]
+        finally:
+            await router.stop()
     return as_outcome(trace, results), decisions
 
 
@@ -132,6 +146,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--only", choices=SCENARIOS, action="append")
     args = parser.parse_args()
+    proxy_cpu, _ = cpus()
+    if proxy_cpu:  # the router and the client on the first core, the upstreams on the others
+        os.sched_setaffinity(0, {int(proxy_cpu[-1])})
     console = Console(width=160)
     tick_s = contender_config("shipped", {"realtime": "http://a:1", "batch": "http://b:2"}).switching.tick_s
     summary = Table(title=f"worst error per scenario (target: {TARGET:.0%}, transitions within one tick)")

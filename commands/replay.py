@@ -37,6 +37,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 import numpy as np
 
+from backends.modeled_server import DRAW_HEADER
 from commands.profile import answer_usage, words_text
 from router.headers import COST_HEADER, DEADLINE_HEADER, LANE_HEADER, MODE_HEADER, PRIORITY_HEADER
 from simulator.outcome import NO_LANE, Outcome
@@ -92,9 +93,14 @@ async def replay(
     protocol: str = "openai-embeddings",
     stream: bool = False,
     model: str | None = None,
+    modeled_draws: Sequence[float] | None = None,
     on_result: Callable[[Result], None] | None = None,
 ) -> list[Result]:
-    """Send `trace` (POST, OpenAI embeddings or chat bodies) at its arrival times; results in trace order."""
+    """Send `trace` (POST, OpenAI embeddings or chat bodies) at its arrival times; results in trace order.
+
+    `modeled_draws`: each request's standard normal draw, sent for an upstream of known service model
+    (backends.modeled_server) to use for its jitter: the simulator's draws, to compare a live run with it.
+    """
     if speed <= 0:
         raise ValueError(f"speed must be positive, got {speed}")
     rng = random.Random(seed)
@@ -115,6 +121,8 @@ async def replay(
                 headers[DEADLINE_HEADER] = f"{request.deadline_ms:g}"
             if request.traffic_class is not None:
                 headers[PRIORITY_HEADER] = request.traffic_class
+            if modeled_draws is not None:
+                headers[DRAW_HEADER] = repr(modeled_draws[index])
             started = time.perf_counter()
             prompt = body["input"] if "input" in body else body["messages"][0]["content"]
             lane, status, usage, ttft_s, cost_usd = "", 0, {}, math.nan, math.nan
