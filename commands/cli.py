@@ -47,8 +47,9 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _schema(args: argparse.Namespace) -> int:
     from configs import ModeshiftConfig
+    from policies.units import schema_defaults_as_text
 
-    schema = ModeshiftConfig.model_json_schema(by_alias=True)
+    schema = schema_defaults_as_text(ModeshiftConfig.model_json_schema(by_alias=True))
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "modeshift configuration"
     print(json.dumps(schema, indent=args.indent))

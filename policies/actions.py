@@ -45,13 +45,14 @@ class Action:
 
 def plain(value: Any) -> Any:
     """Strict-JSON-ready: weights and mappings as dicts, sequences as lists, NaN and infinities as None
-    (JSON has no NaN: `jq` and browsers refuse it)."""
+    (JSON has no NaN: `jq` and browsers refuse it), floats to 12 significant digits."""
     if isinstance(value, Mapping):
         return {k: plain(v) for k, v in value.items()}
     if isinstance(value, tuple | list):
         return [plain(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
+    if isinstance(value, float):
+        # 12 significant digits: 0.2, not the 0.19999999999999996 that 1 - 0.8 leaves.
+        return float(f"{value:.12g}") if math.isfinite(value) else None
     return value
 
 

@@ -53,6 +53,29 @@ def parse_duration_s(text: str) -> float:
     return sum(float(n) * _DURATION_UNITS_S[u] for n, u in _DURATION_PART.findall(compact))
 
 
+def duration_text(seconds: float) -> str:
+    """Seconds as a config writes them: "5s", "50ms", "10m", "1h" (the largest unit that divides them)."""
+    if seconds == 0:
+        return "0s"
+    for unit, size in (("h", 3600.0), ("m", 60.0), ("s", 1.0)):
+        if seconds >= size and (seconds / size).is_integer():
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds * 1000:g}ms"
+
+
+def schema_defaults_as_text(schema: Any) -> Any:
+    """A JSON Schema whose duration fields show their defaults as the text a config writes ("5s", not 5.0)."""
+    if isinstance(schema, dict):
+        fixed = {key: schema_defaults_as_text(value) for key, value in schema.items()}
+        default = fixed.get("default")
+        if fixed.get("pattern") == _DURATION_TEXT.pattern and isinstance(default, int | float):
+            fixed["default"] = duration_text(float(default))
+        return fixed
+    if isinstance(schema, list):
+        return [schema_defaults_as_text(item) for item in schema]
+    return schema
+
+
 def parse_size_bytes(text: str) -> int:
     """Bytes in a size string such as "512KiB", "10MB" or "1048576"."""
     match = _SIZE_TEXT.match(text.strip())

@@ -154,6 +154,9 @@ async def _serve(config: ModeshiftConfig, path: Path, shared_socket: bool) -> in
         config=str(path),
         mode=runtime.state.control.controller.mode,
     )
+    token_variable = runtime.state.config.server.admin_token_env
+    if not os.environ.get(token_variable):
+        event(logger, "admin_api_off", logging.WARNING, reason=f"set the environment variable {token_variable}")
     await stop.wait()
     if watchdog is not None:
         watchdog.cancel()

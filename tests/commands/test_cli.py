@@ -25,6 +25,8 @@ def test_schema_is_json_for_editors(capsys):
     assert {"lanes", "modes", "policy", "switching"} <= set(schema["properties"])
     switching = schema["$defs"]["SwitchingParams"]["properties"]
     assert "hold" in switching and switching["hold"]["type"] == "string"
+    lane = schema["$defs"]["LaneConfig"]["properties"]
+    assert lane["queue_timeout"]["type"] == "string" and lane["queue_timeout"]["default"] == "5s"  # as a file says
 
 
 def test_console_script_runs_as_a_module():

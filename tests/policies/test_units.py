@@ -38,3 +38,11 @@ def test_bare_numbers_are_seconds_in_python_but_refused_from_yaml():
 def test_negative_duration_refused():
     with pytest.raises(ValidationError):
         _Model(wait=-1)
+
+
+def test_a_duration_written_back_as_text_reads_as_itself():
+    from policies.units import duration_text
+
+    for seconds in (0.0, 0.05, 1.5, 5.0, 90.0, 600.0, 3600.0, 5400.0):
+        assert parse_duration_s(duration_text(seconds)) == pytest.approx(seconds)
+    assert [duration_text(s) for s in (5.0, 0.05, 600.0, 7200.0)] == ["5s", "50ms", "10m", "2h"]

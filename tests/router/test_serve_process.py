@@ -113,3 +113,24 @@ async def test_a_taken_listen_address_is_one_clear_line_and_exit_status_2(upstre
         taken.close()
     assert router.returncode == 2
     assert f"cannot listen on 127.0.0.1:{port}" in stderr.decode() and "Traceback" not in stderr.decode()
+
+
+async def test_a_router_whose_admin_token_is_unset_says_at_start_that_the_admin_api_is_off(upstream, tmp_path):
+    realtime = await upstream()
+    server = {
+        "listen": f"127.0.0.1:{free_port()}",
+        "admin_listen": f"127.0.0.1:{free_port()}",
+        "admin_token_env": "MODESHIFT_TOKEN_NOBODY_SET",
+    }
+    path = tmp_path / "modeshift.yaml"
+    path.write_text(yaml.safe_dump(two_lane_raw([realtime.url], [realtime.url], server=server)))
+    env = {k: v for k, v in os.environ.items() if k != "MODESHIFT_TOKEN_NOBODY_SET"}
+    router = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "commands.cli", "serve", "-c", str(path), stderr=asyncio.subprocess.PIPE, env=env
+    )
+    try:
+        off = await next_event(router.stderr, "admin_api_off")
+        assert off["level"] == "warning" and "MODESHIFT_TOKEN_NOBODY_SET" in off["reason"]
+    finally:
+        router.send_signal(signal.SIGTERM)
+        await router.wait()
