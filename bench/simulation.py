@@ -4,7 +4,7 @@
 
 1. Speed: a generated Poisson trace of `--requests` requests (200 req/s, on
    the embeddings route, so the batch lane micro-batches) through
-   configs/default.yaml with bench/scenarios/default-service.yaml, on one
+   configs/default.yaml with configs/default.service.yaml, on one
    core; prints simulated requests per second of CPU time (target: 1M in
    10 s or less).
 2. The Azure LLM conversation trace (../shared/traces, 19,366 requests over
@@ -50,7 +50,7 @@ POLICIES = (
 
 def speed(console: Console, requests: int) -> None:
     config = load_config(ROOT / "configs" / "default.yaml")
-    service = load_service_model(SCENARIOS / "default-service.yaml")
+    service = load_service_model(ROOT / "configs" / "default.service.yaml")
     began = time.process_time()
     trace = generators.poisson(200.0, requests / 200.0, np.random.default_rng(7), route="/v1/embeddings")
     generated = time.process_time() - began
@@ -67,7 +67,7 @@ def speed(console: Console, requests: int) -> None:
 
 def savings(console: Console, title: str, trace, switchable_s: float) -> None:
     config = load_config(SCENARIOS / "azure-llm.yaml")
-    service = load_service_model(SCENARIOS / "azure-llm-service.yaml")
+    service = load_service_model(SCENARIOS / "azure-llm.service.yaml")
     slo = SloTargets(pinned_s=15.0, switchable_s=switchable_s, attainment=0.99)
     began = time.process_time()
     result = compare(config, service, trace, policies=POLICIES, slo=slo, seed=1)

@@ -10,6 +10,7 @@ never replaces a good one.
 
 from __future__ import annotations
 
+import copy
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from configs.errors import format_error
-from configs.schema import ModeshiftConfig
+from configs.schema import CROSS_FIELD, ModeshiftConfig
 from policies.units import UNITS_REQUIRED
 
 M = TypeVar("M", bound=BaseModel)
@@ -71,7 +72,51 @@ def parse_document(text: str, source: str, model: type[M], expected: str) -> M:
     try:
         return model.model_validate(data, context={UNITS_REQUIRED: True})
     except ValidationError as exc:
-        raise ConfigError([format_error(source, root, data, model, error) for error in exc.errors()]) from None
+        errors = [*exc.errors(), *_cross_field_errors(model, data, exc.errors())]
+        raise ConfigError([format_error(source, root, data, model, error) for error in errors]) from None
+
+
+def _cross_field_errors(model: type[M], data: dict[str, Any], errors: list[Any], rounds: int = 3) -> list[Any]:
+    """The cross-field problems (configs.schema: a mode's weights, unknown lanes, ...) of a file whose fields
+    are wrong too. Pydantic checks them only once every field is valid, so a file with three errors would show
+    them in two passes: they are checked here on the data without the values that failed (each field then
+    takes its default), and reported unless they sit under a value that was taken out."""
+    if any(error.get("ctx", {}).get(CROSS_FIELD) for error in errors):
+        return []  # the fields were valid: the cross-field problems are already there
+    pruned, removed = copy.deepcopy(data), []
+    for _ in range(rounds):
+        removed += [error["loc"] for error in errors if _remove(pruned, error["loc"])]
+        try:
+            model.model_validate(pruned, context={UNITS_REQUIRED: True})
+        except ValidationError as again:
+            errors = again.errors()
+            cross = [error for error in errors if error.get("ctx", {}).get(CROSS_FIELD)]
+            if cross:
+                return [error for error in cross if not any(_related(error["loc"], loc) for loc in removed)]
+            continue
+        return []
+    return []
+
+
+def _related(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
+    """One location is the other or holds it: a problem of a mapping whose member failed, or of that member."""
+    n = min(len(a), len(b))
+    return a[:n] == b[:n]
+
+
+def _remove(data: Any, loc: tuple[Any, ...]) -> bool:
+    """Take the value at `loc` out of its mapping; False when there is none (a missing field, a list item)."""
+    for key in loc[:-1]:
+        if isinstance(data, dict) and key in data:
+            data = data[key]
+        elif isinstance(data, list) and isinstance(key, int) and 0 <= key < len(data):
+            data = data[key]
+        else:
+            return False
+    if isinstance(data, dict) and loc and loc[-1] in data:
+        del data[loc[-1]]
+        return True
+    return False
 
 
 def load_document(path: str | Path, model: type[M], expected: str) -> M:

@@ -267,8 +267,11 @@ class ModeshiftConfig(_Section):
         return self
 
 
+CROSS_FIELD = "cross_field"  # in a cross-field problem's context: configs.loader reports them with field errors
+
+
 def _problem(loc: tuple[str | int, ...], value: Any, kind: str, message: str) -> InitErrorDetails:
-    return InitErrorDetails(type=PydanticCustomError(kind, message), loc=loc, input=value)
+    return InitErrorDetails(type=PydanticCustomError(kind, message, {CROSS_FIELD: True}), loc=loc, input=value)
 
 
 def _cross_problems(cfg: ModeshiftConfig) -> Iterator[InitErrorDetails]:

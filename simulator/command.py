@@ -74,10 +74,24 @@ def slo_targets(args: argparse.Namespace, objectives: Objectives | None = None) 
     )
 
 
+def service_beside(config: str) -> str:
+    """The service model shipped beside a config (`default.yaml` -> `default.service.yaml`); ValueError if none."""
+    path = Path(config)
+    beside = path.with_name(f"{path.stem}.service.yaml")
+    if not beside.exists():
+        raise ValueError(
+            f"no service model for {config}: pass --service FILE (write one with `modeshift profile`), "
+            f"or put it at {beside}"
+        )
+    return str(beside)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_trace_arguments(parser, "play the trace this many times faster")
     parser.add_argument("-c", "--config", required=True, metavar="FILE", help="the router config to simulate")
-    parser.add_argument("--service", required=True, metavar="FILE", help="the lanes' service model (YAML)")
+    parser.add_argument(
+        "--service", metavar="FILE", help="the lanes' service model (YAML); default: CONFIG.service.yaml beside it"
+    )
     parser.add_argument("--policy", action="append", default=[], metavar="SPEC", help="TYPE or TYPE:key=value,...")
     parser.add_argument("--oracle-window", default="60s", help="the oracle chooses a mode per window this long")
     parser.add_argument("--out", metavar="DIR", help="write per-request CSVs, decision logs and summary.json here")
@@ -89,8 +103,9 @@ def run(args: argparse.Namespace) -> int:
     console = Console(width=None if sys.stdout.isatty() else 160)
     try:
         config = load_config(args.config)
-        service = load_service_model(args.service)
-        check_covers(service, list(config.lanes), args.service)
+        service_path = args.service or service_beside(args.config)
+        service = load_service_model(service_path)
+        check_covers(service, list(config.lanes), service_path)
         trace = prepared(
             args.trace,
             window=args.slice,
@@ -111,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
         return _invalid([f"{args.trace}: no requests in the trace (after --slice)"])
     console.print(
         f"{len(trace):,} requests over {trace[-1].t_s:,.0f} s; "
-        f"{len(contenders)} contenders: {', '.join(contenders)}, and the oracle"
+        f"{len(contenders)} contenders: {', '.join(contenders)}, and the oracle; service model: {service_path}"
     )
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console

@@ -95,9 +95,10 @@ def test_initial_mode_must_exist():
 
 def test_policy_params_are_validated_by_the_policy():
     lines = errors_of(GOOD.replace("{low_rps: 10, high_rps: 100}", "{low_rps: 10, hihg_rps: 100, high_mode: bulk}"))
-    assert lines == [
+    assert lines == [  # the unknown key and the unknown mode in one pass
         'prod.yaml:18: policy.params.hihg_rps: unknown key; did you mean "high_rps"? '
-        "known: high_mode, high_rps, hold, low_mode, low_rps"
+        "known: high_mode, high_rps, hold, low_mode, low_rps",
+        'prod.yaml:18: policy.params.high_mode = "bulk": no such mode; modes: batch, hybrid, realtime',
     ]
     lines = errors_of(GOOD.replace("{low_rps: 10, high_rps: 100}", "{low_rps: 10, high_mode: bulk}"))
     assert lines == ['prod.yaml:18: policy.params.high_mode = "bulk": no such mode; modes: batch, hybrid, realtime']
@@ -154,7 +155,11 @@ def test_objectives_are_checked_where_they_are_written():
         "objectives:\n  pinned: {latency: 1s, percentile: 100}\n  switchable: {latency: 2s, error_budget: 0.5}\n"
         "routes:\n  - {path: /, class: interactive}\nmodes:\n",
     )
-    assert errors_of(text) == ["prod.yaml:12: objectives.pinned.percentile = 100: Input should be less than 100"]
+    assert errors_of(text) == [  # the field error and the cross-field one, in one pass
+        "prod.yaml:12: objectives.pinned.percentile = 100: Input should be less than 100",
+        'prod.yaml:15: routes[0].class = "interactive": no objective for this class; declare it under objectives '
+        "(classes: jobs, pinned, switchable)",
+    ]
     assert errors_of(text.replace("percentile: 100", "percentile: 99")) == [
         'prod.yaml:15: routes[0].class = "interactive": no objective for this class; declare it under objectives '
         "(classes: jobs, pinned, switchable)",
@@ -214,3 +219,23 @@ def test_a_provider_batch_lane_stays_within_the_providers_limits():
     assert "max_requests 60000 is over openai's 50,000" in line
     anthropic = over.replace("api: openai", "api: anthropic")
     assert not [line for line in errors_of(anthropic) if "max_requests" in line]  # Anthropic takes 100,000
+
+
+def test_a_file_with_field_and_cross_field_errors_shows_them_all_in_one_pass():
+    text = (
+        GOOD.replace("    timeout: 30s", "    timeout: 30s\n    max_in_flight: -3")
+        .replace("hybrid: {realtime: 0.5, batch: 0.5}", "hybrid: {realtime: 0.5, batch: 0.2}")
+        .replace("low_rps: 10", "low_rsp: 10")
+        .replace("initial_mode: realtime", "initial_mode: realtme")
+    )
+    lines = errors_of(text)
+    assert len(lines) == 4, lines
+    assert any("lanes.realtime.max_in_flight = -3" in line for line in lines)
+    assert any("policy.params.low_rsp: unknown key" in line for line in lines)
+    assert any("modes.hybrid" in line and "weights sum to 0.7" in line for line in lines)
+    assert any('initial_mode = "realtme"' in line and "no such mode" in line for line in lines)
+
+
+def test_a_cross_field_problem_under_a_value_that_failed_is_not_reported_twice():
+    lines = errors_of(GOOD.replace("batch: {batch: 1.0}", "batch: {batch: -1.0}"))
+    assert len(lines) == 1 and "modes.batch.batch = -1" in lines[0], lines  # not also "weights sum to -1"

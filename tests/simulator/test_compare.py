@@ -13,7 +13,7 @@ from simulator.outcome import Outcome, SloTargets
 from simulator.report import REQUEST_COLUMNS
 from tests.simulator.test_engine import at, config, service
 
-DEFAULT_SERVICE = str(Path(__file__).resolve().parents[2] / "bench" / "scenarios" / "default-service.yaml")
+DEFAULT_SERVICE = str(Path(__file__).resolve().parents[2] / "configs" / "default.service.yaml")
 SLO = SloTargets(pinned_s=1.0, switchable_s=1.0, attainment=0.9)
 
 
@@ -105,6 +105,18 @@ def test_the_simulate_command_prints_the_table_and_writes_its_files(tmp_path, ca
 
 def _not_json(constant: str):
     raise ValueError(f"{constant} is not JSON")
+
+
+def test_simulate_finds_the_service_model_shipped_beside_a_config_and_says_which(tmp_path, capsys):
+    from commands.cli import main
+
+    args = ["simulate", "--trace", "bundled", "--slice", "0:30", "-c", str(ready_config_path("default"))]
+    assert main(args) == 0
+    assert "default.service.yaml" in capsys.readouterr().out
+    alone = tmp_path / "mine.yaml"
+    alone.write_text(ready_config_path("default").read_text())
+    assert main([*args[:-1], str(alone)]) == 2
+    assert "pass --service FILE" in capsys.readouterr().err
 
 
 def test_the_simulate_command_refuses_bad_input_with_exit_2(tmp_path, capsys):
