@@ -94,3 +94,20 @@ async def test_a_cluster_replica_says_who_leads_and_when_redis_is_gone(redis_ser
         await expect(page.locator("#cluster")).to_have_text("replica web-1 of test · Redis unreachable: weights held")
     finally:
         await router.stop()
+
+
+async def test_an_idle_lane_shows_no_latency_and_the_latency_chart_is_log_scaled(upstream, start_router, client, page):
+    server = await upstream()
+    router = await start_router(two_lane_config([server.url], [server.url]))
+    for i in range(20):  # traffic on the real-time lane only: the batch lane answers nothing
+        async with client.get(f"{router.url}/a") as response:
+            assert response.status == 200
+        if i % 5 == 4:
+            router.tick(advance_s=5.0)
+    await page.goto(f"{router.admin_url}/#token={TOKEN}")
+    await expect(page.locator("tr[data-lane=batch] td.p50_s")).to_have_text("–")
+    await expect(page.locator("tr[data-lane=batch] td.p95_s")).to_have_text("–")
+    await expect(page.locator("tr[data-lane=realtime] td.p50_s")).not_to_have_text("–")
+    await expect(page.locator("#chart-latency")).to_have_attribute("data-scale", "log")
+    assert await page.locator("#chart-latency text.tick").count() >= 2  # powers of ten, not only 0 and the top
+    assert await page.locator("#chart-rate text.tick").count() == 3  # 0, half, top
