@@ -21,6 +21,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 EXIT_OK = 0
 EXIT_INVALID = 2
@@ -67,9 +68,10 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from commands.demo import run_demo
+    from commands.demo import DemoOptions, Schedule, run_demo
 
-    return run_demo()
+    options = DemoOptions(config=Path(args.config) if args.config else None, out=Path(args.out), linger_s=args.linger)
+    return run_demo(Schedule(speedup=args.speedup, length_s=args.length), options)
 
 
 def _backend(args: argparse.Namespace) -> int:
@@ -131,6 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(run=_serve)
 
     demo = commands.add_parser("demo", help="replay a real trace with a rush through the default config")
+    demo.add_argument("-c", "--config", metavar="FILE", help="the router config (default: configs/default.yaml)")
+    demo.add_argument("--speedup", type=float, default=8.0, help="how much faster the rush runs (default 8)")
+    demo.add_argument("--length", type=float, default=95.0, help="seconds of the trace to send (default 95)")
+    demo.add_argument("--out", default="demo-report", metavar="DIR", help="the report folder (default demo-report)")
+    demo.add_argument(
+        "--linger", type=float, metavar="SECONDS",
+        help="keep the stack and its status page up this long after the replay (default: until Enter, if a terminal)",
+    )  # fmt: skip
     demo.set_defaults(run=_demo)
 
     backend = commands.add_parser("backend", help="serve the reference embedding model (OpenAI and KServe v2 APIs)")

@@ -3,11 +3,16 @@
 Starts the realtime and the batch reference backends and the router with
 configs/default.yaml (commands.demo_stack), replays the bundled slice of the
 Azure LLM trace (2023) with its timing, a rush in the middle (commands.replay),
-and shows the router's mode and the requests per lane as it goes. Then it
-prints the requests per lane, every transition with its reason, p50/p95/p99
-per lane as the client saw them, and the cost per 1,000 requests against
-sending everything to the realtime lane. Everything it started is stopped at
-the end, also on Ctrl-C.
+and shows the router's mode and the requests per lane as it goes, with the
+status page's address and its token. Then it prints the requests per lane,
+every transition with its reason, p50/p95/p99 per lane as the client saw
+them, and the cost per 1,000 requests against sending everything to the
+realtime lane, and writes a report folder (`DemoOptions.out`): the
+decisions, the per-request CSV, and plots of arrival rate, weights, p95 and
+cumulative cost per lane (simulator.plots, from the router's own history).
+Run from a terminal, the stack stays up for the status page until Enter (or
+`linger` seconds). Everything it started is stopped at the end, also on
+Ctrl-C.
 """
 
 from __future__ import annotations
@@ -16,15 +21,18 @@ import asyncio
 import json
 import signal
 import statistics
+import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import aiohttp
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from commands.demo_report import write_report
 from commands.demo_stack import LocalStack
 from commands.replay import Result, replay
 from configs import ready_config_path
@@ -71,20 +79,31 @@ class DemoReport:
     transitions: list[dict]  # the router's decision lines, timed from the start of the replay
     cost_per_1k_usd: float | None  # attributed, over every lane; None without realtime traffic to compare
     all_realtime_per_1k_usd: float | None  # the realtime lane's observed cost per request, for everything
+    status_page: str = ""  # its address, with the admin token the page needs
 
 
-def run_demo(schedule: Schedule = Schedule()) -> int:
+@dataclass(frozen=True)
+class DemoOptions:
+    config: Path | None = None  # default: the ready configs/default.yaml
+    out: Path | None = Path("demo-report")  # the report folder; None: none written
+    linger_s: float | None = None  # after the replay, keep the stack up this long; None: until Enter, if a terminal
+
+
+def run_demo(schedule: Schedule = Schedule(), options: DemoOptions = DemoOptions()) -> int:
     """The demo as a command: 0 once the report is printed, 130 on Ctrl-C."""
     try:
-        play_demo(schedule, Console())
+        play_demo(schedule, Console(), options)
     except KeyboardInterrupt:
         return 130
     return 0
 
 
-def play_demo(schedule: Schedule, console: Console) -> DemoReport:
+QUIET = DemoOptions(out=None, linger_s=0)  # no report folder, no waiting: for tests and benchmarks
+
+
+def play_demo(schedule: Schedule, console: Console, options: DemoOptions = QUIET) -> DemoReport:
     """Start the stack, replay the schedule through it, stop it; print the report as it goes, and return it."""
-    config_path = ready_config_path("default")
+    config_path = options.config or ready_config_path("default")
     trace, start, end = schedule.trace()
     rush_from, rush_to = trace[start].t_s, trace[min(end, len(trace)) - 1].t_s
     console.print(f"[bold]modeshift demo[/bold]  config {config_path}")
@@ -99,12 +118,17 @@ def play_demo(schedule: Schedule, console: Console) -> DemoReport:
     try:
         with console.status("starting two reference backends (loading the model) and the router..."):
             stack.start()
-        console.print(f"router {stack.data_url}  admin {stack.admin_url}")
+        status_page = f"{stack.admin_url}/#token={stack.token}"
+        console.print(f"router {stack.data_url}  status page {status_page}")
         began = time.monotonic()
-        results, status = asyncio.run(_drive(stack, trace, console))
+        results, status, history = asyncio.run(_drive(stack, trace, console))
+        _linger(console, options.linger_s)
         stack.stop()
-        report = _figures(len(trace), results, _decisions(stack, began), status)
+        report = replace(_figures(len(trace), results, _decisions(stack, began), status), status_page=status_page)
         _print(console, report)
+        if options.out is not None:
+            written = write_report(options.out, trace, results, _decisions(stack, began, every=True), history, began)
+            console.print(f"wrote the decisions, the per-request CSV and {written} plots to {options.out}/")
         return report
     except KeyboardInterrupt:
         console.print("interrupted: stopping the backends and the router")
@@ -119,8 +143,18 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
-async def _drive(stack: LocalStack, trace: list[TraceRequest], console: Console) -> tuple[list[Result], dict]:
-    """Replay `trace` with a live progress line; the results and the router's final status."""
+def _linger(console: Console, linger_s: float | None) -> None:
+    """Keep the stack (and its status page) up: `linger_s` seconds, or until Enter when run from a terminal."""
+    if linger_s is None and sys.stdin.isatty():
+        console.print("the status page stays up: press Enter to stop")
+        sys.stdin.readline()
+    elif linger_s:
+        console.print(f"the status page stays up for {linger_s:g} s")
+        time.sleep(linger_s)
+
+
+async def _drive(stack: LocalStack, trace: list[TraceRequest], console: Console) -> tuple[list[Result], dict, list]:
+    """Replay `trace` with a live progress line; the results, the router's final status and its history."""
     served: Counter[str] = Counter()
     columns = (BarColumn(bar_width=20), TimeElapsedColumn(), TextColumn("{task.fields[state]}"))
     with Progress(*columns, console=console, transient=False) as progress:
@@ -140,19 +174,20 @@ async def _drive(stack: LocalStack, trace: list[TraceRequest], console: Console)
                 progress.update(task, completed=min(time.monotonic() - began, trace[-1].t_s), state=state)
                 await asyncio.wait({sending}, timeout=1.0)
             status = await stack.status(session)
+            history = json.loads(await stack.admin_get(session, "/history"))["samples"]
         progress.update(task, completed=trace[-1].t_s)
-        return sending.result(), status
+        return sending.result(), status, history
 
 
-def _decisions(stack: LocalStack, began_s: float) -> list[dict]:
-    """The router's decision lines, timed from the start of the replay."""
+def _decisions(stack: LocalStack, began_s: float, every: bool = False) -> list[dict]:
+    """The router's decision lines (the transitions, or `every` one), timed from the start of the replay."""
     out = []
     for line in stack.router_log.read_text(errors="replace").splitlines():
         try:
             record = json.loads(line)
         except ValueError:
             continue
-        if record.get("event") == "decision" and record.get("kind") in SHOWN_DECISIONS:
+        if record.get("event") == "decision" and (every or record.get("kind") in SHOWN_DECISIONS):
             out.append({**record, "t": record["at_s"] - began_s})
     return out
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import csv
+import json
 import socket
 
 import aiohttp
+import pytest
 from rich.console import Console
 
-from commands.demo import Schedule, play_demo
+from commands.demo import DemoOptions, Schedule, play_demo
 from commands.demo_stack import LocalStack
 from commands.replay import replay
 from configs import ready_config_path
@@ -41,10 +44,10 @@ async def test_the_stack_serves_both_lanes_and_stops_every_process():
     assert not any(listening(url) for url in urls)
 
 
-def test_a_short_demo_reports_every_request_and_prints_the_figures_it_reports():
+def test_a_short_demo_reports_every_request_and_prints_the_figures_it_reports(tmp_path):
     schedule = Schedule(calm_s=2.0, rush_s=2.0, speedup=4.0, length_s=6.0)
     console = Console(record=True, width=200)
-    report = play_demo(schedule, console)
+    report = play_demo(schedule, console, DemoOptions(out=tmp_path / "report", linger_s=0))
     sent = len(schedule.trace()[0])
     assert report.requests_sent == sent and sent > 20
     assert sum(lane.requests for lane in report.lanes.values()) == sent  # every request answered, by a lane
@@ -58,3 +61,19 @@ def test_a_short_demo_reports_every_request_and_prints_the_figures_it_reports():
     for name, lane in report.lanes.items():
         assert f"{lane.requests:,}" in out and f"{lane.p95_ms:.0f}" in out and name in out
     assert f"${report.cost_per_1k_usd:.4f} with modeshift" in out
+
+    assert "/#token=" in report.status_page  # the status page's address, with the token it needs
+    with open(tmp_path / "report" / "requests.csv") as f:
+        assert len(list(csv.DictReader(f))) == sent
+    decisions = [json.loads(line) for line in (tmp_path / "report" / "decisions.jsonl").read_text().splitlines()]
+    assert all("kind" in d and "t" in d for d in decisions)  # a short calm run may decide nothing
+    assert sorted(p.name for p in (tmp_path / "report").glob("*.png")) == ["cumulative-cost.png", "demo.png"]
+
+
+def test_the_demo_lists_its_options(capsys):
+    from commands.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    shown = capsys.readouterr().out
+    assert all(option in shown for option in ("--config", "--speedup", "--length", "--out", "--linger"))
