@@ -168,15 +168,21 @@ async def _drive(stack: LocalStack, trace: list[TraceRequest], console: Console)
         async with aiohttp.ClientSession() as session:
             while not sending.done():
                 status = await stack.status(session)
-                weights = " ".join(f"{lane} {w:.0%}" for lane, w in status["weights"].items())
-                lanes = " ".join(f"{lane} {n}" for lane, n in sorted(served.items()))
-                state = f"{status['mode'] or 'moving'}: {weights} | served {lanes}"
-                progress.update(task, completed=min(time.monotonic() - began, trace[-1].t_s), state=state)
+                progress.update(
+                    task, completed=min(time.monotonic() - began, trace[-1].t_s), state=_state(status, served)
+                )
                 await asyncio.wait({sending}, timeout=1.0)
             status = await stack.status(session)
+            progress.update(task, state=_state(status, served))  # the last answers too: the table's own counts
             history = json.loads(await stack.admin_get(session, "/history"))["samples"]
         progress.update(task, completed=trace[-1].t_s)
         return sending.result(), status, history
+
+
+def _state(status: dict, served: Counter[str]) -> str:
+    weights = " ".join(f"{lane} {w:.0%}" for lane, w in status["weights"].items())
+    lanes = " ".join(f"{lane} {n}" for lane, n in sorted(served.items()))
+    return f"{status['mode'] or 'moving'}: {weights} | served {lanes}"
 
 
 def _decisions(stack: LocalStack, began_s: float, every: bool = False) -> list[dict]:

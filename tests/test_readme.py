@@ -43,3 +43,34 @@ def test_the_first_five_minutes_of_the_readme_run_as_written():
     assert "configs/default.yaml: ok" in output
     assert re.search(r"(?i)x-modeshift-lane: realtime", output), output[-3000:]
     assert "policies compared" in output and "service model: " in output
+
+
+def annotated_config() -> str:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    found = re.search(r"This is `configs/default.yaml`, shortened:\s*```yaml\n(.*?)```", readme, re.S)
+    assert found, "README.md has no annotated configs/default.yaml block"
+    return found.group(1)
+
+
+def differences(shown, real, path: str = "") -> list[str]:
+    """Where the README's block says something else than the file (it may leave keys out, never change one)."""
+    if isinstance(shown, dict) and isinstance(real, dict):
+        out = []
+        for key, value in shown.items():
+            if key not in real:
+                out.append(f"{path}{key}: in the README, not in the file")
+            else:
+                out += differences(value, real[key], f"{path}{key}.")
+        return out
+    return [] if shown == real else [f"{path.rstrip('.')}: README {shown!r}, file {real!r}"]
+
+
+def test_the_readmes_annotated_config_is_the_real_file_shortened():
+    import yaml
+
+    from configs import parse_config, ready_config_path
+
+    text = annotated_config()
+    parse_config(text, "README.md")  # a valid config on its own
+    real = yaml.safe_load(ready_config_path("default").read_text(encoding="utf-8"))
+    assert differences(yaml.safe_load(text), real) == []

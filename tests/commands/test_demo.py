@@ -77,3 +77,11 @@ def test_the_demo_lists_its_options(capsys):
         main(["demo", "--help"])
     shown = capsys.readouterr().out
     assert all(option in shown for option in ("--config", "--speedup", "--length", "--out", "--linger"))
+
+
+def test_the_progress_line_ends_on_the_counts_the_table_shows(tmp_path):
+    schedule = Schedule(calm_s=1.0, rush_s=1.0, speedup=4.0, length_s=3.0)
+    console = Console(record=True, width=200)
+    report = play_demo(schedule, console)
+    served = " ".join(f"{lane} {figures.requests}" for lane, figures in sorted(report.lanes.items()))
+    assert f"served {served}" in console.export_text()
