@@ -74,3 +74,18 @@ def test_the_readmes_annotated_config_is_the_real_file_shortened():
     parse_config(text, "README.md")  # a valid config on its own
     real = yaml.safe_load(ready_config_path("default").read_text(encoding="utf-8"))
     assert differences(yaml.safe_load(text), real) == []
+
+
+def test_the_readmes_lane_gate_table_gives_the_real_defaults():
+    from configs.schema import LaneConfig
+    from policies.units import duration_text
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = readme[readme.index("Each lane's gate, under `lanes.<name>`:") :].split("\n\n")[1]
+    rows = re.findall(r"^\| `(\w+)` \| (\S+) \|", table, re.M)
+    assert len(rows) == 6, table
+    fields = {field.alias or name: field for name, field in LaneConfig.model_fields.items()}
+    for setting, shown in rows:
+        default = fields[setting].default
+        real = duration_text(default) if setting in ("queue_timeout", "aging", "timeout") else str(default).lower()
+        assert shown == real, (setting, shown, real)
