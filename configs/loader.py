@@ -72,8 +72,20 @@ def parse_document(text: str, source: str, model: type[M], expected: str) -> M:
     try:
         return model.model_validate(data, context={UNITS_REQUIRED: True})
     except ValidationError as exc:
-        errors = [*exc.errors(), *_cross_field_errors(model, data, exc.errors())]
+        errors = [*_without_echoes(exc.errors()), *_cross_field_errors(model, data, exc.errors())]
         raise ConfigError([format_error(source, root, data, model, error) for error in errors]) from None
+
+
+def _without_echoes(errors: list[Any]) -> list[Any]:
+    """Leave out what pydantic adds about a sequence whose items failed ("at least 1 item after validation"):
+    the items' own errors say it."""
+    return [
+        error for error in errors
+        if not (error["type"] == "too_short" and any(
+            len(other["loc"]) > len(error["loc"]) and other["loc"][: len(error["loc"])] == error["loc"]
+            for other in errors
+        ))
+    ]  # fmt: skip
 
 
 def _cross_field_errors(model: type[M], data: dict[str, Any], errors: list[Any], rounds: int = 3) -> list[Any]:

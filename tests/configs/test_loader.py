@@ -239,3 +239,12 @@ def test_a_file_with_field_and_cross_field_errors_shows_them_all_in_one_pass():
 def test_a_cross_field_problem_under_a_value_that_failed_is_not_reported_twice():
     lines = errors_of(GOOD.replace("batch: {batch: 1.0}", "batch: {batch: -1.0}"))
     assert len(lines) == 1 and "modes.batch.batch = -1" in lines[0], lines  # not also "weights sum to -1"
+
+
+def test_a_typo_inside_a_composites_policy_is_one_line_without_pydantics_echo():
+    text = GOOD.replace(
+        "policy:\n  type: load\n  params: {low_rps: 10, high_rps: 100}",
+        "policy:\n  type: composite\n  params:\n    policies: [{type: load, params: {low_rsp: 3, high_rps: 6}}]",
+    )
+    lines = errors_of(text)
+    assert len(lines) == 1 and "policy.params.policies[0].params.low_rsp: unknown key" in lines[0], lines
