@@ -73,3 +73,15 @@ def test_a_service_file_loads_and_errors_name_file_line_field_and_value(tmp_path
     text = "\n".join(caught.value.lines)
     assert f"{bad}:4" in text and "replicas" in text and "0" in text
     assert "max_turnaround" in text and f"{bad}:5" in text
+
+
+def test_every_ready_config_ships_a_service_model_that_covers_its_lanes():
+    from configs import READY_CONFIGS, load_config, ready_config_path
+    from simulator.command import service_beside
+    from simulator.service import check_covers, load_service_model
+
+    for name in READY_CONFIGS:
+        path = str(ready_config_path(name))
+        model = load_service_model(service_beside(path))
+        check_covers(model, list(load_config(path).lanes), service_beside(path))
+        assert model.source  # says where its figures come from
