@@ -55,10 +55,9 @@ from configs.routes import RoutesByPrefix
 from configs.schema import ModeshiftConfig
 from policies.actions import Action
 from policies.admission import Placed, Waiter, place
-from policies.batching import BatchItem
 from policies.lane_choice import choose_lane, expected_latency_s, failover_lane
-from policies.pricing import item_shares
 from policies.retry_budget import RetryBudget
+from simulator.batch_path import BatchPath
 from simulator.failure_path import FailurePath, error_draws
 from simulator.lane_run import Call, LaneRun, Queued
 from simulator.outcome import NO_LANE, Outcome, TimelineRow
@@ -94,8 +93,9 @@ class Engine:
         return _Run(self, trace, progress, progress_every).play()
 
 
-class _Run(FailurePath):
-    DONE, TIMEOUT = _DONE, _CALL_TIMEOUT  # the event kinds simulator.failure_path pushes
+class _Run(BatchPath, FailurePath):
+    # The event kinds simulator.batch_path and simulator.failure_path push.
+    DONE, BATCH_DONE, FLUSH, TIMEOUT = _DONE, _BATCH_DONE, _FLUSH, _CALL_TIMEOUT
 
     def __init__(self, engine: Engine, trace: Sequence[TraceRequest], progress, progress_every: int):
         config = engine.config
@@ -404,72 +404,6 @@ class _Run(FailurePath):
             return  # admitted before its time ran out
         queued = waiter.ticket
         self._overflow(queued.i, lane, queued.pinned, t, queued.visited, queued.first)
-
-    def _offer(self, i: int, lane: LaneRun, t: float) -> bool:
-        request = self.trace[i]
-        lane.window.arrived(t, self.pinned[i])
-        self.started_s[i] = t
-        self.lane_of[i] = lane.index
-        if not lane.batcher.offer(BatchItem(payload=i, items=request.items, tokens=request.input_tokens), t):
-            lane.window.completed(t, 0.0, ok=False)
-            return False
-        self._arm(lane, t)
-        return True
-
-    def _arm(self, lane: LaneRun, t: float) -> None:
-        """Wake the lane's batcher when its next batch is due, if a merged call may start."""
-        if lane.running >= lane.limit:
-            return
-        due = lane.batcher.due_at()
-        if due is None or due == math.inf:
-            return
-        due = max(due, t)
-        if due < lane.armed_at:
-            lane.armed_at = due
-            self._push(due, _FLUSH, lane, due)
-
-    def _on_flush(self, t: float, lane: LaneRun, armed_for: float) -> None:
-        if armed_for != lane.armed_at:
-            return  # superseded by an earlier wake-up
-        lane.armed_at = math.inf
-        if lane.running >= lane.limit:
-            return
-        taken = lane.batcher.take(t)
-        if taken.batch:
-            members = [item.payload for item in taken.batch]
-            trace = self.trace
-            items = sum(trace[j].items for j in members)
-            input_tokens = sum(trace[j].input_tokens for j in members)
-            output_tokens = sum(trace[j].output_tokens for j in members)
-            lane.running += 1
-            service_s = lane.call_s(items, input_tokens, output_tokens, self.z[members[0]])
-            self._call(lane, t, service_s, _BATCH_DONE, (members, t))
-        self._arm(lane, t)
-
-    def _on_batch_done(self, t: float, lane: LaneRun, payload: tuple[list[int], float]) -> None:
-        members, sent_s = payload
-        trace = self.trace
-        items = sum(trace[j].items for j in members)
-        # The router reads the input tokens of a merged answer; a batch call's
-        # busy time is its time upstream, shared out by items.
-        input_tokens = sum(trace[j].input_tokens for j in members)
-        busy_s = t - sent_s
-        total = lane.cost(input_tokens, 0, busy_s)
-        for j, share in zip(members, item_shares([trace[j].items for j in members])):
-            lane.window.completed(
-                t,
-                t - self.started_s[j],
-                items=trace[j].items,
-                input_tokens=trace[j].input_tokens,
-                cost_usd=total * share,
-                busy_s=busy_s * share,
-            )
-            self.cost[j] = total * share
-            self._finish(j, lane, t, OK)
-        lane.batcher.rule.observe(items, t - sent_s)
-        lane.running -= 1
-        self._server_freed(lane, t)
-        self._arm(lane, t)
 
     def _finish(self, i: int, lane: LaneRun, t: float, status: int) -> None:
         self.lane_of[i] = lane.index
