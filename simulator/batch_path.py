@@ -61,12 +61,19 @@ class BatchPath:
             items = sum(trace[j].items for j in members)
             input_tokens = sum(trace[j].input_tokens for j in members)
             output_tokens = sum(trace[j].output_tokens for j in members)
-            lane.running += 1
             service_s = lane.call_s(items, input_tokens, output_tokens, self.z[members[0]])
-            self._call(lane, t, service_s, self.BATCH_DONE, (members, t))
+            if lane.failures is not None:
+                self._send_merged_failing(lane, t, members, service_s)
+            else:
+                lane.running += 1
+                self._call(lane, t, service_s, self.BATCH_DONE, (members, t))
         self._arm(lane, t)
 
-    def _on_batch_done(self, t: float, lane: LaneRun, payload: tuple[list[int], float]) -> None:
+    def _on_batch_done(self, t: float, lane: LaneRun, payload) -> None:
+        if lane.failures is not None:  # simulator.failure_path: it may have timed out or erred
+            if not self._merged_done(t, lane, payload):
+                return
+            payload = (payload.members, payload.sent_s)
         members, sent_s = payload
         trace = self.trace
         items = sum(trace[j].items for j in members)

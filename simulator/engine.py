@@ -65,7 +65,7 @@ from simulator.service import ServiceModel, check_covers
 from simulator.traces import TraceRequest
 
 OK, LANE_FULL = 200, 503
-_DONE, _BATCH_DONE, _FLUSH, _GATE_TIMEOUT, _FILE_DUE, _CALL_TIMEOUT, _TICK = range(7)
+_DONE, _BATCH_DONE, _FLUSH, _GATE_TIMEOUT, _FILE_DUE, _CALL_TIMEOUT, _BATCH_TIMEOUT, _TICK = range(8)
 LINE_OVERHEAD_BYTES = 200  # a batch file line's JSON around its body (custom_id, method, url, keys)
 
 
@@ -95,7 +95,7 @@ class Engine:
 
 class _Run(BatchPath, FailurePath):
     # The event kinds simulator.batch_path and simulator.failure_path push.
-    DONE, BATCH_DONE, FLUSH, TIMEOUT = _DONE, _BATCH_DONE, _FLUSH, _CALL_TIMEOUT
+    DONE, BATCH_DONE, FLUSH, TIMEOUT, BATCH_TIMEOUT = _DONE, _BATCH_DONE, _FLUSH, _CALL_TIMEOUT, _BATCH_TIMEOUT
 
     def __init__(self, engine: Engine, trace: Sequence[TraceRequest], progress, progress_every: int):
         config = engine.config
@@ -117,6 +117,7 @@ class _Run(BatchPath, FailurePath):
         self.budget = RetryBudget()
         self.retrying: set[int] = set()
         self.upstream_of: dict = {}
+        self.visited_of: dict[int, list[str]] = {}
         self.errors = error_draws(engine.seed, n) if self.failing else []
         self.batchable = [False] * n
         self.z = np.random.default_rng(engine.seed).standard_normal(n).tolist()
@@ -143,7 +144,7 @@ class _Run(BatchPath, FailurePath):
         route_info = self._route_info()
         handlers = (
             self._on_done, self._on_batch_done, self._on_flush, self._on_gate_timeout, self._on_file_due,
-            self._on_timeout,
+            self._on_timeout, self._on_merged_timeout,
         )  # fmt: skip
         for i, request in enumerate(trace):
             t = request.t_s
@@ -236,6 +237,8 @@ class _Run(BatchPath, FailurePath):
             if lane.batcher is None or not batchable:
                 break
             visited.append(lane.name)
+            if lane.failures is not None:
+                self.visited_of[i] = visited  # where it fails over from if no replica takes its merged call
             if self._offer(i, lane, t):
                 return
             spill = None if pinned or not lane.spill else self._failover(visited)

@@ -1,9 +1,9 @@
 """The request path of lanes that fail: the router's answers to errors, outages and slow calls, in virtual time.
 
 A server lane whose service model has `failures:` (simulator.service) takes
-this path for every call it serves alone (micro-batched calls and provider
-batch files do not fail here). It plays what router.proxy and
-router.forward do, with their own rules:
+this path for every call it makes (provider batch files do not fail here).
+It plays what router.proxy, router.forward and router.microbatch do, with
+their own rules:
 
 - the call goes to the replica the lane's pool picks (policies.upstream_pool:
   least in flight, ejected replicas left out); one that is down refuses the
@@ -19,7 +19,12 @@ router.forward do, with their own rules:
   relayed as it is and counted against the replica (`consecutive_errors` in
   a row eject it);
 - lanes with every replica ejected are left out of lane choice and of the
-  places a request may wait, as the router leaves them out.
+  places a request may wait, as the router leaves them out;
+- a merged call (a micro-batch) tries every replica of its lane, as the
+  router's micro-batcher does; when none takes it, each request in it moves
+  on alone (the retry budget, then the next lane, else a 502); its timeout
+  is a 504 for each, its error a 500 for each (billed by share), drawn with
+  its first request's draw.
 
 Which calls fail is drawn per request from its own stream (`error_draws`),
 so a run stays a pure function of (config, service model, trace, seed).
@@ -31,8 +36,10 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from configs.schema import OutlierConfig
+from policies.pricing import item_shares
 from policies.retry_budget import RetryBudget
 from policies.upstream_pool import Upstream, UpstreamPool
 from simulator.service import Failures
@@ -58,6 +65,16 @@ class LaneFailures:
     def refuses(self, upstream: Upstream, t: float) -> bool:
         k = self.replica[upstream]
         return any(o.from_s <= t < o.to_s and (o.replicas is None or k < o.replicas) for o in self.down)
+
+
+@dataclass(eq=False, slots=True)
+class MergedCall:
+    """A micro-batch sent to a replica of a failing lane, until it is answered or times out."""
+
+    members: list[int]
+    sent_s: float
+    upstream: Upstream
+    state: str = "sent"  # sent -> answered | timed out
 
 
 def error_draws(seed: int, n: int) -> list[float]:
@@ -148,6 +165,67 @@ class FailurePath:
         lane.window.completed(t, t - self.started_s[i], ok=False)
         self._finish(i, lane, t, TIMED_OUT)
         self._leave_gate(lane, t)  # the server stays busy until the replica is done with the call
+
+    def _send_merged_failing(self, lane, t: float, members: list[int], service_s: float) -> None:
+        """The first replica that takes the merged call gets it; with none, each request moves on alone."""
+        failures = lane.failures
+        tried: list[Upstream] = []
+        while (upstream := failures.pool.pick(t, exclude=tuple(tried))) is not None:
+            if not failures.refuses(upstream, t):
+                upstream.in_flight += 1
+                lane.running += 1
+                call = MergedCall(members, t, upstream)
+                self._call(lane, t, service_s, self.BATCH_DONE, call)
+                self._push(t + failures.timeout_s, self.BATCH_TIMEOUT, lane, call)
+                return
+            failures.pool.failed(upstream, t, connect=True)
+            tried.append(upstream)
+        for i in members:
+            lane.window.completed(t, None, ok=False)
+            visited = self.visited_of.pop(i, [lane.name])
+            following = None if not self._may_retry(i) or self.pinned[i] else self._failover(visited)
+            if following is None:
+                self._finish(i, lane, t, REFUSED)
+            else:
+                self._dispatch(i, following, self.pinned[i], t, visited, self.batchable[i])
+
+    def _merged_done(self, t: float, lane, call: MergedCall) -> bool:
+        """A failing lane's merged call came back: True when it is an answer for the usual path."""
+        if call.state == "timed out":  # answered 504 at its timeout: the replica has only now finished with it
+            self._server_freed(lane, t)
+            return False
+        call.state = "answered"
+        call.upstream.in_flight -= 1
+        for i in call.members:
+            self.visited_of.pop(i, None)
+        if self.errors[call.members[0]] >= lane.failures.error_rate:
+            lane.failures.pool.succeeded(call.upstream, t)
+            return True
+        lane.failures.pool.failed(call.upstream, t)
+        trace, busy_s = self.trace, t - call.sent_s
+        total = lane.cost(sum(trace[j].input_tokens for j in call.members), 0, busy_s)
+        for j, share in zip(call.members, item_shares([trace[j].items for j in call.members]), strict=True):
+            latency = t - self.started_s[j]
+            lane.window.completed(t, latency, ok=False, cost_usd=total * share, busy_s=busy_s * share)
+            self.cost[j] = total * share
+            self._finish(j, lane, t, ERROR)
+        lane.running -= 1
+        self._server_freed(lane, t)
+        self._arm(lane, t)
+        return False
+
+    def _on_merged_timeout(self, t: float, lane, call: MergedCall) -> None:
+        if call.state != "sent":
+            return  # answered in time
+        call.state = "timed out"
+        call.upstream.in_flight -= 1
+        lane.failures.pool.failed(call.upstream, t)
+        for j in call.members:
+            self.visited_of.pop(j, None)
+            lane.window.completed(t, t - self.started_s[j], ok=False)
+            self._finish(j, lane, t, TIMED_OUT)
+        lane.running -= 1  # the router stops waiting; the server stays busy until the replica is done
+        self._arm(lane, t)
 
     def _released(self, i: int) -> None:
         """The request ended: give back the retry it held, if any."""

@@ -104,3 +104,69 @@ def test_a_failing_run_is_a_pure_function_of_its_inputs():
     first, second = run(failures, trace, seed=4), run(failures, trace, seed=4)
     assert list(first.status) == list(second.status) and list(first.lane) == list(second.lane)
     assert first.decisions == second.decisions
+
+
+BATCHING = """
+lanes:
+  realtime:
+    upstreams: ["http://127.0.0.1:1"]
+    max_in_flight: 64
+  batch:
+    upstreams: ["http://127.0.0.1:2", "http://127.0.0.1:3"]
+    max_in_flight: 4
+    timeout: {timeout}
+    batching: {{rule: hybrid, max_batch: 8, max_wait: 20ms}}
+    outlier: {{consecutive_errors: 3, base_ejection: 5s, max_ejected_fraction: 1.0}}
+routes:
+  - {{path: /v1/embeddings, protocol: openai-embeddings}}
+  - {{path: /, protocol: http}}
+modes:
+  realtime: {{realtime: 1.0}}
+  batch: {{batch: 1.0}}
+initial_mode: batch
+policy: {{type: static, params: {{mode: batch}}}}
+"""
+
+
+def run_batched(failures: Failures, trace, *, timeout="30s", batch_s=0.05, seed=0):
+    config = parse_config(BATCHING.format(timeout=timeout))
+    service = ServiceModel(
+        lanes={
+            "realtime": ServerLane(concurrency=8, latency=Latency(base_s=0.02)),
+            "batch": ServerLane(replicas=2, concurrency=4, latency=Latency(base_s=batch_s), failures=failures),
+        }
+    )
+    return Engine(config, service, seed=seed).run(trace)
+
+
+def texts(step_s: float, until_s: float) -> list[TraceRequest]:
+    return [TraceRequest(k * step_s, 10, 0, "/v1/embeddings") for k in range(int(until_s / step_s))]
+
+
+def test_a_merged_call_no_replica_takes_sends_each_request_to_the_next_lane():
+    trace = texts(0.01, 30.0)
+    outcome = run_batched(Failures(down=[Outage(**{"from": 10.0, "to": 20.0})]), trace)
+    assert all(outcome.status == 200)  # nothing lost
+    during = {lanes_of(outcome)[k] for k, r in enumerate(trace) if 10.5 <= r.t_s < 19.5}
+    assert during == {"realtime"}
+    assert {lanes_of(outcome)[k] for k, r in enumerate(trace) if r.t_s < 9.5} == {"batch"}
+
+
+def test_an_erring_merged_call_is_a_500_for_every_request_in_it_and_errors_eject_the_lane():
+    trace = texts(0.01, 60.0)
+    outcome = run_batched(Failures(error_rate=0.2), trace)
+    on_batch = outcome.lane == outcome.lanes.index("batch")
+    erred = outcome.status == 500
+    assert erred.any() and not (erred & ~on_batch).any()  # only the failing lane errs; a 500 is relayed as is
+    assert 0.1 < erred[on_batch].mean() < 0.35
+    assert (~on_batch).any()  # three errors in a row on each replica: the lane left the draw for a while
+    assert all(outcome.status[~on_batch] == 200)
+
+
+def test_a_merged_call_longer_than_the_timeout_is_a_504_for_every_request_in_it():
+    trace = texts(0.5, 10.0)
+    outcome = run_batched(Failures(), trace, timeout="100ms", batch_s=1.0)
+    on_batch = outcome.lane == outcome.lanes.index("batch")
+    assert on_batch[:3].all() and all(outcome.status[on_batch] == TIMED_OUT)
+    assert outcome.latency_s[on_batch] == pytest.approx([0.1 + 0.02] * on_batch.sum(), abs=0.021)  # wait + timeout
+    assert all(outcome.status[~on_batch] == 200)  # once both replicas are ejected, the other lane serves
