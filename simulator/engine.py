@@ -225,7 +225,8 @@ class _Run(BatchPath, FailurePath):
             pinned=choice.pinned, route_class=route_class, header_class=request.traffic_class
         )
         self.in_flight += 1
-        self.batchable[i] = batchable
+        if self.failing:  # where a request that no replica took fails over from (simulator.failure_path)
+            self.batchable[i] = batchable
         self._dispatch(i, self.lanes[choice.lane], choice.pinned, t, [], batchable)
 
     def _dispatch(self, i: int, lane: LaneRun, pinned: bool, t: float, visited: list[str], batchable: bool) -> None:
