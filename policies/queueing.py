@@ -64,20 +64,24 @@ def p95_sojourn_s(rate_per_s: float, servers: int, service_s: float, scv: float 
 
 def sojourn_quantile_s(q: float, rate_per_s: float, servers: int, service_s: float, scv: float = 1.0) -> float:
     """Predicted q-quantile of arrival-to-answer time; inf at or over saturation."""
+    return service_quantile_s(q, service_s, scv) + wait_quantile_s(q, rate_per_s, servers, service_s, scv)
+
+
+def wait_quantile_s(q: float, rate_per_s: float, servers: int, service_s: float, scv: float = 1.0) -> float:
+    """Predicted q-quantile of the wait for a server alone (0 when fewer than 1 - q wait); inf at saturation."""
     if rate_per_s <= 0:
-        return service_quantile_s(q, service_s, scv)
+        return 0.0
     offered = rate_per_s * service_s
     if offered >= servers:
         return math.inf
     waits = erlang_c(servers, offered)
     tail = 1.0 - q
-    wait_q = 0.0
-    if waits > tail:
-        # The wait of those who wait is exponential: P(W > w) = C exp(-w / mean).
-        drain_per_s = servers / service_s - rate_per_s
-        mean_wait = (1.0 + scv) / 2.0 / drain_per_s
-        wait_q = mean_wait * math.log(waits / tail)
-    return service_quantile_s(q, service_s, scv) + wait_q
+    if waits <= tail:
+        return 0.0
+    # The wait of those who wait is exponential: P(W > w) = C exp(-w / mean).
+    drain_per_s = servers / service_s - rate_per_s
+    mean_wait = (1.0 + scv) / 2.0 / drain_per_s
+    return mean_wait * math.log(waits / tail)
 
 
 def scv_from_quantiles(mean_s: float, median_s: float) -> float:

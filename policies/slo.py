@@ -19,6 +19,19 @@ per request. When none fits, it proposes the one that loads the lane least.
 So it moves before the breach a latency guard would wait for. An objective
 with no latency target keeps every mode: the cheapest is proposed.
 
+With `lane_servers` ({lane: calls at once}) it also guards the traffic it
+moves: every class other than pinned and jobs with a latency objective
+(switchable, and any the config declares) must keep it on each of those
+lanes that a mode sends switchable traffic to. There the prediction starts
+from what the lane shows (its p95 or p99 over the window, whichever the
+class's percentile is nearer) and adds only the change in queueing the
+mode's rate would bring (M/G/c wait at that rate less the wait at the rate
+it has now), so a lane's own long, uneven service times count as measured,
+not as modelled. A lane that has served nothing in the window gives no
+evidence and does not rule a mode out. When no mode fits, the policy
+proposes the one whose worst prediction is the smallest share of its
+target.
+
 Service time: `service_time` when given; otherwise the lane's mean latency
 from the last window in which it was lightly loaded (fewer calls in flight,
 by Little's law, than half its servers), so queueing does not pass for
@@ -39,9 +52,9 @@ from collections.abc import Mapping
 
 from pydantic import Field
 
-from policies.objectives import PINNED
+from policies.objectives import JOBS, PINNED
 from policies.protocol import BasePolicy, LaneName, PolicyParams, Proposal
-from policies.queueing import scv_from_quantiles, sojourn_quantile_s
+from policies.queueing import scv_from_quantiles, sojourn_quantile_s, wait_quantile_s
 from policies.snapshot import LaneFigures, Snapshot
 from policies.units import Duration
 
@@ -55,6 +68,9 @@ class SloParams(PolicyParams):
         None, alias="p95", gt=0, description="instead of the objective: the p95 latency the lane must keep"
     )
     servers: int = Field(ge=1, description="calls the lane serves at once (replicas x concurrency)")
+    lane_servers: dict[LaneName, int] = Field(
+        default_factory=dict, description="other lanes' calls at once: the classes a mode moves there are guarded too"
+    )
     service_time_s: Duration | None = Field(
         None, alias="service_time", gt=0, description="mean service time; measured on the lane when not given"
     )
@@ -91,7 +107,9 @@ class SloPolicy(BasePolicy):
             for mode, weights in modes.items()
         }
         cost = {mode: self._mode_cost(weights, snapshot) for mode, weights in modes.items()}
-        fits = [mode for mode in modes if predicted[mode] <= target_s * (1.0 if mode == snapshot.mode else p.headroom)]
+        worst = {mode: predicted[mode] / target_s for mode in modes}  # prediction over target, every guard
+        moved = self._moved(snapshot, modes, pinned, switchable, worst)
+        fits = [mode for mode in modes if worst[mode] <= (1.0 if mode == snapshot.mode else p.headroom)]
         figures = {
             "arrival_rate_per_s": snapshot.arrival_rate_per_s,
             "switchable_rate_per_s": switchable,
@@ -100,6 +118,7 @@ class SloPolicy(BasePolicy):
             "target_s": target_s,
             "target_quantile": q,
             **{f"{mode}.predicted_s": value for mode, value in predicted.items()},
+            **moved,
             **{f"{mode}.cost_per_request_usd": value for mode, value in cost.items()},
         }
         keep = f"p{q * 100:g} within {_ms(target_s)}"
@@ -110,9 +129,41 @@ class SloPolicy(BasePolicy):
                 f"{p.lane} predicted {_ms(predicted[best])} at {switchable:.1f} switchable req/s"
             )
         else:
-            best = min(modes, key=lambda mode: (predicted[mode], _nan_last(cost[mode])))
-            reason = f"no mode keeps {keep} on {p.lane}; {best} loads it least ({_ms(predicted[best])} predicted)"
+            best = min(modes, key=lambda mode: (worst[mode], predicted[mode], _nan_last(cost[mode])))
+            reason = (
+                f"no mode keeps {keep} on {p.lane}{' and the moved classes elsewhere' if moved else ''}; "
+                f"{best} breaks its targets least ({worst[best]:.2f}x; {p.lane} predicted {_ms(predicted[best])})"
+            )
         return self.propose(best, reason, figures, p.hold_s)
+
+    def _moved(
+        self, snapshot: Snapshot, modes: Mapping[str, Mapping[str, float]], pinned: Mapping[str, float],
+        switchable: float, worst: dict[str, float],
+    ) -> dict[str, float]:  # fmt: skip
+        """Predict each movable class on each guarded lane in each mode; raise `worst`; the figures."""
+        figures: dict[str, float] = {}
+        movable = [o for name, o in snapshot.objectives.items() if name not in (PINNED, JOBS)]
+        movable = [o for o in movable if math.isfinite(o.latency_s)]
+        for name, servers in self.params.lane_servers.items():
+            lane = snapshot.lanes.get(name)
+            if lane is None or not lane.completions or lane.mean_latency_s <= 0:
+                continue  # no evidence in the window: nothing to hold a mode to
+            scv = scv_from_quantiles(lane.mean_latency_s, lane.p50_s)
+            now_rate = lane.arrival_rate_per_s
+            for objective in movable:
+                q = objective.wanted
+                shown = lane.p99_s if abs(q - 0.99) <= abs(q - 0.95) else lane.p95_s
+                waiting_now = wait_quantile_s(q, now_rate, servers, lane.mean_latency_s, scv)
+                for mode, weights in modes.items():
+                    share = weights.get(name, 0.0)
+                    if share <= 0:
+                        continue
+                    rate = pinned.get(name, 0.0) + share * switchable
+                    waiting = wait_quantile_s(q, rate, servers, lane.mean_latency_s, scv)
+                    latency_s = max(shown + waiting - waiting_now, 0.0)
+                    worst[mode] = max(worst[mode], latency_s / objective.latency_s)
+                    figures[f"{mode}.{name}.{objective.traffic_class}.predicted_s"] = latency_s
+        return figures
 
     def _target(self, snapshot: Snapshot) -> tuple[float, float]:
         """(latency, quantile) the lane must keep: the p95 param, else the objective's."""

@@ -120,3 +120,22 @@ def test_without_a_p95_the_lane_keeps_the_pinned_objective_at_its_percentile():
         _snapshot(rate_per_s=140, pinned_share=0.0, realtime=1.0, batch=4.0)
     )
     assert p95.figures["realtime.predicted_s"] < proposal.figures["realtime.predicted_s"]
+
+
+def test_with_lane_servers_it_keeps_the_moved_class_within_its_objective_on_the_lane_it_moves_to():
+    # Hybrid now: 20 req/s each way, calls of about 0.6 s. The batch lane (14 calls at once) keeps the
+    # switchable p99 (1 s) at its share, but all 40 req/s would saturate it: batch mode is ruled out there.
+    hybrid = _snapshot(rate_per_s=40, pinned_share=0.0, latency_s=0.6, mode="hybrid")
+    loose = {"servers": 64, "p95": 5.0}  # the protected lane is never the constraint here
+    assert _policy(**loose).decide(hybrid).target_mode == "batch"  # cheapest, unguarded
+    guarded = _policy(**loose, lane_servers={"batch": 14}).decide(hybrid)
+    assert guarded.target_mode == "hybrid"
+    assert guarded.figures["batch.batch.switchable.predicted_s"] == math.inf
+    assert guarded.figures["hybrid.batch.switchable.predicted_s"] <= 1.0
+
+
+def test_a_lane_that_served_nothing_gives_no_evidence_and_rules_no_mode_out():
+    idle_batch = _snapshot(rate_per_s=40, pinned_share=0.0, latency_s=0.6, mode="realtime")
+    proposal = _policy(servers=64, p95=5.0, lane_servers={"batch": 14}).decide(idle_batch)
+    assert proposal.target_mode == "batch"
+    assert not any(".batch.switchable." in name for name in proposal.figures)
