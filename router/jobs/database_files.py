@@ -19,7 +19,7 @@ import secrets
 from collections.abc import AsyncIterator, Callable
 
 from router.jobs.database import Database, Tx
-from router.jobs.files import CHUNK_BYTES, TooLarge
+from router.jobs.files import CHUNK_BYTES, within_limits
 
 
 class DatabaseFiles:
@@ -33,17 +33,8 @@ class DatabaseFiles:
         temporary = f"upload-{secrets.token_hex(8)}"
         size, sequence, pending = 0, 0, bytearray()
         try:
-            while True:
-                try:
-                    async with asyncio.timeout(stall_s):
-                        chunk = await anext(chunks, None)
-                except TimeoutError:
-                    raise on_stall() from None
-                if chunk is None:
-                    break
+            async for chunk in within_limits(chunks, limit=limit, on_stall=on_stall, stall_s=stall_s):
                 size += len(chunk)
-                if size > limit:
-                    raise TooLarge(limit)
                 pending += chunk
                 while len(pending) >= CHUNK_BYTES:
                     await self._put(temporary, sequence, bytes(pending[:CHUNK_BYTES]))

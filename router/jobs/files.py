@@ -58,17 +58,8 @@ class FileDirectory:
         handle = await asyncio.to_thread(_open_private, temporary)
         size, pending = 0, bytearray()
         try:
-            while True:
-                try:
-                    async with asyncio.timeout(stall_s):
-                        chunk = await anext(chunks, None)
-                except TimeoutError:
-                    raise on_stall() from None
-                if chunk is None:
-                    break
+            async for chunk in within_limits(chunks, limit=limit, on_stall=on_stall, stall_s=stall_s):
                 size += len(chunk)
-                if size > limit:
-                    raise TooLarge(limit)
                 pending += chunk
                 if len(pending) >= CHUNK_BYTES:
                     await asyncio.to_thread(handle.write, bytes(pending))
@@ -103,6 +94,26 @@ class FileDirectory:
 
     async def remove(self, file_id: str) -> None:
         await asyncio.to_thread(self.path_of(file_id).unlink, missing_ok=True)
+
+
+async def within_limits(
+    chunks: AsyncIterator[bytes], *, limit: int, on_stall: Callable[[], Exception], stall_s: float
+) -> AsyncIterator[bytes]:
+    """The chunks of an upload as they come; TooLarge once they pass `limit` bytes, `on_stall()` when none comes
+    for `stall_s` (every file store receives through this)."""
+    size = 0
+    while True:
+        try:
+            async with asyncio.timeout(stall_s):
+                chunk = await anext(chunks, None)
+        except TimeoutError:
+            raise on_stall() from None
+        if chunk is None:
+            return
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(limit)
+        yield chunk
 
 
 def _open_private(path: Path):
