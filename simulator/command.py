@@ -26,6 +26,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from configs.loader import ConfigError, load_config
+from configs.routes import RoutesByPrefix
 from policies.actions import plain
 from policies.objectives import Objectives
 from policies.units import parse_duration_s
@@ -124,6 +125,13 @@ def run(args: argparse.Namespace) -> int:
         return _invalid(str(exc).splitlines())
     if not trace:
         return _invalid([f"{args.trace}: no requests in the trace (after --slice)"])
+    routes = RoutesByPrefix(config.routes)
+    unrouted = sorted({request.route for request in trace if routes.find(request.route) is None})
+    if unrouted:
+        return _invalid([
+            f"{args.trace}: {', '.join(unrouted)} match no route of {args.config}; "
+            "give the trace's requests a path it routes with --route PATH"
+        ])  # fmt: skip
     console.print(
         f"{len(trace):,} requests over {trace[-1].t_s:,.0f} s; "
         f"{len(contenders)} contenders: {', '.join(contenders)}, and the oracle; service model: {service_path}"

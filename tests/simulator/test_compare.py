@@ -123,6 +123,11 @@ def test_the_simulate_command_refuses_bad_input_with_exit_2(tmp_path, capsys):
     from commands.cli import main
 
     args = ["simulate", "--trace", "bundled", "-c", str(ready_config_path("default"))]
+    only_embeddings = tmp_path / "embeddings-only.yaml"
+    only_embeddings.write_text(ready_config_path("default").read_text().replace("  - {path: /, protocol: http}\n", ""))
+    unrouted = ["simulate", "--trace", "bundled", "-c", str(only_embeddings), "--service", DEFAULT_SERVICE]
+    assert main([*unrouted, "--route", "/v2/other"]) == 2  # a path the config does not route: said, no traceback
+    assert "/v2/other match no route" in capsys.readouterr().err
     assert main([*args, "--service", str(tmp_path / "missing.yaml")]) == 2
     assert "cannot read" in capsys.readouterr().err
     assert main([*args, "--service", DEFAULT_SERVICE, "--policy", "nosuch"]) == 2
