@@ -164,6 +164,8 @@ class Jobs:
         return self.batch_store
 
     async def _open(self) -> JobStore:
+        if self.store is not None:  # every job request after the first: no lock to take
+            return self.store
         async with self._opening:
             if self.store is None:
                 self._open_with(await open_database(self.config.database, self.config.files))
