@@ -70,6 +70,9 @@ def _serve(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from commands.demo import DemoOptions, Schedule, run_demo
 
+    if args.linger is not None and args.linger < 0:
+        print(f"--linger must be 0 or more seconds, got {args.linger:g}", file=sys.stderr)
+        return EXIT_INVALID
     options = DemoOptions(config=Path(args.config) if args.config else None, out=Path(args.out), linger_s=args.linger)
     return run_demo(Schedule(speedup=args.speedup, length_s=args.length), options)
 

@@ -124,10 +124,12 @@ def play_demo(schedule: Schedule, console: Console, options: DemoOptions = QUIET
         results, status, history = asyncio.run(_drive(stack, trace, console))
         _linger(console, options.linger_s)
         stack.stop()
-        report = replace(_figures(len(trace), results, _decisions(stack, began), status), status_page=status_page)
+        decisions = _decisions(stack, began)
+        transitions = [d for d in decisions if d["kind"] in SHOWN_DECISIONS]
+        report = replace(_figures(len(trace), results, transitions, status), status_page=status_page)
         _print(console, report)
         if options.out is not None:
-            written = write_report(options.out, trace, results, _decisions(stack, began, every=True), history, began)
+            written = write_report(options.out, trace, results, decisions, history, began)
             console.print(f"wrote the decisions, the per-request CSV and {written} plots to {options.out}/")
         return report
     except KeyboardInterrupt:
@@ -185,15 +187,15 @@ def _state(status: dict, served: Counter[str]) -> str:
     return f"{status['mode'] or 'moving'}: {weights} | served {lanes}"
 
 
-def _decisions(stack: LocalStack, began_s: float, every: bool = False) -> list[dict]:
-    """The router's decision lines (the transitions, or `every` one), timed from the start of the replay."""
+def _decisions(stack: LocalStack, began_s: float) -> list[dict]:
+    """The router's decision lines, timed from the start of the replay."""
     out = []
     for line in stack.router_log.read_text(errors="replace").splitlines():
         try:
             record = json.loads(line)
         except ValueError:
             continue
-        if record.get("event") == "decision" and (every or record.get("kind") in SHOWN_DECISIONS):
+        if record.get("event") == "decision":
             out.append({**record, "t": record["at_s"] - began_s})
     return out
 

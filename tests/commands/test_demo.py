@@ -77,6 +77,8 @@ def test_the_demo_lists_its_options(capsys):
         main(["demo", "--help"])
     shown = capsys.readouterr().out
     assert all(option in shown for option in ("--config", "--speedup", "--length", "--out", "--linger"))
+    assert main(["demo", "--linger", "-5"]) == 2  # refused before anything starts
+    assert "--linger must be 0 or more seconds" in capsys.readouterr().err
 
 
 def test_the_progress_line_ends_on_the_counts_the_table_shows(tmp_path):
