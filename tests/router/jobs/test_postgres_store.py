@@ -151,3 +151,27 @@ async def test_a_job_stored_by_one_replica_wakes_the_runners_of_another_at_once(
     finally:
         await storing.close()
         await other.close()
+
+
+async def test_a_store_whose_every_connection_is_busy_refuses_the_next_operation_instead_of_queueing_it(
+    postgres_server,
+):
+    from router.jobs import postgres
+
+    database = await open_database(postgres_server.new_database())
+    release = asyncio.Event()
+
+    async def busy(tx) -> None:
+        await tx.execute("SELECT 1")
+        await release.wait()
+
+    holders = [asyncio.ensure_future(database.run(busy)) for _ in range(postgres._POOL_SIZE)]
+    try:
+        await asyncio.sleep(0.5)  # every pooled connection is held
+        async with asyncio.timeout(postgres._WAIT_S + 3):  # refused after the pool's short wait, never later
+            with pytest.raises(StoreUnavailable):
+                await database.run(lambda tx: tx.one("SELECT 1 AS one"))
+    finally:
+        release.set()
+        await asyncio.gather(*holders, return_exceptions=True)
+        await database.close()
