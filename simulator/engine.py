@@ -60,7 +60,7 @@ from policies.retry_budget import RetryBudget
 from simulator.batch_path import BatchPath
 from simulator.failure_path import FailurePath, error_draws
 from simulator.lane_run import Call, LaneRun, Queued
-from simulator.outcome import NO_LANE, Outcome, TimelineRow
+from simulator.outcome import NO_LANE, NO_REPLICA, Outcome, TimelineRow
 from simulator.service import ServiceModel, check_covers
 from simulator.traces import TraceRequest
 
@@ -117,6 +117,7 @@ class _Run(BatchPath, FailurePath):
         self.budget = RetryBudget()
         self.retrying: set[int] = set()
         self.upstream_of: dict = {}
+        self.replica_of = [NO_REPLICA] * n
         self.visited_of: dict[int, list[str]] = {}
         self.errors = error_draws(engine.seed, n) if self.failing else []
         self.batchable = [False] * n
@@ -438,4 +439,5 @@ class _Run(BatchPath, FailurePath):
             decisions=self.decisions,
             timeline=self.timeline,
             files={name: lane.files for name, lane in self.lanes.items() if lane.gathering is not None},
+            replica=np.array(self.replica_of, dtype=np.int16),
         )

@@ -89,6 +89,7 @@ class FailurePath:
     budget: RetryBudget
     retrying: set[int]
     upstream_of: dict[int, Upstream]
+    replica_of: list[int]  # the replica each request's call went to (simulator.outcome.NO_REPLICA: none)
     errors: Sequence[float]
 
     def available_lanes(self, t: float) -> list[str]:
@@ -111,6 +112,7 @@ class FailurePath:
             if not failures.refuses(upstream, t):
                 upstream.in_flight += 1
                 self.upstream_of[i] = upstream
+                self.replica_of[i] = failures.replica[upstream]
                 self._call(lane, t, service_s, self.DONE, i)
                 self._push(t + failures.timeout_s, self.TIMEOUT, lane, i)
                 return
@@ -175,6 +177,8 @@ class FailurePath:
                 upstream.in_flight += 1
                 lane.running += 1
                 call = MergedCall(members, t, upstream)
+                for i in members:
+                    self.replica_of[i] = failures.replica[upstream]
                 self._call(lane, t, service_s, self.BATCH_DONE, call)
                 self._push(t + failures.timeout_s, self.BATCH_TIMEOUT, lane, call)
                 return

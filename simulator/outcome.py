@@ -1,7 +1,8 @@
 """What a simulated run produced, and the figures read from it.
 
 `Outcome` holds one row per trace request (numpy arrays: arrival, lane,
-status, end-to-end latency, attributed cost, pinned, deadline), the decision
+status, end-to-end latency, attributed cost, pinned, deadline, and the
+replica that took the call where replicas are modelled), the decision
 records (`Action.as_record()`, the router's /decisions format), a timeline
 of one row per control tick, and each lane's provisioned cost over the run.
 
@@ -30,6 +31,7 @@ import numpy as np
 from policies.objectives import PINNED, SWITCHABLE, Objectives
 
 NO_LANE = -1
+NO_REPLICA = -1
 TOTAL = "total"
 
 
@@ -83,6 +85,9 @@ class Outcome:
     decisions: list[dict] = field(default_factory=list)
     timeline: list[TimelineRow] = field(default_factory=list)
     files: Mapping[str, int] = field(default_factory=dict)  # batch files each batch_api lane sent
+    # The index (in its lane's upstreams) of the replica that took each request's last call, on lanes whose
+    # service model fails (simulator.failure_path); NO_REPLICA elsewhere. None: the run did not tell (a replay).
+    replica: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.arrival_s)
@@ -106,6 +111,7 @@ class Outcome:
             deadline_s=self.deadline_s[mask],
             idle_cost_usd={lane: 0.0 for lane in self.lanes},
             end_s=self.end_s,
+            replica=None if self.replica is None else self.replica[mask],
         )
 
 

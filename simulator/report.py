@@ -6,7 +6,8 @@
   baseline, transitions and rollbacks.
 - `lane_table`: one contender's figures per lane and in total.
 - `write_requests_csv`: one row per request (arrival, lane, status,
-  latency, cost, pinned, met, route), the format `modeshift replay` writes
+  latency, cost, pinned, met, route, time to first token, and the replica
+  that took it where the run modelled replicas), the format `modeshift replay` writes
   too, so a simulated and a live run compare line by line, and say which
   request path each played.
 - `write_decisions`: JSON Lines, one `Action.as_record()` per line, the
@@ -23,12 +24,15 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 from rich.table import Table
 
 from policies.actions import plain
-from simulator.outcome import NO_LANE, TOTAL, Outcome, Row, SloTargets, Summary
+from simulator.outcome import NO_LANE, NO_REPLICA, TOTAL, Outcome, Row, SloTargets, Summary
 
-REQUEST_COLUMNS = ("arrival_s", "lane", "status", "latency_s", "cost_usd", "pinned", "met_slo", "route", "ttft_s")
+REQUEST_COLUMNS = (
+    "arrival_s", "lane", "status", "latency_s", "cost_usd", "pinned", "met_slo", "route", "ttft_s", "replica"
+)  # fmt: skip
 
 
 def comparison_table(summaries: Mapping[str, Summary], slo: SloTargets, baseline: str | None = None) -> Table:
@@ -82,6 +86,7 @@ def write_requests_csv(
     answer's time to its first token (empty where there is none, as in a simulation)."""
     met = outcome.met(slo)
     names = (*outcome.lanes, "")
+    replica = outcome.replica if outcome.replica is not None else np.full(len(outcome), NO_REPLICA)
     with open(path, "w", newline="", encoding="utf-8") as f:
         out = csv.writer(f)
         out.writerow(REQUEST_COLUMNS)
@@ -98,6 +103,7 @@ def write_requests_csv(
                     int(met[i]),
                     routes[i],
                     f"{ttft_s[i]:.6f}" if i < len(ttft_s) and not math.isnan(ttft_s[i]) else "",
+                    int(replica[i]) if replica[i] != NO_REPLICA else "",
                 )
             )
 

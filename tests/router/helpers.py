@@ -40,20 +40,48 @@ class Upstream:
     url: str = ""
     seen: list[web.Request] = field(default_factory=list)
     runner: web.AppRunner | None = None
+    site: web.TCPSite | None = None
+    down: bool = False
+    busy: set[object] = field(default_factory=set)  # connections with a call in progress
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         self.seen.append(request)
-        return await self.handler(request)
+        self.busy.add(request.protocol)
+        try:
+            response = await self.handler(request)
+        finally:
+            self.busy.discard(request.protocol)
+        if self.down:
+            response.force_close()  # the last answer on this connection: the next call must connect anew
+        return response
 
     async def start(self, port: int = 0) -> None:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._dispatch)
         self.runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=0.1)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", port)
-        await site.start()
+        await self._listen(port)
         host, port = self.runner.addresses[0][:2]
         self.url = f"http://{host}:{port}"
+
+    async def _listen(self, port: int) -> None:
+        assert self.runner is not None
+        self.site = web.TCPSite(self.runner, "127.0.0.1", port)
+        await self.site.start()
+
+    async def go_down(self) -> None:
+        """Refuse connections from now on; calls already taken are answered, then their connections close."""
+        assert self.runner is not None and self.site is not None and self.runner.server is not None
+        self.down = True
+        await self.site.stop()
+        for connection in self.runner.server.connections:
+            if connection not in self.busy:
+                connection.force_close()  # a busy one closes after its answer (see _dispatch)
+
+    async def come_up(self) -> None:
+        """Take connections again, on the same port."""
+        self.down = False
+        await self._listen(int(self.url.rsplit(":", 1)[1]))
 
     async def stop(self) -> None:
         if self.runner is not None:

@@ -18,12 +18,18 @@ no lane can serve in time, and the controller hurries; and embeddings calls
 that the batch lane micro-batches, its batch timers run by the fake clock
 (`SchedulingClock.call_at`), so merged calls form at the same moments and
 share their cost the same way.
+
+And lanes that fail: a replica down for the whole run beside one that
+answers errors, and outage windows (every real-time replica, then one of
+two) in which a replica's upstream stops listening at the window's start
+and listens again at its end, by the fake clock. There each request's call
+must also reach the same replica on both sides: the same ejections, the
+same failovers, the same returns.
 """
 
 import asyncio
 import heapq
 import random
-import socket
 
 import aiohttp
 import numpy as np
@@ -33,11 +39,13 @@ from router.server import RunningRouter, runtime_for
 from simulator import generators
 from simulator.engine import Engine
 from simulator.failure_path import error_draws
+from simulator.outcome import NO_REPLICA
 from simulator.service import Failures, Latency, Outage, ServerLane, ServiceModel, jittered_s
 from simulator.traces import with_pinned_share
 from tests.router.helpers import FakeClock, Upstream, two_lane_config
 
 SEED = 3
+LANES = ("realtime", "batch")
 SERVICE = ServiceModel(
     lanes={
         # Enough servers that nothing queues upstream (the fake upstreams do not queue).
@@ -54,11 +62,11 @@ def _trace():
     return with_pinned_share(trace, 0.2, random.Random(SEED))
 
 
-def _load_config(upstreams: dict[str, str], low_rps: float, high_rps: float, hold: str, window: str, **sections):
+def _load_config(upstreams: dict[str, list[str]], low_rps: float, high_rps: float, hold: str, window: str, **sections):
     """Two lanes switched by the load policy in two quick steps; `sections` add or replace config sections."""
     return two_lane_config(
-        [upstreams["realtime"]],
-        [upstreams["batch"]],
+        upstreams["realtime"],
+        upstreams["batch"],
         policy={"type": "load", "params": {"low_rps": low_rps, "high_rps": high_rps, "hold": hold}},
         switching={"hold": "0s", "cooldown": "5s", "step": "2s", "min_samples": 5, "steps": [0.5, 1.0]},
         metrics={"window": window, "slot": "1s"},
@@ -66,7 +74,7 @@ def _load_config(upstreams: dict[str, str], low_rps: float, high_rps: float, hol
     )
 
 
-def _config(upstreams: dict[str, str]):
+def _config(upstreams: dict[str, list[str]]):
     return _load_config(upstreams, 3, 6, "3s", "10s")
 
 
@@ -78,12 +86,12 @@ def _rush_trace():
     return with_pinned_share(trace, 0.2, random.Random(SEED))
 
 
-def _rush_config(upstreams: dict[str, str]):
+def _rush_config(upstreams: dict[str, list[str]]):
     # The real-time gate holds 2 calls of about 0.3 s (about 7 req/s); the rush brings 14.
     # No queue_timeout fires (the live gate's timer runs on the loop's clock, not the fake one).
     lanes = {
-        "realtime": {"upstreams": [upstreams["realtime"]], "max_in_flight": 2, "queue_timeout": "1h"},
-        "batch": {"upstreams": [upstreams["batch"]], "max_in_flight": 16, "queue_timeout": "1h"},
+        "realtime": {"upstreams": upstreams["realtime"], "max_in_flight": 2, "queue_timeout": "1h"},
+        "batch": {"upstreams": upstreams["batch"], "max_in_flight": 16, "queue_timeout": "1h"},
     }
     objectives = {"pinned": {"latency": "3s"}, "switchable": {"latency": "1500ms"}}
     return _load_config(upstreams, 3, 10, "4s", "5s", lanes=lanes, objectives=objectives)
@@ -96,10 +104,10 @@ def _embeddings_trace():
     return with_pinned_share(trace, 0.15, random.Random(SEED))
 
 
-def _batching_config(upstreams: dict[str, str]):
+def _batching_config(upstreams: dict[str, list[str]]):
     # The batch lane merges up to 8 texts or waits 50 ms for company, 2 merged calls at once.
     batch = {
-        "upstreams": [upstreams["batch"]],
+        "upstreams": upstreams["batch"],
         "max_in_flight": 2,
         "batching": {"rule": "hybrid", "max_batch": 8, "max_wait": "50ms"},
     }
@@ -109,7 +117,7 @@ def _batching_config(upstreams: dict[str, str]):
         10,
         "3s",
         "5s",
-        lanes={"realtime": {"upstreams": [upstreams["realtime"]]}, "batch": batch},
+        lanes={"realtime": {"upstreams": upstreams["realtime"]}, "batch": batch},
         routes=[{"path": "/v1/embeddings", "protocol": "openai-embeddings"}],
         objectives={"switchable": {"latency": "2s"}},
     )
@@ -165,17 +173,20 @@ def _embeddings(n: int) -> web.Response:
     return web.json_response({"object": "list", "data": data, "model": "m", "usage": usage})
 
 
-async def _live_run(trace, make_config, service: ServiceModel) -> tuple[list[dict], list[tuple[str, int]]]:
-    """The live router's decision log, and each request's (lane, status)."""
+async def _live_run(trace, make_config, service: ServiceModel) -> tuple[list[dict], list[tuple[str, int]], list[int]]:
+    """The live router's decision log, each request's (lane, status), and the replica its last call went to."""
     calls: list[tuple[str, tuple[int, ...], asyncio.Future]] = []  # upstream calls held: lane, requests, release
     draws = error_draws(SEED, len(trace))  # the simulator's: a lane with an error_rate answers these with a 500
+    replica_of = [NO_REPLICA] * len(trace)
 
-    def holding(lane: str):
+    def holding(lane: str, replica: int):
         async def handler(request: web.Request) -> web.Response:
             if "X-Trace-Index" in request.headers:
                 members: tuple[int, ...] = (int(request.headers["X-Trace-Index"]),)
             else:  # a merged call: the texts name their requests
                 members = tuple(int(text[1:]) for text in (await request.json())["input"])
+            for i in members:
+                replica_of[i] = replica
             release = asyncio.get_running_loop().create_future()
             calls.append((lane, members, release))
             await release
@@ -186,10 +197,12 @@ async def _live_run(trace, make_config, service: ServiceModel) -> tuple[list[dic
 
         return handler
 
-    upstreams = {lane: Upstream(holding(lane)) for lane in ("realtime", "batch")}
-    for server in upstreams.values():
+    # One loopback upstream per replica of the service model; its outages stop it listening (router: refused).
+    upstreams = {lane: [Upstream(holding(lane, k)) for k in range(service.lanes[lane].replicas)] for lane in LANES}
+    servers = [server for replicas in upstreams.values() for server in replicas]
+    for server in servers:
         await server.start()
-    config = make_config({lane: server.url for lane, server in upstreams.items()})
+    config = make_config({lane: [server.url for server in replicas] for lane, replicas in upstreams.items()})
     clock = SchedulingClock(0.0)
     router = RunningRouter(runtime_for(config, clock=clock))
     await router.start(data=("127.0.0.1", 0), admin=("127.0.0.1", 0), ticking=False)
@@ -242,6 +255,9 @@ async def _live_run(trace, make_config, service: ServiceModel) -> tuple[list[dic
             router.runtime.tick()
             if t < trace[-1].t_s:
                 push(t + tick_s, "tick", object())
+        elif kind in ("down", "up"):
+            await (what.go_down() if kind == "down" else what.come_up())
+            await asyncio.sleep(0.01)  # the router's kept-alive connections to it see their close
         elif kind == "timer":
             if not what.cancelled:
                 what.callback()
@@ -250,6 +266,13 @@ async def _live_run(trace, make_config, service: ServiceModel) -> tuple[list[dic
             what[2].set_result(None)
             await _settle(lambda: all(i in answers for i in what[1]), f"answered requests {what[1]}")
             await settle(f"settled after requests {what[1]}")
+
+    for lane, replicas in upstreams.items():
+        failures = getattr(service.lanes[lane], "failures", None)
+        for outage in failures.down if failures is not None else []:
+            for server in replicas[: outage.replicas]:
+                push(outage.from_s, "down", server)
+                push(outage.to_s, "up", server)
 
     try:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
@@ -269,40 +292,45 @@ async def _live_run(trace, make_config, service: ServiceModel) -> tuple[list[dic
                 t, _, kind, what = heapq.heappop(heap)
                 await handle(t, kind, what)
             await asyncio.gather(*tasks)
-        return router.runtime.decisions.recent(), [answers[i] for i in range(len(trace))]
+        return router.runtime.decisions.recent(), [answers[i] for i in range(len(trace))], replica_of
     finally:
         await router.stop()
-        for server in upstreams.values():
+        for server in servers:
             await server.stop()
 
 
+def _simulate(trace, make_config, service: ServiceModel):
+    """The simulator's run of the trace, its config naming one placeholder URL per replica."""
+    upstreams = {lane: [f"http://{lane}-{k}.invalid:1" for k in range(service.lanes[lane].replicas)] for lane in LANES}
+    return Engine(make_config(upstreams), service, seed=SEED).run(trace)
+
+
 async def _compare(trace, make_config, service: ServiceModel) -> list[dict]:
-    live, answers = await _live_run(trace, make_config, service)
-    placeholder = {"realtime": "http://127.0.0.1:1", "batch": "http://127.0.0.1:2", "down": "http://127.0.0.1:3"}
-    outcome = Engine(make_config(placeholder), service, seed=SEED).run(trace)
+    live, answers, replicas = await _live_run(trace, make_config, service)
+    outcome = _simulate(trace, make_config, service)
     simulated = outcome.decisions
     assert len(live) == len(simulated)
     for mine, theirs in zip(live, simulated):
         assert _same(mine, theirs), (mine, theirs)
     assert answers == [(outcome.lanes[lane], int(status)) for lane, status in zip(outcome.lane, outcome.status)]
-    return simulated
+    # Where the simulator plays replicas (lanes that fail), each call went to the same one: the same ejections.
+    failing = [outcome.lanes.index(lane) for lane in LANES if getattr(service.lanes[lane], "failures", None)]
+    played = np.isin(outcome.lane, failing)
+    assert [replicas[i] for i in np.flatnonzero(played)] == outcome.replica[played].tolist()
+    return simulated, outcome
 
 
 async def test_the_live_router_and_the_simulator_log_identical_decisions():
-    simulated = await _compare(_trace(), _config, SERVICE)
+    simulated, _ = await _compare(_trace(), _config, SERVICE)
     kinds = [record["kind"] for record in simulated]
     # The trace moves the mode both ways, so the comparison covers transitions, not just quiet ticks.
     assert kinds.count("TransitionStarted") >= 2 and "TransitionCompleted" in kinds
 
 
 async def test_parity_holds_through_an_overload_rush_with_queues_late_binding_and_deadlines():
-    trace = _rush_trace()
-    simulated = await _compare(trace, _rush_config, RUSH_SERVICE)
+    simulated, outcome = await _compare(_rush_trace(), _rush_config, RUSH_SERVICE)
     started = next(record for record in simulated if record["kind"] == "TransitionStarted")
     assert "urgent, no hold" in started["reason"]  # the controller hurried, from the same evidence on both sides
-    outcome = Engine(_rush_config({"realtime": "http://a:1", "batch": "http://b:2"}), RUSH_SERVICE, seed=SEED).run(
-        trace
-    )
     # Before the weights moved, admission had already bound switchable requests to the batch lane.
     bound_late = (outcome.lane == outcome.lanes.index("batch")) & (outcome.arrival_s < started["at_s"])
     assert bound_late.sum() >= 5
@@ -318,19 +346,16 @@ def _same(a, b) -> bool:
 
 
 async def test_parity_holds_with_micro_batching_on_the_batch_lane():
-    trace = _embeddings_trace()
-    simulated = await _compare(trace, _batching_config, BATCHING_SERVICE)
+    simulated, outcome = await _compare(_embeddings_trace(), _batching_config, BATCHING_SERVICE)
     kinds = [record["kind"] for record in simulated]
     assert kinds.count("TransitionStarted") >= 2 and "TransitionCompleted" in kinds
-    outcome = Engine(_batching_config({"realtime": "http://a:1", "batch": "http://b:2"}), BATCHING_SERVICE, seed=SEED)
-    on_batch = outcome.run(trace).lane == 1
-    assert on_batch.sum() > 100  # the merged calls were many, and their timing and cost shares agreed
+    assert (outcome.lane == 1).sum() > 100  # the merged calls were many, and their timing and cost shares agreed
 
 
 FAILING_SERVICE = ServiceModel(
     lanes={
-        # Two replicas: the first refuses every connection (its URL has nothing listening), the second answers
-        # 30% of its calls with a 500 (drawn per request from the simulator's own stream): three in a row eject it,
+        # Two replicas: the first is down the whole run (it refuses every connection), the second answers 30%
+        # of its calls with a 500 (drawn per request from the simulator's own stream): three in a row eject it,
         # and with the first one ejected too, the lane is out of the draw for a while.
         "realtime": ServerLane(
             replicas=2, concurrency=10_000, latency=Latency(base_s=0.05, jitter=0.3),
@@ -341,28 +366,51 @@ FAILING_SERVICE = ServiceModel(
 )  # fmt: skip
 
 
-def _failing_config(upstreams: dict[str, str]):
-    """The calm config, its real-time lane on a dead upstream and a live one; three errors in a row eject."""
-    down = upstreams.get("down") or f"http://127.0.0.1:{_closed_port()}"
+def _failing_config(upstreams: dict[str, list[str]]):
+    """The calm config, three errors in a row (or one refused connection) ejecting a real-time replica."""
     outlier = {"consecutive_errors": 3, "base_ejection": "5s", "max_ejected_fraction": 1.0}
     lanes = {
-        "realtime": {"upstreams": [down, upstreams["realtime"]], "outlier": outlier,
+        "realtime": {"upstreams": upstreams["realtime"], "outlier": outlier,
                      "cost": {"per_hour": 3.6, "billing": "busy"}},
-        "batch": {"upstreams": [upstreams["batch"]]},
+        "batch": {"upstreams": upstreams["batch"]},
     }  # fmt: skip
     return _load_config(upstreams, 3, 6, "3s", "10s", lanes=lanes)
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # closed when this returns: a connection to it is refused
-
-
 async def test_parity_holds_when_a_replica_refuses_connections_and_another_answers_errors():
-    trace = _trace()
-    simulated = await _compare(trace, _failing_config, FAILING_SERVICE)
-    outcome = Engine(_failing_config({"realtime": "http://a:1", "batch": "http://b:2", "down": "http://c:3"}),
-                     FAILING_SERVICE, seed=SEED).run(trace)  # fmt: skip
+    simulated, outcome = await _compare(_trace(), _failing_config, FAILING_SERVICE)
     assert (outcome.status == 500).sum() >= 5  # errors relayed, on both sides alike
     assert "TransitionStarted" in [record["kind"] for record in simulated]
+
+
+OUTAGE = (12.0, 22.0)  # every real-time replica down, before the rush
+HALF_OUTAGE = (64.0, 80.0)  # one of the two down, in the calm after it
+
+OUTAGE_SERVICE = ServiceModel(
+    lanes={
+        "realtime": ServerLane(
+            replicas=2, concurrency=10_000, latency=Latency(base_s=0.05, jitter=0.3),
+            failures=Failures(down=[Outage(**{"from": OUTAGE[0], "to": OUTAGE[1]}),
+                                    Outage(**{"from": HALF_OUTAGE[0], "to": HALF_OUTAGE[1], "replicas": 1})]),
+        ),
+        "batch": ServerLane(concurrency=10_000, latency=Latency(base_s=0.4, jitter=0.3)),
+    }
+)  # fmt: skip
+
+
+async def test_parity_holds_through_outage_windows_with_the_same_ejections_failovers_and_returns():
+    """Replicas stop listening at a window's start and listen again at its end, by the fake clock."""
+    trace = _trace()
+    _, outcome = await _compare(trace, _failing_config, OUTAGE_SERVICE)
+    realtime, batch = outcome.lanes.index("realtime"), outcome.lanes.index("batch")
+    during = (outcome.arrival_s >= OUTAGE[0]) & (outcome.arrival_s < OUTAGE[1])
+    # Every replica down: switchable requests failed over to the batch lane, pinned real-time ones had nowhere to go.
+    assert ((outcome.lane == batch) & during & ~outcome.pinned & (outcome.status == 200)).sum() >= 10
+    assert ((outcome.status == 502) & during).sum() >= 1
+    assert not ((outcome.lane == realtime) & (outcome.status == 200) & during).any()
+    # One replica down: its calls went to the other, and the lane kept answering.
+    half = (outcome.arrival_s >= HALF_OUTAGE[0]) & (outcome.arrival_s < HALF_OUTAGE[1]) & (outcome.lane == realtime)
+    assert half.sum() >= 5 and set(outcome.replica[half].tolist()) == {1} and (outcome.status[half] == 200).all()
+    # Back after the windows (and the ejections they caused): both replicas take calls again.
+    after = (outcome.arrival_s >= HALF_OUTAGE[1] + 5.0) & (outcome.lane == realtime)
+    assert set(outcome.replica[after].tolist()) == {0, 1}
