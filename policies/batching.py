@@ -23,6 +23,11 @@ an item still queued after its deadline is expired, not sent.
 
 The queue holds at most `capacity` requests; `offer` refuses more (Triton's
 REJECT policy) rather than letting latency grow without bound.
+
+After a merged call fails, `bisects(status, parts)` says whether its halves
+are sent again: yes for an answer about the request (a 4xx or a 500: one bad
+input fails only its own request), no for one about the upstream (429, 502,
+503, 504: sending more would not help) or a call of one part.
 """
 
 from __future__ import annotations
@@ -34,6 +39,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from policies.flush import FlushRule
+
+UPSTREAM_TROUBLE = frozenset({429, 502, 503, 504})
+
+
+def bisects(status: int, parts: int) -> bool:
+    """Whether a merged call of `parts` answered `status` (not 2xx) is split in two and each half sent again."""
+    return parts > 1 and status not in UPSTREAM_TROUBLE
 
 
 @dataclass(frozen=True, slots=True)

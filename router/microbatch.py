@@ -38,7 +38,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from backends.batch_loop import BatchLoop
 from backends.codecs import Codec, CodecError, Part, Reply
 from configs.schema import LaneConfig
-from policies.batching import Batcher, BatchItem
+from policies.batching import Batcher, BatchItem, bisects
 from policies.pricing import item_shares
 from policies.upstream_pool import UpstreamPool
 from router.errors import (
@@ -55,9 +55,6 @@ from router.upstream_client import ConnectFailed, UpstreamBrokeOff, UpstreamClie
 
 # Queues kept before the idle ones are dropped: one per (route, options, credentials).
 MAX_QUEUES = 256
-# Headers that say who is calling: requests merge only when these agree.
-# Answers about the upstream rather than the request: splitting would not help.
-_UPSTREAM_TROUBLE = frozenset({429, 502, 503, 504})
 
 # Cost of a call: (input tokens, busy seconds) -> USD.
 CallCost = Callable[[int, float], float]
@@ -211,7 +208,7 @@ class MicroBatcher:
             self._charge(waiting, sum(r.input_tokens for r in replies), busy_s)
             for w, reply in zip(waiting, replies):
                 _deliver(w, reply, label)
-        elif len(waiting) > 1 and status not in _UPSTREAM_TROUBLE:
+        elif bisects(status, len(waiting)):
             self._charge(waiting, 0, busy_s)
             half = len(waiting) // 2
             await asyncio.gather(

@@ -57,43 +57,49 @@ class BatchPath:
         taken = lane.batcher.take(t)
         if taken.batch:
             members = [item.payload for item in taken.batch]
-            trace = self.trace
-            items = sum(trace[j].items for j in members)
-            input_tokens = sum(trace[j].input_tokens for j in members)
-            output_tokens = sum(trace[j].output_tokens for j in members)
-            service_s = lane.call_s(items, input_tokens, output_tokens, self.z[members[0]])
+            lane.running += 1
             if lane.failures is not None:
-                self._send_merged_failing(lane, t, members, service_s)
+                self._run_merged_failing(lane, t, members)
             else:
-                lane.running += 1
-                self._call(lane, t, service_s, self.BATCH_DONE, (members, t))
+                self._call(lane, t, self._merged_call_s(lane, members), self.BATCH_DONE, (members, t))
         self._arm(lane, t)
 
-    def _on_batch_done(self, t: float, lane: LaneRun, payload) -> None:
-        if lane.failures is not None:  # simulator.failure_path: it may have timed out or erred
-            if not self._merged_done(t, lane, payload):
-                return
-            payload = (payload.members, payload.sent_s)
-        members, sent_s = payload
+    def _merged_call_s(self, lane: LaneRun, members: list[int]) -> float:
+        """The service time of one merged call of `members`, drawn with its first request's draw."""
         trace = self.trace
         items = sum(trace[j].items for j in members)
+        input_tokens = sum(trace[j].input_tokens for j in members)
+        output_tokens = sum(trace[j].output_tokens for j in members)
+        return lane.call_s(items, input_tokens, output_tokens, self.z[members[0]])
+
+    def _on_batch_done(self, t: float, lane: LaneRun, payload) -> None:
+        if lane.failures is not None:  # simulator.failure_path: it may have timed out, erred, or be split
+            self._failing_merged_done(t, lane, payload)
+            return
+        members, sent_s = payload
+        self._answer_merged(t, lane, members, sent_s)
+        lane.batcher.rule.observe(sum(self.trace[j].items for j in members), t - sent_s)
+        lane.running -= 1
+        self._server_freed(lane, t)
+        self._arm(lane, t)
+
+    def _answer_merged(self, t: float, lane: LaneRun, members: list[int], sent_s: float) -> None:
+        """A merged call's 2xx: each request in it answered with its share of the call's cost and busy time."""
+        trace = self.trace
         # The router reads the input tokens of a merged answer; a batch call's
         # busy time is its time upstream, shared out by items.
         input_tokens = sum(trace[j].input_tokens for j in members)
         busy_s = t - sent_s
         total = lane.cost(input_tokens, 0, busy_s)
         for j, share in zip(members, item_shares([trace[j].items for j in members])):
+            usd, busy = self._charges(j, total * share, busy_s * share)
             lane.window.completed(
                 t,
                 t - self.started_s[j],
                 items=trace[j].items,
                 input_tokens=trace[j].input_tokens,
-                cost_usd=total * share,
-                busy_s=busy_s * share,
+                cost_usd=usd,
+                busy_s=busy,
             )
-            self.cost[j] = total * share
+            self.cost[j] = usd
             self._finish(j, lane, t, OK)
-        lane.batcher.rule.observe(items, t - sent_s)
-        lane.running -= 1
-        self._server_freed(lane, t)
-        self._arm(lane, t)

@@ -117,6 +117,7 @@ class _Run(BatchPath, FailurePath):
         self.budget = RetryBudget()
         self.retrying: set[int] = set()
         self.upstream_of: dict = {}
+        self.charged: dict[int, tuple[float, float]] = {}
         self.replica_of = [NO_REPLICA] * n
         self.visited_of: dict[int, list[str]] = {}
         self.errors = error_draws(engine.seed, n) if self.failing else []

@@ -23,8 +23,12 @@ their own rules:
 - a merged call (a micro-batch) tries every replica of its lane, as the
   router's micro-batcher does; when none takes it, each request in it moves
   on alone (the retry budget, then the next lane, else a 502); its timeout
-  is a 504 for each, its error a 500 for each (billed by share), drawn with
-  its first request's draw.
+  is a 504 for each; its error (drawn with its first request's draw) is
+  bisected as the router's is (policies.batching.bisects): each half is
+  sent again at once, down to single requests, and a request's answer
+  carries its share of every call it rode in; the batch holds its slot
+  (`max_in_flight`) until its last call is over, and the flush rule hears
+  how long that took.
 
 Which calls fail is drawn per request from its own stream (`error_draws`),
 so a run stays a pure function of (config, service model, trace, seed).
@@ -39,6 +43,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from configs.schema import OutlierConfig
+from policies.batching import bisects
 from policies.pricing import item_shares
 from policies.retry_budget import RetryBudget
 from policies.upstream_pool import Upstream, UpstreamPool
@@ -68,12 +73,22 @@ class LaneFailures:
 
 
 @dataclass(eq=False, slots=True)
+class MergedRun:
+    """One batch taken on a failing lane: its merged call and, when one errs, the halves sent again."""
+
+    items: int
+    started_s: float
+    calls: int = 0  # its calls still under way
+
+
+@dataclass(eq=False, slots=True)
 class MergedCall:
     """A micro-batch sent to a replica of a failing lane, until it is answered or times out."""
 
     members: list[int]
     sent_s: float
     upstream: Upstream
+    run: MergedRun
     state: str = "sent"  # sent -> answered | timed out
 
 
@@ -90,6 +105,7 @@ class FailurePath:
     retrying: set[int]
     upstream_of: dict[int, Upstream]
     replica_of: list[int]  # the replica each request's call went to (simulator.outcome.NO_REPLICA: none)
+    charged: dict[int, tuple[float, float]]  # (USD, busy s) of erred merged calls a request rode in, until it ends
     errors: Sequence[float]
 
     def available_lanes(self, t: float) -> list[str]:
@@ -168,24 +184,32 @@ class FailurePath:
         self._finish(i, lane, t, TIMED_OUT)
         self._leave_gate(lane, t)  # the server stays busy until the replica is done with the call
 
-    def _send_merged_failing(self, lane, t: float, members: list[int], service_s: float) -> None:
+    def _run_merged_failing(self, lane, t: float, members: list[int]) -> None:
+        """A batch taken on a failing lane: its merged call, and its halves again if it errs (`lane.running`
+        counts the batch until its last call is over, as the router's slot is held)."""
+        run = MergedRun(sum(self.trace[j].items for j in members), t)
+        self._send_merged_failing(lane, t, members, run)
+        self._merged_run_over(lane, run, t)
+
+    def _send_merged_failing(self, lane, t: float, members: list[int], run: MergedRun) -> None:
         """The first replica that takes the merged call gets it; with none, each request moves on alone."""
         failures = lane.failures
         tried: list[Upstream] = []
         while (upstream := failures.pool.pick(t, exclude=tuple(tried))) is not None:
             if not failures.refuses(upstream, t):
                 upstream.in_flight += 1
-                lane.running += 1
-                call = MergedCall(members, t, upstream)
+                run.calls += 1
+                call = MergedCall(members, t, upstream, run)
                 for i in members:
                     self.replica_of[i] = failures.replica[upstream]
-                self._call(lane, t, service_s, self.BATCH_DONE, call)
+                self._call(lane, t, self._merged_call_s(lane, members), self.BATCH_DONE, call)
                 self._push(t + failures.timeout_s, self.BATCH_TIMEOUT, lane, call)
                 return
             failures.pool.failed(upstream, t, connect=True)
             tried.append(upstream)
         for i in members:
             lane.window.completed(t, None, ok=False)
+            self.charged.pop(i, None)  # what its earlier calls cost is not reported: it starts over elsewhere
             visited = self.visited_of.pop(i, [lane.name])
             following = None if not self._may_retry(i) or self.pinned[i] else self._failover(visited)
             if following is None:
@@ -193,30 +217,47 @@ class FailurePath:
             else:
                 self._dispatch(i, following, self.pinned[i], t, visited, self.batchable[i])
 
-    def _merged_done(self, t: float, lane, call: MergedCall) -> bool:
-        """A failing lane's merged call came back: True when it is an answer for the usual path."""
+    def _failing_merged_done(self, t: float, lane, call: MergedCall) -> None:
+        """A failing lane's merged call came back: answered, or erred (then bisected, or a 500 for each)."""
         if call.state == "timed out":  # answered 504 at its timeout: the replica has only now finished with it
             self._server_freed(lane, t)
-            return False
+            return
         call.state = "answered"
         call.upstream.in_flight -= 1
-        for i in call.members:
-            self.visited_of.pop(i, None)
-        if self.errors[call.members[0]] >= lane.failures.error_rate:
+        members = call.members
+        erred = self.errors[members[0]] < lane.failures.error_rate
+        if erred:
+            lane.failures.pool.failed(call.upstream, t)
+            self._merged_error(t, lane, call)
+        else:
             lane.failures.pool.succeeded(call.upstream, t)
-            return True
-        lane.failures.pool.failed(call.upstream, t)
-        trace, busy_s = self.trace, t - call.sent_s
-        total = lane.cost(sum(trace[j].input_tokens for j in call.members), 0, busy_s)
-        for j, share in zip(call.members, item_shares([trace[j].items for j in call.members]), strict=True):
-            latency = t - self.started_s[j]
-            lane.window.completed(t, latency, ok=False, cost_usd=total * share, busy_s=busy_s * share)
-            self.cost[j] = total * share
-            self._finish(j, lane, t, ERROR)
-        lane.running -= 1
+            self._answer_merged(t, lane, members, call.sent_s)
+            self._ended(members)
         self._server_freed(lane, t)
-        self._arm(lane, t)
-        return False
+        if erred and bisects(ERROR, len(members)):  # each half again, as the router's micro-batcher sends them
+            half = len(members) // 2
+            self._send_merged_failing(lane, t, members[:half], call.run)
+            self._send_merged_failing(lane, t, members[half:], call.run)
+        call.run.calls -= 1
+        self._merged_run_over(lane, call.run, t)
+
+    def _merged_error(self, t: float, lane, call: MergedCall) -> None:
+        """A merged call's 500, billed by share: kept for the requests' next calls when it is bisected, else
+        each request's answer."""
+        members, trace, busy_s = call.members, self.trace, t - call.sent_s
+        total = lane.cost(0, 0, busy_s)  # an error: no tokens read from it
+        shares = item_shares([trace[j].items for j in members])
+        if bisects(ERROR, len(members)):
+            for j, share in zip(members, shares, strict=True):
+                usd, busy = self.charged.get(j, (0.0, 0.0))
+                self.charged[j] = (usd + total * share, busy + busy_s * share)
+            return
+        for j, share in zip(members, shares, strict=True):
+            usd, busy = self._charges(j, total * share, busy_s * share)
+            lane.window.completed(t, t - self.started_s[j], ok=False, cost_usd=usd, busy_s=busy)
+            self.cost[j] = usd
+            self._finish(j, lane, t, ERROR)
+        self._ended(members)
 
     def _on_merged_timeout(self, t: float, lane, call: MergedCall) -> None:
         if call.state != "sent":
@@ -225,11 +266,33 @@ class FailurePath:
         call.upstream.in_flight -= 1
         lane.failures.pool.failed(call.upstream, t)
         for j in call.members:
-            self.visited_of.pop(j, None)
+            self.charged.pop(j, None)  # an answer that never came reports no cost, nor do the calls before it
             lane.window.completed(t, t - self.started_s[j], ok=False)
             self._finish(j, lane, t, TIMED_OUT)
-        lane.running -= 1  # the router stops waiting; the server stays busy until the replica is done
+        self._ended(call.members)
+        call.run.calls -= 1  # the router stops waiting; the server stays busy until the replica is done
+        self._merged_run_over(lane, call.run, t)
+
+    def _ended(self, members: list[int]) -> None:
+        """Requests of a merged call that ended on this lane: no failover from it is left to them."""
+        for j in members:
+            self.visited_of.pop(j, None)
+
+    def _merged_run_over(self, lane, run: MergedRun, t: float) -> None:
+        """When a batch's last call is over: the flush rule hears how long it took, and its slot is free."""
+        if run.calls:
+            return
+        lane.batcher.rule.observe(run.items, t - run.started_s)
+        lane.running -= 1
         self._arm(lane, t)
+
+    def _charges(self, i: int, usd: float, busy_s: float) -> tuple[float, float]:
+        """A call's share for request `i`, plus what its earlier calls cost (a merged call that erred and was
+        bisected): what the router reports for the request when it is answered."""
+        if not self.charged:
+            return usd, busy_s
+        earlier_usd, earlier_busy_s = self.charged.pop(i, (0.0, 0.0))
+        return usd + earlier_usd, busy_s + earlier_busy_s
 
     def _released(self, i: int) -> None:
         """The request ended: give back the retry it held, if any."""

@@ -152,7 +152,7 @@ def test_a_merged_call_no_replica_takes_sends_each_request_to_the_next_lane():
     assert {lanes_of(outcome)[k] for k, r in enumerate(trace) if r.t_s < 9.5} == {"batch"}
 
 
-def test_an_erring_merged_call_is_a_500_for_every_request_in_it_and_errors_eject_the_lane():
+def test_erring_merged_calls_are_bisected_so_only_some_requests_get_500s_and_errors_eject_the_lane():
     trace = texts(0.01, 60.0)
     outcome = run_batched(Failures(error_rate=0.2), trace)
     on_batch = outcome.lane == outcome.lanes.index("batch")
@@ -161,6 +161,32 @@ def test_an_erring_merged_call_is_a_500_for_every_request_in_it_and_errors_eject
     assert 0.1 < erred[on_batch].mean() < 0.35
     assert (~on_batch).any()  # three errors in a row on each replica: the lane left the draw for a while
     assert all(outcome.status[~on_batch] == 200)
+
+
+def test_a_bisected_batch_holds_its_slot_until_its_last_call_and_each_answer_carries_every_call_it_rode_in():
+    # Every call errs: 8 texts go as 8, then 4 + 4, then 2 + 2 + 2 + 2, then one by one, each answered 500.
+    config = parse_config(
+        BATCHING.format(timeout="30s")
+        .replace("max_in_flight: 4", "max_in_flight: 1")
+        .replace("batching: {rule", "cost: {per_hour: 3.6, billing: busy}\n    batching: {rule")
+    )
+    service = ServiceModel(lanes={
+        "realtime": ServerLane(concurrency=8, latency=Latency(base_s=0.02)),
+        "batch": ServerLane(replicas=2, concurrency=64, latency=Latency(base_s=0.1, per_item_s=0.01),
+                            failures=Failures(error_rate=1.0)),
+    })  # fmt: skip
+    trace = [TraceRequest(0.0, 10, 0, "/v1/embeddings") for _ in range(8)] + [
+        TraceRequest(0.01, 10, 0, "/v1/embeddings")
+    ]
+    outcome = Engine(config, service, seed=0).run(trace)
+    first, late = slice(0, 8), 8
+    assert all(outcome.status[first] == 500)
+    calls_s = [0.1 + 0.01 * n for n in (8, 4, 2, 1)]  # the calls each of the 8 rode in, one after the other
+    assert outcome.latency_s[first] == pytest.approx([sum(calls_s)] * 8, abs=1e-6)
+    shares = [c / n for c, n in zip(calls_s, (8, 4, 2, 1))]  # busy seconds by share, at $0.001 a second
+    assert outcome.cost_usd[first] == pytest.approx([0.001 * sum(shares)] * 8)
+    # The one slot was held until the last half answered: the request after them waited for it.
+    assert outcome.latency_s[late] >= sum(calls_s) - 0.01
 
 
 def test_a_merged_call_longer_than_the_timeout_is_a_504_for_every_request_in_it():
