@@ -1,4 +1,4 @@
-"""`slo`: the cheapest mode whose predicted latency on the protected lane keeps an objective.
+"""`slo`: the cheapest mode predicted to keep the objectives of the protected class and the classes it moves.
 
 The target is the objective of the traffic class `objective` (policies.objectives,
 the config's `objectives:`; default `pinned`, the traffic that cannot leave
@@ -8,29 +8,39 @@ declare no objectives.
 
 Each tick, for every configured mode, the policy predicts the arrival rate
 the protected `lane` would take in that mode (its pinned traffic plus the
-mode's share of the switchable traffic, from the snapshot's rates) and that
-lane's latency quantile at that rate with an M/G/c model
-(policies.queueing): `servers` calls at once, the service time measured on
-the lane, its spread from the lane's mean and median. Of the modes whose
-prediction stays within `headroom x target` (the mode in force: within the
-target, so a rate hovering at the edge cannot flap the mode), it proposes
-the cheapest, ranking modes by their weights over the lanes' estimated cost
-per request. When none fits, it proposes the one that loads the lane least.
-So it moves before the breach a latency guard would wait for. An objective
-with no latency target keeps every mode: the cheapest is proposed.
+mode's share of the switchable traffic, from the snapshot's rates) and how
+the protected class would fare there at that rate:
+
+- from evidence: the class's own latencies on the lane, gathered from
+  requests answered while the lane was lightly loaded (service, not
+  queueing), each plus the wait at that rate from an M/G/c model
+  (policies.queueing: `servers` calls at once, the evidence's mean and
+  spread): the share that would miss the target, against the share the
+  objective lets miss (1 - its percentile). A long tail of service times
+  (long generations) counts as measured, not as a modelled shape;
+- until 20 such requests were seen: the M/G/c latency quantile at that
+  rate, service time as below, against the target.
 
 With `lane_servers` ({lane: calls at once}) it also guards the traffic it
-moves: every class other than pinned and jobs with a latency objective
-(switchable, and any the config declares) must keep it on each of those
-lanes that a mode sends switchable traffic to. There the prediction starts
-from what the lane shows (its p95 or p99 over the window, whichever the
-class's percentile is nearer) and adds only the change in queueing the
-mode's rate would bring (M/G/c wait at that rate less the wait at the rate
-it has now), so a lane's own long, uneven service times count as measured,
-not as modelled. A lane that has served nothing in the window gives no
-evidence and does not rule a mode out. When no mode fits, the policy
-proposes the one whose worst prediction is the smallest share of its
-target.
+moves: each class other than pinned and jobs with a latency objective
+(switchable, and any the config declares), across every guarded lane (those
+and the protected one) a mode sends it to, weighted by the mode's shares:
+the predicted share of the class that misses its target is the mix of each
+lane's, so a slow lane that takes half the class may miss twice as often as
+the class may. A lane without evidence for the class does not rule a mode
+out. For the mode in force, a class whose window shows enough answers (20)
+is judged by what it shows when that is better than the model's forecast
+(a steady-state queue model overstates a short rush).
+
+Of the modes whose every prediction stays within `headroom x` its budget
+(the mode in force: within it, so a rate hovering at the edge cannot flap
+the mode), it proposes the cheapest, ranking modes by their weights over
+the lanes' estimated cost per request. When none fits, the modes that break
+their targets about as little as the least (within the headroom) are
+equals, and the cheapest of them is proposed: a tail no mode can shorten
+does not forbid saving, and near-equal breaches are not worth a move. So
+it moves before the breach a latency guard would wait for. An objective
+with no latency target keeps every mode: the cheapest is proposed.
 
 Service time: `service_time` when given; otherwise the lane's mean latency
 from the last window in which it was lightly loaded (fewer calls in flight,
@@ -48,10 +58,11 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from pydantic import Field
 
+from policies.histogram import Histogram
 from policies.objectives import JOBS, PINNED
 from policies.protocol import BasePolicy, LaneName, PolicyParams, Proposal
 from policies.queueing import scv_from_quantiles, sojourn_quantile_s, wait_quantile_s
@@ -59,6 +70,7 @@ from policies.snapshot import LaneFigures, Snapshot
 from policies.units import Duration
 
 LIGHT_LOAD = 0.5  # calls in flight per server below which latency is service, not queueing
+MIN_EVIDENCE = 20  # requests of a class answered on a lane before its latencies there say anything
 
 
 class SloParams(PolicyParams):
@@ -87,6 +99,10 @@ class SloPolicy(BasePolicy):
         super().__init__(params, rng)
         self._service: tuple[float, float] | None = None  # (mean, scv) from a lightly loaded window
         self._costs: dict[str, float] = {}
+        # By (class, lane) on the guarded lanes: latencies of requests answered while the lane was lightly
+        # loaded, and the class's cumulative latencies there at the last tick (what is new since).
+        self._light: dict[tuple[str, str], Histogram] = {}
+        self._seen: dict[tuple[str, str], Histogram] = {}
 
     def decide(self, snapshot: Snapshot) -> Proposal | None:
         p = self.params
@@ -107,8 +123,21 @@ class SloPolicy(BasePolicy):
             for mode, weights in modes.items()
         }
         cost = {mode: self._mode_cost(weights, snapshot) for mode, weights in modes.items()}
-        worst = {mode: predicted[mode] / target_s for mode in modes}  # prediction over target, every guard
-        moved = self._moved(snapshot, modes, pinned, switchable, worst)
+        # Each mode's prediction over its target, every guard: the protected class's share over its target
+        # against the share it may miss, from its own latencies at light load; until there are enough, the
+        # modelled quantile against the target.
+        protected = (self._protected_class(snapshot), target_s, q)
+        over: dict[str, dict[str, float]] = {}  # mode -> class -> predicted over target
+        for mode, weights in modes.items():
+            rate = pinned[p.lane] + weights[p.lane] * switchable
+            missed = self._missed(*protected, p.lane, rate, p.servers)
+            over[mode] = {protected[0]: predicted[mode] / target_s if missed is None else _over_budget(missed, 1 - q)}
+        moved = self._moved(snapshot, modes, pinned, switchable, over)
+        if snapshot.mode in over:  # the mode in force: where the window shows it keeps a target, it does
+            for name, shown in self._shown(snapshot, (protected, *self._movable(snapshot))).items():
+                if name in over[snapshot.mode]:
+                    over[snapshot.mode][name] = min(over[snapshot.mode][name], shown)
+        worst = {mode: max(by_class.values()) for mode, by_class in over.items()}
         fits = [mode for mode in modes if worst[mode] <= (1.0 if mode == snapshot.mode else p.headroom)]
         figures = {
             "arrival_rate_per_s": snapshot.arrival_rate_per_s,
@@ -129,7 +158,11 @@ class SloPolicy(BasePolicy):
                 f"{p.lane} predicted {_ms(predicted[best])} at {switchable:.1f} switchable req/s"
             )
         else:
-            best = min(modes, key=lambda mode: (worst[mode], predicted[mode], _nan_last(cost[mode])))
+            # Modes that break the targets about as little as the least (within the headroom) are equals: the
+            # cheapest of them, so a tail no mode can help (long calls on the lane) does not forbid saving.
+            least = min(worst.values())
+            equals = [mode for mode in modes if worst[mode] * p.headroom <= least]
+            best = min(equals, key=lambda mode: (_nan_last(cost[mode]), worst[mode], predicted[mode]))
             reason = (
                 f"no mode keeps {keep} on {p.lane}{' and the moved classes elsewhere' if moved else ''}; "
                 f"{best} breaks its targets least ({worst[best]:.2f}x; {p.lane} predicted {_ms(predicted[best])})"
@@ -138,32 +171,70 @@ class SloPolicy(BasePolicy):
 
     def _moved(
         self, snapshot: Snapshot, modes: Mapping[str, Mapping[str, float]], pinned: Mapping[str, float],
-        switchable: float, worst: dict[str, float],
+        switchable: float, over: dict[str, dict[str, float]],
     ) -> dict[str, float]:  # fmt: skip
-        """Predict each movable class on each guarded lane in each mode; raise `worst`; the figures."""
+        """For each class the modes move, the share of its requests each mode would put over the class's
+        target, across the guarded lanes the mode sends it to, into `over`; the figures."""
+        guarded = self._guarded()
+        if len(guarded) == 1:
+            return {}
         figures: dict[str, float] = {}
-        movable = [o for name, o in snapshot.objectives.items() if name not in (PINNED, JOBS)]
-        movable = [o for o in movable if math.isfinite(o.latency_s)]
-        for name, servers in self.params.lane_servers.items():
-            lane = snapshot.lanes.get(name)
-            if lane is None or not lane.completions or lane.mean_latency_s <= 0:
-                continue  # no evidence in the window: nothing to hold a mode to
-            scv = scv_from_quantiles(lane.mean_latency_s, lane.p50_s)
-            now_rate = lane.arrival_rate_per_s
-            for objective in movable:
-                q = objective.wanted
-                shown = lane.p99_s if abs(q - 0.99) <= abs(q - 0.95) else lane.p95_s
-                waiting_now = wait_quantile_s(q, now_rate, servers, lane.mean_latency_s, scv)
-                for mode, weights in modes.items():
-                    share = weights.get(name, 0.0)
-                    if share <= 0:
+        for target in self._movable(snapshot):
+            name_of, _, q = target
+            for mode, weights in modes.items():
+                missed = 0.0
+                for lane, share in weights.items():
+                    if share <= 0 or lane not in guarded:
                         continue
-                    rate = pinned.get(name, 0.0) + share * switchable
-                    waiting = wait_quantile_s(q, rate, servers, lane.mean_latency_s, scv)
-                    latency_s = max(shown + waiting - waiting_now, 0.0)
-                    worst[mode] = max(worst[mode], latency_s / objective.latency_s)
-                    figures[f"{mode}.{name}.{objective.traffic_class}.predicted_s"] = latency_s
+                    rate = pinned.get(lane, 0.0) + share * switchable
+                    lane_missed = self._missed(*target, lane, rate, guarded[lane])
+                    if lane_missed is not None:  # else no evidence there: nothing to hold the mode to
+                        missed += share * lane_missed
+                        figures[f"{mode}.{lane}.{name_of}.predicted_missed"] = lane_missed
+                over[mode][name_of] = _over_budget(missed, 1.0 - q)
+                figures[f"{mode}.{name_of}.predicted_missed"] = missed
         return figures
+
+    def _movable(self, snapshot: Snapshot) -> list[tuple[str, float, float]]:
+        """(class, target, quantile) of the classes a mode moves and that have a latency objective, when the
+        policy guards them (`lane_servers`)."""
+        if not self.params.lane_servers:
+            return []
+        movable = [o for name, o in snapshot.objectives.items() if name not in (PINNED, JOBS)]
+        return [(o.traffic_class, o.latency_s, o.wanted) for o in movable if math.isfinite(o.latency_s)]
+
+    def _shown(self, snapshot: Snapshot, targets: Iterable[tuple[str, float, float]]) -> dict[str, float]:
+        """Over target as the window shows it, for each class with enough requests answered in it."""
+        shown = {}
+        for name, target_s, q in targets:
+            windows = [o.window for (c, _), o in snapshot.outcomes.items() if c == name and o.window.completions]
+            answered = sum(w.completions for w in windows)
+            if answered >= MIN_EVIDENCE:
+                within = sum(w.latency.count_at_most(target_s) for w in windows)
+                shown[name] = _over_budget(1.0 - within / answered, 1.0 - q)
+        return shown
+
+    def _missed(
+        self, traffic_class: str, target_s: float, q: float, lane: str, rate: float, servers: int
+    ) -> float | None:
+        """The share of the class's requests on `lane` that would miss `target_s` at `rate`: its latencies at
+        light load, each plus the wait (at its quantile `q`) that rate brings (None: too few seen yet)."""
+        light = self._light.get((traffic_class, lane))
+        if light is None or light.count < MIN_EVIDENCE:
+            return None
+        mean_s = light.mean()
+        waiting_s = wait_quantile_s(q, rate, servers, mean_s, scv_from_quantiles(mean_s, light.quantile(0.5)))
+        if not waiting_s < target_s:
+            return 1.0
+        return 1.0 - light.count_at_most(target_s - waiting_s) / light.count
+
+    def _guarded(self) -> dict[str, int]:
+        """The lanes whose queueing the policy predicts, and their calls at once."""
+        return {self.params.lane: self.params.servers, **self.params.lane_servers}
+
+    def _protected_class(self, snapshot: Snapshot) -> str:
+        objective = snapshot.objectives.get(self.params.objective)
+        return objective.traffic_class if objective is not None else PINNED
 
     def _target(self, snapshot: Snapshot) -> tuple[float, float]:
         """(latency, quantile) the lane must keep: the p95 param, else the objective's."""
@@ -176,6 +247,17 @@ class SloPolicy(BasePolicy):
         for name, figures in snapshot.lanes.items():
             if figures.completions and not math.isnan(figures.estimated_cost_per_request_usd):
                 self._costs[name] = figures.estimated_cost_per_request_usd
+        guarded = self._guarded()
+        for key, outcome in snapshot.outcomes.items():
+            servers = guarded.get(key[1])
+            if servers is None:
+                continue
+            latencies, before = outcome.cumulative.latency, self._seen.get(key)
+            self._seen[key] = latencies.copy()
+            lane = snapshot.lanes[key[1]]
+            if lane.throughput_per_s * lane.mean_latency_s < LIGHT_LOAD * servers:
+                # Answered since the last tick, while the lane was lightly loaded: service, not queueing.
+                self._light.setdefault(key, Histogram()).merge(_since(latencies, before, outcome.window.latency))
         lane = snapshot.lanes[self.params.lane]
         if lane.completions and lane.throughput_per_s * lane.mean_latency_s < LIGHT_LOAD * self.params.servers:
             self._service = (lane.mean_latency_s, scv_from_quantiles(lane.mean_latency_s, lane.p50_s))
@@ -197,6 +279,24 @@ class SloPolicy(BasePolicy):
             for lane, w in weights.items()
             if w > 0
         )
+
+
+def _since(latencies: Histogram, before: Histogram | None, window: Histogram) -> Histogram:
+    """What a cumulative histogram gained since `before`; the window's when there is no earlier copy of it
+    (the first tick, or counters that started again)."""
+    if before is not None and before.count <= latencies.count:
+        try:
+            return latencies.minus(before)
+        except ValueError:
+            pass
+    return window
+
+
+def _over_budget(missed: float, budget: float) -> float:
+    """A predicted share over target against the share the objective allows to miss (1.0: all of it spent)."""
+    if budget > 0:
+        return missed / budget
+    return math.inf if missed > 0 else 0.0
 
 
 def _nan_last(x: float) -> float:
