@@ -27,7 +27,6 @@ What must not live here: what a job, a file or a batch is (the stores), HTTP.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import secrets
@@ -52,6 +51,7 @@ _POOL_SIZE = 8  # connections per process
 _WAIT_S = 1.0  # for a pooled connection
 _CONNECT_S = 5  # for Postgres to answer a new connection (a refused one fails at once)
 _PROBE_S = 1.0  # after a failure, operations are refused this long before one tries again
+_CLOSE_S = 5.0  # the longest closing waits for a task or a pooled connection
 _RECONNECT_S = 10.0  # a pool connection given up after failing this long is tried afresh on the next demand
 _TRIES = 3  # of an operation that lost a race
 _LISTEN_RETRY_S = 2.0
@@ -138,11 +138,16 @@ class PostgresDatabase:
             wake()
 
     async def close(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
-        await self.pool.close()
+        """Stop listening and close the pool, within a bounded time: a connection whose server went silent
+        can hold a cancelled task for ever (psycopg/psycopg#1371), and closing must not wait on it."""
+        tasks = [task for task in (self._listener, self._checking) if task is not None and not task.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            _, stuck = await asyncio.wait(tasks, timeout=_CLOSE_S)
+            if stuck:
+                logger.warning("closing the job database: %d task(s) did not stop in %g s", len(stuck), _CLOSE_S)
+        await self.pool.close(timeout=_CLOSE_S)
 
 
 class _PostgresTx:
