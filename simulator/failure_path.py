@@ -225,25 +225,25 @@ class FailurePath:
         call.state = "answered"
         call.upstream.in_flight -= 1
         members = call.members
-        erred = self.errors[members[0]] < lane.failures.error_rate
-        if erred:
+        bisected = False
+        if self.errors[members[0]] < lane.failures.error_rate:
             lane.failures.pool.failed(call.upstream, t)
-            self._merged_error(t, lane, call)
+            bisected = self._merged_error(t, lane, call)
         else:
             lane.failures.pool.succeeded(call.upstream, t)
             self._answer_merged(t, lane, members, call.sent_s)
             self._ended(members)
         self._server_freed(lane, t)
-        if erred and bisects(ERROR, len(members)):  # each half again, as the router's micro-batcher sends them
+        if bisected:  # each half again, as the router's micro-batcher sends them
             half = len(members) // 2
             self._send_merged_failing(lane, t, members[:half], call.run)
             self._send_merged_failing(lane, t, members[half:], call.run)
         call.run.calls -= 1
         self._merged_run_over(lane, call.run, t)
 
-    def _merged_error(self, t: float, lane, call: MergedCall) -> None:
-        """A merged call's 500, billed by share: kept for the requests' next calls when it is bisected, else
-        each request's answer."""
+    def _merged_error(self, t: float, lane, call: MergedCall) -> bool:
+        """A merged call's 500, billed by share: kept for the requests' next calls when it is bisected (True),
+        else each request's answer."""
         members, trace, busy_s = call.members, self.trace, t - call.sent_s
         total = lane.cost(0, 0, busy_s)  # an error: no tokens read from it
         shares = item_shares([trace[j].items for j in members])
@@ -251,13 +251,14 @@ class FailurePath:
             for j, share in zip(members, shares, strict=True):
                 usd, busy = self.charged.get(j, (0.0, 0.0))
                 self.charged[j] = (usd + total * share, busy + busy_s * share)
-            return
+            return True
         for j, share in zip(members, shares, strict=True):
             usd, busy = self._charges(j, total * share, busy_s * share)
             lane.window.completed(t, t - self.started_s[j], ok=False, cost_usd=usd, busy_s=busy)
             self.cost[j] = usd
             self._finish(j, lane, t, ERROR)
         self._ended(members)
+        return False
 
     def _on_merged_timeout(self, t: float, lane, call: MergedCall) -> None:
         if call.state != "sent":
