@@ -37,7 +37,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 import numpy as np
 
-from backends.modeled_server import DRAW_HEADER
+from backends.modeled_server import DRAW_HEADER, draw_word
 from commands.profile import answer_usage, words_text
 from router.headers import COST_HEADER, DEADLINE_HEADER, LANE_HEADER, MODE_HEADER, PRIORITY_HEADER
 from simulator.outcome import NO_LANE, Outcome
@@ -64,6 +64,17 @@ PROTOCOLS = ("openai-embeddings", "openai-chat")
 def text_for(request: TraceRequest, rng: random.Random, *, tokens_per_word: int = 32, most_words: int = 24) -> str:
     words = min(max(request.input_tokens // tokens_per_word, 4), most_words)
     return words_text(rng, words)
+
+
+def texts_for(
+    trace: Sequence[TraceRequest], rng: random.Random, modeled_draws: Sequence[float] | None = None
+) -> list[str]:
+    """Each request's text; with `modeled_draws`, its first word carries its draw (a merged call has no header
+    of its own, and keeps its first text), so the text keeps its length."""
+    texts = [text_for(request, rng) for request in trace]
+    if modeled_draws is None:
+        return texts
+    return [" ".join([draw_word(z), *text.split()[1:]]) for z, text in zip(modeled_draws, texts, strict=True)]
 
 
 def body_for(
@@ -99,12 +110,13 @@ async def replay(
     """Send `trace` (POST, OpenAI embeddings or chat bodies) at its arrival times; results in trace order.
 
     `modeled_draws`: each request's standard normal draw, sent for an upstream of known service model
-    (backends.modeled_server) to use for its jitter: the simulator's draws, to compare a live run with it.
+    (backends.modeled_server) to use for its jitter, in a header and as its text's first word (a merged
+    call keeps its first text's): the simulator's draws, to compare a live run with it.
     """
     if speed <= 0:
         raise ValueError(f"speed must be positive, got {speed}")
-    rng = random.Random(seed)
-    bodies = [body_for(request, text_for(request, rng), protocol, stream=stream, model=model) for request in trace]
+    texts = texts_for(trace, random.Random(seed), modeled_draws)
+    bodies = [body_for(request, text, protocol, stream=stream, model=model) for request, text in zip(trace, texts)]
     origin = urlsplit(url)
     results: list[Result | None] = [None] * len(trace)
     timeout = aiohttp.ClientTimeout(total=timeout_s)
