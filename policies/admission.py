@@ -47,6 +47,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from policies.batching import Pace
 from policies.snapshot import Snapshot
 
 T = TypeVar("T")
@@ -249,6 +250,7 @@ def outlook(
     batch_room: bool = False,
     batch_waiting: int = 0,
     batch_saturated: bool = False,
+    batch_pace: Pace | None = None,
 ) -> Outlook:
     """A lane's outlook from its gate and the last snapshot; `gate` None: the request would be micro-batched.
 
@@ -260,8 +262,8 @@ def outlook(
     figures = snapshot.lanes.get(lane) if snapshot is not None else None
     cost = figures.estimated_cost_per_request_usd if figures is not None else math.nan
     if gate is None:
-        expected = batched_latency_s(snapshot, lane, batch_waiting, batch_saturated)
-        drain = retry_drain_s(snapshot, lane, batch_waiting)
+        expected = batched_latency_s(snapshot, lane, batch_waiting, batch_saturated, batch_pace)
+        drain = retry_drain_s(snapshot, lane, batch_waiting, batch_pace)
         return Outlook(lane, False, batch_room, 0.0, expected, queue_timeout_s, cost, spill, drain_s=drain)
     service = figures.mean_latency_s if figures is not None else math.nan
     if gate.free:  # the common case: no wait to predict
@@ -279,30 +281,38 @@ def outlook(
     )
 
 
-def batched_latency_s(snapshot: Snapshot | None, lane: str, waiting: int, saturated: bool) -> float:
+def batched_latency_s(
+    snapshot: Snapshot | None, lane: str, waiting: int, saturated: bool, pace: Pace | None = None
+) -> float:
     """Predicted time of a request joining a micro-batch queue where `waiting` items wait.
 
     The lane's mean time over the metrics window (merged calls, batching wait
     and all). When every merged-call slot is taken (`saturated`), the items
     waiting are a backlog rather than a batch gathering company, and the
     request waits for the queue ahead of it to be served at the lane's
-    items per second, if that is longer: the queue is known now, where the
-    window's mean lags behind. NaN before anything was measured.
+    `pace` (`retry_drain_s`), if that is longer: the queue is known now,
+    where the window's mean lags behind. NaN before anything was measured.
     """
     figures = snapshot.lanes.get(lane) if snapshot is not None else None
     if figures is None or not figures.completions:
         return math.nan
     if not saturated:
         return figures.mean_latency_s
-    return max(figures.mean_latency_s, retry_drain_s(snapshot, lane, waiting))
+    return max(figures.mean_latency_s, retry_drain_s(snapshot, lane, waiting, pace))
 
 
-def retry_drain_s(snapshot: Snapshot | None, lane: str, waiting: int) -> float:
-    """Time until the lane has served what waits for it now, and one more, at its recent items per second."""
+def retry_drain_s(snapshot: Snapshot | None, lane: str, waiting: int, pace: Pace | None = None) -> float:
+    """Time until the lane has served what waits for it now, and one more, at its `pace`
+    (policies.batching.Pace); the window's items per second where it has none."""
     figures = snapshot.lanes.get(lane) if snapshot is not None else None
-    if figures is None or not figures.items_per_s > 0:
+    if figures is None:
         return math.nan
-    return (waiting + 1) / figures.items_per_s
+    per_s = pace.items_per_s(figures.items_per_busy_s) if pace is not None else math.nan
+    if not per_s > 0:
+        per_s = figures.items_per_s
+    if not per_s > 0:
+        return math.nan
+    return (waiting + 1) / per_s
 
 
 def _overtaking_per_s(snapshot: Snapshot | None, lane: str, priority: int) -> float:

@@ -24,6 +24,9 @@ an item still queued after its deadline is expired, not sent.
 The queue holds at most `capacity` requests; `offer` refuses more (Triton's
 REJECT policy) rather than letting latency grow without bound.
 
+`Pace` is how fast the lane serves items with every merged-call slot
+taken: what a backlog drains at, for admission (policies.admission).
+
 After a merged call fails, `bisects(status, parts)` says whether its halves
 are sent again: yes for an answer about the request (a 4xx or a 500: one bad
 input fails only its own request), no for one about the upstream (429, 502,
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,10 +46,58 @@ from policies.flush import FlushRule
 
 UPSTREAM_TROUBLE = frozenset({429, 502, 503, 504})
 
+# Weight of the newest call in a Pace's averages: about the last twenty calls count.
+PACE_WEIGHT = 0.1
+
 
 def bisects(status: int, parts: int) -> bool:
     """Whether a merged call of `parts` answered `status` (not 2xx) is split in two and each half sent again."""
     return parts > 1 and status not in UPSTREAM_TROUBLE
+
+
+class Pace:
+    """How fast a micro-batch lane serves items while all its `slots` merged calls are under way.
+
+    Measured between the ends of calls that each ended at full stretch (every
+    slot taken), so a gap is the time the lane took to serve that call's
+    items when nothing stood idle, its upstream's queue included; averaged
+    over the last twenty or so calls (gaps and items apart: items over time,
+    not a mean of ratios). That is the rate a backlog drains at, which the
+    metrics window's items per second is not: a lane that took traffic only
+    in the last second of a ten-second window shows a tenth of its pace.
+    Until two calls in a row have ended at full stretch, `items_per_s` takes
+    `slots` calls as large and as long as the metrics window's (Little's law:
+    what was not measured is not taken for slow).
+    """
+
+    def __init__(self, slots: int):
+        if slots < 1:
+            raise ValueError(f"need slots >= 1, got {slots}")
+        self.slots = slots
+        self._gap_s = math.nan
+        self._items = math.nan
+        self._last_end_s = math.nan
+
+    def ended(self, items: int, now_s: float, running: int) -> None:
+        """A merged call of `items` ended at `now_s`, `running` calls under way just before (itself included)."""
+        if running < self.slots:
+            self._last_end_s = math.nan  # a slot stood free: the next gap is not the lane at full stretch
+            return
+        if not math.isnan(self._last_end_s):
+            gap = now_s - self._last_end_s
+            if math.isnan(self._gap_s):
+                self._gap_s, self._items = gap, float(items)
+            else:
+                self._gap_s += PACE_WEIGHT * (gap - self._gap_s)
+                self._items += PACE_WEIGHT * (items - self._items)
+        self._last_end_s = now_s
+
+    def items_per_s(self, items_per_busy_s: float = math.nan) -> float:
+        """Items served per second at full stretch; before it was measured, `slots` times `items_per_busy_s`
+        (the window's items per second of calls). NaN when neither is known."""
+        if self._gap_s > 0:
+            return self._items / self._gap_s
+        return self.slots * items_per_busy_s
 
 
 @dataclass(frozen=True, slots=True)

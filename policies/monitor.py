@@ -129,6 +129,7 @@ class Monitor:
             pinned_arrival_rate_per_s=_rate(w.pinned_arrivals, span),
             throughput_per_s=_rate(w.completions, span),
             items_per_s=_rate(w.items, span),
+            items_per_busy_s=_ratio(w.items, w.busy_s),
             input_tokens_per_s=_rate(w.input_tokens, span),
             output_tokens_per_s=_rate(w.output_tokens, span),
             error_rate=w.error_rate,

@@ -35,6 +35,7 @@ class LaneFigures:
     pinned_arrival_rate_per_s: float
     throughput_per_s: float
     items_per_s: float
+    items_per_busy_s: float  # items per second of upstream calls (a merged call counted once); NaN: none timed
     input_tokens_per_s: float
     output_tokens_per_s: float
     error_rate: float

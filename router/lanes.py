@@ -89,6 +89,7 @@ class Lane:
             batch_room=batched and self.batching.waiting < config.batching.queue_capacity,
             batch_waiting=self.batching.waiting if batched else 0,
             batch_saturated=batched and self.batching.saturated,
+            batch_pace=self.batching.pace if batched else None,
         )
 
     def describe(self, now_s: float) -> dict:

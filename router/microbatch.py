@@ -38,7 +38,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from backends.batch_loop import BatchLoop
 from backends.codecs import Codec, CodecError, Part, Reply
 from configs.schema import LaneConfig
-from policies.batching import Batcher, BatchItem, bisects
+from policies.batching import Batcher, BatchItem, Pace, bisects
 from policies.pricing import item_shares
 from policies.upstream_pool import UpstreamPool
 from router.errors import (
@@ -125,6 +125,7 @@ class MicroBatcher:
         self._job_slots = _BothSlots(asyncio.Semaphore(int(share_of(config, job_share))), self._slots)
         self.running = 0  # merged calls under way (at most max_in_flight)
         self.max_calls = config.max_in_flight
+        self.pace = Pace(config.max_in_flight)  # items per second at full stretch, for admission
         self._loops: dict[Hashable, BatchLoop] = {}
         self._closing: set[asyncio.Task] = set()
 
@@ -182,6 +183,7 @@ class MicroBatcher:
                 if waiting:
                     await self._call(codec, target, headers, waiting)
             finally:
+                self.pace.ended(sum(item.items for item in batch), self.clock(), self.running)
                 self.running -= 1
 
         return run

@@ -303,6 +303,7 @@ class Proxy:
             now - started_s,
             ok=reply.status < 500,
             cost_usd=result.cost_usd,
+            items=part.items,
             input_tokens=reply.input_tokens,
             busy_s=result.busy_s,
         )

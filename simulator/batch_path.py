@@ -78,7 +78,9 @@ class BatchPath:
             return
         members, sent_s = payload
         self._answer_merged(t, lane, members, sent_s)
-        lane.batcher.rule.observe(sum(self.trace[j].items for j in members), t - sent_s)
+        items = sum(self.trace[j].items for j in members)
+        lane.batcher.rule.observe(items, t - sent_s)
+        lane.pace.ended(items, t, lane.running)
         lane.running -= 1
         self._server_freed(lane, t)
         self._arm(lane, t)

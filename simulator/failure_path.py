@@ -284,6 +284,7 @@ class FailurePath:
         if run.calls:
             return
         lane.batcher.rule.observe(run.items, t - run.started_s)
+        lane.pace.ended(run.items, t, lane.running)
         lane.running -= 1
         self._arm(lane, t)
 

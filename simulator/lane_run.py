@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 from configs.schema import ModeshiftConfig
 from policies.admission import Gate, Outlook, batched_latency_s, outlook, takes_at_once
-from policies.batching import Batcher
+from policies.batching import Batcher, Pace
 from policies.provider_batching import FileGathering
 from policies.snapshot import Snapshot
 from simulator.failure_path import LaneFailures
@@ -78,10 +78,11 @@ class LaneRun:
                     name, service.failures, service.replicas, lane_config.outlier, lane_config.timeout_s
                 )
         self.backlog: deque[Call] = deque()  # calls waiting for a server
-        # The micro-batcher, when the lane has one: its queue, merged calls running, and its next flush.
+        # The micro-batcher, when the lane has one: its queue, merged calls running, its pace and its next flush.
         self.batcher: Batcher | None = None
         self.capacity = 0
         self.running = 0
+        self.pace = Pace(self.limit)
         self.armed_at = math.inf
         if lane_config.batching is not None:
             self.capacity = lane_config.batching.queue_capacity
@@ -104,7 +105,7 @@ class LaneRun:
             return True
         if batched:
             waiting = len(self.batcher)
-            expected = batched_latency_s(snapshot, self.name, waiting, self.running >= self.limit)
+            expected = batched_latency_s(snapshot, self.name, waiting, self.running >= self.limit, self.pace)
             return waiting < self.capacity and takes_at_once(expected, latency_s)
         if not self.gate.free:
             return False
@@ -128,6 +129,7 @@ class LaneRun:
             batch_room=batched and len(self.batcher) < self.capacity,
             batch_waiting=len(self.batcher) if batched else 0,
             batch_saturated=batched and self.running >= self.limit,
+            batch_pace=self.pace,
         )
 
     def call_s(self, items: int, input_tokens: int, output_tokens: int, z: float) -> float:

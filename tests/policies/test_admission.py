@@ -181,7 +181,7 @@ def test_a_micro_batched_request_expects_the_queue_ahead_over_the_lane_s_items_p
     assert refused.kind == "predicted_miss" and refused.retry_after_s == math.ceil(100 / rate)
 
 
-def outlook_of_batch(snapshot, waiting):
+def outlook_of_batch(snapshot, waiting, pace=None):
     from policies.admission import outlook as lane_outlook
 
     return lane_outlook(
@@ -194,6 +194,7 @@ def outlook_of_batch(snapshot, waiting):
         batch_room=True,
         batch_waiting=waiting,
         batch_saturated=True,
+        batch_pace=pace,
     )
 
 
@@ -216,3 +217,35 @@ def test_spill_goes_only_where_the_queue_timeout_would_not_end_the_wait():
         "realtime": outlook("realtime", wait_s=6.0, timeout_s=5.0),
     }
     assert place("batch", lanes, movable=True, latency_s=2.0) == Refused("batch", "lane_full", 0.0, 1)
+
+
+def test_a_backlog_behind_a_lane_that_just_began_is_judged_by_its_pace_not_by_its_half_idle_window():
+    """A lane busy for one second of a ten-second window shows a tenth of its pace in items per second:
+    judged by that, a short backlog looks like seconds, and requests the lane serves at once are refused."""
+    from policies.batching import Pace
+    from tests.policies.helpers import MODES, make_monitor, static_view
+
+    monitor = make_monitor()
+    window = monitor.lanes["batch"]
+    window.arrived(0.0)
+    window.completed(0.0, 0.05, busy_s=0.05)  # one early call, then nothing for nine seconds
+    for k in range(100):  # the last second: 100 items, calls of 10 items taking 0.2 s, four at a time
+        window.arrived(9.0 + k / 100)
+        window.completed(9.0 + k / 100, 0.2, busy_s=0.02)
+    snapshot = monitor.snapshot(10.0, static_view(MODES["batch"]))
+    assert snapshot.lanes["batch"].items_per_s < 12  # 100 items over the window's nine seconds
+    pace = Pace(slots=4)
+    by_window = place("batch", {"batch": outlook_of_batch(snapshot, 30)}, movable=True, latency_s=2.0)
+    assert by_window.kind == "predicted_miss"  # 31 items at 11 a second: 2.8 s
+    assert place("batch", {"batch": outlook_of_batch(snapshot, 30, pace)}, movable=True, latency_s=2.0) == Placed(
+        "batch", "drawn"
+    )  # before the pace is measured: four calls of the window's size and time, about 200 items a second
+    for k in range(6):  # measured: a call of 10 items ends every 0.05 s at full stretch
+        pace.ended(10, 9.5 + 0.05 * k, running=4)
+    assert pace.items_per_s() == pytest.approx(200.0)
+    assert place("batch", {"batch": outlook_of_batch(snapshot, 30, pace)}, movable=True, latency_s=2.0) == Placed(
+        "batch", "drawn"
+    )
+    assert place("batch", {"batch": outlook_of_batch(snapshot, 400, pace)}, movable=True, latency_s=2.0).kind == (
+        "predicted_miss"  # 401 items at 200 a second: 2 s, over the 1.6 s allowed
+    )

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from policies.batching import Batcher, BatchItem
+from policies.batching import Batcher, BatchItem, Pace
 from policies.flush import AdaptiveRule, HybridRule, SizeRule, TimeRule
 
 
@@ -139,3 +139,19 @@ def test_a_call_is_bounded_by_tokens_too_and_an_outsized_item_goes_alone():
     while len(b):
         calls.append([item.payload for item in b.take(0.0).batch])
     assert calls == [["a", "b"], ["huge"], ["c"], ["d"], ["e"]]  # in order; nothing rides with "huge"
+
+
+def test_the_pace_is_items_over_the_gaps_between_calls_that_end_at_full_stretch():
+    pace = Pace(slots=2)
+    assert math.isnan(pace.items_per_s())  # nothing measured, nothing to stand in
+    assert pace.items_per_s(items_per_busy_s=30.0) == 60.0  # two calls as large and as long as the window's
+    pace.ended(10, 1.0, running=2)  # the first end at full stretch starts the clock
+    pace.ended(10, 1.1, running=2)
+    assert pace.items_per_s() == pytest.approx(100.0)
+    pace.ended(40, 1.3, running=2)  # gaps and items averaged apart: 0.11 s and 13 items
+    assert pace.items_per_s() == pytest.approx(13.0 / 0.11)
+    pace.ended(5, 5.0, running=1)  # a slot stood free: the lane was not at full stretch, nothing learnt
+    pace.ended(5, 9.0, running=2)  # ... and the gap after it is no pace either
+    assert pace.items_per_s() == pytest.approx(13.0 / 0.11)
+    pace.ended(13, 9.11, running=2)
+    assert pace.items_per_s() == pytest.approx(13.0 / 0.11)
