@@ -13,9 +13,10 @@ call at a time, 30 ms + 4 ms a text), and embeddings calls on
 /v1/embeddings, 10% pinned to real-time, under five loads:
 
   50%, 85%, 100%   steady Poisson at that share of the real-time capacity
-  rush             calm at 10%, then twice the capacity for a quarter of the run, then calm
-                   (the calm lies between the load policy's thresholds, 8 and 20 req/s,
-                   so the rush changes the mode, not the luck of a calm on a threshold)
+  rush             calm at 5%, then twice the capacity for a quarter of the run, then calm
+                   (the calm lies below the load policy's thresholds, 8 and 20 req/s, and
+                   the first tick of the rush reads 27 req/s: the rush changes the mode, not
+                   the luck of a reading on a threshold, as a calm at 20% or 10% did)
   bursty           on-off: spells at 150% of capacity between spells at 30%
 
 Each is replayed live (commands.replay, open loop) and simulated
@@ -77,7 +78,7 @@ def scenario(name: str, seconds: float, seed: int) -> list[TraceRequest]:
         trace = generators.poisson(float(name[:-1]) / 100 * capacity, seconds, rng, sizes, route=ROUTE)
     elif name == "rush":
         quarter = seconds / 4
-        rates = [(0.0, 0.1 * capacity), (1.5 * quarter, 2.0 * capacity), (2.5 * quarter, 0.1 * capacity)]
+        rates = [(0.0, 0.05 * capacity), (1.5 * quarter, 2.0 * capacity), (2.5 * quarter, 0.05 * capacity)]
         trace = generators.step(rates, seconds, rng, sizes, route=ROUTE)
     else:
         trace = generators.on_off(1.5 * capacity, 0.3 * capacity, 4.0, 8.0, seconds, rng, sizes, route=ROUTE)
