@@ -17,11 +17,14 @@ time (a switchable request leaves a free but slow lane for one that meets
 its objective, and otherwise takes the slot); a full one predicts a wait:
 the waiters ahead of the
 request, plus itself, over the rate at which slots free up for it, less the
-arrival rate of more urgent classes on the lane (those keep overtaking it
-while it waits). The rate is measured by the gate itself, between releases
-while every slot was taken (an average of the last twenty or so gaps), so it
-follows an upstream that slows down at once; before any such gap, it is the
-slots over the lane's mean service time in the metrics window. A request that can take a
+rate at which more urgent classes join the queue (those keep overtaking it
+while it waits). Both rates are measured by the gate itself, so they follow
+a rush or an upstream that slows down at once, where the metrics window
+still holds the calm before: slots freeing up between releases while every
+slot was taken, and each class joining between its arrivals in the queue
+(averages of the last twenty or so gaps). Before any such gap, they are the
+slots over the lane's mean service time, and the more urgent classes' rate
+of service, in the metrics window. A request that can take a
 free slot, or whose wait plus service on its drawn lane meets its
 objective, stays there. A switchable one that would miss goes to the
 cheapest lane predicted to meet it. With none, it spills when its lane has
@@ -86,6 +89,10 @@ class Gate(Generic[T]):
         # Seconds between slots freeing up while all were taken (EWMA); NaN until measured.
         self._gap_s = math.nan
         self._last_full_release_s = math.nan
+        # Per priority, seconds between requests joining the queue (EWMA), and when the last one joined.
+        self._joining_gap_s: dict[int, float] = {}
+        self._last_joined_s: dict[int, float] = {}
+        self._latest_s = -math.inf  # the gate's latest event: an arrival in its queue or a release
 
     @property
     def free(self) -> bool:
@@ -136,6 +143,7 @@ class Gate(Generic[T]):
         waiter = Waiter(ticket, priority, now_s, next(self._seq))
         self._queues.setdefault(priority, deque()).append(waiter)
         self._counted(priority, 1)
+        self._measure_joining(priority, now_s)
         return waiter
 
     def withdraw(self, waiter: Waiter[T]) -> bool:
@@ -149,6 +157,7 @@ class Gate(Generic[T]):
     def release(self, now_s: float) -> Waiter[T] | None:
         """A slot is given back: the waiter it passes to, or None when it returns to the pool."""
         self._measure_gap(now_s)
+        self._latest_s = max(self._latest_s, now_s)
         best = None
         for queue in self._queues.values():
             while queue and not queue[0].waiting:
@@ -176,6 +185,28 @@ class Gate(Generic[T]):
             gap = now_s - self._last_full_release_s
             self._gap_s = gap if math.isnan(self._gap_s) else self._gap_s + GAP_WEIGHT * (gap - self._gap_s)
         self._last_full_release_s = now_s
+
+    def _measure_joining(self, priority: int, now_s: float) -> None:
+        """The time between requests of `priority` joining the queue: how fast that class arrives while the
+        gate is full, whatever the window says."""
+        last = self._last_joined_s.get(priority)
+        if last is not None:
+            gap = now_s - last
+            average = self._joining_gap_s.get(priority)
+            self._joining_gap_s[priority] = gap if average is None else average + GAP_WEIGHT * (gap - average)
+        self._last_joined_s[priority] = now_s
+        self._latest_s = max(self._latest_s, now_s)
+
+    def joining_per_s(self, priority: int) -> float:
+        """Requests per second of classes more urgent than `priority` joining the queue now (they overtake a
+        waiter of `priority`): each class at its recent pace, or slower when its last came longer ago than
+        that (a class that stopped coming overtakes nobody). NaN before any such class joined twice."""
+        rates = [
+            1.0 / max(gap_s, self._latest_s - self._last_joined_s[p])
+            for p, gap_s in self._joining_gap_s.items()
+            if p < priority and gap_s > 0
+        ]
+        return sum(rates) if rates else math.nan
 
     def _rank(self, waiter: Waiter[T], now_s: float) -> tuple[float, int]:
         # The head of each priority's queue is its oldest, so it ranks best there: comparing heads is enough.
@@ -272,7 +303,7 @@ def outlook(
         lane=lane,
         free=gate.free,
         room=gate.room_for(priority),
-        wait_s=gate.wait_s(priority, service, _overtaking_per_s(snapshot, lane, priority)),
+        wait_s=gate.wait_s(priority, service, _overtaking_per_s(snapshot, lane, gate, priority)),
         service_s=service,
         queue_timeout_s=queue_timeout_s,
         cost_usd=cost,
@@ -315,8 +346,13 @@ def retry_drain_s(snapshot: Snapshot | None, lane: str, waiting: int, pace: Pace
     return (waiting + 1) / per_s
 
 
-def _overtaking_per_s(snapshot: Snapshot | None, lane: str, priority: int) -> float:
-    """Requests per second on `lane` of classes more urgent than `priority`, over the metrics window."""
+def _overtaking_per_s(snapshot: Snapshot | None, lane: str, gate: Gate[Any], priority: int) -> float:
+    """Requests per second of classes more urgent than `priority` that will pass a waiter of `priority`: as
+    they join the gate's queue now (`Gate.joining_per_s`), else as they were served over the metrics window
+    (which, at the start of a rush, still holds the calm before it)."""
+    joining = gate.joining_per_s(priority)
+    if not math.isnan(joining):
+        return joining
     if snapshot is None or lane not in snapshot.lanes:
         return 0.0
     span_s = max(snapshot.lanes[lane].span_s, 1.0)

@@ -62,6 +62,34 @@ def test_predicted_wait_counts_those_ahead_over_the_slots():
     assert gate.wait_s(1, 0.2, overtaking_per_s=25.0) == math.inf
 
 
+def test_the_more_urgent_classes_overtaking_a_waiter_are_counted_as_they_join_the_queue_now():
+    """At the start of a rush the metrics window still holds the calm: the gate's own count of who joins its
+    queue says how fast pinned requests pass a switchable one now."""
+    from policies.admission import outlook as lane_outlook
+    from tests.policies.helpers import MODES, feed, make_monitor, static_view
+
+    gate = Gate(slots=1, depth=1000)
+    gate.try_enter()
+    assert math.isnan(gate.joining_per_s(1))
+    for k in range(11):  # pinned (0) joining every 50 ms, switchable (1) every 10 ms
+        gate.enqueue(("pinned", k), 0, 1.0 + 0.05 * k)
+    for k in range(51):
+        gate.enqueue(("switchable", k), 1, 1.0 + 0.01 * k)
+    assert gate.joining_per_s(1) == pytest.approx(20.0)  # only the more urgent class overtakes
+    assert gate.joining_per_s(0) != gate.joining_per_s(0)  # nobody is more urgent than pinned: NaN
+    gate.release(2.5)  # a second after the last pinned one joined: the class slowed down, or stopped
+    assert gate.joining_per_s(1) == pytest.approx(1.0)
+    # An outlook takes the gate's count over the window's, where pinned requests were served at 5 a second
+    monitor = make_monitor()
+    feed(monitor, "realtime", 0.0, 2.5, 10.0, 0.1)  # slots free up at 1 / 0.1 s
+    for k in range(12):
+        monitor.served(0.2 * k, "pinned", "realtime", 0.1, True)
+    snapshot = monitor.snapshot(2.5, static_view(MODES["realtime"]))
+    seen = lane_outlook("realtime", snapshot, gate=gate, priority=1, queue_timeout_s=30.0, spill=False)
+    ahead = gate.waiting + 1
+    assert seen.wait_s == pytest.approx(ahead / (10.0 - 1.0))  # not ahead / (10 - 5)
+
+
 @given(st.lists(st.tuples(st.sampled_from(["enter", "queue", "release", "withdraw"]), st.integers(0, 2)), max_size=60))
 def test_slots_and_waiters_are_always_accounted_for(ops):
     gate = Gate(slots=2, depth=3, aging_s=1.0)
