@@ -155,6 +155,12 @@ def simulated(trace: list[TraceRequest], seed: int, hop_s: float) -> Outcome:
     return Engine(config, known_model().model_copy(update={"hop_s": hop_s}), seed=seed).run(trace)
 
 
+def refused_share(outcome: Outcome, lane: str) -> float:
+    """The share of the lane's requests (of all, in total) answered 503."""
+    status = outcome.status if lane == TOTAL else outcome.status[outcome.lane == outcome.lanes.index(lane)]
+    return float(np.mean(status == 503)) if len(status) else math.nan
+
+
 def compare(console: Console, name: str, real: Outcome, sim: Outcome, tick_s: float) -> dict[str, float]:
     """Print one scenario's table; the worst relative errors of the judged figures and of the transitions."""
     slo = SloTargets()
@@ -173,7 +179,7 @@ def compare(console: Console, name: str, real: Outcome, sim: Outcome, tick_s: fl
             if lane == TOTAL:
                 worst[figure] = error
             cells.append(f"{x * 1e3:.1f} | {y * 1e3:.1f} | {error:.1%}")
-        cells.append(f"{np.mean(real.status == 503):.1%} | {np.mean(sim.status == 503):.1%}")
+        cells.append(f"{refused_share(real, lane):.1%} | {refused_share(sim, lane):.1%}")
         table.add_row(lane, *cells)
     console.print(table)
     live_cost, sim_cost = float(np.nansum(real.cost_usd)), float(np.nansum(sim.cost_usd))
