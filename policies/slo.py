@@ -30,7 +30,11 @@ lane's, so a slow lane that takes half the class may miss twice as often as
 the class may. A lane without evidence for the class does not rule a mode
 out. For the mode in force, a class whose window shows enough answers (20)
 is judged by what it shows when that is better than the model's forecast
-(a steady-state queue model overstates a short rush).
+(a steady-state queue model overstates a short rush). Evidence ages only
+while a mode keeps the class away from the lane: after `evidence` to twice
+that away, it is forgotten, so a lane left after a bad spell (say, the
+first minutes of a rush) is tried again and judged by what it shows now,
+the controller's rollback guarding the try.
 
 Of the modes whose every prediction stays within `headroom x` its budget
 (the mode in force: within it, so a rate hovering at the edge cannot flap
@@ -88,6 +92,13 @@ class SloParams(PolicyParams):
     )
     headroom: float = Field(0.8, gt=0, le=1, description="a mode to move to must keep under headroom x the target")
     hold_s: Duration = Field(10.0, alias="hold", description="how long a proposal must persist")
+    evidence_s: Duration = Field(
+        600.0,
+        alias="evidence",
+        gt=0,
+        description="how long a class's latencies on a lane count while the class is not sent there "
+        "(between this and twice it)",
+    )
 
 
 class SloPolicy(BasePolicy):
@@ -101,8 +112,9 @@ class SloPolicy(BasePolicy):
         self._costs: dict[str, float] = {}
         # By (class, lane) on the guarded lanes: latencies of requests answered while the lane was lightly
         # loaded, and the class's cumulative latencies there at the last tick (what is new since).
-        self._light: dict[tuple[str, str], Histogram] = {}
+        self._light: dict[tuple[str, str], _Recent] = {}
         self._seen: dict[tuple[str, str], Histogram] = {}
+        self._last_tick_s: float | None = None
 
     def decide(self, snapshot: Snapshot) -> Proposal | None:
         p = self.params
@@ -219,7 +231,8 @@ class SloPolicy(BasePolicy):
     ) -> float | None:
         """The share of the class's requests on `lane` that would miss `target_s` at `rate`: its latencies at
         light load, each plus the wait (at its quantile `q`) that rate brings (None: too few seen yet)."""
-        light = self._light.get((traffic_class, lane))
+        recent = self._light.get((traffic_class, lane))
+        light = recent.read() if recent is not None else None
         if light is None or light.count < MIN_EVIDENCE:
             return None
         mean_s = light.mean()
@@ -244,6 +257,12 @@ class SloPolicy(BasePolicy):
         return objective.latency_s, objective.wanted
 
     def _learn(self, snapshot: Snapshot) -> None:
+        since_s = snapshot.now_s - self._last_tick_s if self._last_tick_s is not None else 0.0
+        self._last_tick_s = snapshot.now_s
+        for key, recent in self._light.items():  # a class the mode keeps away from a lane: its evidence ages
+            outcome = snapshot.outcomes.get(key)
+            if outcome is None or not outcome.window.completions:
+                recent.idle(since_s)
         for name, figures in snapshot.lanes.items():
             if figures.completions and not math.isnan(figures.estimated_cost_per_request_usd):
                 self._costs[name] = figures.estimated_cost_per_request_usd
@@ -257,7 +276,9 @@ class SloPolicy(BasePolicy):
             lane = snapshot.lanes[key[1]]
             if lane.throughput_per_s * lane.mean_latency_s < LIGHT_LOAD * servers:
                 # Answered since the last tick, while the lane was lightly loaded: service, not queueing.
-                self._light.setdefault(key, Histogram()).merge(_since(latencies, before, outcome.window.latency))
+                self._light.setdefault(key, _Recent(self.params.evidence_s)).add(
+                    _since(latencies, before, outcome.window.latency)
+                )
         lane = snapshot.lanes[self.params.lane]
         if lane.completions and lane.throughput_per_s * lane.mean_latency_s < LIGHT_LOAD * self.params.servers:
             self._service = (lane.mean_latency_s, scv_from_quantiles(lane.mean_latency_s, lane.p50_s))
@@ -279,6 +300,45 @@ class SloPolicy(BasePolicy):
             for lane, w in weights.items()
             if w > 0
         )
+
+
+class _Recent:
+    """A class's latencies on a lane, forgotten when the class stays away from the lane long enough.
+
+    Kept as two halves by the time the class was not sent there (`idle`):
+    when `keep_s` of it has passed, a new half begins and the older is
+    dropped. While the class is served on the lane, nothing ages (its window
+    judges the lane then); a lane left after a bad spell is tried again once
+    that spell is `keep_s` to twice that old, and its fresh latencies judge it.
+    """
+
+    def __init__(self, keep_s: float):
+        self.keep_s = keep_s
+        self._idle_s = 0.0  # time away since the newer half began
+        self._older, self._newer = Histogram(), Histogram()
+        self._both: Histogram | None = None  # the two merged, until either changes
+
+    def add(self, latencies: Histogram) -> None:
+        if latencies.count:
+            self._newer.merge(latencies)
+            self._both = None
+
+    def idle(self, seconds: float) -> None:
+        """The class was not sent to the lane for `seconds`."""
+        self._idle_s += seconds
+        halves = math.floor(self._idle_s / self.keep_s)
+        if halves < 1:
+            return
+        self._older = self._newer if halves == 1 else Histogram()
+        self._newer = Histogram()
+        self._idle_s -= halves * self.keep_s
+        self._both = None
+
+    def read(self) -> Histogram:
+        if self._both is None:
+            self._both = self._older.copy()
+            self._both.merge(self._newer)
+        return self._both
 
 
 def _since(latencies: Histogram, before: Histogram | None, window: Histogram) -> Histogram:

@@ -170,3 +170,38 @@ def test_a_lane_that_served_nothing_gives_no_evidence_and_rules_no_mode_out():
     assert proposal.target_mode == "batch"
     assert not any(".batch.switchable." in name for name in proposal.figures)
     assert proposal.figures["batch.switchable.predicted_missed"] == 0.0
+
+
+def _spell(mode: str, now_s: float):
+    """Ten seconds of switchable traffic up to `now_s`, split by `mode`; on batch, cheaper per request, 4 in
+    100 miss a 1 s p99."""
+    monitor = make_monitor(realtime=CostModel(per_hour=4.0, billing="busy"),
+                           batch=CostModel(per_hour=0.2, billing="busy"))  # fmt: skip
+    for i in range(200):
+        t = now_s - 10.0 + i / 20
+        lane = "realtime" if mode == "realtime" or (mode == "hybrid" and i % 2) else "batch"
+        slow = lane == "batch" and i % 100 < 4
+        latency = 1.2 if slow else 0.1 if lane == "realtime" else 0.9
+        monitor.lanes[lane].arrived(t, False)
+        usd = monitor.attributed_cost_usd(lane, busy_s=latency)
+        monitor.lanes[lane].completed(t, latency, cost_usd=usd, busy_s=latency)
+        monitor.served(t, "switchable", lane, latency, True)
+    return monitor.snapshot(now_s, ControlView(state="steady", mode=mode, weights=MODES[mode], modes=MODES))
+
+
+def test_what_a_lane_showed_is_forgotten_once_the_class_stayed_away_from_it_long_enough():
+    """Evidence ages only while the class is kept off the lane: a lane left after a bad spell is tried again
+    once that spell is `evidence` to twice that old; a lane in use keeps what it showed."""
+    away = _policy(servers=64, p95=5.0, lane_servers={"batch": 64}, evidence=600.0)
+    away.decide(_spell("hybrid", 10.0))  # batch misses 4% of the class: twice what all of it may
+    proposals = {t: away.decide(_spell("realtime", t)) for t in range(60, 1800, 60)}
+    assert proposals[1140].target_mode == "realtime"  # 1130 s away: the older half still holds the bad spell
+    assert "batch.batch.switchable.predicted_missed" in proposals[1140].figures
+    assert proposals[1260].target_mode == "batch"  # 1250 s away: forgotten, and the cheapest mode is tried
+    assert "batch.batch.switchable.predicted_missed" not in proposals[1260].figures
+    kept = _policy(servers=64, p95=5.0, lane_servers={"batch": 64}, evidence=600.0)
+    kept.decide(_spell("hybrid", 10.0))
+    for t in range(60, 1800, 60):  # the class keeps reaching batch: what batch showed keeps counting
+        proposal = kept.decide(_spell("hybrid", t))
+    assert proposal.figures["batch.batch.switchable.predicted_missed"] > 0.01
+    assert proposal.target_mode != "batch"
