@@ -98,6 +98,10 @@ class BatchLoop:
         return len(self.batcher)
 
     @property
+    def waiting_items(self) -> int:
+        return self.batcher.items
+
+    @property
     def idle(self) -> bool:
         """Nothing queued and no batch running."""
         return not len(self.batcher) and not self._running

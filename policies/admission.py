@@ -283,7 +283,8 @@ def outlook(
     batch_saturated: bool = False,
     batch_pace: Pace | None = None,
 ) -> Outlook:
-    """A lane's outlook from its gate and the last snapshot; `gate` None: the request would be micro-batched.
+    """A lane's outlook from its gate and the last snapshot; `gate` None: the request would be micro-batched
+    (`batch_waiting`: the items in the micro-batcher's queues, which its `batch_pace` drains).
 
     Service time is the lane's mean time from admission to answer over the
     metrics window (its upstream's queue included, so slots over service

@@ -142,6 +142,11 @@ class Batcher:
         """Requests waiting."""
         return self._requests
 
+    @property
+    def items(self) -> int:
+        """Items waiting (a request may carry several): what a merged call's size counts."""
+        return self._items
+
     def offer(self, item: BatchItem, now_s: float) -> bool:
         """Queue `item`; False when the queue is full."""
         if self._requests >= self.capacity:

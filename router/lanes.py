@@ -87,7 +87,7 @@ class Lane:
             queue_timeout_s=config.queue_timeout_s,
             spill=config.spill,
             batch_room=batched and self.batching.waiting < config.batching.queue_capacity,
-            batch_waiting=self.batching.waiting if batched else 0,
+            batch_waiting=self.batching.waiting_items if batched else 0,
             batch_saturated=batched and self.batching.saturated,
             batch_pace=self.batching.pace if batched else None,
         )

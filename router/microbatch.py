@@ -136,7 +136,13 @@ class MicroBatcher:
 
     @property
     def waiting(self) -> int:
+        """Requests waiting in the lane's queues."""
         return sum(loop.waiting for loop in self._loops.values())
+
+    @property
+    def waiting_items(self) -> int:
+        """Items waiting in them (a request may carry several): what the lane's pace drains."""
+        return sum(loop.waiting_items for loop in self._loops.values())
 
     async def submit(
         self, codec: Codec, target: str, part: Part, headers: CIMultiDictProxy[str], cost: CallCost

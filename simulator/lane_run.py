@@ -104,9 +104,8 @@ class LaneRun:
         if self.batch_api:
             return True
         if batched:
-            waiting = len(self.batcher)
-            expected = batched_latency_s(snapshot, self.name, waiting, self.running >= self.limit, self.pace)
-            return waiting < self.capacity and takes_at_once(expected, latency_s)
+            expected = batched_latency_s(snapshot, self.name, self.batcher.items, self.running >= self.limit, self.pace)
+            return len(self.batcher) < self.capacity and takes_at_once(expected, latency_s)
         if not self.gate.free:
             return False
         figures = snapshot.lanes.get(self.name) if snapshot is not None else None
@@ -127,7 +126,7 @@ class LaneRun:
             queue_timeout_s=self.queue_timeout_s,
             spill=self.spill,
             batch_room=batched and len(self.batcher) < self.capacity,
-            batch_waiting=len(self.batcher) if batched else 0,
+            batch_waiting=self.batcher.items if batched else 0,
             batch_saturated=batched and self.running >= self.limit,
             batch_pace=self.pace,
         )

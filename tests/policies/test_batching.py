@@ -60,7 +60,9 @@ def test_items_count_toward_the_limit_and_an_oversize_request_goes_alone():
     b.offer(BatchItem("five", items=5), 0.0)
     b.offer(BatchItem("four", items=4), 0.0)
     b.offer(BatchItem("huge", items=20), 0.0)
+    assert (len(b), b.items) == (3, 29)  # requests, and the items they carry (what a backlog drains in)
     assert names(b.take(0.0).batch) == ["five"]
+    assert (len(b), b.items) == (2, 24)
     assert names(b.take(0.0).batch) == ["four"]
     assert names(b.take(0.0).batch) == ["huge"]
 
