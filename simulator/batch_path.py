@@ -78,12 +78,16 @@ class BatchPath:
             return
         members, sent_s = payload
         self._answer_merged(t, lane, members, sent_s)
-        items = sum(self.trace[j].items for j in members)
+        self._batch_over(lane, sum(self.trace[j].items for j in members), sent_s, t)
+        self._server_freed(lane, t)
+        self._arm(lane, t)
+
+    def _batch_over(self, lane: LaneRun, items: int, sent_s: float, t: float) -> None:
+        """A batch's last call is over: the flush rule hears how long it took, the pace how much it served,
+        and its merged-call slot is free."""
         lane.batcher.rule.observe(items, t - sent_s)
         lane.pace.ended(items, t, lane.running)
         lane.running -= 1
-        self._server_freed(lane, t)
-        self._arm(lane, t)
 
     def _answer_merged(self, t: float, lane: LaneRun, members: list[int], sent_s: float) -> None:
         """A merged call's 2xx: each request in it answered with its share of the call's cost and busy time."""

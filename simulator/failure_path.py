@@ -283,9 +283,7 @@ class FailurePath:
         """When a batch's last call is over: the flush rule hears how long it took, and its slot is free."""
         if run.calls:
             return
-        lane.batcher.rule.observe(run.items, t - run.started_s)
-        lane.pace.ended(run.items, t, lane.running)
-        lane.running -= 1
+        self._batch_over(lane, run.items, run.started_s, t)
         self._arm(lane, t)
 
     def _charges(self, i: int, usd: float, busy_s: float) -> tuple[float, float]:
