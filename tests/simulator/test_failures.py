@@ -37,15 +37,17 @@ policy: {{type: static, params: {{mode: realtime}}}}
 """
 
 
+def simulate(template: str, lanes: dict[str, ServerLane], trace, *, timeout: str, seed: int):
+    """`trace` through the config `template` (with the lanes' `timeout`) and the lanes' service model."""
+    return Engine(parse_config(template.format(timeout=timeout)), ServiceModel(lanes=lanes), seed=seed).run(trace)
+
+
 def run(failures: Failures, trace, *, timeout="30s", base_s=0.05, seed=0):
-    config = parse_config(CONFIG.format(timeout=timeout))
-    service = ServiceModel(
-        lanes={
-            "realtime": ServerLane(replicas=2, concurrency=8, latency=Latency(base_s=base_s), failures=failures),
-            "batch": ServerLane(concurrency=8, latency=Latency(base_s=0.2)),
-        }
-    )
-    return Engine(config, service, seed=seed).run(trace)
+    lanes = {
+        "realtime": ServerLane(replicas=2, concurrency=8, latency=Latency(base_s=base_s), failures=failures),
+        "batch": ServerLane(concurrency=8, latency=Latency(base_s=0.2)),
+    }
+    return simulate(CONFIG, lanes, trace, timeout=timeout, seed=seed)
 
 
 def every(step_s: float, until_s: float, **kw) -> list[TraceRequest]:
@@ -129,14 +131,11 @@ policy: {{type: static, params: {{mode: batch}}}}
 
 
 def run_batched(failures: Failures, trace, *, timeout="30s", batch_s=0.05, seed=0):
-    config = parse_config(BATCHING.format(timeout=timeout))
-    service = ServiceModel(
-        lanes={
-            "realtime": ServerLane(concurrency=8, latency=Latency(base_s=0.02)),
-            "batch": ServerLane(replicas=2, concurrency=4, latency=Latency(base_s=batch_s), failures=failures),
-        }
-    )
-    return Engine(config, service, seed=seed).run(trace)
+    lanes = {
+        "realtime": ServerLane(concurrency=8, latency=Latency(base_s=0.02)),
+        "batch": ServerLane(replicas=2, concurrency=4, latency=Latency(base_s=batch_s), failures=failures),
+    }
+    return simulate(BATCHING, lanes, trace, timeout=timeout, seed=seed)
 
 
 def texts(step_s: float, until_s: float) -> list[TraceRequest]:
