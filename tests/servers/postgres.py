@@ -4,7 +4,7 @@ No mocked database: the job store's claims (`FOR UPDATE SKIP LOCKED`),
 its races and LISTEN/NOTIFY are Postgres' own. `initdb` and the server run
 as the `postgres` user when the tests run as root (Postgres refuses root),
 as the current user otherwise. Each test gets a database of its own
-(`new_database`). `.ci/run` installs the package; without it the fixture
+(`new_database`). `make test` installs the package; without it the fixture
 fails and says how to install it.
 """
 
@@ -27,7 +27,7 @@ def _binary(name: str) -> str:
     """Debian keeps the server's programs out of PATH, in /usr/lib/postgresql/<version>/bin."""
     found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)), None)
     if found is None:
-        raise RuntimeError(f"{name} is not installed: `apt-get install postgresql` (.ci/run does)")
+        raise RuntimeError(f"{name} is not installed: `apt-get install postgresql` (`make test` does)")
     return found
 
 

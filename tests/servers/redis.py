@@ -1,7 +1,7 @@
 """A real `redis-server` (the Debian package) on a free loopback port, in a temp dir, for one test.
 
 No fakeredis: the cluster's fenced writes are Lua scripts, and their
-atomicity is Redis' own. `.ci/run` installs the package; without it the
+atomicity is Redis' own. `make test` installs the package; without it the
 fixture fails and says how to install it.
 """
 
@@ -30,7 +30,7 @@ class RedisServer:
     def start(self) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
-            raise RuntimeError("redis-server is not installed: `apt-get install redis-server` (.ci/run does)")
+            raise RuntimeError("redis-server is not installed: `apt-get install redis-server` (`make test` does)")
         self.process = subprocess.Popen(
             [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.directory), "--save", "",
              "--appendonly", "no", "--protected-mode", "no"],
