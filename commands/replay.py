@@ -11,8 +11,10 @@ request on the default route "/" goes to `url`; one with its own route goes
 to that path on the same host. Each result keeps the path it went to, so
 the simulation of the same run (`as_sent`, `simulate --route`) plays the
 same request path. A trace's `mode` becomes X-Modeshift-Mode (a pin), its
-`deadline_ms` X-Modeshift-Deadline-Ms and its class X-Modeshift-Priority. A
-result records when it was sent, the lane that served it
+`deadline_ms` X-Modeshift-Deadline-Ms and its class X-Modeshift-Priority:
+claims the router honours only for a key its `access:` section grants them
+(`$MODESHIFT_API_KEY`, sent as a bearer token; the command says how many
+were dropped). A result records when it was sent, the lane that served it
 (X-Modeshift-Lane), its status and latency, the tokens the answer counted,
 and the cost the router attributed to it (X-Modeshift-Cost-Usd).
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import random
 import sys
 import time
@@ -39,7 +42,14 @@ import numpy as np
 
 from backends.modeled_server import DRAW_HEADER, draw_word
 from commands.profile import answer_usage, words_text
-from router.headers import COST_HEADER, DEADLINE_HEADER, LANE_HEADER, MODE_HEADER, PRIORITY_HEADER
+from router.headers import (
+    CLAIM_DENIED_HEADER,
+    COST_HEADER,
+    DEADLINE_HEADER,
+    LANE_HEADER,
+    MODE_HEADER,
+    PRIORITY_HEADER,
+)
 from simulator.outcome import NO_LANE, Outcome
 from simulator.traces import TraceRequest
 
@@ -56,9 +66,13 @@ class Result:
     output_tokens: int = 0  # chat: as the answer's usage counted them, else max_tokens
     ttft_s: float = math.nan  # streamed chat: from sending to the first token
     cost_usd: float = math.nan  # what the router attributed to it (X-Modeshift-Cost-Usd); NaN when it did not say
+    claims_denied: bool = False  # the router dropped its pin, class or deadline (X-Modeshift-Claim-Denied)
 
 
 PROTOCOLS = ("openai-embeddings", "openai-chat")
+
+
+API_KEY_VARIABLE = "MODESHIFT_API_KEY"  # the key replay sends, for the router's grants (access:)
 
 
 def text_for(request: TraceRequest, rng: random.Random, *, tokens_per_word: int = 32, most_words: int = 24) -> str:
@@ -105,6 +119,7 @@ async def replay(
     stream: bool = False,
     model: str | None = None,
     modeled_draws: Sequence[float] | None = None,
+    api_key: str | None = None,
     on_result: Callable[[Result], None] | None = None,
 ) -> list[Result]:
     """Send `trace` (POST, OpenAI embeddings or chat bodies) at its arrival times; results in trace order.
@@ -112,6 +127,7 @@ async def replay(
     `modeled_draws`: each request's standard normal draw, sent for an upstream of known service model
     (backends.modeled_server) to use for its jitter, in a header and as its text's first word (a merged
     call keeps its first text's): the simulator's draws, to compare a live run with it.
+    `api_key`: sent as `Authorization: Bearer`; the router grants a trace's pins and classes by it (`access:`).
     """
     if speed <= 0:
         raise ValueError(f"speed must be positive, got {speed}")
@@ -126,7 +142,7 @@ async def replay(
         async def send(index: int, request: TraceRequest, body: dict, at_s: float) -> None:
             route = request.route if request.route != "/" else (origin.path or "/")
             target = url if request.route == "/" else urlunsplit((*origin[:2], route, "", ""))
-            headers = {}
+            headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
             if request.mode is not None:
                 headers[MODE_HEADER] = request.mode
             if request.deadline_ms is not None:
@@ -137,10 +153,11 @@ async def replay(
                 headers[DRAW_HEADER] = repr(modeled_draws[index])
             started = time.perf_counter()
             prompt = body["input"] if "input" in body else body["messages"][0]["content"]
-            lane, status, usage, ttft_s, cost_usd = "", 0, {}, math.nan, math.nan
+            lane, status, usage, ttft_s, cost_usd, denied = "", 0, {}, math.nan, math.nan, False
             try:
                 async with session.post(target, json=body, headers=headers) as response:
                     lane, status = response.headers.get(LANE_HEADER, ""), response.status
+                    denied = CLAIM_DENIED_HEADER in response.headers
                     cost_usd = float(response.headers.get(COST_HEADER, "nan"))
                     if body.get("stream"):
                         data, ttft_s = await _streamed(response, started)
@@ -152,7 +169,7 @@ async def replay(
             latency_s = time.perf_counter() - started
             result = results[index] = Result(
                 at_s, lane, status, latency_s, index, usage.get("prompt_tokens", len(prompt.split())), route,
-                usage.get("completion_tokens", body.get("max_tokens", 0)), ttft_s, cost_usd,
+                usage.get("completion_tokens", body.get("max_tokens", 0)), ttft_s, cost_usd, denied,
             )  # fmt: skip
             if on_result is not None:
                 on_result(result)
@@ -257,10 +274,16 @@ def run(args) -> int:
                 protocol=args.protocol,
                 stream=args.stream,
                 model=args.model,
+                api_key=os.environ.get(API_KEY_VARIABLE),
                 on_result=lambda _: progress.advance(task),
             )
         )
     outcome = as_outcome(trace, results)
+    if denied := sum(r.claims_denied for r in results):
+        console.print(
+            f"the router dropped the pins, classes or deadlines of {denied:,} requests (X-Modeshift-Claim-Denied): "
+            f"grant them in its access section to a key, and set ${API_KEY_VARIABLE}"
+        )
     console.print(lane_table(summarize(outcome, slo, f"replay of {args.trace}"), slo))
     routes = sorted({r.route for r in results})
     console.print(f"routes: {', '.join(routes)} (simulate the same path: --route {urlsplit(args.target).path or '/'})")

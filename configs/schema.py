@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from policies.access import CLASS, AccessParams
 from policies.flush import BatchingParams
 from policies.objectives import BUILT_IN, ObjectiveParams
 from policies.pricing import CostModel
@@ -258,6 +259,10 @@ class ModeshiftConfig(_Section):
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     jobs: JobsConfig = Field(default_factory=JobsConfig)
     cluster: ClusterConfig | None = Field(None, description="several replicas, one controller; none: a lone router")
+    access: AccessParams = Field(
+        default_factory=AccessParams,
+        description="who may claim a class, a lane, a deadline or a service tier (policies.access); none: nobody",
+    )
 
     @model_validator(mode="after")
     def _cross_checks(self) -> ModeshiftConfig:
@@ -308,6 +313,11 @@ def _cross_problems(cfg: ModeshiftConfig) -> Iterator[InitErrorDetails]:
                 "unknown_class",
                 f"no objective for this class; declare it under objectives (classes: {known_classes})",
             )
+    for path, kind, name in cfg.access.names():
+        if kind == CLASS and name not in {*BUILT_IN, *cfg.objectives}:
+            yield _problem(("access", *path), name, "unknown_class", f"no such class; classes: {known_classes}")
+        elif kind != CLASS and name not in live_lanes(cfg):
+            yield _problem(("access", *path), name, "unknown_lane", f"no such live lane; lanes: {known_lanes}")
     yield from _batch_api_problems(cfg, known_lanes)
     if cfg.jobs.lane is not None and cfg.jobs.lane not in cfg.lanes:
         yield _problem(("jobs", "lane"), cfg.jobs.lane, "unknown_lane", f"no such lane; lanes: {known_lanes}")

@@ -170,6 +170,14 @@ def bad_request(message: str) -> ProxyError:
     return ProxyError(400, "bad_request", message)
 
 
+def claim_denied(denied: tuple[str, ...]) -> ProxyError:
+    return ProxyError(
+        403,
+        "claim_denied",
+        f"this credential may not claim: {', '.join(denied)} (the config's access section grants claims)",
+    )
+
+
 def no_route(path: str, prefixes: list[str]) -> ProxyError:
     return ProxyError(404, "no_route", f"no route matches {path!r}; routes: {', '.join(prefixes)}")
 

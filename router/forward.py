@@ -121,7 +121,12 @@ class Forwarder:
         if flex_unavailable(answer.status, body):
             now = self.now_s()
             lane.window.completed(now, now - started_s, ok=False)  # the lane failed to serve: the controller sees it
-            headers = client_response_headers(answer.headers, lane=lane.name, request_id=visit.trail.request_id)
+            headers = client_response_headers(
+                answer.headers,
+                lane=lane.name,
+                request_id=visit.trail.request_id,
+                claims_denied=visit.trail.claims_denied,
+            )
             raise FlexUnavailable(web.Response(status=answer.status, reason=answer.reason, body=body, headers=headers))
         return body
 
@@ -131,7 +136,9 @@ class Forwarder:
     ) -> web.StreamResponse:  # fmt: skip
         request, codec, trail = visit.request, visit.codec, visit.trail
         ok = answer.status < 500
-        headers = client_response_headers(answer.headers, lane=lane.name, request_id=trail.request_id)
+        headers = client_response_headers(
+            answer.headers, lane=lane.name, request_id=trail.request_id, claims_denied=trail.claims_denied
+        )
         length = answer.content_length
         tokens = None  # (input, output) when the protocol reports them, for per-token prices
         body: bytes | None = None  # when read whole

@@ -45,6 +45,9 @@ LANE_HEADER = "X-Modeshift-Lane"  # on every answer: the lane that served it
 MODE_HEADER = "X-Modeshift-Mode"  # a lane name pins the request to it; auto or none: drawn from the weights
 DEADLINE_HEADER = "X-Modeshift-Deadline-Ms"  # rules out lanes whose p95 is over it
 PRIORITY_HEADER = "X-Modeshift-Priority"  # the request's traffic class (objectives)
+# On an answer whose request made claims its credential was not granted (policies.access, `denied: ignore`):
+# the kinds of the claims dropped, e.g. "class, lane".
+CLAIM_DENIED_HEADER = "X-Modeshift-Claim-Denied"
 SERVICE_TIER_HEADER = "X-Modeshift-Service-Tier"  # on a chat answer: the OpenAI service tier that served it
 BATCH_HEADER = "X-Modeshift-Batch"  # on a micro-batched answer: "<batch id>/<requests in the call>"
 # On an answer the router read whole: the dollars it attributed to this request (its share of a merged call).
@@ -140,10 +143,15 @@ def upstream_request_headers(
     return out
 
 
-def client_response_headers(headers: CIMultiDictProxy[str], *, lane: str, request_id: str) -> CIMultiDict[str]:
+def client_response_headers(
+    headers: CIMultiDictProxy[str], *, lane: str, request_id: str, claims_denied: str | None = None
+) -> CIMultiDict[str]:
     """The headers to send the client for an upstream response with `headers`."""
     out = end_to_end(headers)
     out.popall(REFUSED_HEADER, None)  # only the router's own refusals carry it
+    out.popall(CLAIM_DENIED_HEADER, None)
     out[LANE_HEADER] = lane
     out[REQUEST_ID_HEADER] = request_id
+    if claims_denied is not None:
+        out[CLAIM_DENIED_HEADER] = claims_denied
     return out

@@ -37,6 +37,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from backends.codecs import Part, codec_for
 from configs.schema import RouteConfig
+from policies.access import NO_CLAIMS, TIER, Claims
 from policies.admission import Placed, place
 from policies.lane_choice import expected_latency_s, failover_lane
 from policies.upstream_pool import Upstream
@@ -53,6 +54,7 @@ from router.errors import (
 from router.forward import FlexUnavailable, Forwarder, Visit
 from router.headers import (
     BATCH_HEADER,
+    CLAIM_DENIED_HEADER,
     COST_HEADER,
     DEADLINE_HEADER,
     LANE_HEADER,
@@ -67,7 +69,8 @@ from router.intake import check_header_size, read_body
 from router.jobs.api import JOBS_PREFIX, prefers_async
 from router.lanes import Lane
 from router.routing import choose_lane, deadline_s, requested_class, requested_lane
-from router.service_tier import PRIORITY_TIERS, priority_lane, requested_tier
+from router.service_tier import DEFAULT as DEFAULT_TIER
+from router.service_tier import PRIORITY_TIERS, priority_lane, requested_tier, with_tier
 from router.state import RouterState
 from router.trail import Trail
 
@@ -122,6 +125,8 @@ class Proxy:
                 self._finish(span, trail, error.status)
                 raise
             response = error.response(trail.request_id)
+            if trail.claims_denied is not None:
+                response.headers[CLAIM_DENIED_HEADER] = trail.claims_denied
         except (asyncio.CancelledError, ConnectionError):  # the client went away: nginx's 499
             self._finish(span, trail, 499, "client_closed_request")
             raise
@@ -171,13 +176,18 @@ class Proxy:
     async def _route(
         self, request: web.BaseRequest | None, method: str, target: str,
         client_headers: CIMultiDictProxy[str] | CIMultiDict[str], body: bytes, route: RouteConfig,
-        asked: tuple[str | None, str | None, float | None], state: RouterState, trail: Trail, span, *,
-        peer: str | None, scheme: str,
+        asked: Claims, state: RouterState, trail: Trail, span, *, peer: str | None, scheme: str,
     ) -> web.StreamResponse:  # fmt: skip
-        """From a request read whole to its answer: the lane choice, its class, then the lanes."""
-        header_pin, header_class, deadline = asked
+        """From a request read whole to its answer: its claims screened, the lane choice, its class, then the lanes."""
         tier = requested_tier(body) if route.protocol == "openai-chat" else None
-        if tier in PRIORITY_TIERS and header_pin is None and route.pin is None:
+        if tier in PRIORITY_TIERS:
+            asked = asked._replace(priority_tier=True)
+        (header_pin, header_class, deadline, priority_tier), denied = state.gatekeeper.screen(client_headers, asked)
+        if denied:
+            trail.claims_denied = ", ".join(denied)
+            if TIER in denied:  # the upstream must not be asked for the tier either: it bills it
+                tier, body = DEFAULT_TIER, with_tier(body, DEFAULT_TIER)
+        if priority_tier and header_pin is None and route.pin is None:
             header_pin = priority_lane(state.config)  # a priority request is the real-time lane's, like a pinned one
         objectives = state.control.monitor.objectives
         now = self.runtime.now_s()
@@ -314,6 +324,8 @@ class Proxy:
             BATCH_HEADER: result.batch,
             COST_HEADER: f"{result.cost_usd:.9g}",
         }
+        if trail.claims_denied is not None:
+            headers[CLAIM_DENIED_HEADER] = trail.claims_denied
         return web.Response(status=reply.status, body=reply.body, headers=headers)
 
     def _place(self, visit: Visit, lane: Lane) -> Lane:
@@ -381,14 +393,16 @@ class Proxy:
             lane = spill_to
 
 
-def _asked(
-    headers: CIMultiDictProxy[str] | CIMultiDict[str], state: RouterState
-) -> tuple[str | None, str | None, float | None]:
-    """What the request's own headers ask for: (a lane pin, a traffic class, a deadline in seconds); 400 if wrong."""
-    return (
+def _asked(headers: CIMultiDictProxy[str] | CIMultiDict[str], state: RouterState) -> Claims:
+    """What the request's own headers claim (a lane pin, a traffic class, a deadline in seconds); 400 if wrong.
+    The service tier is in the body, read later."""
+    if MODE_HEADER not in headers and PRIORITY_HEADER not in headers and DEADLINE_HEADER not in headers:
+        return NO_CLAIMS
+    return Claims(
         requested_lane(headers.get(MODE_HEADER), state.live_lanes),
         requested_class(headers.get(PRIORITY_HEADER), state.control.monitor.objectives),
         deadline_s(headers.get(DEADLINE_HEADER)),
+        False,
     )
 
 

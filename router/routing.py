@@ -58,7 +58,8 @@ def requested_class(value: str | None, classes: Collection[str]) -> str | None:
         return None
     name = value.strip()
     if name not in classes:
-        raise bad_request(f"{PRIORITY_HEADER}: {value!r} is not a traffic class; use one of {', '.join(classes)}")
+        # The classes are not listed: a client learns nothing of what others may claim.
+        raise bad_request(f"{PRIORITY_HEADER}: {value!r} is not a traffic class of this router")
     return name
 
 

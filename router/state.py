@@ -33,6 +33,7 @@ from configs.schema import ModeshiftConfig
 from policies.control import ControlLoop
 from policies.retry_budget import RetryBudget
 from policies.switching import SwitchingController
+from router.claims import Gatekeeper
 from router.lanes import Lane
 from router.routing import RouteTable
 
@@ -45,6 +46,11 @@ class RouterState:
     control: ControlLoop
     draw: random.Random
     retries: RetryBudget = field(default_factory=RetryBudget)
+
+    @cached_property
+    def gatekeeper(self) -> Gatekeeper:
+        """Who may claim what (router.claims), made once per state."""
+        return Gatekeeper(self.config.access, self.control.monitor.objectives)
 
     @cached_property
     def live_lanes(self) -> tuple[str, ...]:

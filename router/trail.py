@@ -20,6 +20,7 @@ class Trail:
     route: str = "unmatched"
     lane: str | None = None  # the lane that answered; None when the router answered before choosing
     pinned: bool = False
+    claims_denied: str | None = None  # the kinds of the claims its credential may not make, dropped
     traffic_class: str | None = None  # the objectives it is judged by, once its lane was chosen
     placement: str | None = None  # "moved" or "spilled" when admission sent it off its drawn lane
     upstream: str | None = None
@@ -41,6 +42,7 @@ class Trail:
             "route": self.route,
             "lane": self.lane,
             "pinned": self.pinned,
+            "claims_denied": self.claims_denied,
             "class": self.traffic_class,
             "placement": self.placement,
             "upstream": self.upstream,

@@ -28,7 +28,7 @@ async def test_the_stack_serves_both_lanes_and_stops_every_process():
         async with aiohttp.ClientSession() as session:
             answers = []
             for mode in ("realtime", "batch"):
-                headers = {"X-Modeshift-Mode": mode}
+                headers = {"X-Modeshift-Mode": mode, "Authorization": "Bearer modeshift-demo"}  # the config's operator
                 async with session.post(f"{stack.data_url}/v1/embeddings", json={"input": "hi"}, headers=headers) as r:
                     answers.append(
                         (r.status, r.headers["X-Modeshift-Lane"], len((await r.json())["data"][0]["embedding"]))

@@ -248,3 +248,12 @@ def test_a_typo_inside_a_composites_policy_is_one_line_without_pydantics_echo():
     )
     lines = errors_of(text)
     assert len(lines) == 1 and "policy.params.policies[0].params.low_rsp: unknown key" in lines[0], lines
+
+
+def test_access_grants_name_classes_and_lanes_that_exist_and_keys_by_their_hash():
+    access = "access:\n  everyone: {classes: [urgnt]}\n  credentials:\n    checkout: {key_sha256: %s, lanes: [cheap]}\n"
+    lines = errors_of(GOOD + access % ("ab" * 32))
+    assert any("access.everyone.classes[0]" in line and "urgnt" in line for line in lines), lines
+    assert any("access.credentials.checkout.lanes[0]" in line and "cheap" in line for line in lines), lines
+    lines = errors_of(GOOD + access % "sk-live-123")
+    assert len(lines) == 1 and "access.credentials.checkout.key_sha256" in lines[0] and "sha256sum" in lines[0]

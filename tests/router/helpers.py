@@ -17,6 +17,8 @@ from router.runtime import Runtime
 from router.server import RunningRouter
 
 TOKEN = "test-admin-token"
+# The tests of routing, classes and tiers claim freely; tests/router/test_claims.py sets its own `access:`.
+OPEN_ACCESS = {"everyone": {"classes": ["*"], "lanes": ["*"], "tiers": ["*"], "deadline": True}}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -119,6 +121,7 @@ def two_lane_raw(realtime: list[str], batch: list[str], **overrides: Any) -> dic
         "policy": {"type": "static", "params": {"mode": "realtime"}},
         "switching": {"hold": "0s", "cooldown": "0s", "step": "1s", "min_samples": 5, "steps": [0.5, 1.0]},
         "metrics": {"window": "60s", "slot": "1s"},
+        "access": OPEN_ACCESS,
     }
     for section, value in overrides.items():
         # One level deep: `server={"max_body_bytes": "1KiB"}` changes one key, the rest stays.
