@@ -108,3 +108,20 @@ def read(record: dict[str, Any]) -> Restored:
         State(record["state"]), record["mode"], _weights_from(record["weights"]), transition, undo, hold,
         float(record["hold_since_s"]), record["cooldown_until_s"],
     )  # fmt: skip
+
+
+def shifted(record: dict[str, Any], by_s: float) -> dict[str, Any]:
+    """The same record with every time in it moved by `by_s` seconds: from one clock's seconds to another's.
+
+    A replica measures with its own monotonic clock and shares wall-clock
+    seconds (router.cluster): it shifts a record by (wall - monotonic) to
+    write it and back to read it, so a step of a host's wall clock never
+    stretches or freezes its own control.
+    """
+    out = dict(record)
+    out["hold_since_s"] = float(record["hold_since_s"]) + by_s
+    if record["cooldown_until_s"] is not None:
+        out["cooldown_until_s"] = float(record["cooldown_until_s"]) + by_s
+    if record["transition"] is not None:
+        out["transition"] = {**record["transition"], "started_s": float(record["transition"]["started_s"]) + by_s}
+    return out

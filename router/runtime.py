@@ -8,6 +8,9 @@ data plane draws from the controller's weights on every request.
 
 The clock is injected (`clock()` returns seconds), so tests can drive ticks
 with a fake one; nothing else in the router reads time for control purposes.
+It is monotonic, in a cluster too: latencies, durations and the control
+clock never see a step of the system's wall clock. The wall clock (also
+injected) is only for what the replicas of a cluster share.
 """
 
 from __future__ import annotations
@@ -38,6 +41,10 @@ from router.telemetry.route_stats import RouteStats
 logger = logging.getLogger("modeshift.router")
 
 
+class CommandFailed(Exception):
+    """A command sent to a cluster's leader that was not carried out, or whose outcome is unknown, and why."""
+
+
 class Runtime:
     def __init__(
         self,
@@ -45,6 +52,7 @@ class Runtime:
         *,
         config_path: str | Path | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
         telemetry: Telemetry,
     ):
         self.clock = clock
@@ -66,7 +74,7 @@ class Runtime:
 
             self.cluster = ClusterMember(
                 config.cluster, state=lambda: self.state, decisions=self.decisions, reload=self.reload,
-                wall_clock=time.time,
+                clock=clock, wall_clock=wall_clock,
             )  # fmt: skip
         self.started_s = clock()
         self.reloads = 0
@@ -117,7 +125,7 @@ class Runtime:
     async def run_command(self, command: Command) -> list[dict]:
         """The command carried out, by this router or, in a cluster, by the leader; the records of its actions.
 
-        TimeoutError: in a cluster, no leader answered within a few ticks (nothing was done).
+        CommandFailed: in a cluster, what became of a command no leader carried out, or whose answer was lost.
         """
         if self.cluster is None:
             return [action.as_record() for action in self.command(command)]

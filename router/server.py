@@ -39,27 +39,19 @@ LISTEN_BACKLOG = 2048
 
 
 def runtime_for(
-    config: ModeshiftConfig, *, config_path: str | Path | None = None, clock: Callable[[], float] | None = None
+    config: ModeshiftConfig,
+    *,
+    config_path: str | Path | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    wall_clock: Callable[[], float] = time.time,
 ) -> Runtime:
     """The router's state and its telemetry, built from `config` (TelemetryUnavailable: OTLP asked, not installed).
 
-    The control clock is monotonic for a lone router; in a cluster it is the wall clock (the same seconds on
-    every host, so a stored controller state means the same to the next leader), held from going back.
+    `clock` measures and drives control (monotonic); `wall_clock` stamps only what the replicas of a cluster
+    share (router.cluster.coordinator).
     """
-    if clock is None:
-        clock = time.monotonic if config.cluster is None else _forward_wall_clock()
-    return Runtime(config, config_path=config_path, clock=clock, telemetry=Telemetry.build(config.telemetry))
-
-
-def _forward_wall_clock() -> Callable[[], float]:
-    latest = 0.0
-
-    def now() -> float:
-        nonlocal latest
-        latest = max(latest, time.time())  # a step back of the system clock holds time still instead
-        return latest
-
-    return now
+    telemetry = Telemetry.build(config.telemetry)
+    return Runtime(config, config_path=config_path, clock=clock, wall_clock=wall_clock, telemetry=telemetry)
 
 
 class RunningRouter:

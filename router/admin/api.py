@@ -44,7 +44,7 @@ from policies import stream_health
 from policies.actions import Command, CommandRejected, Force, Pause, Resume, Rollback, plain
 from policies.snapshot import Snapshot
 from router.errors import ProxyError, bad_request
-from router.runtime import Runtime
+from router.runtime import CommandFailed, Runtime
 
 RECENT_DECISIONS = 50
 _RUNTIME = web.AppKey("runtime", Runtime)
@@ -172,8 +172,8 @@ async def _answer(runtime: Runtime, command: Command) -> web.Response:
     """What the controller did with `command` (in a cluster, the leader's, wherever it runs); 409 if refused."""
     try:
         records = await runtime.run_command(command)
-    except TimeoutError:
-        return _error(503, "no_leader", "no cluster leader answered the command; it was not carried out")
+    except CommandFailed as exc:  # in a cluster: what truly became of it
+        return _error(503, "no_leader", str(exc))
     refused = next((r for r in records if r.get("kind") == CommandRejected.__name__), None)
     if refused is not None:
         return _error(409, "command_rejected", refused["reason"])

@@ -2,39 +2,52 @@
 
 Keys, all under `modeshift:{cluster name}:`:
 
-    leader      "<replica> <epoch>", with the lease as its expiry (PX)
-    epoch       a counter: every new leadership takes the next number
-    state       JSON {"epoch", "seq", "controller": <the controller's record>}: the weights in force and the
-                controller's state, written by the leader only
-    replicas    hash replica -> JSON {"at": wall seconds, "figures": <policies.replicas.published>}
-    commands    list of JSON commands sent to any replica, for the leader to carry out
-    result:<id> the leader's answer to one command (a list the sender waits on)
-    decisions   list of the leader's decision records, newest first, trimmed
-    reloads     a counter: a /reload on any replica raises it, and every replica reloads its own file
+    leader       "<replica> <epoch>", with the lease as its expiry (PX)
+    epoch        a counter: every new leadership takes the next number
+    incarnation  the id of this history of the cluster: made anew when the epoch counter is missing (a Redis
+                 restarted empty), so replicas that remember epoch 4 follow a new leader of epoch 1
+    state        router.cluster.records.StoredState: the weights in force and the controller's state, written by
+                 the leader only
+    replicas     hash replica -> router.cluster.records.Publication
+    commands     list of router.cluster.records.SentCommand sent to any replica, for the leader to carry out
+    result:<id>  the leader's answer to one command (a list the sender waits on)
+    decisions    list of the leader's decision records, newest first, trimmed
+    reloads      a counter: a /reload on any replica raises it, and every replica reloads its own file
 
 Fencing: taking the lease and writing the state are Lua scripts, atomic in
 Redis. A write carries the writer's epoch and is refused unless the lease is
-still that writer's and no later epoch has written (`write_state` answers
-False: the writer has been replaced and must step down). So two leaders never
-both act, whatever the clocks and pauses of the processes.
+still that writer's (`write_state` answers False: the writer has been
+replaced and must step down). So two leaders never both act, whatever the
+clocks and pauses of the processes. A stored state that is not of this
+incarnation, is no JSON, or names an epoch the counter never reached was
+not written by a leader of this history: the lease holder overwrites it
+rather than stepping down before it (an epoch of 999999 written by hand
+once caused an election on every tick).
 
-Every call may raise redis' ConnectionError or TimeoutError (Redis
-unreachable); router.cluster.coordinator decides what that means.
+Records are read as raw bytes here and parsed by the caller
+(router.cluster.records), which decides what a bad one means. Every call
+may raise redis' ConnectionError or TimeoutError (Redis unreachable);
+router.cluster.coordinator decides what that means.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+import secrets
+from typing import Any, NamedTuple
 
 import redis.asyncio as aioredis
 
-# KEYS: leader, epoch. ARGV: replica, lease ms. The new epoch, or 0 when another replica holds the lease.
+# KEYS: leader, epoch, incarnation. ARGV: replica, lease ms, a fresh incarnation id.
+# {the new epoch, the incarnation}, or {0, ""} when another replica holds the lease.
 _ACQUIRE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 1 then return {0, ''} end
+if redis.call('EXISTS', KEYS[2]) == 0 or redis.call('EXISTS', KEYS[3]) == 0 then
+  redis.call('SET', KEYS[3], ARGV[3])
+end
 local epoch = redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. epoch, 'PX', ARGV[2])
-return epoch
+return {epoch, redis.call('GET', KEYS[3])}
 """
 # KEYS: leader. ARGV: "<replica> <epoch>", lease ms. 1 when renewed, 0 when the lease is not ours any more.
 _RENEW = """
@@ -42,13 +55,18 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 """
-# KEYS: leader, state. ARGV: "<replica> <epoch>", epoch, the state JSON. 1 when written.
+# KEYS: leader, state, epoch, incarnation. ARGV: "<replica> <epoch>", epoch, the state JSON. 1 when written.
 _WRITE_STATE = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 local stored = redis.call('GET', KEYS[2])
 if stored then
-  local found = cjson.decode(stored)
-  if tonumber(found['epoch']) > tonumber(ARGV[2]) then return 0 end
+  local ok, found = pcall(cjson.decode, stored)
+  if ok and type(found) == 'table' and found['incarnation'] == redis.call('GET', KEYS[4]) then
+    local epoch = tonumber(found['epoch'])
+    if epoch and epoch > tonumber(ARGV[2]) and epoch <= tonumber(redis.call('GET', KEYS[3]) or '0') then
+      return 0
+    end
+  end
 end
 redis.call('SET', KEYS[2], ARGV[3])
 return 1
@@ -60,9 +78,17 @@ return 1
 """
 
 
+class Leader(NamedTuple):
+    replica: str
+    epoch: int
+    incarnation: str
+
+
 class SharedState:
-    def __init__(self, url: str, name: str, *, timeout_s: float):
-        self.redis = aioredis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    def __init__(self, url: str, name: str, *, timeout_s: float, max_connections: int | None = None):
+        self.redis = aioredis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, max_connections=max_connections
+        )
         self.prefix = f"modeshift:{name}:"
         self._acquire = self.redis.register_script(_ACQUIRE)
         self._renew = self.redis.register_script(_RENEW)
@@ -72,9 +98,11 @@ class SharedState:
     def key(self, name: str) -> str:
         return self.prefix + name
 
-    async def acquire(self, replica: str, lease_ms: int) -> int:
-        """Take the lease when nobody holds it: the new epoch; 0 when another replica leads."""
-        return int(await self._acquire(keys=[self.key("leader"), self.key("epoch")], args=[replica, lease_ms]))
+    async def acquire(self, replica: str, lease_ms: int) -> tuple[int, str]:
+        """Take the lease when nobody holds it: (the new epoch, the incarnation); epoch 0 when another leads."""
+        keys = [self.key("leader"), self.key("epoch"), self.key("incarnation")]
+        epoch, incarnation = await self._acquire(keys=keys, args=[replica, lease_ms, secrets.token_hex(8)])
+        return int(epoch), _text(incarnation)
 
     async def renew(self, replica: str, epoch: int, lease_ms: int) -> bool:
         return bool(await self._renew(keys=[self.key("leader")], args=[f"{replica} {epoch}", lease_ms]))
@@ -82,45 +110,51 @@ class SharedState:
     async def release(self, replica: str, epoch: int) -> None:
         await self._release(keys=[self.key("leader")], args=[f"{replica} {epoch}"])
 
-    async def leader(self) -> tuple[str, int] | None:
-        held = await self.redis.get(self.key("leader"))
+    async def leader(self) -> Leader | None:
+        """Who holds the lease, with its epoch and the cluster's incarnation; None when nobody does (or the
+        lease holds something no replica wrote)."""
+        held, incarnation = await self.redis.mget(self.key("leader"), self.key("incarnation"))
         if held is None:
             return None
-        replica, _, epoch = held.decode().rpartition(" ")
-        return replica, int(epoch)
+        replica, _, epoch = _text(held).rpartition(" ")
+        if not epoch.isdigit():
+            return None
+        return Leader(replica, int(epoch), _text(incarnation or b""))
 
-    async def write_state(self, replica: str, epoch: int, seq: int, controller: dict[str, Any]) -> bool:
-        """Store the controller's state as the leader of `epoch`; False when that leadership is over."""
-        state = json.dumps({"epoch": epoch, "seq": seq, "controller": controller})
-        keys = [self.key("leader"), self.key("state")]
+    async def write_state(self, replica: str, epoch: int, state: str) -> bool:
+        """Store the state (a StoredState's JSON) as the leader of `epoch`; False when that leadership is over."""
+        keys = [self.key("leader"), self.key("state"), self.key("epoch"), self.key("incarnation")]
         return bool(await self._write_state(keys=keys, args=[f"{replica} {epoch}", epoch, state]))
 
-    async def read_state(self) -> dict[str, Any] | None:
-        stored = await self.redis.get(self.key("state"))
-        return json.loads(stored) if stored is not None else None
+    async def read_state(self) -> bytes | None:
+        return await self.redis.get(self.key("state"))
 
-    async def publish(self, replica: str, at_s: float, figures: dict[str, Any]) -> None:
-        await self.redis.hset(self.key("replicas"), replica, json.dumps({"at": at_s, "figures": figures}))
+    async def publish(self, replica: str, publication: str) -> None:
+        await self.redis.hset(self.key("replicas"), replica, publication)
 
-    async def publications(self) -> dict[str, dict[str, Any]]:
-        """Every replica's latest publication: replica -> {"at", "figures"}."""
+    async def publications(self) -> dict[str, bytes]:
+        """Every replica's latest publication, as stored: replica -> a Publication's JSON."""
         stored = await self.redis.hgetall(self.key("replicas"))
-        return {replica.decode(): json.loads(value) for replica, value in stored.items()}
+        return {_text(replica): value for replica, value in stored.items()}
 
     async def forget(self, replicas: list[str]) -> None:
         if replicas:
             await self.redis.hdel(self.key("replicas"), *replicas)
 
-    async def send_command(self, command: dict[str, Any]) -> None:
-        await self.redis.lpush(self.key("commands"), json.dumps(command))
+    async def send_command(self, command: str) -> None:
+        await self.redis.lpush(self.key("commands"), command)
 
-    async def take_commands(self) -> list[dict[str, Any]]:
-        """The commands sent since the last take, oldest first (the leader's, once per tick)."""
+    async def withdraw_command(self, command: str) -> bool:
+        """Take a command back before a leader took it: True when it was still waiting (it will never run)."""
+        return bool(await self.redis.lrem(self.key("commands"), 1, command))
+
+    async def take_commands(self) -> list[bytes]:
+        """The commands sent since the last take, oldest first, as stored (the leader's, once per tick)."""
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.lrange(self.key("commands"), 0, -1)
             pipe.delete(self.key("commands"))
             taken, _ = await pipe.execute()
-        return [json.loads(item) for item in reversed(taken)]
+        return list(reversed(taken))
 
     async def answer_command(self, command_id: str, answer: dict[str, Any], keep_s: int) -> None:
         key = self.key(f"result:{command_id}")
@@ -133,7 +167,10 @@ class SharedState:
         """The leader's answer to a command, once it has given one (asked again until then: no blocking call
         outlives the socket timeout)."""
         found = await self.redis.lpop(self.key(f"result:{command_id}"))
-        return json.loads(found) if found is not None else None
+        if found is None:
+            return None
+        answer = json.loads(found)
+        return answer if isinstance(answer, dict) else {"error": "the answer in Redis is not a JSON object"}
 
     async def add_decisions(self, records: list[dict[str, Any]], kept: int) -> None:
         if not records:
@@ -143,17 +180,24 @@ class SharedState:
             pipe.ltrim(self.key("decisions"), 0, kept - 1)
             await pipe.execute()
 
-    async def decisions(self, count: int) -> list[dict[str, Any]]:
-        """The leader's newest decision records, oldest first."""
+    async def decisions(self, count: int) -> list[bytes]:
+        """The leader's newest decision records, oldest first, as stored (JSON objects)."""
         stored = await self.redis.lrange(self.key("decisions"), 0, count - 1)
-        return [json.loads(item) for item in reversed(stored)]
+        return list(reversed(stored))
 
     async def ask_reload(self) -> int:
         return int(await self.redis.incr(self.key("reloads")))
 
     async def reloads(self) -> int:
         found = await self.redis.get(self.key("reloads"))
-        return int(found) if found is not None else 0
+        try:
+            return int(found) if found is not None else 0
+        except ValueError:
+            return 0  # not a counter any replica wrote: no reload is asked
 
     async def close(self) -> None:
         await self.redis.aclose()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else value

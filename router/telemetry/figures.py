@@ -24,6 +24,8 @@ always agree and serving requests pays nothing for either.
     modeshift_provider_calls_failed{lane}                counter, provider calls tried again later
     modeshift_cluster_connected{replica}, modeshift_cluster_leader{replica}, modeshift_cluster_epoch
                                                          in a cluster: Redis reachable, this replica leads
+    modeshift_cluster_agrees{replica}                    0 while it refuses the leader's state (other lanes/modes)
+    modeshift_cluster_bad_records{kind}                  counter: records in Redis skipped (publication, state, ...)
 
 (Prometheus adds `_total` to counters.) Histogram buckets come from the
 router's log-spaced histograms; each bucket count is exact to within their 1%
@@ -93,7 +95,17 @@ def _cluster(view: dict) -> list[Family]:
     leader.add((view["replica"],), 1.0 if view["leading"] else 0.0)
     epoch = Family("modeshift_cluster_epoch", "gauge", "The epoch of the cluster's leader as last seen.", ())
     epoch.add((), float(view["epoch"]))
-    return [connected, leader, epoch]
+    agrees = Family(
+        "modeshift_cluster_agrees", "gauge", "0 while this replica refuses the leader's state (other lanes or modes).",
+        ("replica",),
+    )  # fmt: skip
+    agrees.add((view["replica"],), 1.0 if view["agrees"] else 0.0)
+    bad = Family(
+        "modeshift_cluster_bad_records", "counter", "Records in Redis this replica skipped, by kind.", ("kind",)
+    )
+    for kind, n in sorted(view["bad_records"].items()):
+        bad.add((kind,), float(n))
+    return [connected, leader, epoch, agrees, bad]
 
 
 def _provider(counts: BridgeCounts) -> list[Family]:

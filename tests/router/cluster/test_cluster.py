@@ -9,6 +9,7 @@ stops ticking loses it within 400 ms of real time.
 from __future__ import annotations
 
 import asyncio
+import json
 
 import aiohttp
 import pytest
@@ -40,7 +41,9 @@ async def replicas(redis_server, upstream, monkeypatch):
     clock = FakeClock()
     started: list[RouterUnderTest] = []
     for name in ("r1", "r2", "r3"):
-        runtime = runtime_for(cluster_config(redis_server.url, name, realtime.url, batch.url), clock=clock)
+        runtime = runtime_for(
+            cluster_config(redis_server.url, name, realtime.url, batch.url), clock=clock, wall_clock=clock
+        )
         router = RunningRouter(runtime)
         await router.start(data=("127.0.0.1", 0), admin=("127.0.0.1", 0), ticking=False)
         started.append(RouterUnderTest(router, clock))
@@ -127,14 +130,15 @@ async def test_a_new_leader_takes_over_within_two_leases_and_carries_the_transit
 async def test_a_write_with_a_stale_epoch_is_refused(redis_server):
     a, b = SharedState(redis_server.url, "fence", timeout_s=0.5), SharedState(redis_server.url, "fence", timeout_s=0.5)
     try:
-        assert await a.acquire("a", 200) == 1
-        assert await a.write_state("a", 1, 1, {"x": 1})
+        epoch, incarnation = await a.acquire("a", 200)
+        assert epoch == 1
+        assert await a.write_state("a", 1, json.dumps({"incarnation": incarnation, "epoch": 1, "x": 1}))
         await asyncio.sleep(0.3)  # a paused past its lease
-        assert await b.acquire("b", 10_000) == 2
-        assert await b.write_state("b", 2, 1, {"x": 2})
-        assert not await a.write_state("a", 1, 2, {"x": 3})  # a wakes and writes: refused
+        assert await b.acquire("b", 10_000) == (2, incarnation)
+        assert await b.write_state("b", 2, json.dumps({"incarnation": incarnation, "epoch": 2, "x": 2}))
+        assert not await a.write_state("a", 1, json.dumps({"incarnation": incarnation, "epoch": 1, "x": 3}))
         assert not await a.renew("a", 1, 200)
-        assert (await b.read_state())["controller"] == {"x": 2}
+        assert json.loads(await b.read_state())["x"] == 2
     finally:
         await a.close()
         await b.close()
