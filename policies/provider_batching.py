@@ -67,6 +67,10 @@ class BatchApiParams(BaseModel):
         description="a job whose deadline is this close and whose line the provider has not answered runs on "
         "the fallback lane instead",
     )
+    upload_attempts: int = Field(
+        8, ge=1, description="failed tries to hand a batch to the provider (backing off) before its jobs run on the "
+        "fallback lane",
+    )  # fmt: skip
     fallback: str | None = Field(
         None, description="the lane that runs expired, failed-over and late lines; default: the first other lane"
     )

@@ -159,9 +159,16 @@ def status(runtime: Runtime) -> dict:
         "decisions": runtime.decisions.recent(RECENT_DECISIONS),
         "config": {"path": str(runtime.config_path) if runtime.config_path else None, "reloads": runtime.reloads},
         "cluster": runtime.cluster.view() if runtime.cluster is not None else None,
+        "provider": _provider(runtime),
         "uptime_s": now - runtime.started_s,
         "now_s": now,
     }
+
+
+def _provider(runtime: Runtime) -> dict | None:
+    """What a provider batch lane's bridge did, its fallbacks at list price first (router.jobs.provider.bridge)."""
+    bridge = runtime.jobs.bridge if runtime.jobs is not None else None
+    return bridge.counts.view() if bridge is not None else None
 
 
 async def _status(request: web.Request) -> web.Response:

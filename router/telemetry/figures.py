@@ -22,6 +22,8 @@ always agree and serving requests pays nothing for either.
     modeshift_provider_batches{lane,event}               counter (submitted | ended | refused | dropped)
     modeshift_provider_lines{lane,outcome}               counter (answered | rerun on the fallback lane)
     modeshift_provider_calls_failed{lane}                counter, provider calls tried again later
+    modeshift_provider_fallbacks{lane,reason}            counter: jobs run on the fallback lane at its price
+                                                         (refused, completion_window)
     modeshift_cluster_connected{replica}, modeshift_cluster_leader{replica}, modeshift_cluster_epoch
                                                          in a cluster: Redis reachable, this replica leads
     modeshift_cluster_agrees{replica}                    0 while it refuses the leader's state (other lanes/modes)
@@ -125,7 +127,13 @@ def _provider(counts: BridgeCounts) -> list[Family]:
         ("lane",),
     )  # fmt: skip
     failed.add((counts.lane,), counts.failed_calls)
-    return [batches, lines, failed]
+    fallbacks = Family(
+        "modeshift_provider_fallbacks", "counter",
+        "Jobs a provider batch lane ran on its fallback lane at that lane's price, by why.", ("lane", "reason"),
+    )  # fmt: skip
+    for reason, n in sorted(counts.fallbacks.items()):
+        fallbacks.add((counts.lane, reason), n)
+    return [batches, lines, failed, fallbacks]
 
 
 def _routes(stats: RouteStats) -> list[Family]:

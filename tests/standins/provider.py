@@ -14,8 +14,13 @@ A batch stays in progress for `polls_to_end` reads of it (or until `hold` is
 cleared), then ends as `outcome` says: "completed" (every line answered),
 or "expired" (the first `answered_before_expiry` lines answered, the rest
 expired). A line whose body mentions POISON is answered 400 on its own.
-`failing_creates` makes the next batch creations fail with 500. Every call
-is recorded (`uploads`, `created`, `cancelled`, `chat_tiers`), so a test can
+`failing_creates` makes the next batch creations fail with 500.
+`listing_status` answers GET /v1/batches and GET /v1/files with that status
+(a server that cannot list: 404 or 405). `stray_output_lines` are raw lines
+added to every output file (lines for unknown custom_ids, duplicates,
+lines that are not JSON). While `tail_held` is set, a file's content is
+streamed up to its last 64 KiB and the rest waits until the event is set.
+Every call is recorded (`uploads`, `created`, `cancelled`, `chat_tiers`), so a test can
 count what the router sent. Calls without a credential get 401.
 
 A test fixture only: nothing in the product imports it.
@@ -23,6 +28,7 @@ A test fixture only: nothing in the product imports it.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import time
@@ -58,6 +64,10 @@ class ProviderStandIn:
         self.flex_capacity = True
         self.flex_runs_as = "flex"  # the tier a flex request's answer says it was served at
         self.failing_creates = 0  # batch creations to answer 500 before the next one succeeds
+        self.listing_status: int | None = None  # answer listings with this status (a server that cannot list)
+        self.stray_output_lines: list[bytes] = []  # raw lines added to every output file
+        self.tail_held: asyncio.Event | None = None  # while unset, a file's last 64 KiB waits
+        self.streamed_heads = 0  # file contents whose head was sent while the tail waited
         self.files: dict[str, tuple[str, bytes, str]] = {}  # id -> (filename, content, credential)
         self.batches: dict[str, StoredBatch] = {}
         self.uploads: list[str] = []  # filenames, in upload order
@@ -126,6 +136,8 @@ class ProviderStandIn:
 
     async def list_files(self, request: web.Request) -> web.Response:
         credential = _credential(request)
+        if self.listing_status is not None:
+            return _error(self.listing_status, "listing is not supported here")
         data = [_file_object(i, name, data) for i, (name, data, owner) in self.files.items() if owner == credential]
         return web.json_response({"object": "list", "data": data})
 
@@ -134,7 +146,17 @@ class ProviderStandIn:
         found = self.files.get(request.match_info["id"])
         if found is None or found[2] != credential:
             return _error(404, "no such file")
-        return web.Response(body=found[1], content_type="application/jsonl")
+        if self.tail_held is None:
+            return web.Response(body=found[1], content_type="application/jsonl")
+        response = web.StreamResponse(headers={"Content-Type": "application/jsonl"})
+        await response.prepare(request)
+        head, tail = found[1][:-65536], found[1][-65536:]
+        await response.write(head)
+        self.streamed_heads += 1
+        await self.tail_held.wait()
+        await response.write(tail)
+        await response.write_eof()
+        return response
 
     # OpenAI batches ----------------------------------------------------------
 
@@ -156,6 +178,8 @@ class ProviderStandIn:
 
     async def list_batches(self, request: web.Request) -> web.Response:
         credential = _credential(request)
+        if self.listing_status is not None:
+            return _error(self.listing_status, "listing is not supported here")
         batches = [b for b in self.batches.values() if b.api == "openai" and b.credential == credential]
         mine = [self._openai_object(b) for b in batches]
         return web.json_response({"object": "list", "data": mine[::-1][: int(request.query.get("limit", 20))]})
@@ -243,6 +267,8 @@ class ProviderStandIn:
             if records:
                 file_id = self._id("file-")
                 content = b"".join(json.dumps(r).encode() + b"\n" for r in records)
+                if kind == "output":
+                    content += b"".join(line + b"\n" for line in self.stray_output_lines)
                 self.files[file_id] = (f"{batch.id}_{kind}.jsonl", content, batch.credential)
                 setattr(batch, f"{kind}_file_id", file_id)
 

@@ -22,10 +22,19 @@ outcome of each job is kept.
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 
 import aiohttp
 
-from router.jobs.provider.wire import Line, LineResult, RemoteState, checked_bytes, checked_json, jsonl, tokens_of
+from router.jobs.provider.wire import (
+    Line,
+    LineResult,
+    RemoteState,
+    checked_json,
+    lines_of,
+    parsed_lines,
+    tokens_of,
+)
 from router.jobs.runner import transient
 
 VERSION = "2023-06-01"
@@ -78,15 +87,16 @@ class AnthropicBatchApi:
         status = str(batch.get("processing_status"))
         return RemoteState(status, status == "ended")
 
-    async def results(self, remote_id: str, headers: list[tuple[str, str]]) -> list[LineResult]:
+    async def results(self, remote_id: str, headers: list[tuple[str, str]]) -> AsyncIterator[LineResult | None]:
+        """Each line of the batch's results as it streams in; None for a malformed line."""
         async with self.session.get(
             f"{self.base}/v1/messages/batches/{remote_id}", headers=_with_version(headers)
         ) as r:
             batch = await checked_json(r, "reading the message batch")
         url = batch.get("results_url") or f"{self.base}/v1/messages/batches/{remote_id}/results"
         async with self.session.get(url, headers=_with_version(headers)) as r:
-            content = await checked_bytes(r, "reading the message batch's results")
-        return [_result(item) for item in jsonl(content) if isinstance(item.get("custom_id"), str)]
+            async for item in parsed_lines(lines_of(r, "reading the message batch's results")):
+                yield _result(item) if item is not None and isinstance(item.get("custom_id"), str) else None
 
     async def cancel(self, remote_id: str, headers: list[tuple[str, str]]) -> None:
         async with self.session.post(

@@ -17,8 +17,24 @@ sent one by one: every tick the bridge
    file twice);
 5. polls each submitted batch every `poll` (with jitter; a failed call backs
    off), and once it has ended stores each line's result in its job by
-   custom_id: an answer ends the job; an expired, cancelled or transient line
-   runs again on the fallback lane, as does a line the results do not have.
+   custom_id as the result files stream in (APPLY_LINES lines a
+   transaction, so memory is bounded whatever a file's size): an answer
+   ends the job; an expired, cancelled or transient line runs again on the
+   fallback lane, as does a line the results do not have. A line for no job
+   of the batch (an unknown custom_id, a second line for one job) and a line
+   that is not JSON change nothing and are counted and logged; only lines
+   that ended a job are booked;
+6. cancels a batch the provider has not ended within its completion window
+   and `deadline_margin`, and runs its jobs on the fallback lane.
+
+A batch whose upload fails `upload_attempts` times in a row (backing off
+between tries, each failure written on its jobs) goes to the fallback lane
+too, as does one the provider refuses outright. Every such fallback runs at
+the fallback lane's price, without the batch discount, so it is said where
+an operator looks: an error line naming the lane, the reason and the jobs,
+`modeshift_provider_fallbacks{lane,reason}`, and `/status` (`provider`).
+A provider that cannot list its batches or files (404, 405) only loses the
+look for what a crash left half-made, never the discount.
 
 Jobs given back are queued with their `lane` set; the job runner
 (router.jobs.runner) runs them through the data plane on that lane. Each
@@ -43,7 +59,7 @@ import random
 import secrets
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -61,6 +77,7 @@ logger = logging.getLogger("modeshift.jobs")
 TICK_S = 0.25  # how often the bridge looks for work when nothing wakes it
 LEASE_S = 5.0  # the lane's bridge lease (one bridge acts per lane), renewed every second while held
 GATHER_LIMIT = 5000  # jobs gathered per tick at most
+APPLY_LINES = 200  # result lines stored per transaction as a result file streams in
 CALLS_AT_ONCE = 4  # provider calls in flight at most
 _CARRIED = ("anthropic-", "openai-")  # a job's headers the provider's batch calls carry too (versions, betas)
 CLIENTS = {"openai": OpenAIBatchApi, "anthropic": AnthropicBatchApi}
@@ -71,12 +88,21 @@ Record = Callable[[float, bool, int, int], None]
 
 @dataclass(slots=True)
 class BridgeCounts:
-    """What the bridge did since the router started, for the metrics (router.telemetry.figures)."""
+    """What the bridge did since the router started, for the metrics (router.telemetry.figures) and /status."""
 
     lane: str
-    batches: Counter[str] = field(default_factory=Counter)  # submitted, ended, refused, dropped
-    lines: Counter[str] = field(default_factory=Counter)  # answered, rerun (at the fallback lane)
+    batches: Counter[str] = field(default_factory=Counter)  # submitted, ended, refused, dropped, overdue
+    # answered, rerun (at the fallback lane); unknown, duplicate, malformed: result lines that changed nothing
+    lines: Counter[str] = field(default_factory=Counter)
+    fallbacks: Counter[str] = field(default_factory=Counter)  # jobs sent to the fallback lane at its price, by why
+    last_fallback: dict | None = None  # {"at", "reason", "jobs", "to"}
     failed_calls: int = 0  # provider calls that failed and are tried again
+
+    def view(self) -> dict:
+        return {
+            "lane": self.lane, "batches": dict(self.batches), "lines": dict(self.lines),
+            "fallbacks": dict(self.fallbacks), "last_fallback": self.last_fallback, "failed_calls": self.failed_calls,
+        }  # fmt: skip
 
 
 class ProviderBridge:
@@ -141,7 +167,7 @@ class ProviderBridge:
                     logger.exception("renewing the provider bridge's lease failed")
 
     async def step(self, now: float) -> None:
-        """One round of the five steps in the module docstring."""
+        """One round of the six steps in the module docstring."""
         await self._gather(now)
         late = await self.store.late(self.lane, now + self.params.deadline_margin_s)
         if late:
@@ -151,6 +177,9 @@ class ProviderBridge:
             await self._close_emptied(batch, now)
         await asyncio.gather(*(self._upload(b, now) for b in await self.store.to_upload(self.lane, self.rule, now)))
         await asyncio.gather(*(self._poll(b, now) for b in await self.store.to_poll(self.lane, now)))
+        window_s = self.params.window_s + self.params.deadline_margin_s
+        for batch in await self.store.overdue(self.lane, now - window_s):
+            await self._overdue(batch, now)
 
     async def _gather(self, now: float) -> None:
         jobs = await self.store.waiting(GATHER_LIMIT, now)
@@ -222,50 +251,114 @@ class ProviderBridge:
 
     async def _poll(self, batch: ProviderBatch, now: float) -> None:
         headers = self._headers(batch, [])
+        lines: Counter[str] = Counter()
         try:
             async with self._calls:
                 state = await self.client.state(batch.remote_id, headers)
-                results = await self.client.results(batch.remote_id, headers) if state.ended else None
+                if state.ended:
+                    await self._apply(batch, self.client.results(batch.remote_id, headers), lines, now)
         except (ProviderError, aiohttp.ClientError, TimeoutError) as exc:
-            await self._call_failed(batch, exc, now)
+            await self._call_failed(batch, exc, now)  # lines applied so far stay: the file is read again
             return
-        if results is None:
+        if not state.ended:
             await self.store.polled(
                 batch.id, state.status, now + poll_delay_s(self.params.poll_s, 0, self.rng.random())
             )
             return
-        applied = await self.store.apply(batch, results, self.fallback, now, state.status)
-        self._record(batch, results, now)
+        lines["rerun"] += await self.store.finish(batch, self.fallback, now, state.status)
         self.counts.batches["ended"] += 1
-        self.counts.lines["answered"] += applied.answered
-        self.counts.lines["rerun"] += applied.rerun
+        self.counts.lines.update(lines)
+        stray = {kind: lines[kind] for kind in ("unknown", "duplicate", "malformed") if lines[kind]}
         event(
-            logger, "provider_batch_ended", logging.INFO, batch=batch.id, remote=batch.remote_id,
-            status=state.status, answered=applied.answered, rerun=applied.rerun,
+            logger, "provider_batch_ended", logging.WARNING if stray else logging.INFO, batch=batch.id,
+            remote=batch.remote_id, status=state.status, answered=lines["answered"], rerun=lines["rerun"],
+            **({"ignored_lines": stray} if stray else {}),
         )  # fmt: skip
+
+    async def _apply(
+        self, batch: ProviderBatch, results: AsyncIterator[LineResult | None], lines: Counter[str], now: float
+    ) -> None:
+        """Store a batch's result lines as they stream in, APPLY_LINES at a time; book only those that ended a
+        job, and count the rest by kind into `lines`."""
+        seen: set[str] = set()  # custom_ids of lines that matched a job: a second line for one is a duplicate
+        chunk: list[LineResult] = []
+
+        async def flush() -> None:
+            applied = await self.store.apply(batch, chunk, self.fallback, now)
+            self._record(batch, applied.answered, now)
+            lines["answered"] += len(applied.answered)
+            lines["rerun"] += len(applied.rerun)
+            seen.update(result.custom_id for result in applied.answered)
+            seen.update(applied.rerun)
+            for custom_id in applied.unmatched:
+                lines["duplicate" if custom_id in seen else "unknown"] += 1
+            chunk.clear()
+
+        async for result in results:
+            if result is None:
+                lines["malformed"] += 1
+                continue
+            chunk.append(result)
+            if len(chunk) >= APPLY_LINES:
+                await flush()
+        if chunk:
+            await flush()
+
+    async def _overdue(self, batch: ProviderBatch, now: float) -> None:
+        """The provider has not ended the batch within its completion window and the margin: cancel it there
+        (best effort) and run its jobs on the fallback lane."""
+        try:
+            async with self._calls:
+                await self.client.cancel(batch.remote_id, self._headers(batch, []))
+        except (ProviderError, aiohttp.ClientError, TimeoutError) as exc:
+            event(logger, "provider_cancel_failed", logging.WARNING, batch=batch.id, error=str(exc))
+        window = self.params.completion_window
+        await self._fall_back(
+            batch, now, "completion_window",
+            f"the provider did not end the batch within its completion window ({window}) and the margin",
+        )  # fmt: skip
+        await self.store.end(batch.id, now, "overdue")
+        self.counts.batches["overdue"] += 1
+
+    async def _fall_back(self, batch: ProviderBatch, now: float, kind: str, reason: str) -> int:
+        """Every job still waiting in the batch goes to the fallback lane, at its price: said loudly."""
+        job_ids = [job.id for job in await self.store.jobs_of(batch.id)]
+        moved = await self.store.reroute(job_ids, self.fallback, now, reason)
+        self.counts.fallbacks[kind] += moved
+        self.counts.lines["rerun"] += moved
+        self.counts.last_fallback = {"at": now, "reason": reason, "jobs": moved, "to": self.fallback, "batch": batch.id}
+        event(
+            logger, "provider_fallback", logging.ERROR, lane=self.lane, to=self.fallback, jobs=moved, reason=reason,
+            batch=batch.id, cost=f"at lane {self.fallback}'s price, without the batch discount",
+        )  # fmt: skip
+        return moved
 
     async def _call_failed(self, batch: ProviderBatch, exc: Exception, now: float) -> None:
         """A transient failure is tried again later, backing off; any other (the provider refused the file,
-        or no longer knows the batch) gives the batch's jobs to the fallback lane and ends it."""
-        if isinstance(exc, ProviderError) and not exc.transient:
-            job_ids = [job.id for job in await self.store.jobs_of(batch.id)]
-            await self.store.reroute(job_ids, self.fallback, now, f"the provider refused the batch: {exc}")
+        or no longer knows the batch), or an upload failing `upload_attempts` times, gives the batch's jobs to
+        the fallback lane and ends it."""
+        refused = isinstance(exc, ProviderError) and not exc.transient
+        gave_up = batch.remote_id is None and batch.failures + 1 >= self.params.upload_attempts
+        if refused or gave_up:
+            why = (
+                f"the provider refused the batch: {exc}" if refused
+                else f"the provider failed {batch.failures + 1} times to take the batch; the last: {exc}"
+            )  # fmt: skip
+            await self._fall_back(batch, now, "refused", why)
             await self.store.end(batch.id, now, "refused")
             self.counts.batches["refused"] += 1
-            self.counts.lines["rerun"] += len(job_ids)
-            event(logger, "provider_batch_refused", logging.WARNING, batch=batch.id, error=str(exc))
             return
         self.counts.failed_calls += 1
         delay = poll_delay_s(self.params.poll_s, batch.failures + 1, self.rng.random())
         await self.store.failed_call(batch.id, str(exc) or type(exc).__name__, now + delay)
         event(logger, "provider_call_failed", logging.WARNING, batch=batch.id, error=str(exc), retry_in_s=round(delay))
 
-    def _record(self, batch: ProviderBatch, results: list[LineResult], now: float) -> None:
+    def _record(self, batch: ProviderBatch, answered: list[LineResult], now: float) -> None:
+        """Book the lines that ended a job, once each: on the lane's window, at the lane's price."""
         latency_s = max(now - batch.created_at, 0.0)
-        for result in results:
-            if not result.rerun:
-                ok = result.status is not None and result.status < 500
-                self.record(latency_s, ok, result.input_tokens, result.output_tokens)
+        for result in answered:
+            ok = result.status is not None and result.status < 500
+            self.record(latency_s, ok, result.input_tokens, result.output_tokens)
 
     @staticmethod
     def _headers(batch: ProviderBatch, jobs: list[Job]) -> list[tuple[str, str]]:

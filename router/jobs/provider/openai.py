@@ -18,6 +18,7 @@ run elsewhere; any other answer is the line's own.
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 
 import aiohttp
 
@@ -26,9 +27,9 @@ from router.jobs.provider.wire import (
     LineResult,
     ProviderError,
     RemoteState,
-    checked_bytes,
     checked_json,
-    jsonl,
+    lines_of,
+    parsed_lines,
     tokens_of,
 )
 from router.jobs.runner import transient
@@ -53,9 +54,9 @@ class OpenAIBatchApi:
         return json.dumps(record, separators=(",", ":")).encode() + b"\n"
 
     async def find(self, batch_id: str, headers: list[tuple[str, str]]) -> str | None:
-        """The provider's batch made for `batch_id` before a crash, if any."""
-        async with self.session.get(f"{self.base}/v1/batches", params={"limit": _LISTED}, headers=headers) as r:
-            listing = await checked_json(r, "listing batches")
+        """The provider's batch made for `batch_id` before a crash, if any (none found on a server that cannot
+        list: the look is only for what a crash left half-made)."""
+        listing = await self._listing("/v1/batches", {"limit": _LISTED}, headers, "listing batches")
         for batch in listing.get("data") or []:
             if isinstance(batch, dict) and (batch.get("metadata") or {}).get("modeshift_batch") == batch_id:
                 return str(batch["id"])
@@ -66,8 +67,7 @@ class OpenAIBatchApi:
         if staged:
             return staged
         name = f"{batch_id}.jsonl"
-        async with self.session.get(f"{self.base}/v1/files", params={"purpose": "batch"}, headers=headers) as r:
-            listing = await checked_json(r, "listing files")
+        listing = await self._listing("/v1/files", {"purpose": "batch"}, headers, "listing files")
         for file in listing.get("data") or []:
             if isinstance(file, dict) and file.get("filename") == name and file.get("bytes") == len(content):
                 return str(file["id"])
@@ -94,17 +94,26 @@ class OpenAIBatchApi:
         status = str(batch.get("status"))
         return RemoteState(status, status in ENDED)
 
-    async def results(self, remote_id: str, headers: list[tuple[str, str]]) -> list[LineResult]:
+    async def results(self, remote_id: str, headers: list[tuple[str, str]]) -> AsyncIterator[LineResult | None]:
+        """Each line of the batch's output and error files as it streams in; None for a malformed line."""
         batch = await self._batch(remote_id, headers)
-        out: list[LineResult] = []
         for key in ("output_file_id", "error_file_id"):
             file_id = batch.get(key)
             if not file_id:
                 continue
             async with self.session.get(f"{self.base}/v1/files/{file_id}/content", headers=headers) as r:
-                content = await checked_bytes(r, f"reading the batch's {key[:-8]} file")
-            out.extend(_result(item) for item in jsonl(content) if isinstance(item.get("custom_id"), str))
-        return out
+                async for item in parsed_lines(lines_of(r, f"reading the batch's {key[:-8]} file")):
+                    yield _result(item) if item is not None and isinstance(item.get("custom_id"), str) else None
+
+    async def _listing(self, path: str, params: dict, headers: list[tuple[str, str]], what: str) -> dict:
+        """A listing, or an empty one from a server that does not offer it (404, 405, 501)."""
+        async with self.session.get(f"{self.base}{path}", params=params, headers=headers) as r:
+            try:
+                return await checked_json(r, what)
+            except ProviderError as exc:
+                if exc.unsupported:
+                    return {"data": []}
+                raise
 
     async def cancel(self, remote_id: str, headers: list[tuple[str, str]]) -> None:
         async with self.session.post(f"{self.base}/v1/batches/{remote_id}/cancel", headers=headers) as r:

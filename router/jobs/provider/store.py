@@ -78,10 +78,12 @@ class Gathered:
 
 @dataclass(frozen=True, slots=True)
 class Applied:
-    """What one batch's results did: answers stored, and jobs given back to run elsewhere."""
+    """What some of a batch's result lines did: the lines whose answers ended their jobs (the only ones to book),
+    the jobs given back to run elsewhere, and the lines that matched no job waiting in the batch."""
 
-    answered: int
-    rerun: int
+    answered: list[LineResult]
+    rerun: list[str]  # custom_ids
+    unmatched: list[str]  # custom_ids
 
 
 def _batch(row: Row) -> ProviderBatch:
@@ -171,15 +173,16 @@ class ProviderStore:
         return await self.db.run(gather) if jobs else 0
 
     async def reroute(self, job_ids: list[str], lane: str, now: float, reason: str) -> int:
-        """Give jobs that have no answer yet back to the queue, to run on `lane`; how many moved."""
+        """Give jobs that have no answer yet back to the queue, to run on `lane` at once; how many moved."""
 
         async def reroute(tx: Tx) -> int:
             moved = 0
             for job_id in job_ids:
                 moved += await tx.execute(
-                    "UPDATE jobs SET state = 'queued', lane = ?, not_before = ?, error = ?"
+                    "UPDATE jobs SET state = 'queued', lane = ?,"
+                    " not_before = CASE WHEN not_before < ? THEN not_before ELSE ? END, error = ?"
                     " WHERE id = ? AND state IN ('queued', 'submitted')",
-                    (lane, now, reason, job_id),
+                    (lane, now, now, reason, job_id),
                 )
             if moved:
                 tx.jobs_ready()
@@ -232,13 +235,19 @@ class ProviderStore:
         )
 
     async def failed_call(self, batch_id: str, error: str, next_poll_at: float) -> None:
-        """A provider call for the batch failed: try again at `next_poll_at`."""
-        await self.db.run(
-            lambda tx: tx.execute(
+        """A provider call for the batch failed: try again at `next_poll_at`. Its jobs say why they wait."""
+
+        async def failed(tx: Tx) -> None:
+            await tx.execute(
                 "UPDATE provider_batches SET failures = failures + 1, error = ?, next_poll_at = ? WHERE id = ?",
                 (error, next_poll_at, batch_id),
             )
-        )
+            await tx.execute(
+                "UPDATE jobs SET error = ? WHERE provider_batch = ? AND state = 'submitted'",
+                (f"waiting: a call to the provider failed and is tried again ({error})", batch_id),
+            )
+
+        await self.db.run(failed)
 
     async def to_poll(self, lane: str, now: float) -> list[ProviderBatch]:
         async def due(tx: Tx) -> list[ProviderBatch]:
@@ -259,40 +268,70 @@ class ProviderStore:
             )
         )
 
-    async def apply(
-        self, batch: ProviderBatch, results: list[LineResult], fallback: str, now: float, remote_status: str
-    ) -> Applied:
-        """Store the batch's results and end it, in one transaction: each answer ends its job (while the job
-        still waits in this batch); reruns and lines with no result go back to the queue for `fallback`."""
+    async def apply(self, batch: ProviderBatch, results: list[LineResult], fallback: str, now: float) -> Applied:
+        """Store some of the batch's result lines, in one transaction: each answer ends its job and each rerun
+        gives its job back to the queue for `fallback`, while the job still waits in this batch. A line for
+        a job that does not (an unknown custom_id, a second line for one job) changes nothing.
+
+        The lines of one result file come in several calls as the file streams in; `finish` ends the batch.
+        A crash between two calls loses nothing: the file is read again, and the lines already stored match
+        no waiting job any more.
+        """
 
         async def apply(tx: Tx) -> Applied:
-            answered = rerun = 0
-            seen = set()
+            answered: list[LineResult] = []
+            rerun: list[str] = []
+            unmatched: list[str] = []
             for result in results:
-                seen.add(result.custom_id)
                 if result.rerun:
-                    rerun += await _give_back(tx, result.custom_id, batch.id, fallback, now, result.error)
+                    moved = await _give_back(tx, result.custom_id, batch.id, fallback, now, result.error)
+                    (rerun if moved else unmatched).append(result.custom_id)
                     continue
                 state = "succeeded" if result.status is not None and 200 <= result.status < 300 else "failed"
                 headers = json.dumps([("Content-Type", "application/json")]) if result.body is not None else None
-                answered += await tx.execute(
+                stored = await tx.execute(
                     "UPDATE jobs SET state = ?, status_code = ?, response_headers = ?, response_body = ?, error = ?,"
                     " finished_at = ?, attempts = attempts + 1, credentials = NULL"
                     " WHERE id = ? AND state = 'submitted' AND provider_batch = ?",
                     (state, result.status, headers, result.body, result.error, now, result.custom_id, batch.id),
                 )
+                if stored:
+                    answered.append(result)
+                else:
+                    unmatched.append(result.custom_id)
+            if rerun:
+                tx.jobs_ready()
+            return Applied(answered, rerun, unmatched)
+
+        return await self.db.run(apply)
+
+    async def finish(self, batch: ProviderBatch, fallback: str, now: float, remote_status: str) -> int:
+        """End a batch whose results were all applied: every job still waiting in it (the results had no line
+        for it) goes back to the queue for `fallback`; how many."""
+
+        async def finish(tx: Tx) -> int:
+            rerun = 0
             waiting = "SELECT id FROM jobs WHERE provider_batch = ? AND state = 'submitted'"
             for row in await tx.all(waiting, (batch.id,)):
-                if row["id"] not in seen:
-                    rerun += await _give_back(
-                        tx, row["id"], batch.id, fallback, now, "the provider's results had no line"
-                    )
+                rerun += await _give_back(tx, row["id"], batch.id, fallback, now, "the provider's results had no line")
             await _end(tx, batch.id, now, remote_status)
             if rerun:
                 tx.jobs_ready()
-            return Applied(answered, rerun)
+            return rerun
 
-        return await self.db.run(apply)
+        return await self.db.run(finish)
+
+    async def overdue(self, lane: str, submitted_before: float) -> list[ProviderBatch]:
+        """The lane's batches at the provider since before `submitted_before` that have not ended."""
+
+        async def rows(tx: Tx) -> list[ProviderBatch]:
+            query = (
+                f"SELECT {_BATCH_COLUMNS} FROM provider_batches WHERE status = 'submitted' AND lane = ?"
+                " AND submitted_at < ?"
+            )
+            return [_batch(row) for row in await tx.all(query, (lane, submitted_before))]
+
+        return await self.db.run(rows)
 
     async def late(self, lane: str, before: float) -> list[str]:
         """Jobs waiting in the lane's provider batches whose deadline falls before `before`."""

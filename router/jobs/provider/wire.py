@@ -8,14 +8,22 @@ or a failure that another lane may not have: 408, 429, 5xx), which the
 bridge runs on the fallback lane.
 
 Provider calls raise `ProviderError`; `transient` says whether trying again
-later can help (connection failures, 408, 429, 5xx). Nothing here keeps
-state; what must be remembered across a restart is in the job store.
+later can help (connection failures, 408, 429, 5xx), `unsupported` whether
+the server has no such call at all (404, 405, 501: a listing some servers
+do not offer). Nothing here keeps state; what must be remembered across a
+restart is in the job store.
+
+Result files can be hundreds of megabytes: `lines_of` reads one as it
+streams in, a chunk at a time, and `parsed_lines` parses each line (a large
+one in a worker thread, so the event loop keeps serving), so the memory a
+file takes is a chunk and a line, whatever its size.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
 import aiohttp
@@ -58,6 +66,18 @@ class ProviderError(Exception):
     def transient(self) -> bool:
         return self.status is None or transient(self.status)
 
+    @property
+    def unsupported(self) -> bool:
+        return self.status in UNSUPPORTED
+
+
+UNSUPPORTED = frozenset((404, 405, 501))
+CHUNK_BYTES = 1 << 20  # read from a result file at a time
+MAX_LINE_BYTES = 64 << 20  # a longer line is no answer anyone sent: the file is refused
+THREAD_LINE_BYTES = 256 << 10  # a line this long is parsed off the event loop
+YIELD_EVERY = 200  # lines parsed on the loop between two chances for other tasks to run
+MALFORMED = None  # what parsed_lines yields for a line that is not a JSON object
+
 
 async def checked_json(response: aiohttp.ClientResponse, what: str) -> dict:
     """The JSON object of a provider's 2xx answer; ProviderError (with the provider's message) otherwise."""
@@ -90,18 +110,44 @@ def _message(text: str) -> str:
         return text[:200]
 
 
-def jsonl(content: bytes) -> list[dict]:
-    """The JSON objects of a JSONL file (blank lines skipped; a line that is not an object is skipped too)."""
-    out = []
-    for raw in content.splitlines():
-        if raw.strip():
-            try:
-                item = json.loads(raw)
-            except ValueError:
-                continue
-            if isinstance(item, dict):
-                out.append(item)
-    return out
+async def lines_of(response: aiohttp.ClientResponse, what: str) -> AsyncIterator[bytes]:
+    """The non-blank lines of a 2xx answer's body as they stream in; ProviderError for an error answer."""
+    if response.status >= 300:
+        await checked_bytes(response, what)
+    pending = b""
+    async for chunk in response.content.iter_chunked(CHUNK_BYTES):
+        pending += chunk
+        *complete, pending = pending.split(b"\n")
+        for line in complete:
+            if line.strip():
+                yield line
+        if len(pending) > MAX_LINE_BYTES:
+            raise ProviderError(f"{what}: a line longer than {MAX_LINE_BYTES} bytes", status=response.status)
+    if pending.strip():
+        yield pending
+
+
+async def parsed_lines(lines: AsyncIterator[bytes]) -> AsyncIterator[dict | None]:
+    """Each line as a JSON object, or MALFORMED (None) for a line that is not one."""
+    since_yield = 0
+    async for raw in lines:
+        if len(raw) >= THREAD_LINE_BYTES:
+            item = await asyncio.to_thread(_object, raw)
+        else:
+            item = _object(raw)
+            since_yield += 1
+            if since_yield >= YIELD_EVERY:
+                since_yield = 0
+                await asyncio.sleep(0)
+        yield item
+
+
+def _object(raw: bytes) -> dict | None:
+    try:
+        item = json.loads(raw)
+    except ValueError:
+        return MALFORMED
+    return item if isinstance(item, dict) else MALFORMED
 
 
 def tokens_of(body: dict) -> tuple[int, int]:
