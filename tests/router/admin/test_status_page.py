@@ -110,3 +110,19 @@ async def test_an_idle_lane_shows_no_latency_and_the_latency_chart_is_log_scaled
     await expect(page.locator("#chart-latency")).to_have_attribute("data-scale", "log")
     assert await page.locator("#chart-latency text.tick").count() >= 2  # powers of ten, not only 0 and the top
     assert await page.locator("#chart-rate text.tick").count() == 3  # 0, half, top
+
+
+async def test_a_provider_lane_that_fell_back_to_list_price_says_so(
+    upstream, provider, start_router, client, page, tmp_path
+):
+    from tests.router.jobs.test_provider_lanes import chat, outcome, provider_config, submit
+
+    realtime = await upstream()
+    provider.failing_creates = 10**6  # the provider never takes the batch
+    database = str(tmp_path / "jobs.sqlite3")
+    router = await start_router(
+        provider_config(realtime.url, provider.url, database, upload_attempts=1, max_requests=1, max_wait="30s")
+    )
+    await outcome(client, router, await submit(client, router, chat(0)))
+    await page.goto(f"{router.admin_url}/#token={TOKEN}")
+    await expect(page.locator("#fallback")).to_contain_text("1 jobs ran on realtime at its price")
