@@ -78,19 +78,33 @@ def dotted(path: Loc) -> str:
     return out
 
 
+MAX_VALUE_CHARS = 200  # of a value shown in an error: a value built of YAML aliases can expand to megabytes
+_DEPTH = 2  # levels of a nested value shown; deeper ones are "..."
+_ITEMS = 6  # items of a mapping or list shown
+
+
 def render_value(value: Any) -> str:
-    if isinstance(value, Mapping):
-        inner = ", ".join(f"{k}: {render_value(v)}" for k, v in list(value.items())[:6])
-        return "{" + inner + (", ..." if len(value) > 6 else "") + "}"
-    if isinstance(value, (list, tuple)):
-        inner = ", ".join(render_value(v) for v in list(value)[:6])
-        return "[" + inner + (", ..." if len(value) > 6 else "") + "]"
+    shown = _render(value, _DEPTH)
+    return shown if len(shown) <= MAX_VALUE_CHARS else shown[: MAX_VALUE_CHARS - 3] + "..."
+
+
+def _render(value: Any, depth: int) -> str:
     if isinstance(value, BaseModel):
-        return render_value(value.model_dump(by_alias=True))
+        value = value.model_dump(by_alias=True)
+    if isinstance(value, (Mapping, list, tuple)) and depth < 0:
+        return "{...}" if isinstance(value, Mapping) else "[...]"
+    if isinstance(value, Mapping):
+        inner = ", ".join(f"{k}: {_render(v, depth - 1)}" for k, v in list(value.items())[:_ITEMS])
+        return "{" + inner + (", ..." if len(value) > _ITEMS else "") + "}"
+    if isinstance(value, (list, tuple)):
+        inner = ", ".join(_render(v, depth - 1) for v in list(value)[:_ITEMS])
+        return "[" + inner + (", ..." if len(value) > _ITEMS else "") + "]"
+    if isinstance(value, str) and len(value) > MAX_VALUE_CHARS:
+        value = value[:MAX_VALUE_CHARS]  # json.dumps of the whole would only be cut afterwards
     try:
         return json.dumps(value)
     except TypeError:
-        return repr(value)
+        return repr(value)[:MAX_VALUE_CHARS]
 
 
 def format_error(source: str, root: yaml.Node | None, data: Any, model: type[BaseModel], error: ErrorDetails) -> str:

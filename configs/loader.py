@@ -24,6 +24,12 @@ from policies.units import UNITS_REQUIRED
 
 M = TypeVar("M", bound=BaseModel)
 
+# A config is a few kilobytes. The bounds stop a document that would take the process with it (a /reload of
+# 352 bytes of nested aliases, a "billion laughs", blocked the event loop for 10 s): checked on the node tree,
+# before anything is built from it.
+MAX_DOCUMENT_BYTES = 1 << 20
+MAX_EXPANDED_NODES = 100_000  # values in the document with every alias expanded
+
 READY_CONFIGS = ("default", "openai-vllm", "kserve-triton", "provider")
 
 
@@ -57,10 +63,19 @@ def parse_config(text: str, source: str = "<config>") -> ModeshiftConfig:
 
 def parse_document(text: str, source: str, model: type[M], expected: str) -> M:
     """Any YAML document validated into `model`, with errors naming file, line, field and value."""
+    if len(text) > MAX_DOCUMENT_BYTES:
+        raise ConfigError([f"{source}: {len(text):,} characters; a config is at most {MAX_DOCUMENT_BYTES:,}"])
     loader = _Loader(text)
     try:
         root = loader.get_single_node()
+        if root is not None and (expanded := _expanded_size(root)) > MAX_EXPANDED_NODES:
+            raise ConfigError([
+                f"{source}:1: the document expands to {expanded:,} values through its aliases (*name); "
+                f"a config holds at most {MAX_EXPANDED_NODES:,}"
+            ])  # fmt: skip
         data = loader.construct_document(root) if root is not None else None
+    except RecursionError:  # thousands of nested brackets: the composer itself recurses
+        raise ConfigError([f"{source}:1: the document is nested too deeply to be a config"]) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else "?"
@@ -74,6 +89,27 @@ def parse_document(text: str, source: str, model: type[M], expected: str) -> M:
     except ValidationError as exc:
         errors = [*_without_echoes(exc.errors()), *_cross_field_errors(model, data, exc.errors())]
         raise ConfigError([format_error(source, root, data, model, error) for error in errors]) from None
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """How many values the node tree holds once every alias is expanded, counted without expanding any: an
+    aliased node is one object in the tree, so each node's size is computed once (a cycle counts as huge)."""
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        sizes[key] = MAX_EXPANDED_NODES + 1  # while being counted: a node that holds itself
+        total = 1
+        if isinstance(node, yaml.MappingNode):
+            total += sum(size(k) + size(v) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            total += sum(size(item) for item in node.value)
+        sizes[key] = total = min(total, 10 * MAX_EXPANDED_NODES)
+        return total
+
+    return size(root)
 
 
 def _without_echoes(errors: list[Any]) -> list[Any]:

@@ -29,7 +29,7 @@ from policies.pricing import CostModel
 from policies.provider_batching import BatchApiParams
 from policies.registry import PolicySpec
 from policies.switching_params import SwitchingParams
-from policies.units import ByteSize, Duration
+from policies.units import ByteSize, Duration, Timer
 
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]+$")]
 """Lane and mode names: letters, digits, '_' and '-' (they become metric labels)."""
@@ -163,14 +163,22 @@ class RouteConfig(_Section):
         return path
 
 
+MAX_WINDOW_SLOTS = 10_000  # each lane and class keeps this many slots of counters and histograms
+
+
 class MetricsConfig(_Section):
     window_s: Duration = Field(60.0, alias="window", description="how far back the lane figures look")
-    slot_s: Duration = Field(1.0, alias="slot", gt=0, description="granularity of the window")
+    slot_s: Timer = Field(1.0, alias="slot", description="granularity of the window")
 
     @model_validator(mode="after")
     def _slot_fits(self) -> MetricsConfig:
         if self.slot_s > self.window_s:
             raise ValueError(f"slot ({self.slot_s:g}s) must not exceed window ({self.window_s:g}s)")
+        if self.window_s / self.slot_s > MAX_WINDOW_SLOTS:
+            raise ValueError(
+                f"window / slot = {self.window_s / self.slot_s:,.0f} slots per lane and class; at most "
+                f"{MAX_WINDOW_SLOTS:,}: make the slot longer"
+            )
         return self
 
 
@@ -181,7 +189,7 @@ class TelemetryConfig(_Section):
     otlp_endpoint: str | None = Field(
         None, description="OTLP/HTTP collector base URL, e.g. http://127.0.0.1:4318; None: no spans or OTLP metrics"
     )
-    otlp_interval_s: Duration = Field(10.0, alias="otlp_interval", gt=0, description="how often metrics are pushed")
+    otlp_interval_s: Timer = Field(10.0, alias="otlp_interval", description="how often metrics are pushed")
     service_name: str = Field("modeshift", description="service.name on spans and metrics")
     trace_sampling: float = Field(
         0.01, ge=0, le=1, description="share of requests traced when the client sent no traceparent"
@@ -215,8 +223,8 @@ class JobsConfig(_Section):
     attempts: int = Field(3, ge=1, description="tries per item before it fails")
     backoff_s: Duration = Field(1.0, alias="backoff", description="first retry delay")
     backoff_multiplier: float = Field(2.0, ge=1)
-    lease_s: Duration = Field(
-        10.0, alias="lease", gt=0, description="a worker's claim on a job, renewed every third of it while it runs"
+    lease_s: Timer = Field(
+        10.0, alias="lease", description="a worker's claim on a job, renewed every third of it while it runs"
     )
     openai_api: bool = Field(True, description="serve /v1/files and /v1/batches (off to pass them to a provider lane)")
     max_file_bytes: ByteSize = Field(200 * 2**20, description="largest batch input file")

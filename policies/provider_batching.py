@@ -27,7 +27,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from policies.units import ByteSize, Duration
+from policies.units import ByteSize, Duration, Timer
 
 Api = Literal["openai", "anthropic"]
 
@@ -58,7 +58,7 @@ class BatchApiParams(BaseModel):
     max_wait_s: Duration = Field(
         60.0, alias="max_wait", ge=0, description="a file goes this long after its first line, however small"
     )
-    poll_s: Duration = Field(30.0, alias="poll", gt=0, description="how often a submitted batch is asked for news")
+    poll_s: Timer = Field(30.0, alias="poll", description="how often a submitted batch is asked for news")
     completion_window: str = Field("24h", description="the window asked of the provider")
     deadline_margin_s: Duration = Field(
         300.0,

@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from policies.units import Duration
+from policies.units import Duration, Timer
 
 
 class SwitchingParams(BaseModel):
@@ -22,7 +22,7 @@ class SwitchingParams(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
-    tick_s: Duration = Field(1.0, alias="tick", gt=0, description="how often the control loop runs")
+    tick_s: Timer = Field(1.0, alias="tick", description="how often the control loop runs")
     hold_s: Duration = Field(60.0, alias="hold", description="how long a proposal must persist (switch delay)")
     cooldown_s: Duration = Field(120.0, alias="cooldown", description="quiet time after a completion or rollback")
     steps: tuple[float, ...] = Field(

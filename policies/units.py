@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, Field, ValidationInfo, WithJsonSchema
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
 UNITS_REQUIRED = "units_required"
@@ -131,13 +131,35 @@ _SIZE_SCHEMA = {
     ]
 }
 
+MAX_DURATION_S = 30 * 86_400.0  # no setting waits longer: a larger value is a slip of the unit
+MIN_TIMER_S = 0.01  # a loop that runs more often than this takes a core and measures nothing
+
+
+def _within_a_month(seconds: float) -> float:
+    if seconds > MAX_DURATION_S:
+        raise PydanticCustomError("duration_too_long", "at most 30 days (720h); is the unit right?")
+    return seconds
+
+
+def _a_timer(seconds: float) -> float:
+    if seconds < MIN_TIMER_S:
+        raise PydanticCustomError(
+            "timer_too_short", "at least 10ms: a loop that runs more often takes a core and measures nothing"
+        )
+    return seconds
+
+
 Duration = Annotated[
     float,
     BeforeValidator(_to_seconds),
     Field(ge=0),
+    AfterValidator(_within_a_month),
     WithJsonSchema(_DURATION_SCHEMA),
 ]
-"""Seconds; written "50ms", "2s", "5m", "1h30m" in YAML."""
+"""Seconds; written "50ms", "2s", "5m", "1h30m" in YAML; at most 30 days."""
+
+Timer = Annotated[Duration, AfterValidator(_a_timer)]
+"""A Duration that paces a loop (a tick, a poll, a window's slot): at least 10 ms."""
 
 ByteSize = Annotated[
     int,

@@ -257,3 +257,22 @@ def test_access_grants_name_classes_and_lanes_that_exist_and_keys_by_their_hash(
     assert any("access.credentials.checkout.lanes[0]" in line and "cheap" in line for line in lines), lines
     lines = errors_of(GOOD + access % "sk-live-123")
     assert len(lines) == 1 and "access.credentials.checkout.key_sha256" in lines[0] and "sha256sum" in lines[0]
+
+
+def test_timers_and_durations_have_sane_bounds():
+    lines = errors_of(GOOD.replace("steps: [0.2, 0.5, 0.8, 1.0]", "steps: [0.2, 0.5, 0.8, 1.0]\n  tick: 1ms"))
+    assert len(lines) == 1 and "switching.tick" in lines[0] and "at least 10ms" in lines[0], lines
+    lines = errors_of(GOOD.replace("timeout: 30s", "timeout: 3000h"))
+    assert len(lines) == 1 and "lanes.realtime.timeout" in lines[0] and "at most 30 days" in lines[0], lines
+    lines = errors_of(GOOD + "metrics: {window: 720h, slot: 10ms}\n")
+    assert any("metrics" in line for line in lines), lines
+
+
+def test_a_document_of_aliases_is_refused_before_it_is_built_and_errors_stay_short():
+    bomb = 'a: &a ["x","x","x","x","x","x","x","x","x","x"]\n'
+    for level in range(1, 9):  # 10^9 values once expanded, in a few hundred bytes
+        bomb += f"{chr(97 + level)}: &{chr(97 + level)} [" + ",".join([f"*{chr(96 + level)}"] * 10) + "]\n"
+    lines = errors_of(GOOD + bomb)
+    assert len(lines) == 1 and "expands to" in lines[0] and "aliases" in lines[0], lines
+    long_value = errors_of(GOOD.replace("initial_mode: realtime", "initial_mode: [" + "a," * 20000 + "b]"))
+    assert all(len(line) < 1000 for line in long_value), [len(line) for line in long_value]
