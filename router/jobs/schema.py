@@ -21,7 +21,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     body BLOB NOT NULL,
     idempotency_key TEXT,
     payload_hash TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,  -- tries that ended (a crash ends none)
+    attempts INTEGER NOT NULL DEFAULT 0,  -- tries that ended, and starts a crash or a lost lease cut short
     claims INTEGER NOT NULL DEFAULT 0,
     not_before REAL NOT NULL DEFAULT 0,
     lease_token TEXT,

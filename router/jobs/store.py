@@ -187,7 +187,10 @@ class JobStore:
 
         async def claim(tx: Tx) -> list[Job]:
             rows = await tx.all(
-                "UPDATE jobs SET state = 'running', lease_token = ?, lease_until = ?, claims = claims + 1"
+                # A running job whose lease ran out was started and never ended (a crash, a lost lease, a
+                # database restart): that start counts as an attempt, so a job that ran twice says 2.
+                "UPDATE jobs SET attempts = attempts + CASE WHEN state = 'running' THEN 1 ELSE 0 END,"
+                " state = 'running', lease_token = ?, lease_until = ?, claims = claims + 1"
                 f" WHERE id IN (SELECT id FROM jobs WHERE ((state = 'queued' AND not_before <= ?)"
                 f" OR (state = 'running' AND lease_until < ?)){rerouted} ORDER BY created_at LIMIT ?{tx.skip_locked})"
                 f" RETURNING {JOB_COLUMNS}",
