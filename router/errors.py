@@ -170,6 +170,11 @@ def bad_request(message: str) -> ProxyError:
     return ProxyError(400, "bad_request", message)
 
 
+class CommandFailed(Exception):
+    """An operator command sent to a cluster's leader that was not carried out, or whose outcome is unknown,
+    and why (the admin API answers 503 with it)."""
+
+
 def claim_denied(denied: tuple[str, ...]) -> ProxyError:
     return ProxyError(
         403,

@@ -41,10 +41,6 @@ from router.telemetry.route_stats import RouteStats
 logger = logging.getLogger("modeshift.router")
 
 
-class CommandFailed(Exception):
-    """A command sent to a cluster's leader that was not carried out, or whose outcome is unknown, and why."""
-
-
 class Runtime:
     def __init__(
         self,

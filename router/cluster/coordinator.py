@@ -79,8 +79,8 @@ from router.cluster.records import (
     shape_of,
 )
 from router.cluster.shared import Leader, SharedState
+from router.errors import CommandFailed
 from router.logs import event
-from router.runtime import CommandFailed
 
 if TYPE_CHECKING:
     from router.state import RouterState

@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 
 from configs import ModeshiftConfig
 from policies.actions import Force
-from router.runtime import CommandFailed
+from router.errors import CommandFailed
 from router.server import RunningRouter, runtime_for
 from tests.router.helpers import TOKEN, FakeClock, RouterUnderTest, admin_headers, two_lane_raw
 
