@@ -43,7 +43,8 @@ from configs import ConfigError
 from policies import stream_health
 from policies.actions import Command, CommandRejected, Force, Pause, Resume, Rollback, plain
 from policies.snapshot import Snapshot
-from router.errors import CommandFailed, ProxyError, Runtime, bad_request
+from router.errors import CommandFailed, ProxyError, bad_request
+from router.runtime import Runtime
 
 RECENT_DECISIONS = 50
 _RUNTIME = web.AppKey("runtime", Runtime)
