@@ -125,4 +125,4 @@ async def test_a_provider_lane_that_fell_back_to_list_price_says_so(
     )
     await outcome(client, router, await submit(client, router, chat(0)))
     await page.goto(f"{router.admin_url}/#token={TOKEN}")
-    await expect(page.locator("#fallback")).to_contain_text("1 jobs ran on realtime at its price")
+    await expect(page.locator("#fallback")).to_contain_text("1 jobs ran on realtime at its price", timeout=15_000)
