@@ -23,6 +23,7 @@ from tests.router.helpers import TOKEN, two_lane_raw
 from tests.router.test_serve_process import free_port, next_event
 
 TICK_S, LEASE_TICKS = 0.2, 2
+STARTED: list[Replica] = []  # every replica process a test started
 
 
 class Replica:
@@ -50,11 +51,13 @@ class Replica:
             sys.executable, "-m", "commands.cli", "serve", "-c", str(self.config), stderr=asyncio.subprocess.PIPE,
             env={"MODESHIFT_TEST_TOKEN": TOKEN, "PATH": "/usr/bin:/bin"},
         )  # fmt: skip
+        STARTED.append(self)  # killed after the test whatever happens (tests/router/cluster/conftest.py)
         await next_event(self.process.stderr, "listening")
         asyncio.ensure_future(self.process.stderr.read())
 
     async def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGKILL)
         await self.process.wait()
 
     async def status(self, client: aiohttp.ClientSession) -> dict:
