@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 
 from configs.schema import ModeshiftConfig
+from policies.capacity import CapacityPlanner
 from policies.control import ControlLoop
 from policies.monitor import Monitor
 from policies.objectives import Objectives
@@ -30,5 +31,18 @@ def build_control_loop(config: ModeshiftConfig, *, now_s: float, rng: random.Ran
         slot_s=config.metrics.slot_s,
         objectives=Objectives(config.objectives),
     )
+    for lane, lane_config in config.lanes.items():
+        monitor.replicas[lane] = len(lane_config.upstreams)  # paid per replica (per_replica_hour)
     controller = SwitchingController(mode_weights(config), config.initial_mode, config.switching)
-    return ControlLoop(monitor, config.policy.build(rng), controller)
+    return ControlLoop(monitor, config.policy.build(rng), controller, capacity_planner(config))
+
+
+def capacity_planner(config: ModeshiftConfig) -> CapacityPlanner | None:
+    """The capacity rule over the lanes with `autoscale:`, starting from their configured upstreams; None when
+    no lane has it."""
+    autoscaled = {name: lane.autoscale for name, lane in config.lanes.items() if lane.autoscale is not None}
+    if not autoscaled:
+        return None
+    concurrency = {name: config.lanes[name].replica.concurrency for name in autoscaled}
+    ready = {name: len(config.lanes[name].upstreams) for name in autoscaled}
+    return CapacityPlanner(autoscaled, concurrency, ready)

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from policies.access import CLASS, AccessParams
+from policies.capacity import AutoscaleParams, ReplicaParams
 from policies.flush import BatchingParams
 from policies.objectives import BUILT_IN, ObjectiveParams
 from policies.pricing import CostModel
@@ -137,6 +138,10 @@ class LaneConfig(_Section):
     )
     batch_api: BatchApiParams | None = Field(
         None, description="the lane is a provider's Batch API: jobs only, gathered into batch files"
+    )
+    replica: ReplicaParams = Field(default_factory=ReplicaParams, description="what one upstream of the lane holds")
+    autoscale: AutoscaleParams | None = Field(
+        None, description="the lane's replicas are decided (policies.capacity) and published for an autoscaler"
     )
 
     @field_validator("upstreams")
@@ -327,6 +332,12 @@ def _cross_problems(cfg: ModeshiftConfig) -> Iterator[InitErrorDetails]:
         elif kind != CLASS and name not in live_lanes(cfg):
             yield _problem(("access", *path), name, "unknown_lane", f"no such live lane; lanes: {known_lanes}")
     yield from _batch_api_problems(cfg, known_lanes)
+    for lane_name, lane_config in cfg.lanes.items():
+        if lane_config.autoscale is not None and lane_config.batch_api is not None:
+            yield _problem(
+                ("lanes", lane_name, "autoscale"), "autoscale", "batch_api_autoscale",
+                "a batch_api lane is the provider's capacity: nothing to scale",
+            )  # fmt: skip
     if cfg.jobs.lane is not None and cfg.jobs.lane not in cfg.lanes:
         yield _problem(("jobs", "lane"), cfg.jobs.lane, "unknown_lane", f"no such lane; lanes: {known_lanes}")
     if cfg.server.listen == cfg.server.admin_listen:

@@ -8,6 +8,8 @@ Outputs (past tense for events, imperative for the one instruction):
   send traffic back to miss their objectives too; the step holds.
 - ProposalIgnored: a policy's proposal was seen and not acted on, and why.
 - Paused, Resumed, CommandRejected: answers to operator commands.
+- ReplicasWanted: the capacity rule (policies.capacity) changed the replicas
+  a lane needs; the driver publishes it for the autoscaler.
 
 Inputs (operator commands): Force, Pause, Resume, Rollback.
 
@@ -59,6 +61,13 @@ def plain(value: Any) -> Any:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SetWeights(Action):
     weights: Weights
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplicasWanted(Action):
+    lane: str
+    replicas: int
+    was: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

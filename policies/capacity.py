@@ -37,9 +37,11 @@ import math
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from policies.actions import ReplicasWanted
 from policies.objectives import Objective
 from policies.queueing import service_quantile_s, sojourn_quantile_s
 from policies.snapshot import Snapshot
@@ -167,6 +169,27 @@ class CapacityPlanner:
             out[lane] = LaneCapacity(lane, self.desired[lane], ready.get(lane, 0), raw, why)
         self.last = out
         return out
+
+    def decide(self, snapshot: Snapshot, ready: Mapping[str, int]) -> list[ReplicasWanted]:
+        """`on_tick`, as actions: one ReplicasWanted for each lane whose desired replicas changed."""
+        before = dict(self.desired)
+        decisions = self.on_tick(snapshot, ready)
+        return [
+            ReplicasWanted(at_s=snapshot.now_s, reason=d.reason, figures=snapshot.figures(), lane=lane,
+                           replicas=d.desired, was=before[lane])
+            for lane, d in decisions.items() if d.desired != before[lane]
+        ]  # fmt: skip
+
+    def record(self) -> dict[str, list[Any]]:
+        """The last decision as plain data, for the replicas of a cluster that follow a leader's."""
+        return {lane: [d.desired, d.recommended, d.reason] for lane, d in self.last.items()}
+
+    def follow(self, record: Mapping[str, Any], ready: Mapping[str, int]) -> None:
+        """Take the leader's decision (`record`) as this planner's own; lanes it does not name keep theirs."""
+        for lane, (desired, recommended, reason) in record.items():
+            if lane in self.desired:
+                self.desired[lane] = int(desired)
+                self.last[lane] = LaneCapacity(lane, int(desired), ready.get(lane, 0), int(recommended), str(reason))
 
     def _recommend(self, snapshot: Snapshot, lane: str, params: AutoscaleParams) -> tuple[int | None, str]:
         figures = snapshot.lanes.get(lane)

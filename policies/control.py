@@ -1,4 +1,5 @@
-"""The control loop: measure, ask the policy, let the controller decide.
+"""The control loop: measure, ask the policy, let the controller decide the weights and the capacity rule
+the replicas.
 
 Both drivers own one ControlLoop. The router calls `tick(now_s)` from an
 asyncio task every `switching.tick` and carries out the returned actions; the
@@ -14,7 +15,10 @@ admin API go through `command()`, so they see the same snapshot a tick would.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from policies.actions import Action, Command
+from policies.capacity import CapacityPlanner
 from policies.monitor import Monitor
 from policies.protocol import Policy
 from policies.snapshot import Snapshot
@@ -23,10 +27,13 @@ from policies.weights import Weights
 
 
 class ControlLoop:
-    def __init__(self, monitor: Monitor, policy: Policy, controller: SwitchingController):
+    def __init__(
+        self, monitor: Monitor, policy: Policy, controller: SwitchingController, capacity: CapacityPlanner | None = None
+    ):
         self.monitor = monitor
         self.policy = policy
         self.controller = controller
+        self.capacity = capacity  # lanes with autoscale: (policies.capacity); None: no lane has it
         self.last_snapshot: Snapshot | None = None
 
     @property
@@ -36,9 +43,13 @@ class ControlLoop:
     def snapshot(self, now_s: float) -> Snapshot:
         return self.monitor.snapshot(now_s, self.controller.view())
 
-    def tick(self, now_s: float) -> list[Action]:
+    def tick(self, now_s: float, ready: Mapping[str, int] | None = None) -> list[Action]:
+        """One tick at `now_s`; `ready`: replicas answering now per autoscaled lane (the driver's count)."""
         self.last_snapshot = snapshot = self.snapshot(now_s)
-        return self.controller.on_tick(snapshot, self.policy.decide(snapshot))
+        actions = self.controller.on_tick(snapshot, self.policy.decide(snapshot))
+        if self.capacity is not None:
+            actions += self.capacity.decide(snapshot, ready if ready is not None else self.capacity.desired)
+        return actions
 
     def command(self, command: Command, now_s: float) -> list[Action]:
         return self.controller.handle(command, self.snapshot(now_s))

@@ -38,6 +38,9 @@ class Monitor:
         objectives: Objectives | None = None,
     ):
         self.costs = dict(costs)
+        # Replicas each lane is paid for now (ready and starting), set by the driver; a lane's per_replica_hour
+        # is billed on them over the window (at the count of the tick: a change within a window is not split).
+        self.replicas: dict[str, int] = dict.fromkeys(self.costs, 1)
         self.objectives = objectives if objectives is not None else Objectives()
         self.lanes: dict[str, LaneWindow] = {
             lane: LaneWindow(now_s=now_s, window_s=window_s, slot_s=slot_s) for lane in self.costs
@@ -112,9 +115,11 @@ class Monitor:
         span = reading.span_s
         cost_model = self.costs[lane]
         p50, p95, p99 = w.latency.quantiles(_QUANTILES)
-        cost = w.cost_usd + cost_model.idle_cost_usd(span)
+        replicas = self.replicas.get(lane, 1)
+        cost = w.cost_usd + cost_model.idle_cost_usd(span, replicas)
         estimate = cost_model.estimate_per_request_usd(
             rate_per_s=arrivals_per_s,
+            replicas=replicas,
             input_tokens=mix_input,
             output_tokens=mix_output,
             busy_s=_ratio(w.busy_s, w.completions) if w.completions else mix_busy,

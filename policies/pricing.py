@@ -2,11 +2,13 @@
 
 A lane's price has up to four parts, all optional:
 
-- `per_hour`: a provisioned deployment (a GPU node). With billing
+- `per_hour`: a provisioned deployment, the whole lane (a GPU node). With billing
   "provisioned" it is paid whether or not requests come, so its cost per
   request is the hourly price amortised over the requests served; with
   billing "busy" (serverless, pay per second of work) it is paid only for the
   busy time attributed to each request.
+- `per_replica_hour`: the same, per replica of the lane: a lane of N replicas
+  (ready or starting: a GPU loading its model is paid for) costs N times it.
 - `per_request`: a flat price per request.
 - `per_1k_input_tokens` / `per_1k_output_tokens`: token prices (provider APIs).
 - `discount`: the fraction taken off everything (provider batch APIs: 0.5).
@@ -30,7 +32,10 @@ from pydantic import BaseModel, ConfigDict, Field
 class CostModel(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    per_hour: float = Field(0.0, ge=0, description="USD per hour of the deployment")
+    per_hour: float = Field(0.0, ge=0, description="USD per hour of the deployment, the whole lane")
+    per_replica_hour: float = Field(
+        0.0, ge=0, description="USD per hour of each replica, ready or starting (a GPU node of the lane)"
+    )
     billing: Literal["provisioned", "busy"] = Field(
         "provisioned",
         description="provisioned: per_hour is paid all the time; busy: only for busy seconds",
@@ -40,6 +45,10 @@ class CostModel(BaseModel):
     per_1k_output_tokens: float = Field(0.0, ge=0, description="USD per 1,000 output tokens")
     discount: float = Field(0.0, ge=0, lt=1, description="fraction off every price (0.5: half price)")
 
+    def hourly_usd(self, replicas: int = 1) -> float:
+        """The lane's hourly price with `replicas` replicas (ready and starting)."""
+        return self.per_hour + self.per_replica_hour * replicas
+
     def request_cost_usd(self, input_tokens: float = 0, output_tokens: float = 0, busy_s: float = 0.0) -> float:
         """The variable cost of one request (or of a mean request, given mean counts)."""
         cost = (
@@ -48,14 +57,14 @@ class CostModel(BaseModel):
             + self.per_1k_output_tokens * output_tokens / 1000.0
         )
         if self.billing == "busy":
-            cost += self.per_hour * busy_s / 3600.0
+            cost += self.hourly_usd() * busy_s / 3600.0
         return cost * (1.0 - self.discount)
 
-    def idle_cost_usd(self, span_s: float) -> float:
-        """The provisioned cost of `span_s` seconds, whatever the traffic."""
+    def idle_cost_usd(self, span_s: float, replicas: int = 1) -> float:
+        """The provisioned cost of `span_s` seconds with `replicas` replicas, whatever the traffic."""
         if self.billing != "provisioned":
             return 0.0
-        return self.per_hour * span_s / 3600.0 * (1.0 - self.discount)
+        return self.hourly_usd(replicas) * span_s / 3600.0 * (1.0 - self.discount)
 
     def estimate_per_request_usd(
         self,
@@ -64,6 +73,7 @@ class CostModel(BaseModel):
         input_tokens: float,
         output_tokens: float,
         busy_s: float,
+        replicas: int = 1,
     ) -> float:
         """Cost per request if this lane served all traffic at `rate_per_s`.
 
@@ -71,10 +81,10 @@ class CostModel(BaseModel):
         unknown and a provisioned price would need amortising.
         """
         variable = self.request_cost_usd(_zero_if_nan(input_tokens), _zero_if_nan(output_tokens), _zero_if_nan(busy_s))
-        if self.billing == "provisioned" and self.per_hour > 0:
+        if self.billing == "provisioned" and self.hourly_usd(replicas) > 0:
             if not rate_per_s > 0:
                 return math.nan
-            variable += self.idle_cost_usd(1.0 / rate_per_s)
+            variable += self.idle_cost_usd(1.0 / rate_per_s, replicas)
         return variable
 
 

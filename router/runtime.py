@@ -108,7 +108,7 @@ class Runtime:
         state = self.state
         for lane in state.lanes.values():
             lane.window.queue_depth = lane.waiting
-        actions = state.control.tick(now)
+        actions = state.control.tick(now, state.ready_replicas(now))
         self.decisions.record(actions)
         self.history.record(now, state.lanes, state.control.weights.as_dict())
         return actions

@@ -47,6 +47,13 @@ class RouterState:
     draw: random.Random
     retries: RetryBudget = field(default_factory=RetryBudget)
 
+    def ready_replicas(self, now_s: float) -> dict[str, int]:
+        """Each lane's replicas that take calls now: its upstreams, less those ejected for failing."""
+        return {
+            name: sum(not upstream.ejected(now_s) for upstream in lane.pool.upstreams)
+            for name, lane in self.lanes.items()
+        }
+
     @cached_property
     def gatekeeper(self) -> Gatekeeper:
         """Who may claim what (router.claims), made once per state."""
@@ -81,7 +88,7 @@ def _lane(name: str, config: ModeshiftConfig, control: ControlLoop, clock: Calla
 
 def _control_inputs(config: ModeshiftConfig) -> tuple:
     return (
-        {name: lane.cost for name, lane in config.lanes.items()},
+        {name: (lane.cost, lane.autoscale, lane.replica) for name, lane in config.lanes.items()},
         config.modes,
         config.initial_mode,
         config.policy,

@@ -61,7 +61,7 @@ from simulator.batch_path import BatchPath
 from simulator.failure_path import FailurePath, error_draws
 from simulator.lane_run import Call, LaneRun, Queued
 from simulator.outcome import NO_LANE, NO_REPLICA, Outcome, TimelineRow
-from simulator.service import ServiceModel, check_covers
+from simulator.service import ServerLane, ServiceModel, check_covers
 from simulator.traces import TraceRequest
 
 OK, LANE_FULL = 200, 503
@@ -111,6 +111,9 @@ class _Run(BatchPath, FailurePath):
             name: LaneRun(i, name, config, engine.service.lanes[name], self.loop.monitor)
             for i, name in enumerate(names)
         }
+        for name, service in engine.service.lanes.items():  # a lane's per_replica_hour is paid per replica
+            if isinstance(service, ServerLane) and name in self.loop.monitor.replicas:
+                self.loop.monitor.replicas[name] = service.replicas
         n = len(trace)
         # Lanes that fail (simulator.failure_path): their replicas, retries, and each request's error draw.
         self.failing = any(lane.failures is not None for lane in self.lanes.values())
@@ -435,7 +438,9 @@ class _Run(BatchPath, FailurePath):
             deadline_s=np.fromiter(
                 (r.deadline_ms / 1000.0 if r.deadline_ms is not None else math.nan for r in trace), float, len(trace)
             ),
-            idle_cost_usd={name: monitor.costs[name].idle_cost_usd(end_s) for name in self.lanes},
+            idle_cost_usd={
+                name: monitor.costs[name].idle_cost_usd(end_s, monitor.replicas[name]) for name in self.lanes
+            },
             end_s=end_s,
             decisions=self.decisions,
             timeline=self.timeline,

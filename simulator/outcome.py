@@ -52,7 +52,9 @@ class TimelineRow(NamedTuple):
             weights=tuple(loop.weights.values()),
             p95_s=tuple(snapshot.lanes[name].p95_s for name in lanes),
             cost_usd=tuple(
-                snapshot.lanes[name].cumulative.cost_usd + loop.monitor.costs[name].idle_cost_usd(t) for name in lanes
+                snapshot.lanes[name].cumulative.cost_usd
+                + loop.monitor.costs[name].idle_cost_usd(t, loop.monitor.replicas[name])
+                for name in lanes
             ),
         )
 

@@ -13,6 +13,7 @@ which browsers never send) and calls the API with it.
     GET  /history    per-lane rate, latency, cost and weight, one sample per tick (router.telemetry.history)
     GET  /decisions  the decision audit log, JSON Lines, oldest first (?limit=N, ?kind=A,B)
     GET  /metrics    the same figures for Prometheus (router.telemetry.prometheus)
+    GET  /capacity   per autoscaled lane: desired, ready and starting replicas, the raw recommendation, why
     POST /mode       {"mode": "batch", "gradual": true, "reason": "..."}
     POST /pause      stop moving (the rollback guard stays armed)
     POST /resume
@@ -171,6 +172,31 @@ def _provider(runtime: Runtime) -> dict | None:
     return bridge.counts.view() if bridge is not None else None
 
 
+def capacity(runtime: Runtime) -> dict:
+    """What the capacity rule wants of each autoscaled lane (policies.capacity), for an autoscaler or a person."""
+    planner = runtime.state.control.capacity
+    if planner is None:
+        return {"lanes": {}}
+    lanes = {}
+    for lane, params in planner.autoscale.items():
+        last = planner.last.get(lane)
+        lanes[lane] = {
+            "desired": planner.desired[lane],
+            "ready": last.ready if last is not None else None,
+            "starting": last.starting if last is not None else None,
+            "recommended": last.recommended if last is not None else None,
+            "reason": last.reason if last is not None else "no tick yet",
+            "min": params.min,
+            "max": params.max,
+            "concurrency": planner.concurrency[lane],
+        }
+    return {"lanes": lanes}
+
+
+async def _capacity(request: web.Request) -> web.Response:
+    return web.json_response(capacity(request.app[_RUNTIME]), dumps=_dumps)
+
+
 async def _status(request: web.Request) -> web.Response:
     return web.json_response(status(request.app[_RUNTIME]), dumps=_dumps)
 
@@ -271,6 +297,7 @@ def admin_app(runtime: Runtime) -> web.Application:
     app.router.add_get("/history", _history)
     app.router.add_get("/decisions", _decisions)
     app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/capacity", _capacity)
     app.router.add_post("/mode", _mode)
     app.router.add_post("/pause", _simple(Pause))
     app.router.add_post("/resume", _simple(Resume))

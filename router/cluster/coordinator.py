@@ -264,7 +264,7 @@ class ClusterMember:
         controller (the data plane draws from that controller's weights)."""
         state = self.state_now()
         fresh = build_control_loop(state.config, now_s=now_s, rng=random.Random(state.config.server.seed))
-        self._loop = ControlLoop(fresh.monitor, state.control.policy, state.control.controller)
+        self._loop = ControlLoop(fresh.monitor, state.control.policy, state.control.controller, state.control.capacity)
         self._merge = ClusterMerge(fresh.monitor)
         self._built_for = state.config
 
@@ -307,10 +307,17 @@ class ClusterMember:
             done = self._command(sent, now_s)
             actions += done
             answers.append((sent.id, {"actions": [a.as_record() for a in done]}))
-        actions += loop.tick(now_s)
+        actions += loop.tick(now_s, self.state_now().ready_replicas(now_s))
         self.seq += 1
-        state = StoredState(v=VERSION, incarnation=self.incarnation, epoch=self.epoch, seq=self.seq, shape=shape,
-                            controller=shifted(loop.controller.record(), self.to_wall_s()))  # fmt: skip
+        state = StoredState(
+            v=VERSION,
+            incarnation=self.incarnation,
+            epoch=self.epoch,
+            seq=self.seq,
+            shape=shape,
+            controller=shifted(loop.controller.record(), self.to_wall_s()),
+            capacity=loop.capacity.record() if loop.capacity is not None else {},
+        )
         if not await self.shared.write_state(self.replica, self.epoch, dump(state)):
             # A later leader exists: nothing of this tick counts, here either.
             loop.controller.restore(before, loop.snapshot(now_s))
@@ -355,6 +362,8 @@ class ClusterMember:
             snapshot = control.last_snapshot or control.snapshot(now_s)
             if newer and self._agrees(stored) and self._restore(stored, snapshot):
                 self.applied = (stored.incarnation, stored.epoch, stored.seq)
+                if control.capacity is not None:  # every replica reports the leader's figure
+                    control.capacity.follow(stored.capacity, self.state_now().ready_replicas(now_s))
         kept = self.state_now().config.telemetry.decisions_kept
         shift = -self.to_wall_s()
         for raw in await self.shared.decisions(kept):

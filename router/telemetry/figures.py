@@ -19,6 +19,7 @@ always agree and serving requests pays nothing for either.
     modeshift_transitions, modeshift_rollbacks{cause}, modeshift_rollbacks_withheld
     modeshift_attainment{class}                          share within objective, over the metrics window
     modeshift_upstream_ejected{lane,upstream}            1 while ejected
+    modeshift_lane_replicas{lane,state}                  ready; desired and starting where the lane autoscales
     modeshift_provider_batches{lane,event}               counter (submitted | ended | refused | dropped)
     modeshift_provider_lines{lane,outcome}               counter (answered | rerun on the fallback lane)
     modeshift_provider_calls_failed{lane}                counter, provider calls tried again later
@@ -182,7 +183,24 @@ def _lanes(state: RouterState, now: float) -> list[Family]:
         weight.add((name,), weights[name])
         for upstream in lane.pool.upstreams:
             ejected.add((name, upstream.base), 1.0 if upstream.ejected(now) else 0.0)
-    return [lane_requests, cost, tokens, in_flight, queued, weight, ejected]
+    return [lane_requests, cost, tokens, in_flight, queued, weight, ejected, _replicas(state, now)]
+
+
+def _replicas(state: RouterState, now: float) -> Family:
+    """Each lane's replicas: ready (answering, not ejected) on every lane; desired and starting where the lane
+    has `autoscale:`, for KEDA or an HPA to act on (policies.capacity)."""
+    replicas = Family(
+        "modeshift_lane_replicas", "gauge", "Replicas of the lane: desired (autoscaled lanes), ready, starting.",
+        ("lane", "state"),
+    )  # fmt: skip
+    ready = state.ready_replicas(now)
+    planner = state.control.capacity
+    for name in state.lanes:
+        replicas.add((name, "ready"), float(ready[name]))
+        if planner is not None and name in planner.desired:
+            replicas.add((name, "desired"), float(planner.desired[name]))
+            replicas.add((name, "starting"), float(max(planner.desired[name] - ready[name], 0)))
+    return replicas
 
 
 def _control(state: RouterState, decisions: DecisionLog) -> list[Family]:
