@@ -104,6 +104,21 @@ class OutlierConfig(_Section):
     max_ejected_fraction: float = Field(0.1, ge=0, le=1, description="share of a lane's upstreams that may be out")
 
 
+class DiscoveryConfig(_Section):
+    """Upstreams found by DNS: each A/AAAA record of an upstream's host is one replica (a headless Service)."""
+
+    kind: Literal["dns"] = Field("dns", description="dns: resolve each upstream's host")
+    every_s: Timer = Field(5.0, alias="every", description="how often the records are read again")
+    nameserver: str | None = Field(
+        None, description='a nameserver to ask, "host:port"; default: the system\'s (/etc/resolv.conf)'
+    )
+
+    @field_validator("nameserver")
+    @classmethod
+    def _nameserver(cls, value: str | None) -> str | None:
+        return value if value is None else _host_port(value)
+
+
 class LaneConfig(_Section):
     upstreams: tuple[str, ...] = Field(min_length=1, description="base URLs of the lane's servers")
     max_in_flight: int = Field(256, ge=1, description="requests sent upstream at once")
@@ -140,6 +155,9 @@ class LaneConfig(_Section):
         None, description="the lane is a provider's Batch API: jobs only, gathered into batch files"
     )
     replica: ReplicaParams = Field(default_factory=ReplicaParams, description="what one upstream of the lane holds")
+    discovery: DiscoveryConfig | None = Field(
+        None, description="find the lane's replicas by DNS, added and removed without a reload"
+    )
     autoscale: AutoscaleParams | None = Field(
         None, description="the lane's replicas are decided (policies.capacity) and published for an autoscaler"
     )

@@ -22,6 +22,11 @@ ejection is half-open: it gets one request at a time (a probe) until one
 succeeds, and a failed probe ejects it again at once, rather than the whole
 stream finding out that it is still down.
 
+The members can change while the pool serves (`replace`: DNS discovery, the
+admin API): an upstream that stays keeps its state (in flight, errors,
+ejection); one that goes takes no new calls, and the calls it has finish,
+since each holds its Upstream.
+
 Time comes in as `now_s`; nothing here reads a clock or does I/O. The
 router's pool holds its upstream URLs; the simulator's holds a lane's
 replicas, so a failing replica is ejected there by the same rule.
@@ -30,6 +35,7 @@ replicas, so a failing replica is ejected there by the same rule.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,9 +85,23 @@ class UpstreamPool:
         self.upstreams = [Upstream(url) for url in urls]
         self.consecutive_errors = consecutive_errors
         self.base_ejection_s = base_ejection_s
+        self.max_ejected_fraction = max_ejected_fraction
         self.max_ejected = max(1, math.floor(max_ejected_fraction * len(self.upstreams)))
         self._next = 0
         self._last_ejection_ends_s = -math.inf  # past it, nobody is ejected: the per-request check is one comparison
+
+    def replace(self, addresses: Sequence[str]) -> tuple[list[str], list[str]]:
+        """Make the pool these upstreams, in this order: (added, removed) addresses. ValueError for none: a lane
+        with no upstream could only refuse, so the caller keeps the ones it has."""
+        wanted = list(dict.fromkeys(addresses))
+        if not wanted:
+            raise ValueError("a lane needs at least one upstream")
+        kept = {u.address: u for u in self.upstreams}
+        added = [address for address in wanted if address not in kept]
+        removed = [address for address in kept if address not in wanted]
+        self.upstreams = [kept.get(address) or Upstream(address) for address in wanted]
+        self.max_ejected = max(1, math.floor(self.max_ejected_fraction * len(self.upstreams)))
+        return added, removed
 
     def available(self, now_s: float) -> bool:
         """Whether some upstream is not ejected."""

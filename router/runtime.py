@@ -26,6 +26,7 @@ from configs import ConfigError, load_config
 from configs.schema import ModeshiftConfig
 from policies.actions import Action, Command
 from policies.objectives import JOBS
+from router.discovery import DnsDiscovery
 from router.jobs.api import Jobs
 
 if TYPE_CHECKING:
@@ -72,6 +73,7 @@ class Runtime:
                 config.cluster, state=lambda: self.state, decisions=self.decisions, reload=self.reload,
                 clock=clock, wall_clock=wall_clock,
             )  # fmt: skip
+        self.discovery = DnsDiscovery(lambda: self.state)  # lanes with `discovery:` (router.discovery)
         self.started_s = clock()
         self.reloads = 0
         self._ticker: asyncio.Task | None = None
@@ -108,6 +110,7 @@ class Runtime:
         state = self.state
         for lane in state.lanes.values():
             lane.window.queue_depth = lane.waiting
+        state.bill_replicas()
         actions = state.control.tick(now, state.ready_replicas(now))
         self.decisions.record(actions)
         self.history.record(now, state.lanes, state.control.weights.as_dict())
@@ -209,6 +212,7 @@ class Runtime:
             while not self._ticker.done():
                 self._ticker.cancel()
                 await asyncio.wait([self._ticker], timeout=0.5)
+        await self.discovery.close()
         if self.cluster is not None:
             await self.cluster.close()
         for lane in self.state.lanes.values():

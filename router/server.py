@@ -93,6 +93,7 @@ class RunningRouter:
         self.data_address = self._data.addresses[0][:2]
         self.admin_address = self._admin.addresses[0][:2]
         self.runtime.telemetry.start(self.runtime.figures)
+        self.runtime.discovery.start()
         if self.runtime.jobs is not None:
             await self.runtime.jobs.start(self.proxy.run_job)
         if ticking:

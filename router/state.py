@@ -54,6 +54,14 @@ class RouterState:
             for name, lane in self.lanes.items()
         }
 
+    def bill_replicas(self) -> None:
+        """The replicas each lane is paid for now, for its per_replica_hour: its upstreams (ejected ones
+        included), or the desired count where an autoscaler brings more up (a starting GPU is paid for)."""
+        monitor, planner = self.control.monitor, self.control.capacity
+        for name, lane in self.lanes.items():
+            desired = planner.desired.get(name, 0) if planner is not None else 0
+            monitor.replicas[name] = max(len(lane.pool.upstreams), desired)
+
     @cached_property
     def gatekeeper(self) -> Gatekeeper:
         """Who may claim what (router.claims), made once per state."""

@@ -14,6 +14,10 @@ which browsers never send) and calls the API with it.
     GET  /decisions  the decision audit log, JSON Lines, oldest first (?limit=N, ?kind=A,B)
     GET  /metrics    the same figures for Prometheus (router.telemetry.prometheus)
     GET  /capacity   per autoscaled lane: desired, ready and starting replicas, the raw recommendation, why
+    PUT  /lanes/{lane}/upstreams
+                     {"upstreams": ["http://10.0.0.7:8000", ...]}: the lane's replicas from now on, for an
+                     orchestrator without DNS (kept ones keep their state, calls in flight on removed ones finish;
+                     until the next reload, which reads the file's again)
     POST /mode       {"mode": "batch", "gradual": true, "reason": "..."}
     POST /pause      stop moving (the rollback guard stays armed)
     POST /resume
@@ -41,6 +45,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from configs import ConfigError
+from configs.schema import check_http_url
 from policies import stream_health
 from policies.actions import Command, CommandRejected, Force, Pause, Resume, Rollback, plain
 from policies.snapshot import Snapshot
@@ -57,6 +62,11 @@ class _ModeBody(BaseModel):
     mode: str
     gradual: bool = True
     reason: str = "admin API"
+
+
+class _UpstreamsBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    upstreams: list[str]
 
 
 class _ReasonBody(BaseModel):
@@ -193,6 +203,30 @@ def capacity(runtime: Runtime) -> dict:
     return {"lanes": lanes}
 
 
+async def _upstreams(request: web.Request) -> web.Response:
+    body = await _read(request, _UpstreamsBody)
+    runtime = request.app[_RUNTIME]
+    name = request.match_info["lane"]
+    lane = runtime.state.lanes.get(name)
+    if lane is None:
+        return _error(404, "not_found", f"no lane {name!r}; lanes: {', '.join(runtime.state.lanes)}")
+    if lane.config.discovery is not None:
+        return _error(
+            409, "discovered", f"lane {name!r} finds its upstreams by DNS (discovery:); they are not set here"
+        )
+    for url in body.upstreams:
+        try:
+            check_http_url(url)
+        except ValueError as exc:
+            raise bad_request(f"upstreams: {exc}") from None
+    try:
+        added, removed = lane.pool.replace(body.upstreams)
+    except ValueError as exc:
+        raise bad_request(f"upstreams: {exc}") from None
+    return web.json_response({"lane": name, "upstreams": [u.base for u in lane.pool.upstreams], "added": added,
+                              "removed": removed}, dumps=_dumps)  # fmt: skip
+
+
 async def _capacity(request: web.Request) -> web.Response:
     return web.json_response(capacity(request.app[_RUNTIME]), dumps=_dumps)
 
@@ -298,6 +332,7 @@ def admin_app(runtime: Runtime) -> web.Application:
     app.router.add_get("/decisions", _decisions)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/capacity", _capacity)
+    app.router.add_put("/lanes/{lane}/upstreams", _upstreams)
     app.router.add_post("/mode", _mode)
     app.router.add_post("/pause", _simple(Pause))
     app.router.add_post("/resume", _simple(Resume))

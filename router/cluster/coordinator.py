@@ -155,6 +155,7 @@ class ClusterMember:
         state = self.state_now()
         for lane in state.lanes.values():
             lane.window.queue_depth = lane.waiting
+        state.bill_replicas()
         state.control.last_snapshot = state.control.snapshot(now_s)  # the data plane's own view (admission)
         try:
             actions = await self._tick(now_s)

@@ -58,3 +58,24 @@ async def test_a_busy_lane_asks_for_replicas_and_says_so_where_an_autoscaler_loo
     # The lane is paid per replica: one ready replica at $4 an hour over the window's span.
     figures = router.runtime.state.control.snapshot(router.clock()).lanes["realtime"]
     assert figures.span_s > 0 and abs(figures.cost_usd - 4.0 * figures.span_s / 3600) < 1e-12
+
+
+async def test_an_orchestrator_sets_a_lanes_replicas_through_the_admin_api(upstream, start_router, client):
+    one, two = await upstream(), await upstream()
+    router = await start_router(two_lane_config([one.url], [one.url]))
+    url = f"{router.admin_url}/lanes/realtime/upstreams"
+    async with client.put(url, json={"upstreams": [one.url, two.url]}, headers=admin_headers()) as response:
+        assert response.status == 200
+        assert (await response.json())["added"] == [two.url]
+    for _ in range(6):
+        async with client.get(f"{router.url}/x", headers={"X-Modeshift-Mode": "realtime"}) as response:
+            assert response.status == 200
+    assert one.seen and two.seen  # both take calls
+    async with client.put(url, json={"upstreams": []}, headers=admin_headers()) as response:
+        assert response.status == 400  # a lane with no replica could only refuse: kept as it is
+    async with client.put(url, json={"upstreams": ["ftp://x"]}, headers=admin_headers()) as response:
+        assert response.status == 400 and "http" in (await response.json())["error"]["message"]
+    async with client.put(f"{router.admin_url}/lanes/nope/upstreams", json={"upstreams": [one.url]},
+                          headers=admin_headers()) as response:  # fmt: skip
+        assert response.status == 404
+    assert len(router.runtime.state.lanes["realtime"].pool.upstreams) == 2
