@@ -44,7 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from policies.actions import ReplicasWanted
 from policies.objectives import Objective
 from policies.queueing import service_quantile_s, sojourn_quantile_s
-from policies.snapshot import Snapshot
+from policies.snapshot import LaneFigures, Snapshot
 from policies.units import Duration
 
 
@@ -147,7 +147,7 @@ class CapacityPlanner:
         """The decision at `snapshot.now_s` for every autoscaled lane; `ready`: replicas answering now."""
         out = {}
         for lane, params in self.autoscale.items():
-            raw, why = self._recommend(snapshot, lane, params)
+            raw, why = self._recommend(snapshot, lane, params, ready.get(lane, 0))
             if raw is None:  # no data: no change
                 out[lane] = LaneCapacity(lane, self.desired[lane], ready.get(lane, 0), self.desired[lane], why)
                 continue
@@ -191,28 +191,43 @@ class CapacityPlanner:
                 self.desired[lane] = int(desired)
                 self.last[lane] = LaneCapacity(lane, int(desired), ready.get(lane, 0), int(recommended), str(reason))
 
-    def _recommend(self, snapshot: Snapshot, lane: str, params: AutoscaleParams) -> tuple[int | None, str]:
+    def _recommend(self, snapshot: Snapshot, lane: str, params: AutoscaleParams, ready: int) -> tuple[int | None, str]:
         figures = snapshot.lanes.get(lane)
         if figures is None:
             return None, "no figures for the lane"
         rate = figures.arrival_rate_per_s
         if rate <= 0:
             return params.min, "no arrivals in the window"
-        window = figures.cumulative  # the busy time per call is a property of the model, not of the minute
-        if not (window.completions and window.busy_s > 0):
+        concurrency = self.concurrency.get(lane, 1)
+        service_s = service_time_s(figures, ready * concurrency)
+        if math.isnan(service_s):
             return None, "no measured service time yet"
-        service_s = window.busy_s / window.completions
         classes = [
             snapshot.objectives[c] for (c, on), o in snapshot.outcomes.items() if on == lane and o.window.completions
         ]
         scv = 1.0  # an exponential service time: the cautious default until the lane's spread is measured
-        concurrency = self.concurrency.get(lane, 1)
         raw = needed_replicas(rate, service_s, scv, concurrency, classes, params.headroom, params.max)
         why = (
             f"{rate:.3g} req/s x {service_s * 1000:.3g} ms on {concurrency} per replica, "
             f"{len(classes)} classes' objectives, {params.headroom:.0%} headroom: {raw}"
         )
         return max(raw, params.min), why
+
+
+def service_time_s(figures: LaneFigures, servers: int) -> float:
+    """The mean time a call holds a server, from the window: NaN when nothing was timed.
+
+    What the router times is a call's whole stay at the upstream, its wait for a server there included, so
+    under load it overstates the service. Little's law gives the remedy: `throughput x time` calls are there
+    at once on average; when that is more than the `servers` the lane has, they were all busy, and each
+    finished a call every `servers / throughput` seconds, which is the service time.
+    """
+    served = figures.completions - figures.errors  # a refusal is a completion that held no server
+    if not (served > 0 and figures.items_per_busy_s > 0 and figures.throughput_per_s > 0):
+        return math.nan
+    answered_per_s = figures.throughput_per_s * served / figures.completions
+    held_s = figures.items_per_s / figures.items_per_busy_s / answered_per_s  # busy seconds per answered call
+    return min(held_s, servers / answered_per_s) if servers > 0 else held_s
 
 
 def _held(

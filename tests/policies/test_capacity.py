@@ -73,7 +73,9 @@ class Lane:
                 window.completed(t, service_s, busy_s=service_s)
                 self.monitor.served(t, "switchable", "realtime", service_s, True)
             self.now += 1.0
-            decision = self.planner.on_tick(self.monitor.snapshot(self.now, self.view), {"realtime": 1})
+            # Servers enough to answer the load fed (the rule asks what the lane needs, not what it has).
+            ready = {"realtime": 20}
+            decision = self.planner.on_tick(self.monitor.snapshot(self.now, self.view), ready)
             desired.append(decision["realtime"].desired)
         return desired
 
@@ -109,3 +111,21 @@ def test_desired_stays_within_min_and_max_and_no_data_changes_nothing():
     empty.lanes["realtime"].arrived(0.5)  # an arrival, no answer yet: no service time to go by
     decision = quiet.on_tick(empty.snapshot(1.0, lane.view), {"realtime": 3})["realtime"]
     assert decision.desired == 3 and "no measured service time" in decision.reason
+
+
+def test_the_service_time_is_read_through_the_upstreams_own_queue():
+    """40 answers a second from 4 servers, each call timed at 1 s (0.9 s of it waiting at the upstream): the
+    service is 0.1 s, which Little's law gives; refusals hold no server and do not count."""
+    from policies.capacity import service_time_s
+
+    monitor = make_monitor(window_s=10.0)
+    window = monitor.lanes["realtime"]
+    for i in range(400):
+        t = i / 40.0
+        window.arrived(t)
+        window.completed(t, 1.0, busy_s=1.0)
+        window.arrived(t)
+        window.completed(t, None, ok=False)  # a refusal
+    figures = monitor.snapshot(10.0, static_view(Weights({"realtime": 1.0}, LANES))).lanes["realtime"]
+    assert service_time_s(figures, servers=4) == pytest.approx(0.1, rel=0.02)
+    assert service_time_s(figures, servers=400) == pytest.approx(1.0)  # not saturated: the time is the service
