@@ -62,9 +62,14 @@ class CostModel(BaseModel):
 
     def idle_cost_usd(self, span_s: float, replicas: int = 1) -> float:
         """The provisioned cost of `span_s` seconds with `replicas` replicas, whatever the traffic."""
+        return self.provisioned_usd(span_s, replicas * span_s)
+
+    def provisioned_usd(self, span_s: float, replica_s: float) -> float:
+        """The provisioned cost of `span_s` seconds in which the lane's replicas added up to `replica_s`
+        replica-seconds (a lane whose replicas changed over the span)."""
         if self.billing != "provisioned":
             return 0.0
-        return self.hourly_usd(replicas) * span_s / 3600.0 * (1.0 - self.discount)
+        return (self.per_hour * span_s + self.per_replica_hour * replica_s) / 3600.0 * (1.0 - self.discount)
 
     def estimate_per_request_usd(
         self,

@@ -25,6 +25,10 @@ the lanes' service models:
 - every completion is recorded into the monitor's LaneWindow with the
   latency and attributed cost the router would record (from admission, not
   from arrival), and the loop ticks every `switching.tick`;
+- a lane with `autoscale:` gets the replicas the capacity rule asks for each
+  tick (simulator.lane_scale): a new one serves only `cold_start` later,
+  one scaled away finishes its calls first, and the lane is billed its
+  ready and starting replicas over time;
 - the latency in the outcome is the client's: the service model's `hop`
   (the router's own time and the network's) is added to it, and to nothing
   the control loop reads.
@@ -60,12 +64,13 @@ from policies.retry_budget import RetryBudget
 from simulator.batch_path import BatchPath
 from simulator.failure_path import FailurePath, error_draws
 from simulator.lane_run import Call, LaneRun, Queued
+from simulator.lane_scale import LaneScale
 from simulator.outcome import NO_LANE, NO_REPLICA, Outcome, TimelineRow
 from simulator.service import ServerLane, ServiceModel, check_covers
 from simulator.traces import TraceRequest
 
 OK, LANE_FULL = 200, 503
-_DONE, _BATCH_DONE, _FLUSH, _GATE_TIMEOUT, _FILE_DUE, _CALL_TIMEOUT, _BATCH_TIMEOUT, _TICK = range(8)
+_DONE, _BATCH_DONE, _FLUSH, _GATE_TIMEOUT, _FILE_DUE, _CALL_TIMEOUT, _BATCH_TIMEOUT, _REPLICA_UP, _TICK = range(9)
 LINE_OVERHEAD_BYTES = 200  # a batch file line's JSON around its body (custom_id, method, url, keys)
 
 
@@ -111,9 +116,15 @@ class _Run(BatchPath, FailurePath):
             name: LaneRun(i, name, config, engine.service.lanes[name], self.loop.monitor)
             for i, name in enumerate(names)
         }
+        self.scales: dict[str, LaneScale] = {}  # the autoscaled lanes' replicas (simulator.lane_scale)
+        planner = self.loop.capacity
         for name, service in engine.service.lanes.items():  # a lane's per_replica_hour is paid per replica
             if isinstance(service, ServerLane) and name in self.loop.monitor.replicas:
                 self.loop.monitor.replicas[name] = service.replicas
+                autoscale = config.lanes[name].autoscale
+                if autoscale is not None and planner is not None:
+                    self.scales[name] = LaneScale(service.replicas, service.concurrency, autoscale.cold_start_s)
+                    planner.desired[name] = service.replicas  # the run starts with the model's replicas
         n = len(trace)
         # Lanes that fail (simulator.failure_path): their replicas, retries, and each request's error draw.
         self.failing = any(lane.failures is not None for lane in self.lanes.values())
@@ -149,7 +160,7 @@ class _Run(BatchPath, FailurePath):
         route_info = self._route_info()
         handlers = (
             self._on_done, self._on_batch_done, self._on_flush, self._on_gate_timeout, self._on_file_due,
-            self._on_timeout, self._on_merged_timeout,
+            self._on_timeout, self._on_merged_timeout, self._on_replica_up,
         )  # fmt: skip
         for i, request in enumerate(trace):
             t = request.t_s
@@ -184,9 +195,32 @@ class _Run(BatchPath, FailurePath):
     def _tick(self, t: float) -> None:
         for lane in self.lanes.values():
             lane.window.queue_depth = lane.waiting
-        actions: list[Action] = self.loop.tick(t)
+        ready = {name: scale.ready for name, scale in self.scales.items()}
+        actions: list[Action] = self.loop.tick(t, ready)
         self.decisions.extend(action.as_record() for action in actions)
+        if self.scales:
+            self._scale(t)
         self.timeline.append(TimelineRow.after_tick(t, self.loop, tuple(self.lanes)))
+
+    def _scale(self, t: float) -> None:
+        """Each autoscaled lane toward the replicas the capacity rule wants (simulator.lane_scale)."""
+        assert self.loop.capacity is not None
+        for name, scale in self.scales.items():
+            lane = self.lanes[name]
+            started, removed = scale.want(t, self.loop.capacity.desired[name])
+            for due_s in started:
+                self._push(due_s, _REPLICA_UP, lane, due_s)
+            idle = min(removed, lane.free)  # idle servers go at once, busy ones when their call ends
+            lane.free -= idle
+            lane.retire += removed - idle
+            self.loop.monitor.replicas[name] = scale.paid
+
+    def _on_replica_up(self, t: float, lane: LaneRun, due_s: float) -> None:
+        scale = self.scales[lane.name]
+        if scale.answered(t, due_s):
+            for _ in range(scale.concurrency):
+                self._server_freed(lane, t)
+            self.loop.monitor.replicas[lane.name] = scale.paid
 
     def _route_info(self):
         """Per request: (route pin, batchable, route class), cached by route path."""
@@ -376,6 +410,9 @@ class _Run(BatchPath, FailurePath):
     def _server_freed(self, lane: LaneRun, t: float) -> None:
         if lane.batch_api:
             return
+        if lane.retire:  # its replica was scaled away
+            lane.retire -= 1
+            return
         if lane.backlog:
             service_s, kind, payload = lane.backlog.popleft()
             self._push(t + service_s, kind, lane, payload)
@@ -423,9 +460,15 @@ class _Run(BatchPath, FailurePath):
             self._released(i)
         self.loop.monitor.served(t, self.traffic_class[i], lane.name, t - self.trace[i].t_s, status < 500)
 
+    def _replica_hours(self, name: str, end_s: float) -> float:
+        scale = self.scales.get(name)
+        return scale.hours(end_s) if scale is not None else self.loop.monitor.replicas[name] * end_s / 3600.0
+
+    def _provisioned_usd(self, name: str, end_s: float) -> float:
+        return self.loop.monitor.costs[name].provisioned_usd(end_s, self._replica_hours(name, end_s) * 3600.0)
+
     def _outcome(self, end_s: float) -> Outcome:
         trace = self.trace
-        monitor = self.loop.monitor
         arrival_s = np.fromiter((r.t_s for r in trace), float, len(trace))
         return Outcome(
             lanes=tuple(self.lanes),
@@ -438,9 +481,8 @@ class _Run(BatchPath, FailurePath):
             deadline_s=np.fromiter(
                 (r.deadline_ms / 1000.0 if r.deadline_ms is not None else math.nan for r in trace), float, len(trace)
             ),
-            idle_cost_usd={
-                name: monitor.costs[name].idle_cost_usd(end_s, monitor.replicas[name]) for name in self.lanes
-            },
+            idle_cost_usd={name: self._provisioned_usd(name, end_s) for name in self.lanes},
+            replica_hours={name: self._replica_hours(name, end_s) for name in self.lanes},
             end_s=end_s,
             decisions=self.decisions,
             timeline=self.timeline,

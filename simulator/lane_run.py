@@ -78,6 +78,7 @@ class LaneRun:
                     name, service.failures, service.replicas, lane_config.outlier, lane_config.timeout_s
                 )
         self.backlog: deque[Call] = deque()  # calls waiting for a server
+        self.retire = 0  # servers of replicas scaled away, to take as they finish their calls (simulator.lane_scale)
         # The micro-batcher, when the lane has one: its queue, merged calls running, its pace and its next flush.
         self.batcher: Batcher | None = None
         self.capacity = 0

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -87,6 +87,8 @@ class Outcome:
     decisions: list[dict] = field(default_factory=list)
     timeline: list[TimelineRow] = field(default_factory=list)
     files: Mapping[str, int] = field(default_factory=dict)  # batch files each batch_api lane sent
+    # Replica-hours each lane was paid for (ready and starting; the model's replicas on lanes without autoscale).
+    replica_hours: Mapping[str, float] = field(default_factory=dict)
     # The index (in its lane's upstreams) of the replica that took each request's last call, on lanes whose
     # service model fails (simulator.failure_path); NO_REPLICA elsewhere. None: the run did not tell (a replay).
     replica: np.ndarray | None = None
@@ -127,6 +129,7 @@ class Row:
     slo_pinned: float
     slo_switchable: float
     cost_usd: float
+    replica_hours: float = math.nan  # paid replicas over the run (NaN: the run did not tell, as a replay)
 
     @property
     def cost_per_1k_usd(self) -> float:
@@ -150,7 +153,10 @@ def summarize(outcome: Outcome, slo: SloTargets, label: str) -> Summary:
     rows = {}
     for index, lane in enumerate(outcome.lanes):
         rows[lane] = _row(outcome, outcome.lane == index, met, outcome.idle_cost_usd.get(lane, 0.0))
+        rows[lane] = replace(rows[lane], replica_hours=outcome.replica_hours.get(lane, math.nan))
     rows[TOTAL] = _row(outcome, np.ones(len(outcome), dtype=bool), met, sum(outcome.idle_cost_usd.values()))
+    if outcome.replica_hours:
+        rows[TOTAL] = replace(rows[TOTAL], replica_hours=sum(outcome.replica_hours.values()))
     kinds = [d.get("kind") for d in outcome.decisions]
     return Summary(label, rows, kinds.count("TransitionStarted"), kinds.count("RolledBack"))
 

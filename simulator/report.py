@@ -52,6 +52,7 @@ def comparison_table(summaries: Mapping[str, Summary], slo: SloTargets, baseline
             *_latencies(row),
             _attainment(row.slo_pinned, slo),
             _attainment(row.slo_switchable, slo),
+            "-" if math.isnan(row.replica_hours) else f"{row.replica_hours:,.2f}",
             _usd(row.cost_usd),
             _usd(row.cost_per_1k_usd),
             "-" if math.isnan(saving) else f"{saving:+.1%}",
@@ -63,7 +64,20 @@ def comparison_table(summaries: Mapping[str, Summary], slo: SloTargets, baseline
 
 def lane_table(summary: Summary, slo: SloTargets) -> Table:
     table = Table(title=f"{summary.label}: per lane")
-    for name in ("lane", "requests", "errors", "p50", "p95", "p99", "SLO pinned", "SLO switchable", "cost", "per 1k"):
+    columns = (
+        "lane",
+        "requests",
+        "errors",
+        "p50",
+        "p95",
+        "p99",
+        "SLO pinned",
+        "SLO switchable",
+        "replica-h",
+        "cost",
+        "per 1k",
+    )
+    for name in columns:
         table.add_column(name, justify="left" if name == "lane" else "right", no_wrap=True)
     for lane, row in summary.rows.items():
         table.add_row(

@@ -1,0 +1,92 @@
+"""The simulator scales autoscaled lanes as the router's figure asks: replicas arrive a cold start later, go
+when a lull has lasted, and the lane is billed the replicas it had over time."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from configs import parse_config
+from simulator import generators
+from simulator.engine import Engine
+from simulator.lane_scale import LaneScale
+from simulator.service import Latency, ServerLane, ServiceModel
+
+CONFIG = """
+lanes:
+  realtime:
+    upstreams: ["http://127.0.0.1:1"]
+    max_in_flight: 512
+    queue_depth: 4096
+    queue_timeout: 60s
+    replica: {concurrency: 4}
+    autoscale: {min: 1, max: 12, cold_start: 30s, scale_up_hold: 10s, scale_down_hold: 60s, headroom: 0.2}
+    cost: {per_replica_hour: 3.6}
+  batch:
+    upstreams: ["http://127.0.0.1:2"]
+    cost: {per_hour: 0.36}
+routes:
+  - {path: /, protocol: http}
+objectives:
+  switchable: {latency: 5s, percentile: 99}
+modes:
+  realtime: {realtime: 1.0}
+  batch: {batch: 1.0}
+initial_mode: realtime
+policy: {type: static, params: {mode: realtime}}
+switching: {tick: 1s}
+metrics: {window: 20s}
+"""
+SERVICE = ServiceModel(
+    lanes={
+        "realtime": ServerLane(replicas=1, concurrency=4, latency=Latency(base_s=0.1)),
+        "batch": ServerLane(concurrency=4, latency=Latency(base_s=0.1)),
+    }
+)
+
+
+def run():
+    # Calm at 20 req/s (half of one replica), a rush at 200 req/s for 3 min, calm again for 5 min.
+    trace = generators.step([(0.0, 20.0), (120.0, 200.0), (300.0, 20.0)], 600.0, np.random.default_rng(3))
+    return trace, Engine(parse_config(CONFIG), SERVICE, seed=1).run(trace)
+
+
+def test_a_rush_scales_the_lane_up_after_the_cold_start_and_a_lull_scales_it_down():
+    trace, outcome = run()
+    wanted = [d for d in outcome.decisions if d["kind"] == "ReplicasWanted"]
+    ups = [d for d in wanted if d["replicas"] > d["was"]]
+    downs = [d for d in wanted if d["replicas"] < d["was"]]
+    assert ups and 120 + 10 <= ups[0]["at_s"] < 160  # the rise had to last the up hold
+    assert max(d["replicas"] for d in wanted) >= 7  # 200 req/s x 0.1 s = 20 busy servers at 80%: 7 replicas of 4
+    lull = [d for d in downs if d["at_s"] > 300]
+    assert lull and lull[0]["at_s"] >= 300 + 60  # down only after the lull lasted the down hold
+    assert wanted[-1]["replicas"] <= 2
+    # The replicas asked for serve only a cold start later: until then the rush waits or is refused (moving
+    # it to another lane meanwhile is the split policy's work); once they answer, nothing is refused.
+    arrival, latency, ok = outcome.arrival_s, outcome.latency_s, outcome.status == 200
+    early = latency[ok & (arrival >= ups[0]["at_s"]) & (arrival < ups[0]["at_s"] + 20)]
+    late = latency[ok & (arrival >= ups[0]["at_s"] + 60) & (arrival < 300)]
+    assert np.median(early) > 5 * np.median(late)
+    refused = arrival[~ok]
+    assert refused.min() >= 120 and refused.max() < ups[0]["at_s"] + 30 + 10
+    # Billed on the replicas it had over time: more than one replica's worth, far less than the peak all along.
+    hours = outcome.replica_hours["realtime"]
+    assert outcome.end_s / 3600 < hours < 7 * outcome.end_s / 3600
+    assert abs(outcome.idle_cost_usd["realtime"] - 3.6 * hours) < 1e-9
+
+
+def test_the_same_run_twice_gives_the_same_figures():
+    _, first = run()
+    _, second = run()
+    assert first.decisions == second.decisions and first.replica_hours == second.replica_hours
+
+
+def test_lane_scale_bills_starting_replicas_and_calls_off_the_newest_start_first():
+    scale = LaneScale(ready=1, concurrency=4, cold_start_s=30.0)
+    started, removed = scale.want(10.0, 3)
+    assert started == [40.0, 40.0] and removed == 0 and scale.paid == 3
+    assert scale.want(20.0, 2) == ([], 0)  # one start called off
+    assert scale.answered(40.0, 40.0) and not scale.answered(40.0, 40.0)  # the called-off one never answers
+    assert (scale.ready, scale.paid) == (2, 2)
+    assert scale.want(50.0, 1) == ([], 4)  # a ready replica goes: its 4 servers
+    # 0-10 s: 1 replica; 10-20 s: 3; 20-40 s: 2 (one starting); 40-50 s: 2; 50-60 s: 1.
+    assert scale.hours(60.0) * 3600 == 10 + 30 + 40 + 20 + 10
