@@ -44,7 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from policies.actions import ReplicasWanted
 from policies.objectives import Objective
 from policies.queueing import service_quantile_s, sojourn_quantile_s
-from policies.snapshot import LaneFigures, Snapshot
+from policies.snapshot import LaneFigures, ReplicasView, Snapshot
 from policies.units import Duration
 
 
@@ -179,6 +179,13 @@ class CapacityPlanner:
                            replicas=d.desired, was=before[lane])
             for lane, d in decisions.items() if d.desired != before[lane]
         ]  # fmt: skip
+
+    def views(self) -> dict[str, ReplicasView]:
+        """Each autoscaled lane's replicas as of the last decision, for the snapshot (policies may plan on it)."""
+        return {
+            lane: ReplicasView(desired, self.last[lane].ready if lane in self.last else desired, self.concurrency[lane])
+            for lane, desired in self.desired.items()
+        }
 
     def record(self) -> dict[str, list[Any]]:
         """The last decision as plain data, for the replicas of a cluster that follow a leader's."""

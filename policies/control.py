@@ -16,6 +16,7 @@ admin API go through `command()`, so they see the same snapshot a tick would.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 
 from policies.actions import Action, Command
 from policies.capacity import CapacityPlanner
@@ -41,7 +42,10 @@ class ControlLoop:
         return self.controller.weights
 
     def snapshot(self, now_s: float) -> Snapshot:
-        return self.monitor.snapshot(now_s, self.controller.view())
+        snapshot = self.monitor.snapshot(now_s, self.controller.view())
+        if self.capacity is not None:  # the replicas as the last tick left them: what policies may plan around
+            snapshot = replace(snapshot, replicas=self.capacity.views())
+        return snapshot
 
     def tick(self, now_s: float, ready: Mapping[str, int] | None = None) -> list[Action]:
         """One tick at `now_s`; `ready`: replicas answering now per autoscaled lane (the driver's count)."""

@@ -31,6 +31,7 @@ _BUILTINS = {
     "cost": "policies.cost:CostPolicy",
     "latency": "policies.latency:LatencyPolicy",
     "load": "policies.load:LoadPolicy",
+    "room": "policies.room:RoomPolicy",
     "slo": "policies.slo:SloPolicy",
     "static": "policies.static:StaticPolicy",
 }

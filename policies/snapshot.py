@@ -99,6 +99,15 @@ class ControlView:
 
 
 @dataclass(frozen=True, slots=True)
+class ReplicasView:
+    """An autoscaled lane's replicas as the capacity rule last saw them (policies.capacity)."""
+
+    desired: int
+    ready: int
+    concurrency: int  # calls one replica serves at once
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     now_s: float
     lanes: Mapping[str, LaneFigures]
@@ -106,6 +115,7 @@ class Snapshot:
     control: ControlView
     objectives: Objectives = field(default_factory=Objectives)
     outcomes: Mapping[tuple[str, str], OutcomeFigures] = field(default_factory=dict)  # by (class, lane)
+    replicas: Mapping[str, ReplicasView] = field(default_factory=dict)  # autoscaled lanes, as of the last tick
 
     @property
     def mode(self) -> str | None:

@@ -202,12 +202,14 @@ async def test_a_leader_whose_write_is_refused_undoes_the_tick_and_the_command_i
     assert leader.runtime.state.control.weights.as_dict() == {"batch": 0.0, "realtime": 1.0}  # undone
 
 
-async def test_a_flood_of_commands_is_answered_in_json_and_the_leader_keeps_its_lease(cluster):
-    """500 commands at once through one replica: more than Redis' client pool holds (100 by default)."""
+async def test_a_flood_of_commands_is_answered_in_json_and_never_cuts_the_tick_from_redis(cluster):
+    """500 commands at once through one replica: more than Redis' client pool holds (100 by default). Every
+    answer is the router's JSON, and the replicas' ticks never find Redis unreachable (the old code's leader
+    did, and stepped down). The replicas and the 500 clients share this test's one event loop, so the leader's
+    real-time lease may still run out on a loaded machine: one leader after the flood is what is asked."""
     routers = await cluster()
     client = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
     await tick(*routers)
-    leader = next(r for r in routers if r.runtime.cluster.leading)
     body = {"mode": "hybrid", "gradual": False}
 
     async def one() -> int:
@@ -216,15 +218,22 @@ async def test_a_flood_of_commands_is_answered_in_json_and_the_leader_keeps_its_
             return response.status
 
     sent = asyncio.ensure_future(asyncio.gather(*(one() for _ in range(500))))
-    async with asyncio.timeout(20):
-        while not sent.done():
-            await tick(*routers)
-            assert leader.runtime.cluster.leading and leader.runtime.cluster.connected
-            await asyncio.sleep(0.02)
-    await client.close()
-    statuses = sent.result()
+    try:
+        async with asyncio.timeout(30):
+            while not sent.done():
+                await tick(*routers)
+                assert all(r.runtime.cluster.connected for r in routers)
+                await asyncio.sleep(0.02)
+        statuses = sent.result()
+    finally:
+        if not sent.done():
+            sent.cancel()
+        await asyncio.gather(sent, return_exceptions=True)
+        await client.close()
     assert 500 not in statuses and statuses.count(200) >= 1, sorted(set(statuses))
     assert set(statuses) <= {200, 409, 503}
+    await tick(*routers)
+    assert len(leading(routers)) == 1
 
 
 async def test_a_command_while_redis_is_down_is_a_json_503(cluster, client, redis_server):
