@@ -142,6 +142,9 @@ class JobRunner:
             except Exception:  # the disk: keep the router serving, try again shortly
                 logger.exception("claiming jobs failed")
                 jobs = []
+            if jobs and self.config.schedule == "idle" and self.lane_queued() > 0:
+                # Live traffic queued while the claim was on its way (a slow store): the jobs wait for idle.
+                jobs = await self._given_back(jobs)
             started = self._start(jobs)
             if not started:
                 self._wake.clear()
@@ -150,6 +153,14 @@ class JobRunner:
                         await self._wake.wait()
                 except TimeoutError:
                     pass
+
+    async def _given_back(self, jobs: list[Job]) -> list[Job]:
+        """Jobs claimed but not to start now, back to the queue (their attempts kept); none left to start."""
+        try:
+            await self.store.release(jobs)
+        except Exception:  # the store: their leases run out and another claim takes them
+            logger.exception("giving jobs back failed")
+        return []
 
     def _unavailable(self, exc: StoreUnavailable) -> None:
         now = time.monotonic()
