@@ -200,7 +200,8 @@ class _Run(BatchPath, FailurePath):
         self.decisions.extend(action.as_record() for action in actions)
         if self.scales:
             self._scale(t)
-        self.timeline.append(TimelineRow.after_tick(t, self.loop, tuple(self.lanes)))
+        provisioned = {name: self._provisioned_usd(name, t) for name in self.scales}
+        self.timeline.append(TimelineRow.after_tick(t, self.loop, tuple(self.lanes), provisioned))
 
     def _scale(self, t: float) -> None:
         """Each autoscaled lane toward the replicas the capacity rule wants (simulator.lane_scale)."""

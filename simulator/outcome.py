@@ -41,11 +41,16 @@ class TimelineRow(NamedTuple):
     weights: tuple[float, ...]  # by lane, in Outcome.lanes order
     p95_s: tuple[float, ...]
     cost_usd: tuple[float, ...]  # cumulative, provisioned share included
+    replicas: tuple[int, ...] = ()  # paid (ready and starting) by lane; empty where the run did not tell
 
     @classmethod
-    def after_tick(cls, t: float, loop: Any, lanes: Sequence[str]) -> TimelineRow:
-        """The control loop's figures once its tick at `t` is done (a configs.assembly control loop)."""
+    def after_tick(
+        cls, t: float, loop: Any, lanes: Sequence[str], provisioned_usd: Mapping[str, float] | None = None
+    ) -> TimelineRow:
+        """The control loop's figures once its tick at `t` is done (a configs.assembly control loop);
+        `provisioned_usd`: each lane's provisioned cost so far where its replicas changed over the run."""
         snapshot = loop.last_snapshot
+        provisioned = provisioned_usd or {}
         return cls(
             t_s=t,
             arrival_rate_per_s=snapshot.arrival_rate_per_s,
@@ -53,9 +58,10 @@ class TimelineRow(NamedTuple):
             p95_s=tuple(snapshot.lanes[name].p95_s for name in lanes),
             cost_usd=tuple(
                 snapshot.lanes[name].cumulative.cost_usd
-                + loop.monitor.costs[name].idle_cost_usd(t, loop.monitor.replicas[name])
+                + provisioned.get(name, loop.monitor.costs[name].idle_cost_usd(t, loop.monitor.replicas[name]))
                 for name in lanes
             ),
+            replicas=tuple(loop.monitor.replicas[name] for name in lanes),
         )
 
 

@@ -1,7 +1,7 @@
-"""Plots of simulated runs: arrival rate, weights, latency and cumulative cost over time.
+"""Plots of simulated runs: arrival rate, weights, latency, replicas and cumulative cost over time.
 
-One PNG per contender (four panels sharing the time axis, from the
-outcome's per-tick timeline) and one that overlays every contender's
+One PNG per contender (panels sharing the time axis, from the outcome's
+per-tick timeline; the replicas panel where the run counted them) and one that overlays every contender's
 cumulative cost. matplotlib is the `plots` extra; without it, `plot_runs`
 raises PlotsUnavailable naming the pip command.
 
@@ -46,8 +46,16 @@ def plot_runs(outcomes: Mapping[str, Outcome], directory: str | Path) -> list[Pa
 def _one_run(plt, label: str, outcome: Outcome, path: Path) -> Path:
     rows = outcome.timeline
     t = np.array([r.t_s for r in rows])
-    fig, (rate, weights, latency, cost) = plt.subplots(4, 1, sharex=True, figsize=(9, 9), constrained_layout=True)
+    counted = bool(rows and rows[0].replicas)
+    panels = 5 if counted else 4
+    fig, axes = plt.subplots(panels, 1, sharex=True, figsize=(9, 2.25 * panels), constrained_layout=True)
+    rate, weights, latency, *more, cost = axes
     fig.suptitle(f"{label}: {len(outcome):,} requests")
+    if counted:
+        (replicas,) = more
+        for k, lane in enumerate(outcome.lanes):
+            replicas.step(t, [r.replicas[k] for r in rows], where="post", label=lane)
+        replicas.set_ylabel("replicas paid")
     rate.plot(t, [r.arrival_rate_per_s for r in rows], color="black")
     rate.set_ylabel("arrivals / s")
     for k, lane in enumerate(outcome.lanes):

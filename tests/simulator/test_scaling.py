@@ -123,3 +123,17 @@ def test_the_room_policy_carries_a_rush_on_the_lane_with_room_and_brings_it_back
     assert (room.status == 200).all()
     starts = [d["to_mode"] for d in room.decisions if d["kind"] == "TransitionStarted"]
     assert starts[0] == "hybrid" and starts[-1] == "realtime"
+
+
+def test_the_timeline_counts_the_replicas_paid_and_the_plot_shows_them(tmp_path):
+    from simulator.plots import plot_runs
+
+    _, outcome = run()
+    k = outcome.lanes.index("realtime")
+    paid = [row.replicas[k] for row in outcome.timeline]
+    assert min(paid) == 1 and max(paid) >= 7
+    costs = [row.cost_usd[k] for row in outcome.timeline]
+    assert all(b >= a for a, b in zip(costs, costs[1:]))  # cumulative, on the replica-seconds paid so far
+    assert costs[-1] <= outcome.idle_cost_usd["realtime"] + 1e-9
+    written = plot_runs({"scaled": outcome}, tmp_path)
+    assert (tmp_path / "scaled.png") in written and (tmp_path / "scaled.png").stat().st_size > 10_000
