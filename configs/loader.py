@@ -69,10 +69,12 @@ def parse_document(text: str, source: str, model: type[M], expected: str) -> M:
     try:
         root = loader.get_single_node()
         if root is not None and (expanded := _expanded_size(root)) > MAX_EXPANDED_NODES:
-            raise ConfigError([
-                f"{source}:1: the document expands to {expanded:,} values through its aliases (*name); "
-                f"a config holds at most {MAX_EXPANDED_NODES:,}"
-            ])  # fmt: skip
+            raise ConfigError(
+                [
+                    f"{source}:1: the document expands to {expanded:,} values through its aliases (*name); "
+                    f"a config holds at most {MAX_EXPANDED_NODES:,}"
+                ]
+            )
         data = loader.construct_document(root) if root is not None else None
     except RecursionError:  # thousands of nested brackets: the composer itself recurses
         raise ConfigError([f"{source}:1: the document is nested too deeply to be a config"]) from None

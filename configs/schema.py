@@ -353,9 +353,11 @@ def _cross_problems(cfg: ModeshiftConfig) -> Iterator[InitErrorDetails]:
     for lane_name, lane_config in cfg.lanes.items():
         if lane_config.autoscale is not None and lane_config.batch_api is not None:
             yield _problem(
-                ("lanes", lane_name, "autoscale"), "autoscale", "batch_api_autoscale",
+                ("lanes", lane_name, "autoscale"),
+                "autoscale",
+                "batch_api_autoscale",
                 "a batch_api lane is the provider's capacity: nothing to scale",
-            )  # fmt: skip
+            )
     if cfg.jobs.lane is not None and cfg.jobs.lane not in cfg.lanes:
         yield _problem(("jobs", "lane"), cfg.jobs.lane, "unknown_lane", f"no such lane; lanes: {known_lanes}")
     if cfg.server.listen == cfg.server.admin_listen:

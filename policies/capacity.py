@@ -96,9 +96,14 @@ class LaneCapacity:
 
 
 def needed_replicas(
-    rate_per_s: float, service_s: float, scv: float, concurrency: int, objectives: Iterable[Objective],
-    headroom: float, most: int,
-) -> int:  # fmt: skip
+    rate_per_s: float,
+    service_s: float,
+    scv: float,
+    concurrency: int,
+    objectives: Iterable[Objective],
+    headroom: float,
+    most: int,
+) -> int:
     """The fewest replicas (up to `most`) that keep every objective and the headroom at this load; `most` when
     even that many cannot. Zero load needs zero. An objective the service time alone misses (a call slower
     than the target at its percentile) is one no number of replicas keeps: it does not count here.
@@ -108,9 +113,10 @@ def needed_replicas(
     if rate_per_s <= 0:
         return 0
     targets = [
-        (o.wanted, o.latency_s) for o in objectives
+        (o.wanted, o.latency_s)
+        for o in objectives
         if not math.isinf(o.latency_s) and service_quantile_s(o.wanted, service_s, scv) < o.latency_s
-    ]  # fmt: skip
+    ]
     offered = rate_per_s * service_s  # busy servers on average
     least = max(1, math.ceil(offered / (1.0 - headroom) / concurrency))
     if least >= most:
@@ -175,10 +181,17 @@ class CapacityPlanner:
         before = dict(self.desired)
         decisions = self.on_tick(snapshot, ready)
         return [
-            ReplicasWanted(at_s=snapshot.now_s, reason=d.reason, figures=snapshot.figures(), lane=lane,
-                           replicas=d.desired, was=before[lane])
-            for lane, d in decisions.items() if d.desired != before[lane]
-        ]  # fmt: skip
+            ReplicasWanted(
+                at_s=snapshot.now_s,
+                reason=d.reason,
+                figures=snapshot.figures(),
+                lane=lane,
+                replicas=d.desired,
+                was=before[lane],
+            )
+            for lane, d in decisions.items()
+            if d.desired != before[lane]
+        ]
 
     def views(self) -> dict[str, ReplicasView]:
         """Each autoscaled lane's replicas as of the last decision, for the snapshot (policies may plan on it)."""

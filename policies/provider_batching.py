@@ -68,9 +68,11 @@ class BatchApiParams(BaseModel):
         "the fallback lane instead",
     )
     upload_attempts: int = Field(
-        8, ge=1, description="failed tries to hand a batch to the provider (backing off) before its jobs run on the "
+        8,
+        ge=1,
+        description="failed tries to hand a batch to the provider (backing off) before its jobs run on the "
         "fallback lane",
-    )  # fmt: skip
+    )
     fallback: str | None = Field(
         None, description="the lane that runs expired, failed-over and late lines; default: the first other lane"
     )

@@ -75,8 +75,13 @@ class RoomPolicy(BasePolicy):
             for mode, weights in snapshot.control.modes.items()
             if (pinned + weights[p.lane] * switchable) <= carried
         ]
-        numbers = {"ready_replicas": float(view.ready), "carried_per_s": carried, "switchable_per_s": switchable,
-                   "pinned_per_s": pinned, "service_s": service_s}  # fmt: skip
+        numbers = {
+            "ready_replicas": float(view.ready),
+            "carried_per_s": carried,
+            "switchable_per_s": switchable,
+            "pinned_per_s": pinned,
+            "service_s": service_s,
+        }
         if not fitting:  # not even the pinned traffic fits: give the lane as little as any mode does
             share, mode = min((weights[p.lane], mode) for mode, weights in snapshot.control.modes.items())
             reason = f"{p.lane}'s {view.ready} ready replicas carry {carried:.3g}/s, less than its pinned traffic"

@@ -77,8 +77,7 @@ class DnsDiscovery:
             error = f"{type(exc).__name__}: {exc}"
             if self._failing.get(name) != error:
                 self._failing[name] = error
-                event(logger, "discovery_failed", logging.WARNING, lane=name, error=error,
-                      upstreams="kept as they are")  # fmt: skip
+                event(logger, "discovery_failed", logging.WARNING, lane=name, error=error, upstreams="kept as they are")
             return
         if name in self._failing:
             del self._failing[name]
@@ -88,8 +87,15 @@ class DnsDiscovery:
         except ValueError:
             return  # no record at all: keep what the lane has (said by the lookup's NoAnswer already)
         if added or removed:
-            event(logger, "upstreams_changed", logging.INFO, lane=name, added=added, removed=removed,
-                  upstreams=len(lane.pool.upstreams))  # fmt: skip
+            event(
+                logger,
+                "upstreams_changed",
+                logging.INFO,
+                lane=name,
+                added=added,
+                removed=removed,
+                upstreams=len(lane.pool.upstreams),
+            )
 
     async def close(self) -> None:
         if self._task is not None:

@@ -23,9 +23,12 @@ def test_without_root_or_sudo_make_names_the_missing_packages_in_one_line(tmp_pa
     (bin_dir / "id").write_text("#!/bin/sh\necho 1000\n")
     (bin_dir / "id").chmod(0o755)
     run = subprocess.run(
-        [shutil.which("make"), "-s", "system-packages"], cwd=ROOT, capture_output=True, text=True,
+        [shutil.which("make"), "-s", "system-packages"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
         env={**{k: v for k, v in os.environ.items() if not k.startswith("MAKE")}, "PATH": str(bin_dir)},
-    )  # fmt: skip
+    )
     assert run.returncode == 2, (run.stdout, run.stderr)
     lines = [line for line in run.stderr.strip().splitlines() if not line.startswith("make: ***")]  # make's own
     assert len(lines) == 1 and "chromium" in lines[0] and "redis-server" in lines[0], lines

@@ -223,8 +223,10 @@ async def _upstreams(request: web.Request) -> web.Response:
         added, removed = lane.pool.replace(body.upstreams)
     except ValueError as exc:
         raise bad_request(f"upstreams: {exc}") from None
-    return web.json_response({"lane": name, "upstreams": [u.base for u in lane.pool.upstreams], "added": added,
-                              "removed": removed}, dumps=_dumps)  # fmt: skip
+    return web.json_response(
+        {"lane": name, "upstreams": [u.base for u in lane.pool.upstreams], "added": added, "removed": removed},
+        dumps=_dumps,
+    )
 
 
 async def _capacity(request: web.Request) -> web.Response:

@@ -190,13 +190,22 @@ class ClusterMember:
         self.bad_records[kind] += 1
         if (kind, what) not in self._logged:
             self._logged.add((kind, what))
-            event(logger, "cluster_bad_record", logging.WARNING, replica=self.replica, kind=kind, record=what,
-                  error=str(error), then="skipped; counted in modeshift_cluster_bad_records")  # fmt: skip
+            event(
+                logger,
+                "cluster_bad_record",
+                logging.WARNING,
+                replica=self.replica,
+                kind=kind,
+                record=what,
+                error=str(error),
+                then="skipped; counted in modeshift_cluster_bad_records",
+            )
 
     async def _tick(self, now_s: float) -> list[Action]:
         shared, state = self.shared, self.state_now()
-        publication = Publication(v=VERSION, at=self.wall_clock(), shape=self.shape,
-                                  figures=published(state.control.monitor))  # fmt: skip
+        publication = Publication(
+            v=VERSION, at=self.wall_clock(), shape=self.shape, figures=published(state.control.monitor)
+        )
         await shared.publish(self.replica, dump(publication))
         await self._follow_reloads()
         lease_ms = int(self.config.lease_ticks * self.tick_s() * 1000)
@@ -246,8 +255,15 @@ class ClusterMember:
                 self.seq = stored.seq
         if not resumed:
             self.seq = 0
-        event(logger, "cluster_leader", logging.INFO, replica=self.replica, epoch=epoch, incarnation=incarnation,
-              resumed=resumed)  # fmt: skip
+        event(
+            logger,
+            "cluster_leader",
+            logging.INFO,
+            replica=self.replica,
+            epoch=epoch,
+            incarnation=incarnation,
+            resumed=resumed,
+        )
 
     def _restore(self, stored: StoredState, snapshot: Snapshot) -> bool:
         """The stored controller state in this replica's controller, its step's evidence counted from `snapshot`;
@@ -415,8 +431,14 @@ class ClusterMember:
             for name, p in publications.items():
                 if p.shape != shape and ("disagreeing", name) not in self._logged:
                     self._logged.add(("disagreeing", name))
-                    event(logger, "cluster_replica_disagrees", logging.ERROR, replica=name, leader=self.replica,
-                          reason="its lanes or modes differ: it will not take this leader's weights")  # fmt: skip
+                    event(
+                        logger,
+                        "cluster_replica_disagrees",
+                        logging.ERROR,
+                        replica=name,
+                        leader=self.replica,
+                        reason="its lanes or modes differ: it will not take this leader's weights",
+                    )
 
     async def command(self, command: Command) -> list[dict[str, Any]]:
         """Send a command to the leader, wherever it runs, and wait for what it did (at most 3 ticks).
@@ -439,8 +461,11 @@ class ClusterMember:
         wait_s = 3 * self.tick_s() + 1.0
         command_id = secrets.token_hex(8)
         args = {name: getattr(command, name) for name in command.__dataclass_fields__}
-        sent = dump(SentCommand(v=VERSION, id=command_id, kind=type(command).__name__, args=args,
-                                expires_at=self.wall_clock() + wait_s))  # fmt: skip
+        sent = dump(
+            SentCommand(
+                v=VERSION, id=command_id, kind=type(command).__name__, args=args, expires_at=self.wall_clock() + wait_s
+            )
+        )
         await self.commands.send_command(sent)
         try:
             async with asyncio.timeout(wait_s):

@@ -99,9 +99,11 @@ def _cluster(view: dict) -> list[Family]:
     epoch = Family("modeshift_cluster_epoch", "gauge", "The epoch of the cluster's leader as last seen.", ())
     epoch.add((), float(view["epoch"]))
     agrees = Family(
-        "modeshift_cluster_agrees", "gauge", "0 while this replica refuses the leader's state (other lanes or modes).",
+        "modeshift_cluster_agrees",
+        "gauge",
+        "0 while this replica refuses the leader's state (other lanes or modes).",
         ("replica",),
-    )  # fmt: skip
+    )
     agrees.add((view["replica"],), 1.0 if view["agrees"] else 0.0)
     bad = Family(
         "modeshift_cluster_bad_records", "counter", "Records in Redis this replica skipped, by kind.", ("kind",)
@@ -129,9 +131,11 @@ def _provider(counts: BridgeCounts) -> list[Family]:
     )  # fmt: skip
     failed.add((counts.lane,), counts.failed_calls)
     fallbacks = Family(
-        "modeshift_provider_fallbacks", "counter",
-        "Jobs a provider batch lane ran on its fallback lane at that lane's price, by why.", ("lane", "reason"),
-    )  # fmt: skip
+        "modeshift_provider_fallbacks",
+        "counter",
+        "Jobs a provider batch lane ran on its fallback lane at that lane's price, by why.",
+        ("lane", "reason"),
+    )
     for reason, n in sorted(counts.fallbacks.items()):
         fallbacks.add((counts.lane, reason), n)
     return [batches, lines, failed, fallbacks]
@@ -190,9 +194,11 @@ def _replicas(state: RouterState, now: float) -> Family:
     """Each lane's replicas: ready (answering, not ejected) on every lane; desired and starting where the lane
     has `autoscale:`, for KEDA or an HPA to act on (policies.capacity)."""
     replicas = Family(
-        "modeshift_lane_replicas", "gauge", "Replicas of the lane: desired (autoscaled lanes), ready, starting.",
+        "modeshift_lane_replicas",
+        "gauge",
+        "Replicas of the lane: desired (autoscaled lanes), ready, starting.",
         ("lane", "state"),
-    )  # fmt: skip
+    )
     ready = state.ready_replicas(now)
     planner = state.control.capacity
     for name in state.lanes:

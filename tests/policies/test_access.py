@@ -31,9 +31,12 @@ grants = st.builds(
 @given(claims, grants)
 def test_every_claim_is_either_kept_as_it_was_or_dropped_and_named(asked, params):
     kept, denied = screen(asked, Grant.of(params), OBJECTIVES)
-    for kind, was, now in [(LANE, asked.lane, kept.lane), (CLASS, asked.traffic_class, kept.traffic_class),
-                           (DEADLINE, asked.deadline_s, kept.deadline_s), (TIER, asked.priority_tier or None,
-                                                                          kept.priority_tier or None)]:  # fmt: skip
+    for kind, was, now in [
+        (LANE, asked.lane, kept.lane),
+        (CLASS, asked.traffic_class, kept.traffic_class),
+        (DEADLINE, asked.deadline_s, kept.deadline_s),
+        (TIER, asked.priority_tier or None, kept.priority_tier or None),
+    ]:
         assert now in (was, None)
         assert (kind in denied) == (was is not None and now is None)
 

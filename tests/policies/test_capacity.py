@@ -19,9 +19,7 @@ SWITCHABLE = Objectives({"switchable": ObjectiveParams(latency_s=2.0, percentile
 LANES = ("batch", "realtime")
 
 
-@given(
-    st.floats(0.1, 200), st.floats(0.1, 200), st.floats(0.01, 1.0), st.integers(1, 16), st.floats(0, 0.5)
-)  # fmt: skip
+@given(st.floats(0.1, 200), st.floats(0.1, 200), st.floats(0.01, 1.0), st.integers(1, 16), st.floats(0, 0.5))
 def test_more_arrivals_never_need_fewer_replicas(rate, more, service_s, concurrency, headroom):
     fewer = needed_replicas(rate, service_s, 1.0, concurrency, [SWITCHABLE], headroom, most=10_000)
     assert needed_replicas(rate + more, service_s, 1.0, concurrency, [SWITCHABLE], headroom, most=10_000) >= fewer

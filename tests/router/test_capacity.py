@@ -27,12 +27,13 @@ async def test_a_busy_lane_asks_for_replicas_and_says_so_where_an_autoscaler_loo
     server = await upstream(model)
     lanes = {
         "realtime": {
-            "upstreams": [server.url], "replica": {"concurrency": 1},
+            "upstreams": [server.url],
+            "replica": {"concurrency": 1},
             "autoscale": {"min": 1, "max": 6, "scale_up_hold": "0s", "scale_down_hold": "30s", "headroom": 0.2},
             "cost": {"per_replica_hour": 4.0},
         },
         "batch": {"upstreams": [server.url]},
-    }  # fmt: skip
+    }
     router = await start_router(two_lane_config([server.url], [server.url], lanes=lanes))
     holder["clock"] = router.clock
     async with client.get(f"{router.admin_url}/capacity", headers=admin_headers()) as response:
@@ -75,7 +76,8 @@ async def test_an_orchestrator_sets_a_lanes_replicas_through_the_admin_api(upstr
         assert response.status == 400  # a lane with no replica could only refuse: kept as it is
     async with client.put(url, json={"upstreams": ["ftp://x"]}, headers=admin_headers()) as response:
         assert response.status == 400 and "http" in (await response.json())["error"]["message"]
-    async with client.put(f"{router.admin_url}/lanes/nope/upstreams", json={"upstreams": [one.url]},
-                          headers=admin_headers()) as response:  # fmt: skip
+    async with client.put(
+        f"{router.admin_url}/lanes/nope/upstreams", json={"upstreams": [one.url]}, headers=admin_headers()
+    ) as response:
         assert response.status == 404
     assert len(router.runtime.state.lanes["realtime"].pool.upstreams) == 2

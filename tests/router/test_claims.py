@@ -26,9 +26,13 @@ CLAIMS = {"X-Modeshift-Priority": "pinned", "X-Modeshift-Mode": "realtime", "X-M
 def config(realtime: str, batch: str, access: dict, **overrides):
     """Batch mode in force, so a granted pin to realtime shows in the lane that answers; `access` whole."""
     return two_lane_config(
-        [realtime], [batch], initial_mode="batch", policy={"type": "static", "params": {"mode": "batch"}},
-        access={"everyone": {}, **access}, **overrides,
-    )  # fmt: skip
+        [realtime],
+        [batch],
+        initial_mode="batch",
+        policy={"type": "static", "params": {"mode": "batch"}},
+        access={"everyone": {}, **access},
+        **overrides,
+    )
 
 
 def classes_served(router) -> dict[str, int]:

@@ -100,9 +100,13 @@ class BridgeCounts:
 
     def view(self) -> dict:
         return {
-            "lane": self.lane, "batches": dict(self.batches), "lines": dict(self.lines),
-            "fallbacks": dict(self.fallbacks), "last_fallback": self.last_fallback, "failed_calls": self.failed_calls,
-        }  # fmt: skip
+            "lane": self.lane,
+            "batches": dict(self.batches),
+            "lines": dict(self.lines),
+            "fallbacks": dict(self.fallbacks),
+            "last_fallback": self.last_fallback,
+            "failed_calls": self.failed_calls,
+        }
 
 
 class ProviderBridge:
@@ -270,10 +274,16 @@ class ProviderBridge:
         self.counts.lines.update(lines)
         stray = {kind: lines[kind] for kind in ("unknown", "duplicate", "malformed") if lines[kind]}
         event(
-            logger, "provider_batch_ended", logging.WARNING if stray else logging.INFO, batch=batch.id,
-            remote=batch.remote_id, status=state.status, answered=lines["answered"], rerun=lines["rerun"],
+            logger,
+            "provider_batch_ended",
+            logging.WARNING if stray else logging.INFO,
+            batch=batch.id,
+            remote=batch.remote_id,
+            status=state.status,
+            answered=lines["answered"],
+            rerun=lines["rerun"],
             **({"ignored_lines": stray} if stray else {}),
-        )  # fmt: skip
+        )
 
     async def _apply(
         self, batch: ProviderBatch, results: AsyncIterator[LineResult | None], lines: Counter[str], now: float
@@ -314,9 +324,11 @@ class ProviderBridge:
             event(logger, "provider_cancel_failed", logging.WARNING, batch=batch.id, error=str(exc))
         window = self.params.completion_window
         await self._fall_back(
-            batch, now, "completion_window",
+            batch,
+            now,
+            "completion_window",
             f"the provider did not end the batch within its completion window ({window}) and the margin",
-        )  # fmt: skip
+        )
         await self.store.end(batch.id, now, "overdue")
         self.counts.batches["overdue"] += 1
 
@@ -341,9 +353,10 @@ class ProviderBridge:
         gave_up = batch.remote_id is None and batch.failures + 1 >= self.params.upload_attempts
         if refused or gave_up:
             why = (
-                f"the provider refused the batch: {exc}" if refused
+                f"the provider refused the batch: {exc}"
+                if refused
                 else f"the provider failed {batch.failures + 1} times to take the batch; the last: {exc}"
-            )  # fmt: skip
+            )
             await self._fall_back(batch, now, "refused", why)
             await self.store.end(batch.id, now, "refused")
             self.counts.batches["refused"] += 1

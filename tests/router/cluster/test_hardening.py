@@ -27,15 +27,25 @@ NAME = "hard"
 
 def config(redis_url: str, replica: str, realtime: str, batch: str, batch_lane: str = "batch") -> ModeshiftConfig:
     raw = two_lane_raw(
-        [realtime], [batch],
+        [realtime],
+        [batch],
         cluster={"redis_url": redis_url, "name": NAME, "replica": replica, "lease_ticks": 2},
-        switching={"hold": "0s", "cooldown": "10m", "step": "1s", "min_samples": 5, "steps": [0.5, 1.0],
-                   "tick": "200ms"},
-    )  # fmt: skip
+        switching={
+            "hold": "0s",
+            "cooldown": "10m",
+            "step": "1s",
+            "min_samples": 5,
+            "steps": [0.5, 1.0],
+            "tick": "200ms",
+        },
+    )
     if batch_lane != "batch":  # a rolling change that renamed the batch lane on this replica
         raw["lanes"] = {"realtime": raw["lanes"]["realtime"], batch_lane: raw["lanes"]["batch"]}
-        raw["modes"] = {"realtime": {"realtime": 1.0}, "hybrid": {"realtime": 0.5, batch_lane: 0.5},
-                        "batch": {batch_lane: 1.0}}  # fmt: skip
+        raw["modes"] = {
+            "realtime": {"realtime": 1.0},
+            "hybrid": {"realtime": 0.5, batch_lane: 0.5},
+            "batch": {batch_lane: 1.0},
+        }
     return ModeshiftConfig.model_validate(raw, context={})
 
 

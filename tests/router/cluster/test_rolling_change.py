@@ -27,8 +27,10 @@ async def test_a_lane_renamed_on_one_replica_breaks_no_replica(redis_server, ups
         async with aiohttp.ClientSession() as client:
             raw = yaml.safe_load(renamed.config.read_text())
             raw["lanes"]["cheap"] = raw["lanes"].pop("batch")
-            raw["modes"] = {name: {("cheap" if lane == "batch" else lane): w for lane, w in weights.items()}
-                            for name, weights in raw["modes"].items()}  # fmt: skip
+            raw["modes"] = {
+                name: {("cheap" if lane == "batch" else lane): w for lane, w in weights.items()}
+                for name, weights in raw["modes"].items()
+            }
             renamed.config.write_text(yaml.safe_dump(raw))
             headers = {"Authorization": f"Bearer {TOKEN}"}
             async with client.post(f"{renamed.admin}/reload", headers=headers) as response:
