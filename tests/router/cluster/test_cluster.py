@@ -23,14 +23,24 @@ from tests.router.helpers import TOKEN, FakeClock, RouterUnderTest, admin_header
 LEASE_S = 0.4
 
 
-def cluster_config(redis_url: str, replica: str, realtime: str, batch: str) -> ModeshiftConfig:
+def cluster_config(
+    redis_url: str, replica: str, realtime: str, batch: str, *, name: str = "test", batch_lane: str = "batch"
+) -> ModeshiftConfig:
+    """Two lanes, a static policy, 200 ms ticks, a lease of two; `batch_lane`: the batch lane under another
+    name (a rolling change that renamed it on this replica)."""
     raw = two_lane_raw(
         [realtime],
         [batch],
-        cluster={"redis_url": redis_url, "name": "test", "replica": replica, "lease_ticks": 2},
+        cluster={"redis_url": redis_url, "name": name, "replica": replica, "lease_ticks": 2},
         switching={"hold": "0s", "cooldown": "10m", "step": "1s", "min_samples": 5, "steps": [0.5, 1.0],
                    "tick": "200ms"},
     )  # fmt: skip
+    if batch_lane != "batch":
+        raw["lanes"] = {"realtime": raw["lanes"]["realtime"], batch_lane: raw["lanes"]["batch"]}
+        raw["modes"] = {
+            mode: {batch_lane if lane == "batch" else lane: w for lane, w in weights.items()}
+            for mode, weights in raw["modes"].items()
+        }
     return ModeshiftConfig.model_validate(raw, context={})
 
 

@@ -20,33 +20,14 @@ from configs import ModeshiftConfig
 from policies.actions import Force
 from router.errors import CommandFailed
 from router.server import RunningRouter, runtime_for
-from tests.router.helpers import TOKEN, FakeClock, RouterUnderTest, admin_headers, two_lane_raw
+from tests.router.cluster.test_cluster import cluster_config
+from tests.router.helpers import TOKEN, FakeClock, RouterUnderTest, admin_headers
 
 NAME = "hard"
 
 
 def config(redis_url: str, replica: str, realtime: str, batch: str, batch_lane: str = "batch") -> ModeshiftConfig:
-    raw = two_lane_raw(
-        [realtime],
-        [batch],
-        cluster={"redis_url": redis_url, "name": NAME, "replica": replica, "lease_ticks": 2},
-        switching={
-            "hold": "0s",
-            "cooldown": "10m",
-            "step": "1s",
-            "min_samples": 5,
-            "steps": [0.5, 1.0],
-            "tick": "200ms",
-        },
-    )
-    if batch_lane != "batch":  # a rolling change that renamed the batch lane on this replica
-        raw["lanes"] = {"realtime": raw["lanes"]["realtime"], batch_lane: raw["lanes"]["batch"]}
-        raw["modes"] = {
-            "realtime": {"realtime": 1.0},
-            "hybrid": {"realtime": 0.5, batch_lane: 0.5},
-            "batch": {batch_lane: 1.0},
-        }
-    return ModeshiftConfig.model_validate(raw, context={})
+    return cluster_config(redis_url, replica, realtime, batch, name=NAME, batch_lane=batch_lane)
 
 
 @pytest.fixture
