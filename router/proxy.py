@@ -37,7 +37,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from backends.codecs import Part, codec_for
 from configs.schema import RouteConfig
-from policies.access import NO_CLAIMS, TIER, Claims
+from policies.access import NO_CLAIMS, PRIORITY_TIERS, TIER, Claims
 from policies.admission import Placed, place
 from policies.lane_choice import expected_latency_s, failover_lane
 from policies.upstream_pool import Upstream
@@ -70,7 +70,7 @@ from router.jobs.api import JOBS_PREFIX, prefers_async
 from router.lanes import Lane
 from router.routing import choose_lane, deadline_s, requested_class, requested_lane
 from router.service_tier import DEFAULT as DEFAULT_TIER
-from router.service_tier import PRIORITY_TIERS, priority_lane, requested_tier, with_tier
+from router.service_tier import priority_lane, requested_tier, with_tier
 from router.state import RouterState
 from router.trail import Trail
 

@@ -108,9 +108,7 @@ class Runtime:
         """One control tick at `now_s` (default: the clock's reading now)."""
         now = self.now_s() if now_s is None else now_s
         state = self.state
-        for lane in state.lanes.values():
-            lane.window.queue_depth = lane.waiting
-        state.bill_replicas()
+        state.before_tick()
         actions = state.control.tick(now, state.ready_replicas(now))
         self.decisions.record(actions)
         self.history.record(now, state.lanes, state.control.weights.as_dict())

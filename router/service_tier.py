@@ -24,9 +24,6 @@ from __future__ import annotations
 import json
 
 from configs.schema import ModeshiftConfig, live_lanes
-from policies.access import PRIORITY_TIERS
-
-__all__ = ["PRIORITY_TIERS", "flex_unavailable", "priority_lane", "requested_tier", "served_tier", "with_tier"]
 
 _MARK = b'"service_tier"'
 FLEX = "flex"

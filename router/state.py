@@ -54,11 +54,13 @@ class RouterState:
             for name, lane in self.lanes.items()
         }
 
-    def bill_replicas(self) -> None:
-        """The replicas each lane is paid for now, for its per_replica_hour: its upstreams (ejected ones
-        included), or the desired count where an autoscaler brings more up (a starting GPU is paid for)."""
+    def before_tick(self) -> None:
+        """What the monitor is told just before a control tick, by a lone router and a cluster replica alike:
+        each lane's queue now, and the replicas it is paid for (its upstreams, ejected ones included, or the
+        desired count where an autoscaler brings more up: a starting GPU is paid for)."""
         monitor, planner = self.control.monitor, self.control.capacity
         for name, lane in self.lanes.items():
+            lane.window.queue_depth = lane.waiting
             desired = planner.desired.get(name, 0) if planner is not None else 0
             monitor.replicas[name] = max(len(lane.pool.upstreams), desired)
 

@@ -153,9 +153,7 @@ class ClusterMember:
         """One control tick; the actions this replica took as the leader (none as a follower), in the
         router's decision log already, with the leader, its epoch and the state's seq."""
         state = self.state_now()
-        for lane in state.lanes.values():
-            lane.window.queue_depth = lane.waiting
-        state.bill_replicas()
+        state.before_tick()
         state.control.last_snapshot = state.control.snapshot(now_s)  # the data plane's own view (admission)
         try:
             actions = await self._tick(now_s)
