@@ -11,7 +11,7 @@ import asyncio
 
 from aiohttp import web
 
-from tests.router.helpers import two_lane_config
+from tests.router.helpers import admin_headers, two_lane_config
 from tests.servers.dns import DnsServer
 from tests.servers.redis import free_port
 
@@ -66,6 +66,9 @@ async def test_replicas_come_and_go_with_their_records(start_router, client):
             two_lane_config([f"http://vllm.test:{port}"], [f"http://vllm.test:{port}"], lanes={"realtime": lane})
         )
         pool = router.runtime.state.lanes["realtime"].pool
+        url = f"{router.admin_url}/lanes/realtime/upstreams"
+        async with client.put(url, json={"upstreams": ["http://127.0.0.9:1"]}, headers=admin_headers()) as r:
+            assert r.status == 409 and (await r.json())["error"]["type"] == "discovered"  # DNS owns this lane
         await until(lambda: [u.base for u in pool.upstreams] == [f"http://127.0.0.2:{port}"], 2 * EVERY_S + 1.0)
 
         dns_server.records["vllm.test."] = ["127.0.0.2", "127.0.0.3"]  # a replica is added

@@ -1,6 +1,7 @@
 """The admin API: authorization, status, commands, and reloads under load."""
 
 import asyncio
+import json
 
 import yaml
 
@@ -143,3 +144,25 @@ async def test_a_reload_that_cannot_be_applied_answers_422_and_keeps_the_old_con
     assert router.runtime.state is old
     async with client.get(f"{router.url}/x") as response:
         assert response.status == 200
+
+
+async def test_a_reload_of_nested_aliases_is_a_short_json_422_and_the_old_config_serves_on(
+    upstream, start_router, client, tmp_path
+):
+    """352 bytes of nested YAML aliases once blocked the loop 9.7 s and came back as a 105 MB 422."""
+    server = await upstream()
+    path = tmp_path / "modeshift.yaml"
+    write_config(path, [server.url], [server.url])
+    router = await start_router(load_config(path), config_path=path)
+    bomb = 'a: &a ["x","x","x","x","x","x","x","x","x","x"]\n'
+    for level in range(1, 9):  # 10^9 values once expanded
+        bomb += f"{chr(97 + level)}: &{chr(97 + level)} [" + ",".join([f"*{chr(96 + level)}"] * 10) + "]\n"
+    path.write_text(bomb)
+    async with client.post(f"{router.admin_url}/reload", headers=admin_headers()) as response:
+        assert response.status == 422
+        body = await response.read()
+    assert len(body) < 2000
+    error = json.loads(body)["error"]
+    assert error["type"] == "invalid_config" and "aliases" in error["lines"][0]
+    async with client.get(f"{router.url}/x") as response:
+        assert response.status == 200  # the old config serves on
