@@ -45,4 +45,5 @@ def capacity_planner(config: ModeshiftConfig) -> CapacityPlanner | None:
         return None
     concurrency = {name: config.lanes[name].replica.concurrency for name in autoscaled}
     ready = {name: len(config.lanes[name].upstreams) for name in autoscaled}
-    return CapacityPlanner(autoscaled, concurrency, ready)
+    prices = {name: config.lanes[name].cost.per_replica_hour for name in autoscaled}
+    return CapacityPlanner(autoscaled, concurrency, ready, prices)

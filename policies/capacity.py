@@ -35,14 +35,14 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from policies.actions import ReplicasWanted
-from policies.objectives import Objective
+from policies.objectives import JOBS, PINNED, SWITCHABLE, Objective
 from policies.queueing import service_quantile_s, sojourn_quantile_s
 from policies.snapshot import LaneFigures, ReplicasView, Snapshot
 from policies.units import Duration
@@ -112,19 +112,13 @@ def needed_replicas(
     """
     if rate_per_s <= 0:
         return 0
-    targets = [
-        (o.wanted, o.latency_s)
-        for o in objectives
-        if not math.isinf(o.latency_s) and service_quantile_s(o.wanted, service_s, scv) < o.latency_s
-    ]
-    offered = rate_per_s * service_s  # busy servers on average
-    least = max(1, math.ceil(offered / (1.0 - headroom) / concurrency))
+    targets = _targets(objectives, service_s, scv)
+    least = max(1, math.ceil(rate_per_s * service_s / (1.0 - headroom) / concurrency))
     if least >= most:
         return most
 
     def keeps(replicas: int) -> bool:
-        servers = replicas * concurrency
-        return all(sojourn_quantile_s(q, rate_per_s, servers, service_s, scv) <= target for q, target in targets)
+        return _keeps(targets, rate_per_s, replicas * concurrency, service_s, scv)
 
     if keeps(least):
         return least
@@ -137,23 +131,119 @@ def needed_replicas(
     return high
 
 
+def replicas_for(view: ReplicasView, rate_per_s: float, objectives: Sequence[Objective]) -> tuple[int, bool]:
+    """What a lane of `view` needs for `rate_per_s` of traffic with these objectives: (replicas within its
+    autoscale bounds, whether that many keep them). A lane never measured (no service time) keeps nothing."""
+    if math.isnan(view.service_s):
+        return view.most, rate_per_s <= 0
+    needed = needed_replicas(
+        rate_per_s, view.service_s, 1.0, view.concurrency, objectives, view.headroom, view.most
+    )
+    replicas = max(needed, view.least)
+    if needed < view.most:
+        return replicas, True
+    servers = view.most * view.concurrency
+    fits = rate_per_s * view.service_s <= servers * (1.0 - view.headroom)
+    return replicas, fits and _keeps(_targets(objectives, view.service_s, 1.0), rate_per_s, servers, view.service_s, 1.0)
+
+
+def switchable_rate_per_s(snapshot: Snapshot) -> float:
+    """Arrivals a mode may place: all of them but those pinned to a lane."""
+    pinned = sum(f.pinned_arrival_rate_per_s for f in snapshot.lanes.values())
+    return max(snapshot.arrival_rate_per_s - pinned, 0.0)
+
+
+def lane_demand(snapshot: Snapshot, lane: str, weights: Mapping[str, float] | None) -> tuple[float, list[Objective]]:
+    """The arrival rate `lane` takes and the objectives of the classes it serves: under `weights` (its pinned
+    traffic plus that share of the switchable traffic), or as the window measured it when None."""
+    figures = snapshot.lanes[lane]
+    if weights is None:
+        rate = figures.arrival_rate_per_s
+        classes = {c for (c, on), o in snapshot.outcomes.items() if on == lane and o.window.completions}
+    else:
+        switchable = switchable_rate_per_s(snapshot)
+        share = weights.get(lane, 0.0)
+        rate = figures.pinned_arrival_rate_per_s + share * switchable
+        classes = {PINNED} if figures.pinned_arrival_rate_per_s > 0 else set()
+        if share > 0 and switchable > 0:
+            moved = {c for c, _ in snapshot.outcomes if c not in (PINNED, JOBS)}
+            classes |= moved or {SWITCHABLE}
+    return rate, [snapshot.objectives[c] for c in sorted(classes)]
+
+
 class CapacityPlanner:
     """The damped capacity decision of every autoscaled lane, tick by tick (see the module docstring)."""
 
     def __init__(
-        self, autoscale: Mapping[str, AutoscaleParams], concurrency: Mapping[str, int], ready: Mapping[str, int]
+        self,
+        autoscale: Mapping[str, AutoscaleParams],
+        concurrency: Mapping[str, int],
+        ready: Mapping[str, int],
+        prices: Mapping[str, float] | None = None,
     ):
         self.autoscale = dict(autoscale)
         self.concurrency = dict(concurrency)
+        self.prices = dict(prices or {})  # USD per replica-hour
         self.desired = {lane: _clamp(ready.get(lane, p.min), p) for lane, p in self.autoscale.items()}
+        self._service: dict[str, deque[tuple[float, float]]] = {lane: deque() for lane in self.autoscale}
         self._history: dict[str, deque[tuple[float, int]]] = {lane: deque() for lane in self.autoscale}
         self.last: dict[str, LaneCapacity] = {}
 
-    def on_tick(self, snapshot: Snapshot, ready: Mapping[str, int]) -> dict[str, LaneCapacity]:
-        """The decision at `snapshot.now_s` for every autoscaled lane; `ready`: replicas answering now."""
+    def measure(self, now_s: float, lanes: Mapping[str, LaneFigures], ready: Mapping[str, int]) -> None:
+        """Take each lane's service time from this window, where it timed any call.
+
+        What a lane plans with (`service_s`) is the shortest its windows showed over the last
+        `scale_down_hold` in which it served: a window the lane spent partly draining a queue (the stream
+        just left, or a rush just ended) shows calls that held a server while they waited at the upstream,
+        longer than the model's own time; a longer mix of tokens shows within the hold. A lane that served
+        nothing since keeps what it had, so the stream has a size to come back to.
+        """
+        for lane, params in self.autoscale.items():
+            if lane not in lanes:
+                continue
+            measured = service_time_s(lanes[lane], ready.get(lane, 0) * self.concurrency[lane])
+            if math.isnan(measured):
+                continue
+            seen = self._service[lane]
+            if seen and seen[-1][0] == now_s:
+                seen.pop()  # measured once already at this tick
+            seen.append((now_s, measured))
+            while seen[0][0] < now_s - params.scale_down_hold_s:
+                seen.popleft()
+
+    def service_s(self, lane: str) -> float:
+        """The mean time a call holds one of `lane`'s servers, as the rule plans with it; NaN: never measured."""
+        seen = self._service[lane]
+        return min(s for _, s in seen) if seen else math.nan
+
+    def views(self, ready: Mapping[str, int] | None = None) -> dict[str, ReplicasView]:
+        """Each autoscaled lane's replicas (ready: as given, else as of the last decision) and what the rule
+        plans with, for the snapshot."""
         out = {}
         for lane, params in self.autoscale.items():
-            raw, why = self._recommend(snapshot, lane, params, ready.get(lane, 0))
+            answering = self.last[lane].ready if lane in self.last else self.desired[lane]
+            out[lane] = ReplicasView(
+                desired=self.desired[lane],
+                ready=ready.get(lane, answering) if ready is not None else answering,
+                concurrency=self.concurrency[lane],
+                service_s=self.service_s(lane),
+                least=params.min,
+                most=params.max,
+                headroom=params.headroom,
+                per_replica_hour=self.prices.get(lane, 0.0),
+            )
+        return out
+
+    def on_tick(
+        self, snapshot: Snapshot, ready: Mapping[str, int], weights: Mapping[str, float] | None = None
+    ) -> dict[str, LaneCapacity]:
+        """The decision at `snapshot.now_s` for every autoscaled lane; `ready`: replicas answering now;
+        `weights`: the split to size for (a policy that plans the fleet says which), else what each lane takes."""
+        self.measure(snapshot.now_s, snapshot.lanes, ready)
+        views = self.views(ready)
+        out = {}
+        for lane, params in self.autoscale.items():
+            raw, why = self._recommend(snapshot, lane, views[lane], weights)
             if raw is None:  # no data: no change
                 out[lane] = LaneCapacity(lane, self.desired[lane], ready.get(lane, 0), self.desired[lane], why)
                 continue
@@ -176,10 +266,12 @@ class CapacityPlanner:
         self.last = out
         return out
 
-    def decide(self, snapshot: Snapshot, ready: Mapping[str, int]) -> list[ReplicasWanted]:
+    def decide(
+        self, snapshot: Snapshot, ready: Mapping[str, int], weights: Mapping[str, float] | None = None
+    ) -> list[ReplicasWanted]:
         """`on_tick`, as actions: one ReplicasWanted for each lane whose desired replicas changed."""
         before = dict(self.desired)
-        decisions = self.on_tick(snapshot, ready)
+        decisions = self.on_tick(snapshot, ready, weights)
         return [
             ReplicasWanted(
                 at_s=snapshot.now_s,
@@ -193,13 +285,6 @@ class CapacityPlanner:
             if d.desired != before[lane]
         ]
 
-    def views(self) -> dict[str, ReplicasView]:
-        """Each autoscaled lane's replicas as of the last decision, for the snapshot (policies may plan on it)."""
-        return {
-            lane: ReplicasView(desired, self.last[lane].ready if lane in self.last else desired, self.concurrency[lane])
-            for lane, desired in self.desired.items()
-        }
-
     def record(self) -> dict[str, list[Any]]:
         """The last decision as plain data, for the replicas of a cluster that follow a leader's."""
         return {lane: [d.desired, d.recommended, d.reason] for lane, d in self.last.items()}
@@ -211,27 +296,23 @@ class CapacityPlanner:
                 self.desired[lane] = int(desired)
                 self.last[lane] = LaneCapacity(lane, int(desired), ready.get(lane, 0), int(recommended), str(reason))
 
-    def _recommend(self, snapshot: Snapshot, lane: str, params: AutoscaleParams, ready: int) -> tuple[int | None, str]:
-        figures = snapshot.lanes.get(lane)
-        if figures is None:
+    def _recommend(
+        self, snapshot: Snapshot, lane: str, view: ReplicasView, weights: Mapping[str, float] | None
+    ) -> tuple[int | None, str]:
+        if lane not in snapshot.lanes:
             return None, "no figures for the lane"
-        rate = figures.arrival_rate_per_s
+        rate, objectives = lane_demand(snapshot, lane, weights)
+        sized_for = "the split planned" if weights is not None else "the traffic it takes"
         if rate <= 0:
-            return params.min, "no arrivals in the window"
-        concurrency = self.concurrency.get(lane, 1)
-        service_s = service_time_s(figures, ready * concurrency)
-        if math.isnan(service_s):
+            return view.least, f"no arrivals for {sized_for}"
+        if math.isnan(view.service_s):
             return None, "no measured service time yet"
-        classes = [
-            snapshot.objectives[c] for (c, on), o in snapshot.outcomes.items() if on == lane and o.window.completions
-        ]
-        scv = 1.0  # an exponential service time: the cautious default until the lane's spread is measured
-        raw = needed_replicas(rate, service_s, scv, concurrency, classes, params.headroom, params.max)
+        raw, _ = replicas_for(view, rate, objectives)
         why = (
-            f"{rate:.3g} req/s x {service_s * 1000:.3g} ms on {concurrency} per replica, "
-            f"{len(classes)} classes' objectives, {params.headroom:.0%} headroom: {raw}"
+            f"{rate:.3g} req/s ({sized_for}) x {view.service_s * 1000:.3g} ms on {view.concurrency} per replica, "
+            f"{len(objectives)} classes' objectives, {view.headroom:.0%} headroom: {raw}"
         )
-        return max(raw, params.min), why
+        return raw, why
 
 
 def service_time_s(figures: LaneFigures, servers: int) -> float:
@@ -248,6 +329,20 @@ def service_time_s(figures: LaneFigures, servers: int) -> float:
     answered_per_s = figures.throughput_per_s * served / figures.completions
     held_s = figures.items_per_s / figures.items_per_busy_s / answered_per_s  # busy seconds per answered call
     return min(held_s, servers / answered_per_s) if servers > 0 else held_s
+
+
+def _targets(objectives: Iterable[Objective], service_s: float, scv: float) -> list[tuple[float, float]]:
+    """(percentile, latency) of each objective some number of servers can keep: one the service time alone
+    misses does not count."""
+    return [
+        (o.wanted, o.latency_s)
+        for o in objectives
+        if not math.isinf(o.latency_s) and service_quantile_s(o.wanted, service_s, scv) < o.latency_s
+    ]
+
+
+def _keeps(targets: list[tuple[float, float]], rate_per_s: float, servers: int, service_s: float, scv: float) -> bool:
+    return all(sojourn_quantile_s(q, rate_per_s, servers, service_s, scv) <= target for q, target in targets)
 
 
 def _held(

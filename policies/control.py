@@ -21,7 +21,7 @@ from dataclasses import replace
 from policies.actions import Action, Command
 from policies.capacity import CapacityPlanner
 from policies.monitor import Monitor
-from policies.protocol import Policy
+from policies.protocol import PlansFleet, Policy
 from policies.snapshot import Snapshot
 from policies.switching import SwitchingController
 from policies.weights import Weights
@@ -41,18 +41,21 @@ class ControlLoop:
     def weights(self) -> Weights:
         return self.controller.weights
 
-    def snapshot(self, now_s: float) -> Snapshot:
+    def snapshot(self, now_s: float, ready: Mapping[str, int] | None = None) -> Snapshot:
         snapshot = self.monitor.snapshot(now_s, self.controller.view())
-        if self.capacity is not None:  # the replicas as the last tick left them: what policies may plan around
-            snapshot = replace(snapshot, replicas=self.capacity.views())
+        if self.capacity is not None:  # the replicas answering now and what the rule plans with
+            if ready is not None:
+                self.capacity.measure(now_s, snapshot.lanes, ready)
+            snapshot = replace(snapshot, replicas=self.capacity.views(ready))
         return snapshot
 
     def tick(self, now_s: float, ready: Mapping[str, int] | None = None) -> list[Action]:
         """One tick at `now_s`; `ready`: replicas answering now per autoscaled lane (the driver's count)."""
-        self.last_snapshot = snapshot = self.snapshot(now_s)
+        self.last_snapshot = snapshot = self.snapshot(now_s, ready)
         actions = self.controller.on_tick(snapshot, self.policy.decide(snapshot))
         if self.capacity is not None:
-            actions += self.capacity.decide(snapshot, ready if ready is not None else self.capacity.desired)
+            sized_for = self.policy.planned_weights() if isinstance(self.policy, PlansFleet) else None
+            actions += self.capacity.decide(snapshot, ready if ready is not None else self.capacity.desired, sized_for)
         return actions
 
     def command(self, command: Command, now_s: float) -> list[Action]:

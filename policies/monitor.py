@@ -117,12 +117,9 @@ class Monitor:
         p50, p95, p99 = w.latency.quantiles(_QUANTILES)
         replicas = self.replicas.get(lane, 1)
         cost = w.cost_usd + cost_model.idle_cost_usd(span, replicas)
+        busy_s = _ratio(w.busy_s, w.completions) if w.completions else mix_busy
         estimate = cost_model.estimate_per_request_usd(
-            rate_per_s=arrivals_per_s,
-            replicas=replicas,
-            input_tokens=mix_input,
-            output_tokens=mix_output,
-            busy_s=_ratio(w.busy_s, w.completions) if w.completions else mix_busy,
+            rate_per_s=arrivals_per_s, replicas=replicas, input_tokens=mix_input, output_tokens=mix_output, busy_s=busy_s
         )
         return LaneFigures(
             lane=lane,
@@ -147,6 +144,7 @@ class Monitor:
             cost_usd=cost,
             cost_per_request_usd=_ratio(cost, w.completions),
             estimated_cost_per_request_usd=estimate,
+            marginal_cost_per_request_usd=cost_model.marginal_per_request_usd(mix_input, mix_output, busy_s),
             cumulative=reading.cumulative,
         )
 

@@ -71,6 +71,11 @@ class CostModel(BaseModel):
             return 0.0
         return (self.per_hour * span_s + self.per_replica_hour * replica_s) / 3600.0 * (1.0 - self.discount)
 
+    def marginal_per_request_usd(self, input_tokens: float, output_tokens: float, busy_s: float) -> float:
+        """What one more request of these mean counts adds to the bill (a provisioned price adds nothing: it is
+        paid anyway); an unknown (NaN) count adds nothing."""
+        return self.request_cost_usd(_zero_if_nan(input_tokens), _zero_if_nan(output_tokens), _zero_if_nan(busy_s))
+
     def estimate_per_request_usd(
         self,
         *,
@@ -85,7 +90,7 @@ class CostModel(BaseModel):
         Token counts and busy time are per-request means; NaN when the rate is
         unknown and a provisioned price would need amortising.
         """
-        variable = self.request_cost_usd(_zero_if_nan(input_tokens), _zero_if_nan(output_tokens), _zero_if_nan(busy_s))
+        variable = self.marginal_per_request_usd(input_tokens, output_tokens, busy_s)
         if self.billing == "provisioned" and self.hourly_usd(replicas) > 0:
             if not rate_per_s > 0:
                 return math.nan

@@ -75,6 +75,14 @@ class Proposal:
 
 
 @runtime_checkable
+class PlansFleet(Protocol):
+    """A policy that plans the replicas with the split (policies.fleet): the capacity rule sizes each
+    autoscaled lane for the split it planned, not for what the lane takes while the replicas start."""
+
+    def planned_weights(self) -> Mapping[str, float] | None: ...
+
+
+@runtime_checkable
 class Policy(Protocol):
     name: ClassVar[str]
     Params: ClassVar[type[PolicyParams]]

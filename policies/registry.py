@@ -29,9 +29,9 @@ _BUILTINS = {
     "adaptive": "policies.adaptive:AdaptivePolicy",
     "composite": "policies.composite:CompositePolicy",
     "cost": "policies.cost:CostPolicy",
+    "fleet": "policies.fleet:FleetPolicy",
     "latency": "policies.latency:LatencyPolicy",
     "load": "policies.load:LoadPolicy",
-    "room": "policies.room:RoomPolicy",
     "slo": "policies.slo:SloPolicy",
     "static": "policies.static:StaticPolicy",
 }

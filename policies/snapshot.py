@@ -13,6 +13,7 @@ completions) is NaN, never 0: "no data" must not read as "healthy".
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
@@ -48,6 +49,7 @@ class LaneFigures:
     cost_usd: float
     cost_per_request_usd: float
     estimated_cost_per_request_usd: float
+    marginal_cost_per_request_usd: float  # what one more request adds: tokens, busy seconds, per request
     cumulative: LaneTotals
 
     def numbers(self) -> dict[str, float]:
@@ -100,11 +102,16 @@ class ControlView:
 
 @dataclass(frozen=True, slots=True)
 class ReplicasView:
-    """An autoscaled lane's replicas as the capacity rule last saw them (policies.capacity)."""
+    """An autoscaled lane's replicas as the capacity rule sees them (policies.capacity), and what it plans with."""
 
     desired: int
     ready: int
     concurrency: int  # calls one replica serves at once
+    service_s: float = math.nan  # a call's mean time on a server, as the capacity rule plans with it; NaN: never measured
+    least: int = 0  # the autoscale bounds
+    most: int = 1_000_000
+    headroom: float = 0.0  # share of the servers kept free
+    per_replica_hour: float = 0.0  # USD
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +122,7 @@ class Snapshot:
     control: ControlView
     objectives: Objectives = field(default_factory=Objectives)
     outcomes: Mapping[tuple[str, str], OutcomeFigures] = field(default_factory=dict)  # by (class, lane)
-    replicas: Mapping[str, ReplicasView] = field(default_factory=dict)  # autoscaled lanes, as of the last tick
+    replicas: Mapping[str, ReplicasView] = field(default_factory=dict)  # autoscaled lanes, ready as of now
 
     @property
     def mode(self) -> str | None:

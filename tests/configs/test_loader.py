@@ -73,7 +73,7 @@ def test_unknown_policy_lists_known_ones():
     lines = errors_of(GOOD.replace("type: load", "type: latncy"))
     assert lines == [
         'prod.yaml:17: policy.type = "latncy": unknown policy; '
-        "known: adaptive, composite, cost, latency, load, room, slo, static"
+        "known: adaptive, composite, cost, fleet, latency, load, slo, static"
     ]
 
 

@@ -128,30 +128,3 @@ def test_the_service_time_is_read_through_the_upstreams_own_queue():
     figures = monitor.snapshot(10.0, static_view(Weights({"realtime": 1.0}, LANES))).lanes["realtime"]
     assert service_time_s(figures, servers=4) == pytest.approx(0.1, rel=0.02)
     assert service_time_s(figures, servers=400) == pytest.approx(1.0)  # not saturated: the time is the service
-
-
-def test_room_proposes_the_mode_that_gives_the_lane_the_largest_share_its_ready_replicas_carry():
-    from dataclasses import replace
-
-    from policies.room import RoomParams, RoomPolicy
-    from policies.snapshot import ReplicasView
-
-    monitor = make_monitor(window_s=10.0)
-    window = monitor.lanes["realtime"]
-    for i in range(400):  # 40 req/s, 0.1 s each: 4 busy servers
-        t = i / 40.0
-        window.arrived(t)
-        window.completed(t, 0.1, busy_s=0.1)
-    modes = {
-        "realtime": Weights({"realtime": 1.0}, LANES),
-        "hybrid": Weights({"realtime": 0.5, "batch": 0.5}, LANES),
-        "batch": Weights({"batch": 1.0}, LANES),
-    }
-    view = ControlView(state="steady", mode="realtime", weights=modes["realtime"], modes=modes)
-    policy = RoomPolicy(RoomParams())
-    snapshot = monitor.snapshot(10.0, view)
-    one = replace(snapshot, replicas={"realtime": ReplicasView(desired=2, ready=1, concurrency=4)})
-    assert policy.decide(one).target_mode == "hybrid"  # 4 x 0.8 / 0.1 = 32/s: half of 40/s fits, all of it not
-    two = replace(snapshot, replicas={"realtime": ReplicasView(desired=2, ready=2, concurrency=4)})
-    assert policy.decide(two).target_mode == "realtime"  # the second replica answers: all of it comes back
-    assert policy.decide(replace(snapshot, replicas={})) is None  # not an autoscaled lane: no opinion
