@@ -8,6 +8,7 @@
     modeshift backend --mode M --port N  the reference embedding model server
     modeshift simulate --trace T -c FILE --service MODEL [--policy SPEC ...]
                                          policies compared offline, with baselines and the oracle
+    modeshift plan --trace T -c FILE     fleets compared on a trace: static, autoscaled, modeshift, the oracle
     modeshift profile --url URL --out MODEL   a live backend measured into a service model
     modeshift replay --trace T --target URL   a trace sent live with its timing; results as CSV
 
@@ -99,6 +100,12 @@ def _simulate(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _plan(args: argparse.Namespace) -> int:
+    from commands.plan import run
+
+    return run(args)
+
+
 def _profile(args: argparse.Namespace) -> int:
     from commands.profile import run
 
@@ -164,6 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
     simulate = commands.add_parser("simulate", help="compare policies on a trace, offline, in virtual time")
     simulate_arguments(simulate)
     simulate.set_defaults(run=_simulate)
+
+    from commands.plan import add_arguments as plan_arguments
+
+    plan = commands.add_parser("plan", help="the fleets that could serve a trace: replica-hours, dollars, objectives")
+    plan_arguments(plan)
+    plan.set_defaults(run=_plan)
 
     profile = commands.add_parser("profile", help="measure a live backend; write the simulator's service model")
     profile.add_argument("--url", required=True, help="the endpoint, e.g. http://127.0.0.1:8101/v1/embeddings")

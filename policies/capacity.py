@@ -34,10 +34,11 @@ GET /capacity) for the autoscaler people run (KEDA, an HPA). Pure: no clock
 from __future__ import annotations
 
 import math
+import statistics
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -46,6 +47,8 @@ from policies.objectives import JOBS, PINNED, SWITCHABLE, Objective
 from policies.queueing import service_quantile_s, sojourn_quantile_s
 from policies.snapshot import LaneFigures, ReplicasView, Snapshot
 from policies.units import Duration
+
+MIN_CALLS = 20  # answers in a window before its service time says anything
 
 
 class ReplicaParams(BaseModel):
@@ -70,6 +73,11 @@ class AutoscaleParams(BaseModel):
     scale_down_hold_s: Duration = Field(300.0, alias="scale_down_hold", description="a fall must last this long")
     headroom: float = Field(
         0.2, ge=0, lt=1, description="share of the servers kept free: a lane runs at most 1 - headroom busy"
+    )
+    target: Literal["objectives", "utilisation"] = Field(
+        "objectives",
+        description="objectives: the replicas that keep the classes' objectives within the headroom; utilisation: "
+        "the load at 1 - headroom busy alone, as an HPA on a utilisation target does",
     )
 
     @model_validator(mode="after")
@@ -136,15 +144,15 @@ def replicas_for(view: ReplicasView, rate_per_s: float, objectives: Sequence[Obj
     autoscale bounds, whether that many keep them). A lane never measured (no service time) keeps nothing."""
     if math.isnan(view.service_s):
         return view.most, rate_per_s <= 0
-    needed = needed_replicas(
-        rate_per_s, view.service_s, 1.0, view.concurrency, objectives, view.headroom, view.most
-    )
+    needed = needed_replicas(rate_per_s, view.service_s, 1.0, view.concurrency, objectives, view.headroom, view.most)
     replicas = max(needed, view.least)
     if needed < view.most:
         return replicas, True
     servers = view.most * view.concurrency
     fits = rate_per_s * view.service_s <= servers * (1.0 - view.headroom)
-    return replicas, fits and _keeps(_targets(objectives, view.service_s, 1.0), rate_per_s, servers, view.service_s, 1.0)
+    return replicas, fits and _keeps(
+        _targets(objectives, view.service_s, 1.0), rate_per_s, servers, view.service_s, 1.0
+    )
 
 
 def switchable_rate_per_s(snapshot: Snapshot) -> float:
@@ -190,18 +198,20 @@ class CapacityPlanner:
         self.last: dict[str, LaneCapacity] = {}
 
     def measure(self, now_s: float, lanes: Mapping[str, LaneFigures], ready: Mapping[str, int]) -> None:
-        """Take each lane's service time from this window, where it timed any call.
+        """Take each lane's service time from this window, where it answered `MIN_CALLS` calls or more.
 
-        What a lane plans with (`service_s`) is the shortest its windows showed over the last
-        `scale_down_hold` in which it served: a window the lane spent partly draining a queue (the stream
-        just left, or a rush just ended) shows calls that held a server while they waited at the upstream,
-        longer than the model's own time; a longer mix of tokens shows within the hold. A lane that served
-        nothing since keeps what it had, so the stream has a size to come back to.
+        What a lane plans with (`service_s`) is the median of its windows over the last `scale_down_hold`
+        in which it served: a window the lane spent partly draining a queue (the stream just left, or a rush
+        just ended) shows calls that held a server while they waited at the upstream, longer than the model's
+        own time, and a young window shows only the calls short enough to have finished; the median of many
+        windows is neither. A longer mix of tokens shows within the hold. A lane that served nothing since
+        keeps what it had, so the stream has a size to come back to.
         """
         for lane, params in self.autoscale.items():
-            if lane not in lanes:
+            figures = lanes.get(lane)
+            if figures is None or figures.completions - figures.errors < MIN_CALLS:
                 continue
-            measured = service_time_s(lanes[lane], ready.get(lane, 0) * self.concurrency[lane])
+            measured = service_time_s(figures, ready.get(lane, 0) * self.concurrency[lane])
             if math.isnan(measured):
                 continue
             seen = self._service[lane]
@@ -214,7 +224,7 @@ class CapacityPlanner:
     def service_s(self, lane: str) -> float:
         """The mean time a call holds one of `lane`'s servers, as the rule plans with it; NaN: never measured."""
         seen = self._service[lane]
-        return min(s for _, s in seen) if seen else math.nan
+        return statistics.median(s for _, s in seen) if seen else math.nan
 
     def views(self, ready: Mapping[str, int] | None = None) -> dict[str, ReplicasView]:
         """Each autoscaled lane's replicas (ready: as given, else as of the last decision) and what the rule
@@ -302,6 +312,8 @@ class CapacityPlanner:
         if lane not in snapshot.lanes:
             return None, "no figures for the lane"
         rate, objectives = lane_demand(snapshot, lane, weights)
+        if self.autoscale[lane].target == "utilisation":
+            objectives = []
         sized_for = "the split planned" if weights is not None else "the traffic it takes"
         if rate <= 0:
             return view.least, f"no arrivals for {sized_for}"

@@ -98,7 +98,8 @@ class FleetPolicy(BasePolicy):
         numbers |= {f"{p.mode}.load": p.load for p in plans}
         wanted = ", ".join(f"{lane} {n}" for lane, n in planned.replicas.items())
         if planned.fits_now:
-            reason = f"{planned.mode} is the cheapest fleet that keeps the objectives (${planned.usd_per_hour:.3g}/h: {wanted})"
+            cost = f"${planned.usd_per_hour:.3g}/h"
+            reason = f"{planned.mode} is the cheapest fleet that keeps the objectives ({cost}: {wanted})"
             return self.propose(planned.mode, reason, numbers, self.params.hold_s)
         fitting = [p for p in plans if p.fits_now]
         cover = fitting[0] if fitting else min(plans, key=lambda p: (p.load, p.usd_per_hour, p.mode))
@@ -118,7 +119,9 @@ class FleetPolicy(BasePolicy):
         return best
 
 
-def plan_mode(snapshot: Snapshot, mode: str, weights: Mapping[str, float], views: Mapping[str, ReplicasView]) -> ModePlan:
+def plan_mode(
+    snapshot: Snapshot, mode: str, weights: Mapping[str, float], views: Mapping[str, ReplicasView]
+) -> ModePlan:
     """Price an hour of the fleet `mode` needs at the snapshot's traffic (see the module docstring)."""
     usd = 0.0
     broken = 0

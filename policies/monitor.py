@@ -119,7 +119,11 @@ class Monitor:
         cost = w.cost_usd + cost_model.idle_cost_usd(span, replicas)
         busy_s = _ratio(w.busy_s, w.completions) if w.completions else mix_busy
         estimate = cost_model.estimate_per_request_usd(
-            rate_per_s=arrivals_per_s, replicas=replicas, input_tokens=mix_input, output_tokens=mix_output, busy_s=busy_s
+            rate_per_s=arrivals_per_s,
+            replicas=replicas,
+            input_tokens=mix_input,
+            output_tokens=mix_output,
+            busy_s=busy_s,
         )
         return LaneFigures(
             lane=lane,

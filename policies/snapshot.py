@@ -107,7 +107,7 @@ class ReplicasView:
     desired: int
     ready: int
     concurrency: int  # calls one replica serves at once
-    service_s: float = math.nan  # a call's mean time on a server, as the capacity rule plans with it; NaN: never measured
+    service_s: float = math.nan  # a call's mean time on a server as the capacity rule plans with it (NaN: never)
     least: int = 0  # the autoscale bounds
     most: int = 1_000_000
     headroom: float = 0.0  # share of the servers kept free

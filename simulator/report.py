@@ -38,7 +38,8 @@ REQUEST_COLUMNS = (
 def comparison_table(summaries: Mapping[str, Summary], slo: SloTargets, baseline: str | None = None) -> Table:
     table = Table(title=f"policies compared (SLO: pinned {_ms(slo.pinned_s)}, switchable {_ms(slo.switchable_s)})")
     table.add_column("contender", no_wrap=True)
-    for name in ("requests", "p50", "p95", "p99", "SLO pinned", "SLO switchable", "cost", "per 1k", "saving"):
+    figures = ("requests", "p50", "p95", "p99", "SLO pinned", "SLO switchable", "replica-h", "cost", "per 1k", "saving")
+    for name in figures:
         table.add_column(name, justify="right", no_wrap=True)
     table.add_column("transitions", justify="right")
     table.add_column("rollbacks", justify="right")
@@ -52,7 +53,7 @@ def comparison_table(summaries: Mapping[str, Summary], slo: SloTargets, baseline
             *_latencies(row),
             _attainment(row.slo_pinned, slo),
             _attainment(row.slo_switchable, slo),
-            "-" if math.isnan(row.replica_hours) else f"{row.replica_hours:,.2f}",
+            _replica_hours(row),
             _usd(row.cost_usd),
             _usd(row.cost_per_1k_usd),
             "-" if math.isnan(saving) else f"{saving:+.1%}",
@@ -60,6 +61,10 @@ def comparison_table(summaries: Mapping[str, Summary], slo: SloTargets, baseline
             str(summary.rollbacks),
         )
     return table
+
+
+def _replica_hours(row: Row) -> str:
+    return "-" if math.isnan(row.replica_hours) else f"{row.replica_hours:,.2f}"
 
 
 def lane_table(summary: Summary, slo: SloTargets) -> Table:
@@ -87,6 +92,7 @@ def lane_table(summary: Summary, slo: SloTargets) -> Table:
             *_latencies(row),
             _attainment(row.slo_pinned, slo),
             _attainment(row.slo_switchable, slo),
+            _replica_hours(row),
             _usd(row.cost_usd),
             _usd(row.cost_per_1k_usd),
         )

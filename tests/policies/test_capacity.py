@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 from policies.capacity import AutoscaleParams, CapacityPlanner, needed_replicas
 from policies.objectives import ObjectiveParams, Objectives
 from policies.queueing import service_quantile_s, sojourn_quantile_s
-from policies.snapshot import ControlView
 from policies.weights import Weights
 from tests.policies.helpers import make_monitor, static_view
 

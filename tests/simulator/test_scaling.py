@@ -146,3 +146,17 @@ def test_the_timeline_counts_the_replicas_paid_and_the_plot_shows_them(tmp_path)
     assert costs[-1] <= outcome.idle_cost_usd["realtime"] + 1e-9
     written = plot_runs({"scaled": outcome}, tmp_path)
     assert (tmp_path / "scaled.png") in written and (tmp_path / "scaled.png").stat().st_size > 10_000
+
+
+def test_the_tables_show_each_figure_under_its_own_heading():
+    from simulator.outcome import SloTargets, summarize
+    from simulator.report import comparison_table, lane_table
+
+    _, outcome = run()
+    slo = SloTargets(pinned_s=1.0, switchable_s=5.0)
+    summary = summarize(outcome, slo, "scaled")
+    for table in (comparison_table({"scaled": summary}, slo), lane_table(summary, slo)):
+        cells = {str(column.header): list(column.cells) for column in table.columns}
+        assert "" not in cells  # no figure without a heading
+        hours = f"{outcome.replica_hours['realtime'] + outcome.replica_hours['batch']:,.2f}"
+        assert cells["replica-h"][-1] == hours and cells["cost"][-1].startswith("$")
