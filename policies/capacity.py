@@ -2,13 +2,18 @@
 
 Theory of operation. A lane is `replicas x concurrency` servers (a replica
 serves `concurrency` calls at once). Each tick, for every lane with
-`autoscale:`, the rule reads from the snapshot what the lane faces under the
-weights in force: its arrival rate, the mean service time of one call
-(busy seconds per completion) and, per traffic class it served, that class's
-objective. The lane **needs** the fewest replicas whose M/G/c queue
-(policies.queueing) answers every such class within its latency at its
-percentile, and runs at most `1 - headroom` busy. That is the raw
-recommendation; the decision is damped as Kubernetes' HPA damps its own:
+`autoscale:`, the rule works out what the lane will face (`lane_demand`):
+under the split a fleet-planning policy chose (policies.fleet: its pinned
+arrivals plus that share of the switchable ones), or else the arrivals it
+takes under the weights in force; and the objectives of the classes it
+serves there. With the mean time a call holds a server (`measure`: the
+median over the down hold of each window's figure, read through the
+upstream's own queue by Little's law), the lane **needs** the fewest
+replicas whose M/G/c queue (policies.queueing) answers every such class
+within its latency at its percentile, and runs at most `1 - headroom` busy
+(`target: utilisation`: the headroom alone, as an HPA on a utilisation
+target sizes). That is the raw recommendation; the decision is damped as
+Kubernetes' HPA damps its own:
 
 - up: to the lowest recommendation of the last `scale_up_hold` (up fast:
   a rush that lasted the hold gets its replicas, a spike that did not
