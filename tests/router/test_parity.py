@@ -254,8 +254,12 @@ async def _live_run(trace, make_config, service: ServiceModel) -> tuple[list[dic
         clock.now = t
         if kind == "tick":
             router.runtime.tick()
+            if planner is not None:
+                scale(t)
             if t < trace[-1].t_s:
                 push(t + tick_s, "tick", object())
+        elif kind == "replica_up":
+            await replica_up(*what)
         elif kind in ("down", "up"):
             await (what.go_down() if kind == "down" else what.come_up())
             await asyncio.sleep(0.01)  # the router's kept-alive connections to it see their close
@@ -266,6 +270,34 @@ async def _live_run(trace, make_config, service: ServiceModel) -> tuple[list[dic
         else:
             what[2].set_result(None)  # its requests are answered, or held again (the halves of a merged call)
             await settle(f"settled after requests {what[1]}")
+
+    # Autoscaled lanes: the harness plays the autoscaler the router's figure is for, as simulator.lane_scale
+    # does: a replica asked for answers a cold start later (a new upstream the pool is given), fewer wanted
+    # calls off the newest start first, then lets the newest ready replica go (its calls in flight finish).
+    planner = router.runtime.state.control.capacity
+    starting: dict[str, list[float]] = {lane: [] for lane in (planner.autoscale if planner else {})}
+
+    def scale(now_s: float) -> None:
+        for lane, due in starting.items():
+            ready, desired = upstreams[lane], planner.desired[lane]
+            while len(ready) + len(due) < desired:
+                due.append(now_s + planner.autoscale[lane].cold_start_s)
+                push(due[-1], "replica_up", (lane, due[-1]))
+            while len(ready) + len(due) > desired and due:
+                due.pop()
+            if len(ready) + len(due) > desired and len(ready) > desired:
+                del ready[desired:]
+                lanes[lane].pool.replace([server.url for server in ready])
+
+    async def replica_up(lane: str, due_s: float) -> None:
+        if due_s not in starting[lane]:
+            return  # called off before it answered
+        starting[lane].remove(due_s)
+        server = Upstream(holding(lane, len(upstreams[lane])))
+        await server.start()
+        servers.append(server)
+        upstreams[lane].append(server)
+        lanes[lane].pool.replace([s.url for s in upstreams[lane]])
 
     for lane, replicas in upstreams.items():
         failures = getattr(service.lanes[lane], "failures", None)
@@ -439,3 +471,43 @@ async def test_parity_holds_when_merged_calls_err_and_the_batch_lane_goes_down()
     assert ((outcome.lane == batch) & (outcome.status == 500)).sum() >= 10  # merged calls that erred, each member
     down = (outcome.arrival_s >= 22.0) & (outcome.arrival_s < 27.0)
     assert ((outcome.lane == outcome.lanes.index("realtime")) & down & ~outcome.pinned).sum() >= 10  # failed over
+
+
+SCALING_SERVICE = ServiceModel(
+    lanes={
+        "realtime": ServerLane(concurrency=10_000, latency=Latency(base_s=0.3, jitter=0.3)),
+        "batch": ServerLane(concurrency=10_000, latency=Latency(base_s=0.8, jitter=0.3)),
+    }
+)
+
+
+def _scaling_config(upstreams: dict[str, list[str]]):
+    """An autoscaled real-time lane (one call per replica, a 6 s cold start) under the fleet policy; the batch
+    lane bills each busy second dearly, so the plan grows real-time and the stream rides on batch meanwhile."""
+    autoscale = {"min": 1, "max": 8, "cold_start": "6s", "scale_up_hold": "2s", "scale_down_hold": "8s"}
+    lanes = {
+        "realtime": {"upstreams": upstreams["realtime"], "max_in_flight": 64, "queue_timeout": "1h",
+                     "replica": {"concurrency": 1}, "autoscale": autoscale, "cost": {"per_replica_hour": 3.6}},
+        "batch": {"upstreams": upstreams["batch"], "max_in_flight": 64, "queue_timeout": "1h",
+                  "cost": {"per_hour": 360, "billing": "busy"}},
+    }  # fmt: skip
+    return two_lane_config(
+        upstreams["realtime"],
+        upstreams["batch"],
+        lanes=lanes,
+        policy={"type": "fleet", "params": {}},
+        switching={"hold": "0s", "cooldown": "2s", "step": "2s", "min_samples": 5, "steps": [0.5, 1.0]},
+        metrics={"window": "5s", "slot": "1s"},
+        objectives={"pinned": {"latency": "3s"}, "switchable": {"latency": "3s"}},
+    )
+
+
+async def test_parity_holds_while_the_real_time_lane_scales_and_replicas_arrive_a_cold_start_later():
+    """Live, the harness brings each replica the router asks for up a cold start later by the fake clock (a new
+    loopback upstream the lane's pool is given) and lets replicas go when it asks for fewer; the simulator plays
+    the same autoscaler. The same desired replicas over time, and the same decisions, figures and answers."""
+    simulated, outcome = await _compare(_trace(), _scaling_config, SCALING_SERVICE)
+    wanted = [record for record in simulated if record["kind"] == "ReplicasWanted"]
+    assert max(record["replicas"] for record in wanted) >= 3  # the rush grew the lane
+    assert any(record["replicas"] < record["was"] for record in wanted)  # and the calm let replicas go
+    assert outcome.replica_hours["realtime"] > outcome.end_s / 3600  # more than the one it started with, paid
