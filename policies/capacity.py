@@ -6,7 +6,11 @@ serves `concurrency` calls at once). Each tick, for every lane with
 under the split a fleet-planning policy chose (policies.fleet: its pinned
 arrivals plus that share of the switchable ones), or else the arrivals it
 takes under the weights in force; and the objectives of the classes it
-serves there. With the mean time a call holds a server (`measure`: the
+serves there. Jobs count too: the lane that runs them also takes the rate
+that answers its waiting jobs by their deadlines (the snapshot's
+`backlogs`, policies.snapshot.JobsBacklog), so replicas already up and idle
+drain them first, and more are asked for only where those cannot in time.
+With the mean time a call holds a server (`measure`: the
 median over the down hold of each window's figure, read through the
 upstream's own queue by Little's law), the lane **needs** the fewest
 replicas whose M/G/c queue (policies.queueing) answers every such class
@@ -320,14 +324,18 @@ class CapacityPlanner:
         if self.autoscale[lane].target == "utilisation":
             objectives = []
         sized_for = "the split planned" if weights is not None else "the traffic it takes"
-        if rate <= 0:
+        backlog = snapshot.backlogs.get(lane)
+        jobs = backlog.drain_rate_per_s() if backlog is not None else 0.0
+        if jobs > 0:
+            sized_for += f", and {jobs:.3g} jobs/s to meet the waiting jobs' deadlines"
+        if rate + jobs <= 0:
             return view.least, f"no arrivals for {sized_for}"
         if math.isnan(view.service_s):
             return None, "no measured service time yet"
-        raw, _ = replicas_for(view, rate, objectives)
+        raw, _ = replicas_for(view, rate + jobs, objectives)
         why = (
-            f"{rate:.3g} req/s ({sized_for}) x {view.service_s * 1000:.3g} ms on {view.concurrency} per replica, "
-            f"{len(objectives)} classes' objectives, {view.headroom:.0%} headroom: {raw}"
+            f"{rate + jobs:.3g} req/s ({sized_for}) x {view.service_s * 1000:.3g} ms on {view.concurrency} per "
+            f"replica, {len(objectives)} classes' objectives, {view.headroom:.0%} headroom: {raw}"
         )
         return raw, why
 

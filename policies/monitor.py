@@ -22,7 +22,7 @@ from types import MappingProxyType
 from policies.metrics import LaneWindow, WindowReading
 from policies.objectives import Objectives
 from policies.pricing import CostModel
-from policies.snapshot import ControlView, LaneFigures, OutcomeFigures, Snapshot, freeze_lanes
+from policies.snapshot import ControlView, JobsBacklog, LaneFigures, OutcomeFigures, Snapshot, freeze_lanes
 
 _QUANTILES = (0.5, 0.95, 0.99)
 
@@ -41,6 +41,7 @@ class Monitor:
         # Replicas each lane is paid for now (ready and starting), set by the driver; a lane's per_replica_hour
         # is billed on them over the window (at the count of the tick: a change within a window is not split).
         self.replicas: dict[str, int] = dict.fromkeys(self.costs, 1)
+        self.backlogs: dict[str, JobsBacklog] = {}  # jobs waiting with deadlines, by lane (the job runner's count)
         self.objectives = objectives if objectives is not None else Objectives()
         self.lanes: dict[str, LaneWindow] = {
             lane: LaneWindow(now_s=now_s, window_s=window_s, slot_s=slot_s) for lane in self.costs
@@ -100,6 +101,7 @@ class Monitor:
             control=control,
             objectives=self.objectives,
             outcomes=MappingProxyType(outcomes),
+            backlogs=MappingProxyType(dict(self.backlogs)),
         )
 
     def _figures(

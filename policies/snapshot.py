@@ -114,6 +114,29 @@ class ReplicasView:
     per_replica_hour: float = 0.0  # USD
 
 
+# The horizons a jobs backlog is counted over (JobsBacklog): from half a minute to a day, each about twice the last.
+BACKLOG_HORIZONS_S = (30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0, 21600.0, 86400.0)
+
+
+@dataclass(frozen=True, slots=True)
+class JobsBacklog:
+    """Jobs waiting for a lane with a deadline (an X-Modeshift-Deadline-Ms, a batch's completion_window): for
+    each horizon, how many are due before now + that horizon (overdue ones included)."""
+
+    due_within: tuple[tuple[float, int], ...] = ()  # (horizon_s, jobs due before now + horizon_s), horizons rising
+
+    def drain_rate_per_s(self) -> float:
+        """The least rate of jobs answered that meets every deadline, counted cautiously: the jobs due within
+        a horizon over the horizon before it (the first over itself), so a job due at 31 s counts as due at
+        30 s; the most any horizon asks for. Zero with nothing waiting."""
+        rate = 0.0
+        before = self.due_within[0][0] if self.due_within else 0.0
+        for horizon_s, due in self.due_within:
+            rate = max(rate, due / before)
+            before = horizon_s
+        return rate
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     now_s: float
@@ -123,6 +146,7 @@ class Snapshot:
     objectives: Objectives = field(default_factory=Objectives)
     outcomes: Mapping[tuple[str, str], OutcomeFigures] = field(default_factory=dict)  # by (class, lane)
     replicas: Mapping[str, ReplicasView] = field(default_factory=dict)  # autoscaled lanes, ready as of now
+    backlogs: Mapping[str, JobsBacklog] = field(default_factory=dict)  # jobs waiting with deadlines, by lane
 
     @property
     def mode(self) -> str | None:

@@ -26,6 +26,7 @@ from configs import ConfigError, load_config
 from configs.schema import ModeshiftConfig
 from policies.actions import Action, Command
 from policies.objectives import JOBS
+from policies.snapshot import JobsBacklog
 from router.discovery import DnsDiscovery
 from router.jobs.api import Jobs
 
@@ -71,7 +72,7 @@ class Runtime:
 
             self.cluster = ClusterMember(
                 config.cluster, state=lambda: self.state, decisions=self.decisions, reload=self.reload,
-                clock=clock, wall_clock=wall_clock,
+                clock=clock, wall_clock=wall_clock, backlogs=self.backlogs,
             )  # fmt: skip
         self.discovery = DnsDiscovery(lambda: self.state)  # lanes with `discovery:` (router.discovery)
         self.started_s = clock()
@@ -97,6 +98,10 @@ class Runtime:
         )
         monitor.served(now, JOBS, lane, latency_s, ok)
 
+    def backlogs(self) -> dict[str, JobsBacklog]:
+        """The jobs waiting with deadlines, by the lane that runs them (router.jobs)."""
+        return self.jobs.backlogs() if self.jobs is not None else {}
+
     def figures(self) -> list[Family]:
         """The router's metric families now, for every exporter (router.telemetry.figures)."""
         bridge = self.jobs.bridge if self.jobs is not None else None
@@ -108,7 +113,7 @@ class Runtime:
         """One control tick at `now_s` (default: the clock's reading now)."""
         now = self.now_s() if now_s is None else now_s
         state = self.state
-        state.before_tick()
+        state.before_tick(self.backlogs())
         actions = state.control.tick(now, state.ready_replicas(now))
         self.decisions.record(actions)
         self.history.record(now, state.lanes, state.control.weights.as_dict())

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -32,6 +32,7 @@ from configs.assembly import build_control_loop, mode_weights
 from configs.schema import ModeshiftConfig
 from policies.control import ControlLoop
 from policies.retry_budget import RetryBudget
+from policies.snapshot import JobsBacklog
 from policies.switching import SwitchingController
 from router.claims import Gatekeeper
 from router.lanes import Lane
@@ -54,11 +55,13 @@ class RouterState:
             for name, lane in self.lanes.items()
         }
 
-    def before_tick(self) -> None:
+    def before_tick(self, backlogs: Mapping[str, JobsBacklog]) -> None:
         """What the monitor is told just before a control tick, by a lone router and a cluster replica alike:
-        each lane's queue now, and the replicas it is paid for (its upstreams, ejected ones included, or the
-        desired count where an autoscaler brings more up: a starting GPU is paid for)."""
+        each lane's queue now, the replicas it is paid for (its upstreams, ejected ones included, or the
+        desired count where an autoscaler brings more up: a starting GPU is paid for), and the jobs waiting
+        for it with deadlines (`backlogs`, the job runner's count)."""
         monitor, planner = self.control.monitor, self.control.capacity
+        monitor.backlogs = {lane: backlog for lane, backlog in backlogs.items() if lane in self.lanes}
         for name, lane in self.lanes.items():
             lane.window.queue_depth = lane.waiting
             desired = planner.desired.get(name, 0) if planner is not None else 0

@@ -55,7 +55,7 @@ import random
 import secrets
 import socket
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -66,7 +66,7 @@ from configs.schema import ClusterConfig
 from policies.actions import Action, Command, CommandRejected, Force, Pause, Resume, Rollback
 from policies.control import ControlLoop
 from policies.replicas import ClusterMerge, published
-from policies.snapshot import Snapshot
+from policies.snapshot import JobsBacklog, Snapshot
 from policies.switching_record import shifted
 from router.cluster.records import (
     VERSION,
@@ -103,11 +103,13 @@ class ClusterMember:
     def __init__(
         self, config: ClusterConfig, *, state: Callable[[], RouterState], decisions: DecisionLog,
         reload: Callable[[], object], clock: Callable[[], float], wall_clock: Callable[[], float],
+        backlogs: Callable[[], Mapping[str, JobsBacklog]] = dict,
     ):  # fmt: skip
         self.config = config
         self.state_now = state  # the router's state as it is now (a reload replaces it)
         self.decisions = decisions  # the router's decision log: the cluster's decisions go in it
         self.reload = reload  # reload the config file (raises ConfigError, the old config serving on)
+        self.backlogs = backlogs  # the jobs waiting with deadlines (one job store for the whole cluster)
         self.clock = clock  # the control clock: monotonic, the one now_s comes from
         self.wall_clock = wall_clock  # for what replicas share only (stored times, publications)
         self.replica = config.replica or default_replica_name()
@@ -153,7 +155,7 @@ class ClusterMember:
         """One control tick; the actions this replica took as the leader (none as a follower), in the
         router's decision log already, with the leader, its epoch and the state's seq."""
         state = self.state_now()
-        state.before_tick()
+        state.before_tick(self.backlogs())
         state.control.last_snapshot = state.control.snapshot(now_s)  # the data plane's own view (admission)
         try:
             actions = await self._tick(now_s)
@@ -322,6 +324,7 @@ class ClusterMember:
             done = self._command(sent, now_s)
             actions += done
             answers.append((sent.id, {"actions": [a.as_record() for a in done]}))
+        loop.monitor.backlogs = dict(self.backlogs())  # every replica's runner counts the one shared store
         actions += loop.tick(now_s, self.state_now().ready_replicas(now_s))
         self.seq += 1
         state = StoredState(

@@ -41,6 +41,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from backends.codecs import codec_for
 from configs.schema import ModeshiftConfig, RouteConfig, fallback_lane
 from policies.objectives import JOBS
+from policies.snapshot import JobsBacklog
 from router.errors import ProxyError, bad_request
 from router.headers import (
     CREDENTIAL_HEADERS,
@@ -194,6 +195,13 @@ class Jobs:
         if self.batches is not None:
             self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
         database.on_jobs_ready(self._wake)  # another replica stored or gave back jobs
+
+    def backlogs(self) -> dict[str, JobsBacklog]:
+        """The queued jobs' deadlines by the lane that runs them, for the capacity rule (none before the store
+        opens, and none for a provider batch lane: its bridge, not replicas, meets them)."""
+        if self.runner is None or self.lane_config.batch_api is not None:
+            return {}
+        return {self.run_lane: self.runner.backlog}
 
     def lane_of(self) -> Lane:
         """The lane the runner's jobs run on, as it is now."""

@@ -25,6 +25,10 @@ Outcomes:
   Retried after backoff x multiplier^(attempt - 1), with jitter (x 0.5 to
   1.5), up to `attempts` tries; then failed with the last answer or error.
 
+Deadlines: every `BACKLOG_EVERY_S` the runner counts the queued jobs due
+within each horizon (policies.snapshot.JobsBacklog), which the capacity rule
+reads to give the jobs lane the replicas that meet them.
+
 Leases: a claim holds a job for `lease_s`, renewed every third of it while
 the job runs (a heartbeat), so the lease can be short whatever the lane's
 timeout: a clean stop gives running jobs back at once, and after a crash
@@ -46,12 +50,14 @@ from collections.abc import Awaitable, Callable
 from typing import NamedTuple
 
 from configs.schema import JobsConfig, LaneConfig
+from policies.snapshot import BACKLOG_HORIZONS_S, JobsBacklog
 from router.jobs.database import StoreUnavailable
 from router.jobs.store import Job, JobStore
 from router.logs import event
 
 logger = logging.getLogger("modeshift.jobs")
 POLL_S = 0.2  # how often the runner looks for due retries when nothing wakes it
+BACKLOG_EVERY_S = 5.0  # how often it counts the queued jobs' deadlines
 
 
 class Answer(NamedTuple):
@@ -99,12 +105,16 @@ class JobRunner:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._heart: asyncio.Task | None = None
+        self._counting: asyncio.Task | None = None
+        self.backlog = JobsBacklog()  # the queued jobs' deadlines, as last counted
         self._said_unavailable = -math.inf
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._task = loop.create_task(self._forever())
         self._heart = loop.create_task(self._heartbeat())
+        if not self.rerouted_only:  # a provider lane's jobs wait for its bridge, not for replicas
+            self._counting = loop.create_task(self._count_backlog())
 
     async def _heartbeat(self) -> None:
         """Renew the running jobs' leases every third of a lease: a live runner never loses a job."""
@@ -119,6 +129,23 @@ class JobRunner:
             for job in jobs:
                 if job.id not in kept and job.id in self.running:
                     event(logger, "job_lease_lost", logging.WARNING, job=job.id)
+
+    async def _count_backlog(self) -> None:
+        while True:
+            await self.count_backlog()
+            await asyncio.sleep(BACKLOG_EVERY_S)
+
+    async def count_backlog(self) -> None:
+        """Count the queued jobs due within each horizon (`backlog`); the last count stands while the store
+        does not answer."""
+        try:
+            due = await self.store.due_within(self.clock(), BACKLOG_HORIZONS_S)
+        except StoreUnavailable as exc:
+            self._unavailable(exc)
+        except Exception:  # the disk: the next count tries again
+            logger.exception("counting the jobs' deadlines failed")
+        else:
+            self.backlog = JobsBacklog(tuple(zip(BACKLOG_HORIZONS_S, due, strict=True)))
 
     def wake(self) -> None:
         self._wake.set()
@@ -240,7 +267,7 @@ class JobRunner:
 
     async def close(self) -> None:
         """Stop claiming; cancel what runs and give it back to the queue."""
-        for task in (self._task, self._heart):
+        for task in (self._task, self._heart, self._counting):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)

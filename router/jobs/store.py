@@ -34,6 +34,7 @@ import asyncio
 import hashlib
 import json
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from router.jobs.database import FINAL, Database, Owner, Row, Tx, owned_by
@@ -250,6 +251,23 @@ class JobStore:
             return kept
 
         return await self.db.run(renew) if jobs else set()
+
+    async def due_within(self, now: float, horizons_s: Sequence[float]) -> list[int]:
+        """For each horizon, how many queued jobs are due (their deadline) before now + that horizon."""
+        if not horizons_s:
+            return []
+        counts = ", ".join(
+            f"SUM(CASE WHEN deadline_at < ? THEN 1 ELSE 0 END) AS due{k}" for k in range(len(horizons_s))
+        )
+
+        async def due(tx: Tx) -> list[int]:
+            row = await tx.one(
+                f"SELECT {counts} FROM jobs WHERE state = 'queued' AND deadline_at IS NOT NULL",
+                [now + h for h in horizons_s],
+            )
+            return [int(row[f"due{k}"] or 0) if row else 0 for k in range(len(horizons_s))]
+
+        return await self.db.run(due)
 
     async def release(self, jobs: list[Job]) -> None:
         """Give jobs back to the queue at once (a clean shutdown), keeping their attempts."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 from policies.capacity import AutoscaleParams, CapacityPlanner, needed_replicas
 from policies.objectives import ObjectiveParams, Objectives
 from policies.queueing import service_quantile_s, sojourn_quantile_s
+from policies.snapshot import BACKLOG_HORIZONS_S, JobsBacklog
 from policies.weights import Weights
 from tests.policies.helpers import make_monitor, static_view
 
@@ -127,3 +129,29 @@ def test_the_service_time_is_read_through_the_upstreams_own_queue():
     figures = monitor.snapshot(10.0, static_view(Weights({"realtime": 1.0}, LANES))).lanes["realtime"]
     assert service_time_s(figures, servers=4) == pytest.approx(0.1, rel=0.02)
     assert service_time_s(figures, servers=400) == pytest.approx(1.0)  # not saturated: the time is the service
+
+
+@given(st.lists(st.integers(0, 10_000), min_size=len(BACKLOG_HORIZONS_S), max_size=len(BACKLOG_HORIZONS_S)))
+def test_a_backlog_drained_at_its_rate_meets_every_deadline_and_more_jobs_never_ask_for_less(increments):
+    due = list(itertools.accumulate(increments))  # jobs due within a horizon include those due within a shorter one
+    backlog = JobsBacklog(tuple(zip(BACKLOG_HORIZONS_S, due)))
+    rate = backlog.drain_rate_per_s()
+    assert all(rate * horizon_s >= n - 1e-6 for horizon_s, n in backlog.due_within)  # each horizon's jobs in time
+    more = JobsBacklog(tuple((h, n + 1) for h, n in backlog.due_within))
+    assert more.drain_rate_per_s() >= rate
+    assert JobsBacklog().drain_rate_per_s() == 0.0
+
+
+def test_jobs_waiting_with_deadlines_get_replicas_only_where_the_ready_ones_cannot_drain_them_in_time():
+    """8 req/s of 0.1 s calls fit one replica of 4 at 80%. 3,000 jobs due within 5 minutes must go at 25/s
+    (counted over the 2 minutes before): 3.3 busy servers, two replicas. The same jobs due within a day ask
+    for 0.14/s, which the replica already up takes in its idle time."""
+    lane = Lane(min=1, max=20, scale_up_hold="0s", scale_down_hold="0s", headroom=0.2)
+    assert lane.run(20, rate_per_s=8)[-1] == 1
+    soon = [(h, 3000 if h >= 300 else 0) for h in BACKLOG_HORIZONS_S]
+    lane.monitor.backlogs["realtime"] = JobsBacklog(tuple(soon))
+    grown = lane.run(1, rate_per_s=8)[-1]
+    assert grown == 2 and "to meet the waiting jobs' deadlines" in lane.planner.last["realtime"].reason
+    later = [(h, 3000 if h >= 86400 else 0) for h in BACKLOG_HORIZONS_S]
+    lane.monitor.backlogs["realtime"] = JobsBacklog(tuple(later))
+    assert lane.run(1, rate_per_s=8)[-1] == 1
