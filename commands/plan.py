@@ -28,23 +28,16 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from configs.loader import ConfigError, load_config
+from configs.loader import ConfigError
 from configs.schema import ModeshiftConfig
-from policies.objectives import Objectives
 from policies.units import parse_duration_s
-from simulator.command import EXIT_INVALID, EXIT_OK, add_trace_arguments, service_beside, slo_targets
+from simulator.command import EXIT_INVALID, EXIT_OK, add_input_arguments, read_inputs
 from simulator.outcome import SloTargets
 from simulator.plan import MODESHIFT, ORACLE, Plan, plan
-from simulator.service import check_covers, load_service_model
-from simulator.traces import prepared
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_trace_arguments(parser, "play the trace this many times faster")
-    parser.add_argument("-c", "--config", required=True, metavar="FILE", help="the router config to plan for")
-    parser.add_argument(
-        "--service", metavar="FILE", help="the lanes' service model (YAML); default: CONFIG.service.yaml beside it"
-    )
+    add_input_arguments(parser, "the router config to plan for")
     parser.add_argument("--window", default="60s", help="the oracle's window, and the static fleets' (default 60s)")
     parser.add_argument("--out", metavar="DIR", help="write plan.json and keda.yaml here")
 
@@ -52,26 +45,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     console = Console(width=None if sys.stdout.isatty() else 160)
     try:
-        config = load_config(args.config)
-        service_path = args.service or service_beside(args.config)
-        service = load_service_model(service_path)
-        check_covers(service, list(config.lanes), service_path)
-        trace = prepared(
-            args.trace,
-            window=args.slice,
-            speed=args.speed,
-            pinned_share=args.pinned_share,
-            pinned_lane=args.pinned_lane,
-            seed=args.seed,
-            route=args.route or "/",
-        )
-        if not trace:
-            raise ValueError(f"{args.trace}: no requests in the trace (after --slice)")
-        slo = slo_targets(args, Objectives(config.objectives))
+        inputs = read_inputs(args)
+        config, trace, slo = inputs.config, inputs.trace, inputs.slo
         with console.status("planning") as status:
             result = plan(
                 config,
-                service,
+                inputs.service,
                 trace,
                 slo,
                 seed=args.seed,
@@ -82,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         return _invalid(exc.lines)
     except ValueError as exc:
         return _invalid(str(exc).splitlines())
-    console.print(f"{len(trace):,} requests over {trace[-1].t_s:,.0f} s; service model: {service_path}")
+    console.print(f"{len(trace):,} requests over {trace[-1].t_s:,.0f} s; service model: {inputs.service_path}")
     console.print(plan_table(result, slo))
     if args.out:
         out = Path(args.out)

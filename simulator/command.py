@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from rich.console import Console
@@ -27,14 +27,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from configs.loader import ConfigError, load_config
 from configs.routes import RoutesByPrefix
+from configs.schema import ModeshiftConfig
 from policies.actions import plain
 from policies.objectives import Objectives
 from policies.units import parse_duration_s
 from simulator.compare import OWN, Comparison, baseline_label, compare, variants
 from simulator.outcome import SloTargets
 from simulator.report import comparison_table, lane_table, write_decisions, write_requests_csv
-from simulator.service import check_covers, load_service_model
-from simulator.traces import prepared
+from simulator.service import ServiceModel, check_covers, load_service_model
+from simulator.traces import TraceRequest, prepared
 
 EXIT_OK = 0
 EXIT_INVALID = 2
@@ -87,54 +88,77 @@ def service_beside(config: str) -> str:
     return str(beside)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_input_arguments(parser: argparse.ArgumentParser, config_help: str) -> None:
+    """The trace, config and service model options a simulating command reads with `read_inputs`."""
     add_trace_arguments(parser, "play the trace this many times faster")
-    parser.add_argument("-c", "--config", required=True, metavar="FILE", help="the router config to simulate")
+    parser.add_argument("-c", "--config", required=True, metavar="FILE", help=config_help)
     parser.add_argument(
         "--service", metavar="FILE", help="the lanes' service model (YAML); default: CONFIG.service.yaml beside it"
     )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_input_arguments(parser, "the router config to simulate")
     parser.add_argument("--policy", action="append", default=[], metavar="SPEC", help="TYPE or TYPE:key=value,...")
     parser.add_argument("--oracle-window", default="60s", help="the oracle chooses a mode per window this long")
     parser.add_argument("--out", metavar="DIR", help="write per-request CSVs, decision logs and summary.json here")
     parser.add_argument("--plots", action="store_true", help="with --out: PNG plots too (needs modeshift[plots])")
 
 
+@dataclass(frozen=True)
+class Inputs:
+    """What a simulating command (`simulate`, `plan`) reads from its command line."""
+
+    config: ModeshiftConfig
+    service: ServiceModel
+    service_path: str
+    trace: list[TraceRequest]
+    slo: SloTargets
+
+
+def read_inputs(args: argparse.Namespace) -> Inputs:
+    """The config, service model, trace and targets `add_arguments`' options name, checked against each other:
+    ConfigError or ValueError, with the lines to print, for what cannot be used."""
+    config = load_config(args.config)
+    service_path = args.service or service_beside(args.config)
+    service = load_service_model(service_path)
+    check_covers(service, list(config.lanes), service_path)
+    trace = prepared(
+        args.trace,
+        window=args.slice,
+        speed=args.speed,
+        pinned_share=args.pinned_share,
+        pinned_lane=args.pinned_lane,
+        seed=args.seed,
+        route=args.route or "/",
+    )
+    if not trace:
+        raise ValueError(f"{args.trace}: no requests in the trace (after --slice)")
+    routes = RoutesByPrefix(config.routes)
+    unrouted = sorted({request.route for request in trace if routes.find(request.route) is None})
+    if unrouted:
+        raise ValueError(
+            f"{args.trace}: {', '.join(unrouted)} match no route of {args.config}; "
+            "give the trace's requests a path it routes with --route PATH"
+        )
+    return Inputs(config, service, service_path, trace, slo_targets(args, Objectives(config.objectives)))
+
+
 def run(args: argparse.Namespace) -> int:
     # A pipe gets the table unwrapped (rich would fold it to 80 columns).
     console = Console(width=None if sys.stdout.isatty() else 160)
     try:
-        config = load_config(args.config)
-        service_path = args.service or service_beside(args.config)
-        service = load_service_model(service_path)
-        check_covers(service, list(config.lanes), service_path)
-        trace = prepared(
-            args.trace,
-            window=args.slice,
-            speed=args.speed,
-            pinned_share=args.pinned_share,
-            pinned_lane=args.pinned_lane,
-            seed=args.seed,
-            route=args.route or "/",
-        )
-        slo = slo_targets(args, Objectives(config.objectives))
+        inputs = read_inputs(args)
         window_s = parse_duration_s(args.oracle_window)
-        contenders = list(variants(config, args.policy))
+        contenders = list(variants(inputs.config, args.policy))
     except ConfigError as exc:
         return _invalid(exc.lines)
     except ValueError as exc:
         return _invalid(str(exc).splitlines())
-    if not trace:
-        return _invalid([f"{args.trace}: no requests in the trace (after --slice)"])
-    routes = RoutesByPrefix(config.routes)
-    unrouted = sorted({request.route for request in trace if routes.find(request.route) is None})
-    if unrouted:
-        return _invalid([
-            f"{args.trace}: {', '.join(unrouted)} match no route of {args.config}; "
-            "give the trace's requests a path it routes with --route PATH"
-        ])  # fmt: skip
+    config, trace, slo = inputs.config, inputs.trace, inputs.slo
     console.print(
         f"{len(trace):,} requests over {trace[-1].t_s:,.0f} s; "
-        f"{len(contenders)} contenders: {', '.join(contenders)}, and the oracle; service model: {service_path}"
+        f"{len(contenders)} contenders: {', '.join(contenders)}, and the oracle; service model: {inputs.service_path}"
     )
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console
@@ -142,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
         tasks = {label: progress.add_task(label, total=len(trace)) for label in contenders}
         result = compare(
             config,
-            service,
+            inputs.service,
             trace,
             policies=args.policy,
             slo=slo,
