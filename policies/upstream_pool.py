@@ -25,7 +25,11 @@ stream finding out that it is still down.
 The members can change while the pool serves (`replace`: DNS discovery, the
 admin API): an upstream that stays keeps its state (in flight, errors,
 ejection); one that goes takes no new calls, and the calls it has finish,
-since each holds its Upstream.
+since each holds its Upstream. One that joins is **starting** until it
+first answers (an autoscaler's new replica may be listed before its model
+has loaded): a refused connection then takes it out for `STARTING_RETRY_S`
+only, with no ejection counted and outside the ejected share, so it takes
+calls within that long of answering.
 
 Time comes in as `now_s`; nothing here reads a clock or does I/O. The
 router's pool holds its upstream URLs; the simulator's holds a lane's
@@ -40,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 MAX_EJECTION_MULTIPLIER = 10
+STARTING_RETRY_S = 1.0  # a joining upstream that refused a connection is tried again this much later
 
 
 @dataclass(eq=False, slots=True)
@@ -52,6 +57,7 @@ class Upstream:
     ejected_until_s: float = -math.inf
     healthy_since_s: float = 0.0
     probing: bool = False  # back from an ejection, not yet proven: one request at a time
+    starting: bool = False  # joined while the pool served, and has not answered yet
 
     def __post_init__(self) -> None:
         # The upstream URL of a request is `base` + the request's path and
@@ -70,6 +76,7 @@ class Upstream:
             "ejected_for_s": max(self.ejected_until_s - now_s, 0.0),
             "ejections": self.ejections,
             "probing": self.probing and not self.ejected(now_s),
+            "starting": self.starting,
         }
 
 
@@ -99,7 +106,7 @@ class UpstreamPool:
         kept = {u.address: u for u in self.upstreams}
         added = [address for address in wanted if address not in kept]
         removed = [address for address in kept if address not in wanted]
-        self.upstreams = [kept.get(address) or Upstream(address) for address in wanted]
+        self.upstreams = [kept.get(address) or Upstream(address, starting=True) for address in wanted]
         self.max_ejected = max(1, math.floor(self.max_ejected_fraction * len(self.upstreams)))
         return added, removed
 
@@ -128,17 +135,22 @@ class UpstreamPool:
     def succeeded(self, upstream: Upstream, now_s: float) -> None:
         upstream.consecutive_errors = 0
         upstream.probing = False
+        upstream.starting = False
         if upstream.ejections and now_s - upstream.healthy_since_s >= self.base_ejection_s:
             upstream.ejections -= 1
             upstream.healthy_since_s = now_s
 
     def failed(self, upstream: Upstream, now_s: float, *, connect: bool = False) -> bool:
         """Count a 5xx or a broken answer (`connect`: no connection at all); True when it ejected the upstream."""
+        if upstream.starting and connect:  # not up yet: try it again shortly, counting nothing against it
+            upstream.ejected_until_s = max(upstream.ejected_until_s, now_s + STARTING_RETRY_S)
+            self._last_ejection_ends_s = max(self._last_ejection_ends_s, upstream.ejected_until_s)
+            return True
         upstream.consecutive_errors += 1
         at_once = connect or (upstream.probing and not upstream.ejected(now_s))
         if (upstream.consecutive_errors < self.consecutive_errors and not at_once) or upstream.ejected(now_s):
             return False
-        if sum(u.ejected(now_s) for u in self.upstreams) >= self.max_ejected:
+        if sum(u.ejected(now_s) and not u.starting for u in self.upstreams) >= self.max_ejected:
             return False
         upstream.ejections = min(upstream.ejections + 1, MAX_EJECTION_MULTIPLIER)
         upstream.ejected_until_s = now_s + self.base_ejection_s * upstream.ejections

@@ -1,4 +1,4 @@
-from policies.upstream_pool import UpstreamPool
+from policies.upstream_pool import STARTING_RETRY_S, UpstreamPool
 
 URLS = ("http://a:1", "http://b:1", "http://c:1")
 
@@ -76,3 +76,17 @@ def test_back_from_an_ejection_an_upstream_gets_one_probe_at_a_time_and_a_failed
     pool.succeeded(a, 31.0)  # a probe that succeeds closes the circuit
     a.in_flight = 1
     assert pool.pick(31.0) is a
+
+
+def test_an_upstream_that_joins_before_it_listens_is_tried_again_shortly_and_counts_no_ejection():
+    pool = UpstreamPool(("a", "b"), base_ejection_s=30.0, max_ejected_fraction=0.5)
+    pool.replace(["a", "b", "c"])  # c: an autoscaler's new replica, its model still loading
+    c = pool.upstreams[2]
+    assert c.starting
+    assert pool.failed(c, 0.0, connect=True)  # refused: out for a moment
+    assert c.ejected(0.5) and not c.ejected(STARTING_RETRY_S) and c.ejections == 0
+    assert pool.failed(c, 1.0, connect=True) and not c.ejected(2.0)  # again: still no escalation
+    assert pool.failed(pool.upstreams[0], 1.0, connect=True)  # a starting one is not in the ejected share
+    pool.succeeded(c, 2.0)  # it answers: from now on an upstream like the others
+    assert not c.starting
+    assert pool.failed(c, 40.0, connect=True) and c.ejected(40.0 + 29.0) and c.ejections == 1  # a is back by then

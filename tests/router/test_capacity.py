@@ -59,6 +59,13 @@ async def test_a_busy_lane_asks_for_replicas_and_says_so_where_an_autoscaler_loo
     # The lane is paid per replica: one ready replica at $4 an hour over the window's span.
     figures = router.runtime.state.control.snapshot(router.clock()).lanes["realtime"]
     assert figures.span_s > 0 and abs(figures.cost_usd - 4.0 * figures.span_s / 3600) < 1e-12
+    # A calm: nothing more arrives. The figure comes down once one replica has been enough for the down hold
+    # (30 s), not before.
+    lowered = []
+    for second in range(1, 121):
+        lowered += [(second, a) for a in router.tick(advance_s=1.0) if a.kind == "ReplicasWanted"]
+    assert [(a.was, a.replicas) for _, a in lowered] == [(2, 1)]
+    assert lowered[0][0] >= 30 and "below 2 for 30s" in lowered[0][1].reason
 
 
 async def test_an_orchestrator_sets_a_lanes_replicas_through_the_admin_api(upstream, start_router, client):

@@ -107,3 +107,42 @@ async def test_replicas_come_and_go_with_their_records(start_router, client):
         dns_server.stop()
         await first.stop()
         await second.stop()
+
+
+async def test_a_replica_listed_before_it_listens_takes_calls_as_soon_as_it_answers(start_router, client):
+    """An autoscaler's new pod whose record is published before its model has loaded: the calls it refuses are
+    retried on the replica that answers, and once it listens it takes calls within about a second."""
+    dns_server = DnsServer()
+    await dns_server.start()
+    port = free_port()
+    up, starting = Replica("127.0.0.2", port), Replica("127.0.0.4", port)
+    await up.start()
+    try:
+        dns_server.records["vllm.test."] = ["127.0.0.2", "127.0.0.4"]
+        discovery = {"kind": "dns", "every": f"{int(EVERY_S * 1000)}ms", "nameserver": dns_server.address}
+        lane = {"upstreams": [f"http://vllm.test:{port}"], "discovery": discovery}
+        router = await start_router(
+            two_lane_config([f"http://vllm.test:{port}"], [f"http://vllm.test:{port}"], lanes={"realtime": lane})
+        )
+        pool = router.runtime.state.lanes["realtime"].pool
+        await until(lambda: len(pool.upstreams) == 2, 2 * EVERY_S + 1.0)
+        for _ in range(10):  # the second refuses every connection: nothing is lost
+            async with client.get(f"{router.url}/x") as response:
+                assert response.status == 200 and (await response.json())["served_by"] == "127.0.0.2"
+        assert all(u["ejections"] == 0 for u in pool.describe(router.clock()))  # no ejection counted against it
+        await starting.start()  # its model has loaded
+        listening_s = router.clock()
+
+        async def served_by_the_new_one() -> bool:
+            async with client.get(f"{router.url}/x") as response:
+                return (await response.json())["served_by"] == "127.0.0.4"
+
+        async with asyncio.timeout(5.0):
+            while not await served_by_the_new_one():
+                router.clock.advance(0.1)  # the router's clock: the retry is a second of it away
+                await asyncio.sleep(0.01)
+        assert starting.calls >= 1 and router.clock() - listening_s <= 1.5  # not an ejection's 30 s
+    finally:
+        dns_server.stop()
+        await up.stop()
+        await starting.stop()
