@@ -1,7 +1,7 @@
 """Runs a micro-batch queue on asyncio: the timers and the flush calls.
 
 The decisions (what goes into the next batch, when it is due, which items
-expired) belong to policies.batching.Batcher and its flush rule; this loop
+expired) belong to policies.path.batching.Batcher and its flush rule; this loop
 only carries them out. One task waits for the batch to be due, takes it and
 hands it to `run_batch`; at most `concurrency` batches run at once, and while
 they all run the queue keeps filling, so a busy device gets larger batches
@@ -19,7 +19,7 @@ clock is given: a test's fake clock then decides when a batch is due, and
 the loop runs in virtual time like the simulator (tests/router/test_parity.py).
 
 Used by the reference model server's batch mode and by the router's
-micro-batcher. What must not live here: the flush rule (policies.flush),
+micro-batcher. What must not live here: the flush rule (policies.path.flush),
 how a batch is merged or split (the codecs).
 """
 
@@ -31,7 +31,7 @@ import math
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from policies.batching import Batcher, BatchItem
+from policies.path.batching import Batcher, BatchItem
 
 logger = logging.getLogger("modeshift.batching")
 

@@ -8,7 +8,7 @@
   items).
 - realtime: each request is its own forward pass, started at once on one of
   `workers` threads (more requests than threads wait their turn).
-- batch: dynamic batching. Requests queue (policies.batching with a hybrid
+- batch: dynamic batching. Requests queue (policies.path.batching with a hybrid
   flush rule: `max_batch` items or `max_wait` after the oldest) and one pass
   at a time runs the merged batch, so requests that arrive during a pass
   share the next one. If a merged pass fails, each request of it is run
@@ -36,8 +36,8 @@ from backends.batch_loop import BatchLoop
 from backends.embedder import Embedder, Embeddings, ModelUnavailable
 from backends.kserve_api import InferError, infer_response, model_metadata, parse_infer_texts
 from backends.openai_api import ApiError, embeddings_response, parse_embeddings_request
-from policies.batching import Batcher, BatchItem
-from policies.flush import HybridRule
+from policies.path.batching import Batcher, BatchItem
+from policies.path.flush import HybridRule
 
 logger = logging.getLogger("modeshift.backend")
 

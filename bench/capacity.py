@@ -36,7 +36,7 @@ from rich.console import Console
 
 from commands.plan import keda_manifests, plan_table
 from configs import load_config
-from policies.objectives import Objectives
+from policies.control.objectives import Objectives
 from simulator import generators
 from simulator.outcome import SloTargets
 from simulator.plan import MODESHIFT, ORACLE, PEAK, UTILISATION, Plan, plan

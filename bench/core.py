@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from configs import build_control_loop, load_config, ready_config_path  # noqa: E402
-from policies.metrics import LaneWindow  # noqa: E402
+from policies.control.metrics import LaneWindow  # noqa: E402
 
 RECORD_TARGET_US = 2.0
 TICK_TARGET_US = 200.0

@@ -9,12 +9,12 @@ from __future__ import annotations
 import random
 
 from configs.schema import ModeshiftConfig
-from policies.capacity import CapacityPlanner
-from policies.control import ControlLoop
-from policies.monitor import Monitor
-from policies.objectives import Objectives
-from policies.switching import SwitchingController
-from policies.weights import Weights
+from policies.control.capacity import CapacityPlanner
+from policies.control.loop import ControlLoop
+from policies.control.monitor import Monitor
+from policies.control.objectives import Objectives
+from policies.control.switching import SwitchingController
+from policies.control.weights import Weights
 
 
 def mode_weights(config: ModeshiftConfig) -> dict[str, Weights]:

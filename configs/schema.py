@@ -22,14 +22,14 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from policies.access import CLASS, AccessParams
-from policies.capacity import AutoscaleParams, ReplicaParams
-from policies.flush import BatchingParams
-from policies.objectives import BUILT_IN, ObjectiveParams
+from policies.control.capacity import AutoscaleParams, ReplicaParams
+from policies.control.objectives import BUILT_IN, ObjectiveParams
+from policies.control.switching_params import SwitchingParams
+from policies.path.access import CLASS, AccessParams
+from policies.path.flush import BatchingParams
+from policies.path.provider_batching import BatchApiParams
 from policies.pricing import CostModel
-from policies.provider_batching import BatchApiParams
 from policies.registry import PolicySpec
-from policies.switching_params import SwitchingParams
 from policies.units import ByteSize, Duration, Timer
 
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]+$")]
@@ -159,7 +159,7 @@ class LaneConfig(_Section):
         None, description="find the lane's replicas by DNS, added and removed without a reload"
     )
     autoscale: AutoscaleParams | None = Field(
-        None, description="the lane's replicas are decided (policies.capacity) and published for an autoscaler"
+        None, description="the lane's replicas are decided (policies.control.capacity) and published for an autoscaler"
     )
 
     @field_validator("upstreams")
@@ -292,7 +292,7 @@ class ModeshiftConfig(_Section):
     cluster: ClusterConfig | None = Field(None, description="several replicas, one controller; none: a lone router")
     access: AccessParams = Field(
         default_factory=AccessParams,
-        description="who may claim a class, a lane, a deadline or a service tier (policies.access); none: nobody",
+        description="who may claim a class, a lane, a deadline or a service tier (policies.path.access); none: nobody",
     )
 
     @model_validator(mode="after")

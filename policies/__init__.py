@@ -5,26 +5,22 @@ aiohttp. Every call takes the time as `now_s`; randomness comes from an
 injected `random.Random`. The live router and the offline simulator drive
 the same objects, so a policy behaves the same in both.
 
-- units: durations and sizes in configuration values
-- histogram: mergeable log-bucket latency histograms
-- metrics: per-lane cumulative totals and sliding windows
-- pricing: the cost model of a lane
-- snapshot, monitor: the frozen view policies read, and what builds it
-- weights: the traffic split as a value
-- protocol, registry: what a policy is, and finding one by name
-- load, cost, latency, adaptive, slo, static, composite: the built-in policies
-- queueing: M/G/c latency predictions (Erlang C), for the slo policy
-- objectives: what each traffic class was promised, as values
-- stream_health: the stream's attainment against its objectives, per class and lane
-- actions, switching, switching_table, switching_params: the controller's outputs,
-  rules, state table and parameters
-- control: the loop that ties monitor, policy and controller together
-- flush, batching: micro-batch flush rules and the bounded batch queue
-- lane_choice: which lane one request goes to (pins, deadlines, weights)
-- admission: a lane's gate (slots, priority queue with aging) and where a request may wait
+Three rooms, and what they share:
+
+- control/ (policies.control): measurement, the snapshot, objectives, the switching controller, the
+  capacity rule and the control loop: what is decided each tick
+- path/ (policies.path): the rules of one request's path: claims, lane choice, admission, the upstream
+  pool, retries, batching
+- builtin/ (policies.builtin): the built-in policies
+- shared here: units (durations and sizes in configuration values), histogram (mergeable log-bucket
+  latency histograms), queueing (M/G/c predictions), pricing (the cost model of a lane), and registry
+  (finding a policy by name)
+
+Imports run one way: builtin and path read control; control reads neither. This package re-exports
+what a policy written elsewhere needs.
 """
 
-from policies.actions import (
+from policies.control.actions import (
     Action,
     CommandRejected,
     Force,
@@ -40,20 +36,20 @@ from policies.actions import (
     TransitionCompleted,
     TransitionStarted,
 )
-from policies.batching import Batcher, BatchItem, Taken
-from policies.control import ControlLoop
-from policies.flush import AdaptiveRule, BatchingParams, HybridRule, SizeRule, TimeRule
+from policies.control.loop import ControlLoop
+from policies.control.metrics import LaneTotals, LaneWindow
+from policies.control.monitor import Monitor
+from policies.control.protocol import BasePolicy, LaneName, ModeName, Policy, PolicyParams, Proposal
+from policies.control.snapshot import ControlView, LaneFigures, Snapshot, TransitionView
+from policies.control.switching import State, SwitchingController
+from policies.control.switching_params import SwitchingParams
+from policies.control.weights import Weights
 from policies.histogram import Histogram
-from policies.metrics import LaneTotals, LaneWindow
-from policies.monitor import Monitor
+from policies.path.batching import Batcher, BatchItem, Taken
+from policies.path.flush import AdaptiveRule, BatchingParams, HybridRule, SizeRule, TimeRule
 from policies.pricing import CostModel
-from policies.protocol import BasePolicy, LaneName, ModeName, Policy, PolicyParams, Proposal
 from policies.registry import PolicySpec, known_policies, register, resolve
-from policies.snapshot import ControlView, LaneFigures, Snapshot, TransitionView
-from policies.switching import State, SwitchingController
-from policies.switching_params import SwitchingParams
 from policies.units import ByteSize, Duration
-from policies.weights import Weights
 
 __all__ = [
     "Action",

@@ -21,19 +21,19 @@ from typing import Annotated, Any, cast
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationInfo, WithJsonSchema, field_validator
 from pydantic_core import PydanticCustomError
 
-from policies.protocol import Policy, PolicyParams
+from policies.control.protocol import Policy, PolicyParams
 
 ENTRY_POINT_GROUP = "modeshift.policies"
 
 _BUILTINS = {
-    "adaptive": "policies.adaptive:AdaptivePolicy",
-    "composite": "policies.composite:CompositePolicy",
-    "cost": "policies.cost:CostPolicy",
-    "fleet": "policies.fleet:FleetPolicy",
-    "latency": "policies.latency:LatencyPolicy",
-    "load": "policies.load:LoadPolicy",
-    "slo": "policies.slo:SloPolicy",
-    "static": "policies.static:StaticPolicy",
+    "adaptive": "policies.builtin.adaptive:AdaptivePolicy",
+    "composite": "policies.builtin.composite:CompositePolicy",
+    "cost": "policies.builtin.cost:CostPolicy",
+    "fleet": "policies.builtin.fleet:FleetPolicy",
+    "latency": "policies.builtin.latency:LatencyPolicy",
+    "load": "policies.builtin.load:LoadPolicy",
+    "slo": "policies.builtin.slo:SloPolicy",
+    "static": "policies.builtin.static:StaticPolicy",
 }
 _registered: dict[str, type[Policy]] = {}
 

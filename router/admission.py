@@ -1,4 +1,4 @@
-"""A lane's admission gate, live: policies.admission.Gate with asyncio futures as tickets.
+"""A lane's admission gate, live: policies.path.admission.Gate with asyncio futures as tickets.
 
 The rules (slots, the priority queue with aging, who gets a released slot,
 the predicted wait) are the sans-I/O Gate's, shared with the simulator; this
@@ -6,7 +6,7 @@ module only waits. A request either takes a free slot at once or waits in
 the queue for at most `queue_timeout_s`; `enter` raises `LaneFull` when the
 queue has no room (or a more urgent request took its place) and
 `QueueTimedOut` when the wait ran out. Whether a request should wait here
-at all is decided before, by policies.admission.place (router.proxy asks it).
+at all is decided before, by policies.path.admission.place (router.proxy asks it).
 
 What must not live here: what to do when a lane is full (router.proxy).
 """
@@ -18,7 +18,7 @@ import math
 import time
 from collections.abc import Callable
 
-from policies.admission import Gate
+from policies.path.admission import Gate
 
 
 class LaneFull(Exception):

@@ -2,11 +2,11 @@
 
 A credential is the value of a secret header (`Authorization: Bearer <key>`,
 `api-key`, `x-api-key`); the config lists a credential by the SHA-256 of
-that value (policies.access), so a config file never holds a key. The hash
+that value (policies.path.access), so a config file never holds a key. The hash
 is taken only for a request that claims something, and only when the config
 lists credentials: a request that claims nothing costs one comparison.
 
-What must not live here: the rule of what a grant allows (policies.access),
+What must not live here: the rule of what a grant allows (policies.path.access),
 reading the claims from headers and bodies (router.routing, router.service_tier).
 """
 
@@ -15,8 +15,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator, Mapping
 
-from policies.access import NO_CLAIMS, AccessParams, Claims, Grant, Screened, screen
-from policies.objectives import Objectives
+from policies.control.objectives import Objectives
+from policies.path.access import NO_CLAIMS, AccessParams, Claims, Grant, Screened, screen
 from router.errors import claim_denied
 from router.headers import SECRET_HEADERS
 

@@ -15,7 +15,7 @@ written is the lane's one upstream (the client resolves it itself).
 
 The lookups run in one task beside the control tick; they read the router's
 state each round, so a reload's lanes are picked up as they are. What must
-not live here: the pool's rules (policies.upstream_pool).
+not live here: the pool's rules (policies.path.upstream_pool).
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from backends.codecs import Codec
-from policies.upstream_pool import Upstream
+from policies.path.upstream_pool import Upstream
 from router.errors import NothingSent, upstream_failed, upstream_timeout
 from router.headers import COST_HEADER, SERVICE_TIER_HEADER, client_response_headers
 from router.lanes import Lane

@@ -45,7 +45,7 @@ LANE_HEADER = "X-Modeshift-Lane"  # on every answer: the lane that served it
 MODE_HEADER = "X-Modeshift-Mode"  # a lane name pins the request to it; auto or none: drawn from the weights
 DEADLINE_HEADER = "X-Modeshift-Deadline-Ms"  # rules out lanes whose p95 is over it
 PRIORITY_HEADER = "X-Modeshift-Priority"  # the request's traffic class (objectives)
-# On an answer whose request made claims its credential was not granted (policies.access, `denied: ignore`):
+# On an answer whose request made claims its credential was not granted (policies.path.access, `denied: ignore`):
 # the kinds of the claims dropped, e.g. "class, lane".
 CLAIM_DENIED_HEADER = "X-Modeshift-Claim-Denied"
 SERVICE_TIER_HEADER = "X-Modeshift-Service-Tier"  # on a chat answer: the OpenAI service tier that served it

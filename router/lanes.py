@@ -1,7 +1,7 @@
 """A lane at run time: its upstream pool, admission gate and upstream client.
 
 One `Lane` per configured lane. The metrics window it records into belongs
-to the control loop's monitor (policies.metrics.LaneWindow) and is attached
+to the control loop's monitor (policies.control.metrics.LaneWindow) and is attached
 by router.state, so a reload can keep a lane's history.
 
 The client (router.upstream_client) keeps connections alive per upstream,
@@ -17,10 +17,10 @@ import time
 from collections.abc import Callable
 
 from configs.schema import LaneConfig
-from policies.admission import Outlook, outlook, retry_after_s
-from policies.metrics import LaneWindow
-from policies.snapshot import Snapshot
-from policies.upstream_pool import UpstreamPool
+from policies.control.metrics import LaneWindow
+from policies.control.snapshot import Snapshot
+from policies.path.admission import Outlook, outlook, retry_after_s
+from policies.path.upstream_pool import UpstreamPool
 from router.admission import LaneGate
 from router.microbatch import MicroBatcher
 from router.upstream_client import UpstreamClient

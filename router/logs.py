@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Any
 
-from policies.actions import plain
+from policies.control.actions import plain
 
 
 class JsonFormatter(logging.Formatter):

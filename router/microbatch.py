@@ -4,7 +4,7 @@ For a lane with a `batching:` section, requests on a batchable route
 (backends.codecs) are read into parts and queued by key: the codec's key
 (model, encoding, tensor layout), the upstream target, and the client's
 credentials, so no request rides on another client's API key. Each key has
-its own queue (policies.batching, run by backends.batch_loop) with the
+its own queue (policies.path.batching, run by backends.batch_loop) with the
 lane's flush rule; all keys share the lane's `max_in_flight` as the cap on
 merged calls at once, and a full queue answers 503. Jobs (router.jobs.runner)
 queue apart from live requests, and their merged calls hold at most the
@@ -21,7 +21,7 @@ since sending more would not help.
 
 Each part is charged its share (by items) of the attributed cost of every
 call it rode in. What must not live here: merging and splitting (the codecs),
-the flush rule (policies.flush), the timers (backends.batch_loop).
+the flush rule (policies.path.flush), the timers (backends.batch_loop).
 """
 
 from __future__ import annotations
@@ -38,9 +38,9 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from backends.batch_loop import BatchLoop
 from backends.codecs import Codec, CodecError, Part, Reply
 from configs.schema import LaneConfig
-from policies.batching import Batcher, BatchItem, Pace, bisects
+from policies.path.batching import Batcher, BatchItem, Pace, bisects
+from policies.path.upstream_pool import UpstreamPool
 from policies.pricing import item_shares
-from policies.upstream_pool import UpstreamPool
 from router.errors import (
     NothingSent,
     ProxyError,

@@ -8,7 +8,7 @@ as the upstream sends it.
 
 A failure before anything reached the upstream (a refused or timed-out
 connect) is retried on another upstream of the lane, then on another lane
-unless the request is pinned, within the retry budget (policies.retry_budget).
+unless the request is pinned, within the retry budget (policies.path.retry_budget).
 Anything later is not retried: the upstream may have acted on the request.
 
 Every visit to a lane is recorded in that lane's window: an arrival when the
@@ -37,10 +37,10 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from backends.codecs import Part, codec_for
 from configs.schema import RouteConfig
-from policies.access import NO_CLAIMS, PRIORITY_TIERS, TIER, Claims
-from policies.admission import Placed, place
-from policies.lane_choice import expected_latency_s, failover_lane
-from policies.upstream_pool import Upstream
+from policies.path.access import NO_CLAIMS, PRIORITY_TIERS, TIER, Claims
+from policies.path.admission import Placed, place
+from policies.path.lane_choice import expected_latency_s, failover_lane
+from policies.path.upstream_pool import Upstream
 from router.admission import LaneFull, QueueTimedOut
 from router.errors import (
     NothingSent,
@@ -329,7 +329,7 @@ class Proxy:
         return web.Response(status=reply.status, body=reply.body, headers=headers)
 
     def _place(self, visit: Visit, lane: Lane) -> Lane:
-        """Where the request should wait (policies.admission.place), or its 503 at once."""
+        """Where the request should wait (policies.path.admission.place), or its 503 at once."""
         state, choice, codec, trail = visit.state, visit.choice, visit.codec, visit.trail
         objective = state.control.monitor.objectives[trail.traffic_class]
         snapshot = state.control.last_snapshot
@@ -412,6 +412,6 @@ def _candidates(state: RouterState, lane: Lane, now: float) -> list[str]:
 
 
 def _failover_lane(state: RouterState, visited: list[str]) -> Lane | None:
-    """The next lane to try (policies.lane_choice.failover_lane), if any is left."""
+    """The next lane to try (policies.path.lane_choice.failover_lane), if any is left."""
     name = failover_lane(state.control.weights, state.live_lanes, visited)
     return state.lanes[name] if name is not None else None

@@ -3,8 +3,8 @@
 `RouteTable` answers 404 for a path no route takes; `X-Modeshift-Mode`
 pins a request to a lane (`auto` or no header: switchable),
 `X-Modeshift-Deadline-Ms` gives it a deadline and `X-Modeshift-Priority`
-names its traffic class (policies.objectives). Choosing the lane from those
-is policies.lane_choice, shared with the simulator (re-exported here).
+names its traffic class (policies.control.objectives). Choosing the lane from those
+is policies.path.lane_choice, shared with the simulator (re-exported here).
 
 Nothing here does I/O or reads a clock: the proxy passes in what it knows.
 """
@@ -16,7 +16,7 @@ from collections.abc import Collection
 
 from configs.routes import RoutesByPrefix
 from configs.schema import RouteConfig
-from policies.lane_choice import LaneChoice, choose_lane
+from policies.path.lane_choice import LaneChoice, choose_lane
 from router.errors import bad_request, no_route
 from router.headers import DEADLINE_HEADER, MODE_HEADER, PRIORITY_HEADER
 

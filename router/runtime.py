@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING
 
 from configs import ConfigError, load_config
 from configs.schema import ModeshiftConfig
-from policies.actions import Action, Command
-from policies.objectives import JOBS
-from policies.snapshot import JobsBacklog
+from policies.control.actions import Action, Command
+from policies.control.objectives import JOBS
+from policies.control.snapshot import JobsBacklog
 from router.discovery import DnsDiscovery
 from router.jobs.api import Jobs
 

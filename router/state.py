@@ -30,10 +30,10 @@ from functools import cached_property
 
 from configs.assembly import build_control_loop, mode_weights
 from configs.schema import ModeshiftConfig
-from policies.control import ControlLoop
-from policies.retry_budget import RetryBudget
-from policies.snapshot import JobsBacklog
-from policies.switching import SwitchingController
+from policies.control.loop import ControlLoop
+from policies.control.snapshot import JobsBacklog
+from policies.control.switching import SwitchingController
+from policies.path.retry_budget import RetryBudget
 from router.claims import Gatekeeper
 from router.lanes import Lane
 from router.routing import RouteTable

@@ -25,7 +25,7 @@ What it guarantees:
 - A response that was not read to its end is never reused: its connection
   is closed on release.
 
-What must not live here: which upstream to call (policies.upstream_pool), header
+What must not live here: which upstream to call (policies.path.upstream_pool), header
 rules (router.headers), error answers (router.errors).
 """
 

@@ -1,7 +1,7 @@
 """The request path of micro-batching lanes, in virtual time: offers to the lane's batcher, flushes, merged calls.
 
 A request on a batchable route drawn to a lane with `batching:` is offered
-to the lane's policies.batching Batcher (the router's own, with the lane's
+to the lane's policies.path.batching Batcher (the router's own, with the lane's
 flush rule); a flush takes a batch when the rule says so and at most
 `max_in_flight` merged calls run at once; a merged call's answer ends every
 request in it, its cost and busy time shared out by items
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 
-from policies.batching import BatchItem
+from policies.path.batching import BatchItem
 from policies.pricing import item_shares
 from simulator.lane_run import LaneRun
 

@@ -28,8 +28,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from configs.loader import ConfigError, load_config
 from configs.routes import RoutesByPrefix
 from configs.schema import ModeshiftConfig
-from policies.actions import plain
-from policies.objectives import Objectives
+from policies.control.actions import plain
+from policies.control.objectives import Objectives
 from policies.units import parse_duration_s
 from simulator.compare import OWN, Comparison, baseline_label, compare, variants
 from simulator.outcome import SloTargets

@@ -6,7 +6,7 @@ route), the switchable arrivals, and the mean time a call of that window
 would hold a server on each lane (the service model's latency for the
 window's requests, before jitter). `needs` then sizes each autoscaled lane
 for a split (a mode's weights) with the capacity rule the router runs
-(policies.capacity.needed_replicas: the classes' objectives, the lane's
+(policies.control.capacity.needed_replicas: the classes' objectives, the lane's
 headroom and bounds), window by window, knowing each window's traffic
 exactly and with no cold start: what a clairvoyant autoscaler would ask
 for. `modeshift plan` (simulator.plan) sizes its static fleets and its
@@ -26,8 +26,8 @@ import numpy as np
 
 from configs.routes import RoutesByPrefix
 from configs.schema import ModeshiftConfig
-from policies.capacity import needed_replicas
-from policies.objectives import PINNED, SWITCHABLE, Objectives
+from policies.control.capacity import needed_replicas
+from policies.control.objectives import PINNED, SWITCHABLE, Objectives
 from simulator.service import ServerLane, ServiceModel
 from simulator.traces import TraceRequest
 

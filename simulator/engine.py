@@ -5,21 +5,21 @@ One run builds the control loop from the config exactly as the router does
 the lanes' service models:
 
 - each request's route and lane come from configs.routes and
-  policies.lane_choice, with a uniform draw from `random.Random(server.seed)`,
+  policies.path.lane_choice, with a uniform draw from `random.Random(server.seed)`,
   the router's own stream, taken once per request in arrival order;
-- admission is the router's own rules, called here too: policies.admission
+- admission is the router's own rules, called here too: policies.path.admission
   `place` chooses where a request may wait (its drawn lane, the cheapest
   lane predicted to meet its objective, a spill, or a 503 at once) and a
-  policies.admission Gate per lane admits up to `max_in_flight` calls and
+  policies.path.admission Gate per lane admits up to `max_in_flight` calls and
   queues up to `queue_depth` more by priority for at most `queue_timeout`,
   then spills or answers 503; admitted calls then wait for one of the
   lane's `replicas x concurrency` servers;
 - a lane with `batching:` merges requests on batchable routes with the
-  policies.batching Batcher and the lane's flush rule, at most
+  policies.path.batching Batcher and the lane's flush rule, at most
   `max_in_flight` merged calls at once, each charged to its items by share;
 - a `batch_api` lane has no queue and no gate: its requests are submitted
   as jobs, gathered into batch files by the router's own rule
-  (policies.provider_batching: full by count or bytes, or `max_wait` after
+  (policies.path.provider_batching: full by count or bytes, or `max_wait` after
   the first line), and every request of a file is answered one turnaround
   after the file went;
 - every completion is recorded into the monitor's LaneWindow with the
@@ -57,10 +57,10 @@ from backends.codecs.base import BYTES_PER_TOKEN
 from configs.assembly import build_control_loop
 from configs.routes import RoutesByPrefix
 from configs.schema import ModeshiftConfig
-from policies.actions import Action
-from policies.admission import Placed, Waiter, place
-from policies.lane_choice import choose_lane, expected_latency_s, failover_lane
-from policies.retry_budget import RetryBudget
+from policies.control.actions import Action
+from policies.path.admission import Placed, Waiter, place
+from policies.path.lane_choice import choose_lane, expected_latency_s, failover_lane
+from policies.path.retry_budget import RetryBudget
 from simulator.batch_path import BatchPath
 from simulator.failure_path import FailurePath, error_draws
 from simulator.lane_run import Call, LaneRun, Queued
@@ -292,7 +292,7 @@ class _Run(BatchPath, FailurePath):
     def _place(
         self, i: int, lane: LaneRun, pinned: bool, t: float, visited: list[str], batchable: bool
     ) -> LaneRun | None:
-        """policies.admission.place, as the router asks it; None when refused (503 recorded)."""
+        """policies.path.admission.place, as the router asks it; None when refused (503 recorded)."""
         objective = self.objectives[self.traffic_class[i]]
         snapshot = self.loop.last_snapshot
         if lane.takes_now(snapshot, objective.latency_s, lane.batcher is not None and batchable):

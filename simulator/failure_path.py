@@ -5,12 +5,12 @@ this path for every call it makes (provider batch files do not fail here).
 It plays what router.proxy, router.forward and router.microbatch do, with
 their own rules:
 
-- the call goes to the replica the lane's pool picks (policies.upstream_pool:
+- the call goes to the replica the lane's pool picks (policies.path.upstream_pool:
   least in flight, ejected replicas left out); one that is down refuses the
   connection, which ejects it at once (nothing was sent), and the request
-  tries the next replica if the retry budget (policies.retry_budget) lets it
+  tries the next replica if the retry budget (policies.path.retry_budget) lets it
   retry; when no replica of the lane takes it, the lane records a failure
-  and the request fails over to the next lane (policies.lane_choice) while
+  and the request fails over to the next lane (policies.path.lane_choice) while
   it may retry and is not pinned, else it is a 502;
 - a call whose answer has not come `timeout` after it was sent is a 504 (the
   replica keeps working on it until its service time is over: the server is
@@ -24,7 +24,7 @@ their own rules:
   router's micro-batcher does; when none takes it, each request in it moves
   on alone (the retry budget, then the next lane, else a 502); its timeout
   is a 504 for each; its error (drawn with its first request's draw) is
-  bisected as the router's is (policies.batching.bisects): each half is
+  bisected as the router's is (policies.path.batching.bisects): each half is
   sent again at once, down to single requests, and a request's answer
   carries its share of every call it rode in; the batch holds its slot
   (`max_in_flight`) until its last call is over, and the flush rule hears
@@ -43,10 +43,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from configs.schema import OutlierConfig
-from policies.batching import bisects
+from policies.path.batching import bisects
+from policies.path.retry_budget import RetryBudget
+from policies.path.upstream_pool import Upstream, UpstreamPool
 from policies.pricing import item_shares
-from policies.retry_budget import RetryBudget
-from policies.upstream_pool import Upstream, UpstreamPool
 from simulator.service import Failures
 
 REFUSED, ERROR, TIMED_OUT = 502, 500, 504

@@ -2,8 +2,8 @@
 
 The engine (simulator.engine) moves requests through these; the rules they
 follow are the router's own, from policies: the admission Gate and the
-lane's outlook for `place` (policies.admission), the Batcher and its flush
-rule (policies.batching). What a call costs in time comes from the lane's
+lane's outlook for `place` (policies.path.admission), the Batcher and its flush
+rule (policies.path.batching). What a call costs in time comes from the lane's
 service model (simulator.service).
 
 What must not live here: the event loop and the request path (the engine).
@@ -16,10 +16,10 @@ from collections import deque
 from typing import Any, NamedTuple
 
 from configs.schema import ModeshiftConfig
-from policies.admission import Gate, Outlook, batched_latency_s, outlook, takes_at_once
-from policies.batching import Batcher, Pace
-from policies.provider_batching import FileGathering
-from policies.snapshot import Snapshot
+from policies.control.snapshot import Snapshot
+from policies.path.admission import Gate, Outlook, batched_latency_s, outlook, takes_at_once
+from policies.path.batching import Batcher, Pace
+from policies.path.provider_batching import FileGathering
 from simulator.failure_path import LaneFailures
 from simulator.service import BatchApiLane, ServerLane, jittered_s
 
@@ -56,7 +56,7 @@ class LaneRun:
         self.gate: Gate[Queued] = Gate(lane_config.max_in_flight, lane_config.queue_depth, lane_config.aging_s)
         self.batch_api = isinstance(service, BatchApiLane)
         self.service = service
-        # A batch API lane's open file (policies.provider_batching): its requests, size and serial number.
+        # A batch API lane's open file (policies.path.provider_batching): its requests, size and serial number.
         self.gathering: FileGathering | None = None
         if isinstance(service, BatchApiLane):
             self.gathering = FileGathering(service.max_requests, service.max_bytes, service.max_wait_s)
@@ -99,7 +99,7 @@ class LaneRun:
     def takes_now(self, snapshot: Snapshot | None, latency_s: float, batched: bool) -> bool:
         """The drawn lane will do without looking further: a free slot fast enough, or a batch place.
 
-        The common case of policies.admission.place, asked without building an Outlook: the same rules
+        The common case of policies.path.admission.place, asked without building an Outlook: the same rules
         (`takes_at_once`, `batched_latency_s`), on the same figures.
         """
         if self.batch_api:

@@ -1,6 +1,6 @@
 """One autoscaled lane's replicas during a simulated run: ready, starting, and the replica-seconds paid.
 
-The control loop's capacity rule (policies.capacity) says each tick how many
+The control loop's capacity rule (policies.control.capacity) says each tick how many
 replicas the lane wants, as it tells the live router; the run plays the
 autoscaler the router's figure is for:
 

@@ -13,7 +13,7 @@ class, cost and cost per 1,000 requests, transitions and rollbacks.
 SLO attainment: a request meets its SLO when it was answered (2xx) within
 its target: its own deadline if the trace gives one, else the target of its
 class (`pinned`: real-time traffic that may not move; `switchable`: the
-rest). The targets are the config's objectives (policies.objectives, via
+rest). The targets are the config's objectives (policies.control.objectives, via
 `SloTargets.of`), the same objects the controller and admission judge by,
 unless the command line overrides them. A class with no requests attains
 NaN, never 100%.
@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from policies.objectives import PINNED, SWITCHABLE, Objectives
+from policies.control.objectives import PINNED, SWITCHABLE, Objectives
 
 NO_LANE = -1
 NO_REPLICA = -1

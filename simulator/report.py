@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from rich.table import Table
 
-from policies.actions import plain
+from policies.control.actions import plain
 from simulator.outcome import NO_LANE, NO_REPLICA, TOTAL, Outcome, Row, SloTargets, Summary
 
 REQUEST_COLUMNS = (

@@ -12,7 +12,7 @@ each lane one of two kinds:
   least squares (scipy), and the jitter from the residuals.
 - `batch_api`: a provider's batch API (OpenAI, Anthropic, Bedrock): no
   queueing at our side; requests are gathered into batch files by the
-  router's own rule (policies.provider_batching, with the `max_requests`,
+  router's own rule (policies.path.provider_batching, with the `max_requests`,
   `max_bytes` and `max_wait` a router lane's `batch_api:` takes), and each
   file takes a turnaround drawn from a log-normal with the given median and
   sigma, never over `max_turnaround` (24 h at most, the
@@ -30,9 +30,9 @@ A server lane may fail (`failures:`): a share of its calls answered with a
 500 (`error_rate`), and outages in which some or all of its replicas refuse
 connections (`down`). The router's answers to that are played by its own
 rules (simulator.failure_path): each replica is an upstream of the lane's
-pool (policies.upstream_pool: least in flight, outlier ejection), a refused
+pool (policies.path.upstream_pool: least in flight, outlier ejection), a refused
 connection is retried on the next replica and then the next lane within the
-retry budget (policies.retry_budget), a call longer than the lane's
+retry budget (policies.path.retry_budget), a call longer than the lane's
 `timeout` is a 504. A lane without `failures:` never fails and never times
 out (the fast path of a million-request run).
 
@@ -125,7 +125,8 @@ class BatchApiLane(_Model):
     turnaround_median_s: Duration = Field(1800.0, alias="turnaround_median", gt=0)
     turnaround_sigma: float = Field(1.0, ge=0, le=3, description="sigma of the log-normal turnaround")
     max_turnaround_s: Duration = Field(DAY_S, alias="max_turnaround", gt=0, le=DAY_S)
-    # How requests are gathered into files: the settings of a router lane's `batch_api:` (policies.provider_batching).
+    # How requests are gathered into files: the settings of a router lane's `batch_api:`
+    # (policies.path.provider_batching).
     max_requests: int = Field(10_000, ge=1, description="lines per batch file")
     max_bytes: ByteSize = Field(100 * 1000**2, ge=1, description="bytes per batch file")
     max_wait_s: Duration = Field(60.0, alias="max_wait", ge=0, description="a file goes this long after its first line")

@@ -46,9 +46,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from configs import ConfigError
 from configs.schema import check_http_url
-from policies import stream_health
-from policies.actions import Command, CommandRejected, Force, Pause, Resume, Rollback, plain
-from policies.snapshot import Snapshot
+from policies.control import stream_health
+from policies.control.actions import Command, CommandRejected, Force, Pause, Resume, Rollback, plain
+from policies.control.snapshot import Snapshot
 from router.errors import CommandFailed, ProxyError, bad_request
 from router.runtime import Runtime
 
@@ -183,7 +183,8 @@ def _provider(runtime: Runtime) -> dict | None:
 
 
 def capacity(runtime: Runtime) -> dict:
-    """What the capacity rule wants of each autoscaled lane (policies.capacity), for an autoscaler or a person."""
+    """What the capacity rule wants of each autoscaled lane (policies.control.capacity), for an autoscaler or a
+    person."""
     planner = runtime.state.control.capacity
     if planner is None:
         return {"lanes": {}}

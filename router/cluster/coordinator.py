@@ -1,7 +1,7 @@
 """One replica of a cluster: publish what it measured, lead or follow, every control tick.
 
 Every tick each replica
-1. publishes its own monitor's cumulative totals (policies.replicas) with
+1. publishes its own monitor's cumulative totals (policies.control.replicas) with
    its config's shape (router.cluster.records.shape_of);
 2. renews its lease when it leads, or takes the lease when nobody holds it
    (router.cluster.shared: a new epoch each time);
@@ -38,7 +38,7 @@ reloads its own config file when it sees the counter move.
 Clocks: the control clock is the replica's own monotonic one (the data
 plane measures latencies with it too). What the replicas share is wall
 time: the stored controller's times are shifted by (wall - monotonic) to be
-written and back to be read (policies.switching_record.shifted), as are
+written and back to be read (policies.control.switching_record.shifted), as are
 decision times; publications are stamped with wall time. So a step of one
 host's wall clock never freezes its own control or its latencies. What must
 not live here: Redis commands (router.cluster.shared), the record formats
@@ -63,11 +63,11 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from configs.assembly import build_control_loop
 from configs.schema import ClusterConfig
-from policies.actions import Action, Command, CommandRejected, Force, Pause, Resume, Rollback
-from policies.control import ControlLoop
-from policies.replicas import ClusterMerge, published
-from policies.snapshot import JobsBacklog, Snapshot
-from policies.switching_record import shifted
+from policies.control.actions import Action, Command, CommandRejected, Force, Pause, Resume, Rollback
+from policies.control.loop import ControlLoop
+from policies.control.replicas import ClusterMerge, published
+from policies.control.snapshot import JobsBacklog, Snapshot
+from policies.control.switching_record import shifted
 from router.cluster.records import (
     VERSION,
     BadRecord,

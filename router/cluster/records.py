@@ -56,7 +56,7 @@ class StoredState(_Record):
     seq: int
     shape: str
     controller: dict[str, Any]
-    capacity: dict[str, Any] = {}  # policies.capacity.CapacityPlanner.record(): the leader's replicas per lane
+    capacity: dict[str, Any] = {}  # policies.control.capacity.CapacityPlanner.record(): the leader's replicas per lane
 
 
 class SentCommand(_Record):

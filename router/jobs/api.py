@@ -40,8 +40,8 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from backends.codecs import codec_for
 from configs.schema import ModeshiftConfig, RouteConfig, fallback_lane
-from policies.objectives import JOBS
-from policies.snapshot import JobsBacklog
+from policies.control.objectives import JOBS
+from policies.control.snapshot import JobsBacklog
 from router.errors import ProxyError, bad_request
 from router.headers import (
     CREDENTIAL_HEADERS,

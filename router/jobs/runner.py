@@ -26,7 +26,7 @@ Outcomes:
   1.5), up to `attempts` tries; then failed with the last answer or error.
 
 Deadlines: every `BACKLOG_EVERY_S` the runner counts the queued jobs due
-within each horizon (policies.snapshot.JobsBacklog), which the capacity rule
+within each horizon (policies.control.snapshot.JobsBacklog), which the capacity rule
 reads to give the jobs lane the replicas that meet them.
 
 Leases: a claim holds a job for `lease_s`, renewed every third of it while
@@ -50,7 +50,7 @@ from collections.abc import Awaitable, Callable
 from typing import NamedTuple
 
 from configs.schema import JobsConfig, LaneConfig
-from policies.snapshot import BACKLOG_HORIZONS_S, JobsBacklog
+from policies.control.snapshot import BACKLOG_HORIZONS_S, JobsBacklog
 from router.jobs.database import StoreUnavailable
 from router.jobs.store import Job, JobStore
 from router.logs import event

@@ -11,7 +11,7 @@ import logging
 from collections import Counter, deque
 from collections.abc import Iterable
 
-from policies.actions import Action
+from policies.control.actions import Action
 from router.logs import event
 
 logger = logging.getLogger("modeshift.decisions")

@@ -34,7 +34,7 @@ always agree and serving requests pays nothing for either.
 router's log-spaced histograms; each bucket count is exact to within their 1%
 relative accuracy.
 
-What must not live here: recording (router.telemetry.route_stats, policies.metrics),
+What must not live here: recording (router.telemetry.route_stats, policies.control.metrics),
 any exporter's format.
 """
 
@@ -43,7 +43,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
-from policies import stream_health
+from policies.control import stream_health
 
 if TYPE_CHECKING:
     from router.jobs.provider.bridge import BridgeCounts
@@ -192,7 +192,7 @@ def _lanes(state: RouterState, now: float) -> list[Family]:
 
 def _replicas(state: RouterState, now: float) -> Family:
     """Each lane's replicas: ready (answering, not ejected) on every lane; desired and starting where the lane
-    has `autoscale:`, for KEDA or an HPA to act on (policies.capacity)."""
+    has `autoscale:`, for KEDA or an HPA to act on (policies.control.capacity)."""
     replicas = Family(
         "modeshift_lane_replicas",
         "gauge",

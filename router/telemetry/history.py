@@ -7,7 +7,7 @@ histogram, not a sliding window), the cost per second, and the lane's weight
 at the end of the interval. A ring keeps the last `kept` samples.
 
 What must not live here: the figures the controller judges by
-(policies.monitor); this is for people.
+(policies.control.monitor); this is for people.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from policies.metrics import LaneTotals
+from policies.control.metrics import LaneTotals
 
 if TYPE_CHECKING:
     from router.lanes import Lane

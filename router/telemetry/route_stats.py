@@ -1,6 +1,6 @@
 """What each route answered, for /metrics: requests by (route, lane, status) and latency by (route, lane).
 
-The lanes' own windows (policies.metrics) know nothing of routes; this is
+The lanes' own windows (policies.control.metrics) know nothing of routes; this is
 the router's per-route view, recorded once per client request when its
 answer is done (streamed answers included). The lane is the one that
 answered, or "none" when the router answered itself before choosing one.

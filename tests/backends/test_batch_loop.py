@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 
 from backends.batch_loop import BatchLoop
-from policies.batching import Batcher, BatchItem
-from policies.flush import HybridRule, SizeRule
+from policies.path.batching import Batcher, BatchItem
+from policies.path.flush import HybridRule, SizeRule
 
 
 class Recorder:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import random
 
-from policies.monitor import Monitor
-from policies.objectives import ObjectiveParams, Objectives
+from policies.control.monitor import Monitor
+from policies.control.objectives import ObjectiveParams, Objectives
+from policies.control.snapshot import ControlView, Snapshot
+from policies.control.switching import SwitchingController
+from policies.control.switching_params import SwitchingParams
+from policies.control.weights import Weights
 from policies.pricing import CostModel
-from policies.snapshot import ControlView, Snapshot
-from policies.switching import SwitchingController
-from policies.switching_params import SwitchingParams
-from policies.weights import Weights
 
 LANES = ("batch", "realtime")
 MODES = {

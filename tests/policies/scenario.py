@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import random
 
-from policies.actions import Action, Command
-from policies.protocol import Proposal
-from policies.switching import SwitchingController
-from policies.switching_params import SwitchingParams
+from policies.control.actions import Action, Command
+from policies.control.protocol import Proposal
+from policies.control.switching import SwitchingController
+from policies.control.switching_params import SwitchingParams
 from tests.policies.helpers import MODES, feed_split, make_monitor
 
 

@@ -1,12 +1,12 @@
-"""The claims rule (policies.access): a grant keeps what it allows, drops the rest, and never adds a claim."""
+"""The claims rule (policies.path.access): a grant keeps what it allows, drops the rest, and never adds a claim."""
 
 from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from policies.access import ANY, CLASS, DEADLINE, LANE, NO_CLAIMS, TIER, Claims, Grant, GrantParams, screen
-from policies.objectives import ObjectiveParams, Objectives
+from policies.control.objectives import ObjectiveParams, Objectives
+from policies.path.access import ANY, CLASS, DEADLINE, LANE, NO_CLAIMS, TIER, Claims, Grant, GrantParams, screen
 
 OBJECTIVES = Objectives({"urgent": ObjectiveParams(priority=0), "bulk": ObjectiveParams(priority=5)})
 CLASSES = ["pinned", "switchable", "jobs", "urgent", "bulk"]

@@ -3,7 +3,7 @@
 import json
 import math
 
-from policies.actions import plain
+from policies.control.actions import plain
 
 
 def test_a_record_holds_plain_json_figures():

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from policies.admission import Gate, Outlook, Placed, Refused, retry_after_s
-from policies.admission import place as place_lazily
+from policies.path.admission import Gate, Outlook, Placed, Refused, retry_after_s
+from policies.path.admission import place as place_lazily
 
 
 def test_slots_then_a_bounded_queue():
@@ -65,7 +65,7 @@ def test_predicted_wait_counts_those_ahead_over_the_slots():
 def test_the_more_urgent_classes_overtaking_a_waiter_are_counted_as_they_join_the_queue_now():
     """At the start of a rush the metrics window still holds the calm: the gate's own count of who joins its
     queue says how fast pinned requests pass a switchable one now."""
-    from policies.admission import outlook as lane_outlook
+    from policies.path.admission import outlook as lane_outlook
     from tests.policies.helpers import MODES, feed, make_monitor, static_view
 
     gate = Gate(slots=1, depth=1000)
@@ -193,7 +193,7 @@ def test_meeting_an_objective_keeps_headroom_for_the_scatter_around_a_prediction
 
 
 def test_a_micro_batched_request_expects_the_queue_ahead_over_the_lane_s_items_per_second():
-    from policies.admission import batched_latency_s
+    from policies.path.admission import batched_latency_s
     from tests.policies.helpers import MODES, feed, make_monitor, static_view
 
     monitor = make_monitor()
@@ -210,7 +210,7 @@ def test_a_micro_batched_request_expects_the_queue_ahead_over_the_lane_s_items_p
 
 
 def outlook_of_batch(snapshot, waiting, pace=None):
-    from policies.admission import outlook as lane_outlook
+    from policies.path.admission import outlook as lane_outlook
 
     return lane_outlook(
         "batch",
@@ -250,7 +250,7 @@ def test_spill_goes_only_where_the_queue_timeout_would_not_end_the_wait():
 def test_a_backlog_behind_a_lane_that_just_began_is_judged_by_its_pace_not_by_its_half_idle_window():
     """A lane busy for one second of a ten-second window shows a tenth of its pace in items per second:
     judged by that, a short backlog looks like seconds, and requests the lane serves at once are refused."""
-    from policies.batching import Pace
+    from policies.path.batching import Pace
     from tests.policies.helpers import MODES, make_monitor, static_view
 
     monitor = make_monitor()

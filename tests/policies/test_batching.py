@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from policies.batching import Batcher, BatchItem, Pace
-from policies.flush import AdaptiveRule, HybridRule, SizeRule, TimeRule
+from policies.path.batching import Batcher, BatchItem, Pace
+from policies.path.flush import AdaptiveRule, HybridRule, SizeRule, TimeRule
 
 
 def names(items):

@@ -1,4 +1,4 @@
-"""The capacity rule (policies.capacity): replicas a lane needs, and the damped decision, with plain numbers."""
+"""The capacity rule (policies.control.capacity): replicas a lane needs, and the damped decision, with plain numbers."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from policies.capacity import AutoscaleParams, CapacityPlanner, needed_replicas
-from policies.objectives import ObjectiveParams, Objectives
+from policies.control.capacity import AutoscaleParams, CapacityPlanner, needed_replicas
+from policies.control.objectives import ObjectiveParams, Objectives
+from policies.control.snapshot import BACKLOG_HORIZONS_S, JobsBacklog
+from policies.control.weights import Weights
 from policies.queueing import service_quantile_s, sojourn_quantile_s
-from policies.snapshot import BACKLOG_HORIZONS_S, JobsBacklog
-from policies.weights import Weights
 from tests.policies.helpers import make_monitor, static_view
 
 SWITCHABLE = Objectives({"switchable": ObjectiveParams(latency_s=2.0, percentile=99)})["switchable"]
@@ -116,7 +116,7 @@ def test_desired_stays_within_min_and_max_and_no_data_changes_nothing():
 def test_the_service_time_is_read_through_the_upstreams_own_queue():
     """40 answers a second from 4 servers, each call timed at 1 s (0.9 s of it waiting at the upstream): the
     service is 0.1 s, which Little's law gives; refusals hold no server and do not count."""
-    from policies.capacity import service_time_s
+    from policies.control.capacity import service_time_s
 
     monitor = make_monitor(window_s=10.0)
     window = monitor.lanes["realtime"]

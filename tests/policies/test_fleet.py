@@ -1,13 +1,13 @@
-"""The `fleet` policy (policies.fleet): the cheapest fleet that keeps the objectives is planned, and while the
+"""The `fleet` policy (policies.builtin.fleet): the cheapest fleet that keeps the objectives is planned, and while the
 replicas it needs start, the stream rides on what answers now."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
-from policies.fleet import FleetParams, FleetPolicy
+from policies.builtin.fleet import FleetParams, FleetPolicy
+from policies.control.snapshot import ControlView, ReplicasView, Snapshot
 from policies.pricing import CostModel
-from policies.snapshot import ControlView, ReplicasView, Snapshot
 from tests.policies.helpers import MODES, make_monitor
 
 

@@ -2,9 +2,9 @@ import math
 
 import pytest
 
-from policies.metrics import LaneWindow
+from policies.control.metrics import LaneWindow
+from policies.control.weights import Weights
 from policies.pricing import CostModel
-from policies.weights import Weights
 from tests.policies.helpers import feed, make_monitor, static_view
 
 

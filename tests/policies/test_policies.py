@@ -3,10 +3,10 @@ import random
 import pytest
 from pydantic import ValidationError
 
+from policies.control.protocol import Proposal
+from policies.control.weights import Weights
 from policies.pricing import CostModel
-from policies.protocol import Proposal
 from policies.registry import PolicySpec
-from policies.weights import Weights
 from tests.policies.helpers import MODES, feed, make_monitor, static_view
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from policies.provider_batching import BatchApiParams, FileGathering, poll_delay_s
+from policies.path.provider_batching import BatchApiParams, FileGathering, poll_delay_s
 
 
 def test_a_file_goes_when_full_by_count_or_bytes_or_max_wait_after_its_first_line():

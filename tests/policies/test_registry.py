@@ -5,7 +5,7 @@ import pytest
 from pydantic import ValidationError
 
 from policies import registry
-from policies.protocol import BasePolicy, PolicyParams
+from policies.control.protocol import BasePolicy, PolicyParams
 from policies.registry import PolicySpec, UnknownPolicy, known_policies, register, resolve
 
 
@@ -23,7 +23,7 @@ def test_import_path(tmp_path, monkeypatch):
     (tmp_path / "surge_policy.py").write_text(
         textwrap.dedent(
             """
-            from policies.protocol import BasePolicy, PolicyParams
+            from policies.control.protocol import BasePolicy, PolicyParams
 
             class SurgeParams(PolicyParams):
                 factor: float = 2.0
@@ -52,7 +52,7 @@ def test_entry_point_group(tmp_path, monkeypatch):
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: modeshift-plugin\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text("[modeshift.policies]\nquiet = quiet_plugin:QuietPolicy\n")
     (tmp_path / "quiet_plugin.py").write_text(
-        "from policies.protocol import BasePolicy, PolicyParams\n"
+        "from policies.control.protocol import BasePolicy, PolicyParams\n"
         "class QuietPolicy(BasePolicy):\n"
         "    name = 'quiet'\n"
         "    Params = PolicyParams\n"

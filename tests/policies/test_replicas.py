@@ -8,8 +8,8 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policies.replicas import ClusterMerge, published
-from policies.switching import SwitchingController
+from policies.control.replicas import ClusterMerge, published
+from policies.control.switching import SwitchingController
 from tests.policies.helpers import MODES, feed, make_monitor, quick_params
 from tests.policies.scenario import Scenario, kinds
 

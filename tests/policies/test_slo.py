@@ -4,10 +4,10 @@ import math
 
 import pytest
 
+from policies.builtin.slo import SloParams, SloPolicy
+from policies.control.snapshot import ControlView
 from policies.pricing import CostModel
 from policies.queueing import erlang_c, p95_sojourn_s, scv_from_quantiles, service_p95_s
-from policies.slo import SloParams, SloPolicy
-from policies.snapshot import ControlView
 from tests.policies.helpers import MODES, make_monitor
 
 

@@ -1,9 +1,9 @@
 import pytest
 from pydantic import ValidationError
 
-from policies.actions import Force, Pause, Resume, Rollback, RollbackWithheld, RolledBack, SetWeights
-from policies.switching import State
-from policies.switching_params import SwitchingParams
+from policies.control.actions import Force, Pause, Resume, Rollback, RollbackWithheld, RolledBack, SetWeights
+from policies.control.switching import State
+from policies.control.switching_params import SwitchingParams
 from tests.policies.helpers import MODES, quick_params
 from tests.policies.scenario import Scenario, kinds
 

@@ -13,8 +13,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from policies import stream_health as health
-from policies.actions import (
+from policies.control import stream_health as health
+from policies.control.actions import (
     Force,
     Pause,
     Resume,
@@ -25,7 +25,7 @@ from policies.actions import (
     TransitionCompleted,
     TransitionStarted,
 )
-from policies.switching import State
+from policies.control.switching import State
 from tests.policies.helpers import LANES, MODES, quick_params
 from tests.policies.scenario import Scenario
 

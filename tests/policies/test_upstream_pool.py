@@ -1,4 +1,4 @@
-from policies.upstream_pool import STARTING_RETRY_S, UpstreamPool
+from policies.path.upstream_pool import STARTING_RETRY_S, UpstreamPool
 
 URLS = ("http://a:1", "http://b:1", "http://c:1")
 

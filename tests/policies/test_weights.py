@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from policies.weights import SUM_TOLERANCE, Weights
+from policies.control.weights import SUM_TOLERANCE, Weights
 
 LANES = ("a", "b", "c")
 

@@ -15,7 +15,7 @@ import json
 import numpy as np
 from aiohttp import web
 
-from policies.objectives import PINNED, SWITCHABLE
+from policies.control.objectives import PINNED, SWITCHABLE
 from tests.router.helpers import two_lane_config
 
 KEY = "sk-checkout-0123456789"

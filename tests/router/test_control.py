@@ -7,7 +7,7 @@ are exact and the test never waits for a timer.
 
 from aiohttp import web
 
-from policies.actions import Force, RolledBack, StepAdvanced
+from policies.control.actions import Force, RolledBack, StepAdvanced
 from tests.router.helpers import two_lane_config
 
 

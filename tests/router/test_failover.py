@@ -4,7 +4,7 @@ import asyncio
 
 from aiohttp import web
 
-from policies.retry_budget import RetryBudget
+from policies.path.retry_budget import RetryBudget
 from tests.router.helpers import gather_limited, two_lane_config
 
 

@@ -9,7 +9,7 @@ import threading
 import numpy as np
 from aiohttp import web
 
-from policies.actions import Force
+from policies.control.actions import Force
 from tests.backends.test_embedder import MIXED
 from tests.conftest import Wrapped
 from tests.router.helpers import two_lane_config

@@ -9,7 +9,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from scipy.stats import binom
 
-from policies.actions import Force
+from policies.control.actions import Force
 from tests.router.helpers import echo, gather_limited, two_lane_config
 
 

@@ -3,7 +3,7 @@ import math
 import pytest
 
 from configs import RouteConfig
-from policies.weights import Weights
+from policies.control.weights import Weights
 from router.errors import ProxyError
 from router.routing import RouteTable, choose_lane, deadline_s, requested_lane
 

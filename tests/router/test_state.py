@@ -1,7 +1,7 @@
 """What a reload keeps: lanes, windows and the control loop, unless they changed."""
 
 from configs import ModeshiftConfig
-from policies.actions import Force
+from policies.control.actions import Force
 from router.state import build_state, carry_over
 from tests.router.helpers import two_lane_config, two_lane_raw
 

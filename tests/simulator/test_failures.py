@@ -1,7 +1,7 @@
 """Lanes that fail, simulated: outages, errors and timeouts, and the router's answers to them.
 
-The router's rules are the ones played (policies.upstream_pool,
-policies.retry_budget, policies.lane_choice); these tests check that the
+The router's rules are the ones played (policies.path.upstream_pool,
+policies.path.retry_budget, policies.path.lane_choice); these tests check that the
 simulator applies them where the router does: a refused connection ejects
 its replica and moves on within the retry budget, an ejected lane is left
 out of the draw, a pinned request has nowhere else to go, an error is

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from configs import parse_config
-from policies.capacity import needed_replicas
-from policies.objectives import Objectives
+from policies.control.capacity import needed_replicas
+from policies.control.objectives import Objectives
 from simulator import generators
 from simulator.demand import Demand
 from simulator.outcome import SloTargets

@@ -4,7 +4,7 @@ When the jobs lane is a provider batch lane (`batch_api:`), its jobs are not
 sent one by one: every tick the bridge
 
 1. gathers queued jobs into batch files, one per (endpoint, model, owner),
-   by the flush rule shared with the simulator (policies.provider_batching);
+   by the flush rule shared with the simulator (policies.path.provider_batching);
    a job the provider cannot take (another endpoint, a body that is not a
    JSON object with a model) goes to the fallback lane at once;
 2. gives back to the fallback lane every job still waiting at the provider
@@ -64,7 +64,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from policies.provider_batching import BatchApiParams, FileGathering, poll_delay_s
+from policies.path.provider_batching import BatchApiParams, FileGathering, poll_delay_s
 from router.jobs.database import Database
 from router.jobs.provider.anthropic import AnthropicBatchApi
 from router.jobs.provider.openai import OpenAIBatchApi

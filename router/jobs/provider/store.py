@@ -6,7 +6,7 @@ one (lane, endpoint, model, owner):
     gathering -> uploading -> submitted -> ended
 
 - gathering: jobs join it (each moves queued -> submitted, tied by
-  `provider_batch`) until the flush rule (policies.provider_batching) says
+  `provider_batch`) until the flush rule (policies.path.provider_batching) says
   it must go;
 - uploading: it is being handed to the provider; `file_id` is kept as soon
   as the file is uploaded, so a restart never uploads it again;
@@ -28,7 +28,7 @@ import json
 import secrets
 from dataclasses import dataclass
 
-from policies.provider_batching import FileGathering
+from policies.path.provider_batching import FileGathering
 from router.jobs.database import Database, Row, Tx
 from router.jobs.provider.wire import LineResult
 from router.jobs.store import JOB_COLUMNS, Job, job_from_row

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 
 from configs import ModeshiftConfig
-from policies.actions import Force
+from policies.control.actions import Force
 from router.cluster.shared import SharedState
 from router.server import RunningRouter, runtime_for
 from tests.router.helpers import TOKEN, FakeClock, RouterUnderTest, admin_headers, two_lane_raw

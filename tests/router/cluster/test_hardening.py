@@ -17,7 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from configs import ModeshiftConfig
-from policies.actions import Force
+from policies.control.actions import Force
 from router.errors import CommandFailed
 from router.server import RunningRouter, runtime_for
 from tests.router.cluster.test_cluster import cluster_config

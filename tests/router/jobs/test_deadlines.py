@@ -7,7 +7,7 @@ import asyncio
 
 from aiohttp import web
 
-from policies.snapshot import BACKLOG_HORIZONS_S
+from policies.control.snapshot import BACKLOG_HORIZONS_S
 from tests.router.helpers import admin_headers, two_lane_config
 
 SERVICE_S = 0.1

@@ -120,7 +120,7 @@ async def test_the_openai_client_finds_the_file_and_the_batch_it_made_before_a_c
 
 async def test_two_processes_bridges_on_one_database_take_turns_and_upload_each_file_once(provider, job_database):
     """Workers or replicas share the job database: one bridge acts per lane, the other takes over when it dies."""
-    from policies.provider_batching import BatchApiParams
+    from policies.path.provider_batching import BatchApiParams
     from router.jobs.engines import open_database
     from router.jobs.provider.bridge import LEASE_S, ProviderBridge
     from router.jobs.store import JobStore, NewJob

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from policies.actions import Force
+from policies.control.actions import Force
 from tests.router.helpers import admin_headers, two_lane_config
 
 

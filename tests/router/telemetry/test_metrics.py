@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from policies.actions import Force
+from policies.control.actions import Force
 from tests.router.helpers import admin_headers, two_lane_config
 
 

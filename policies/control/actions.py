@@ -8,7 +8,7 @@ Outputs (past tense for events, imperative for the one instruction):
   send traffic back to miss their objectives too; the step holds.
 - ProposalIgnored: a policy's proposal was seen and not acted on, and why.
 - Paused, Resumed, CommandRejected: answers to operator commands.
-- ReplicasWanted: the capacity rule (policies.capacity) changed the replicas
+- ReplicasWanted: the capacity rule (policies.control.capacity) changed the replicas
   a lane needs; the driver publishes it for the autoscaler.
 
 Inputs (operator commands): Force, Pause, Resume, Rollback.
@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from policies.weights import Weights
+from policies.control.weights import Weights
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,6 +1,6 @@
 """The switching controller's states, the table of every move between them, and its records.
 
-policies.switching explains what each state and trigger means and enforces
+policies.control.switching explains what each state and trigger means and enforces
 this table in `_move`: a state change that is not a row here is a bug and
 raises. Rules about *when* a trigger fires (stream health, withheld
 rollbacks, urgency) live in the controller; *which* changes exist lives here,
@@ -13,9 +13,9 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from policies import stream_health as health
-from policies.metrics import LaneTotals
-from policies.weights import Weights
+from policies.control import stream_health as health
+from policies.control.metrics import LaneTotals
+from policies.control.weights import Weights
 
 
 class State(enum.Enum):

@@ -10,7 +10,7 @@ The plan. Each tick, for every configured mode, at the traffic of the window
 split by the mode's weights), the policy prices an hour of the fleet that
 mode needs:
 
-- an autoscaled lane (policies.capacity): the replicas its share needs to
+- an autoscaled lane (policies.control.capacity): the replicas its share needs to
   keep the objectives of the classes it would serve, within its headroom and
   autoscale bounds (`replicas_for`, the rule the capacity planner uses), at
   its price per replica-hour. A lane never measured is planned with the
@@ -26,7 +26,7 @@ objectives within its bounds (when none does: the cheapest of those that
 break the fewest lanes). The mode in force stays planned unless another is
 cheaper by more than `margin` of it, so a rate near a replica boundary does
 not flap the plan. The capacity rule sizes each lane for the planned split
-(`planned_weights`, policies.protocol.PlansFleet), not for what the lane
+(`planned_weights`, policies.control.protocol.PlansFleet), not for what the lane
 takes while the replicas start.
 
 The proposal. The planned mode when the replicas answering now carry it
@@ -51,9 +51,9 @@ from dataclasses import dataclass, replace
 
 from pydantic import Field
 
-from policies.capacity import lane_demand, needed_replicas, replicas_for
-from policies.protocol import BasePolicy, PolicyParams, Proposal
-from policies.snapshot import ReplicasView, Snapshot
+from policies.control.capacity import lane_demand, needed_replicas, replicas_for
+from policies.control.protocol import BasePolicy, PolicyParams, Proposal
+from policies.control.snapshot import ReplicasView, Snapshot
 from policies.units import Duration
 
 

@@ -4,7 +4,7 @@ A rule sees only the queue's shape (how many items, since when the oldest
 has waited) and answers two questions: `limit()`, the most items one batch
 may carry now, and `due_at(oldest_s, queued)`, the time at which the batch
 must be sent. Rules never hold items and never read a clock; the batcher
-(policies.batching) owns the queue, and the router's timers only carry out
+(policies.path.batching) owns the queue, and the router's timers only carry out
 the times they are given.
 
 - size: wait until `max_batch` items are queued (never flushes a part batch).

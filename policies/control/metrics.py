@@ -190,7 +190,7 @@ class LaneWindow:
         """A request that arrived and finished at once, as far as this window knows (an outcome).
 
         `arrived` and `completed` in one call, without touching in-flight:
-        for windows that count requests when they end (policies.monitor's
+        for windows that count requests when they end (policies.control.monitor's
         outcomes), on the hot path of both drivers.
         """
         if now_s >= self._next_mark_s:

@@ -1,6 +1,6 @@
 """`slo`: the cheapest mode predicted to keep the objectives of the protected class and the classes it moves.
 
-The target is the objective of the traffic class `objective` (policies.objectives,
+The target is the objective of the traffic class `objective` (policies.control.objectives,
 the config's `objectives:`; default `pinned`, the traffic that cannot leave
 the lane): its latency at its percentile (p99 within 1 s, say). A `p95`
 given in the params replaces it with "p95 within that", for configs that
@@ -66,11 +66,11 @@ from collections.abc import Iterable, Mapping
 
 from pydantic import Field
 
+from policies.control.objectives import JOBS, PINNED
+from policies.control.protocol import BasePolicy, LaneName, PolicyParams, Proposal
+from policies.control.snapshot import LaneFigures, Snapshot
 from policies.histogram import Histogram
-from policies.objectives import JOBS, PINNED
-from policies.protocol import BasePolicy, LaneName, PolicyParams, Proposal
 from policies.queueing import scv_from_quantiles, sojourn_quantile_s, wait_quantile_s
-from policies.snapshot import LaneFigures, Snapshot
 from policies.units import Duration
 
 LIGHT_LOAD = 0.5  # calls in flight per server below which latency is service, not queueing

@@ -19,10 +19,10 @@ import math
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from policies.metrics import LaneWindow, WindowReading
-from policies.objectives import Objectives
+from policies.control.metrics import LaneWindow, WindowReading
+from policies.control.objectives import Objectives
+from policies.control.snapshot import ControlView, JobsBacklog, LaneFigures, OutcomeFigures, Snapshot, freeze_lanes
 from policies.pricing import CostModel
-from policies.snapshot import ControlView, JobsBacklog, LaneFigures, OutcomeFigures, Snapshot, freeze_lanes
 
 _QUANTILES = (0.5, 0.95, 0.99)
 

@@ -15,8 +15,8 @@ import math
 
 from pydantic import Field
 
-from policies.protocol import BasePolicy, LaneName, ModeName, PolicyParams, Proposal
-from policies.snapshot import Snapshot
+from policies.control.protocol import BasePolicy, LaneName, ModeName, PolicyParams, Proposal
+from policies.control.snapshot import Snapshot
 from policies.units import Duration
 
 

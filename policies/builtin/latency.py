@@ -20,8 +20,8 @@ from collections.abc import Mapping
 
 from pydantic import Field
 
-from policies.protocol import BasePolicy, ModeName, PolicyParams, Proposal
-from policies.snapshot import Snapshot
+from policies.control.protocol import BasePolicy, ModeName, PolicyParams, Proposal
+from policies.control.snapshot import Snapshot
 from policies.units import Duration
 
 

@@ -25,7 +25,7 @@ The queue holds at most `capacity` requests; `offer` refuses more (Triton's
 REJECT policy) rather than letting latency grow without bound.
 
 `Pace` is how fast the lane serves items with every merged-call slot
-taken: what a backlog drains at, for admission (policies.admission).
+taken: what a backlog drains at, for admission (policies.path.admission).
 
 After a merged call fails, `bisects(status, parts)` says whether its halves
 are sent again: yes for an answer about the request (a 4xx or a 500: one bad
@@ -42,7 +42,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from policies.flush import FlushRule
+from policies.path.flush import FlushRule
 
 UPSTREAM_TROUBLE = frozenset({429, 502, 503, 504})
 

@@ -37,7 +37,7 @@ from typing import Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from policies.objectives import SWITCHABLE, Objectives
+from policies.control.objectives import SWITCHABLE, Objectives
 
 ANY = "*"
 CLASS, LANE, DEADLINE, TIER = "class", "lane", "deadline", "tier"

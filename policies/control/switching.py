@@ -7,13 +7,13 @@ fraction of the way from the pre-transition weights to the target mode's
 (default 0.2, 0.5, 0.8, 1.0: 80/20 -> 50/50 -> 20/80 -> 0/100). After a
 completion or a rollback, proposals are ignored for `cooldown_s`.
 
-Health is the stream's, judged by its objectives (policies.objectives), never
+Health is the stream's, judged by its objectives (policies.control.objectives), never
 by a lane against its own calm past: a batch lane is meant to get slower as
 its batches fill. The evidence is what the requests that ended since the
 step began got (a difference of cumulative totals, so the metrics window does
 not blur one step into the next), per traffic class, over every lane, the
 one that lost traffic included, with the router's refusals counted as misses.
-policies.stream_health does the statistics (only what is shown at 95%
+policies.control.stream_health does the statistics (only what is shown at 95%
 confidence counts). On every tick of a transition:
 
 1. regression: a class doing confidently worse than its objective and than
@@ -38,7 +38,7 @@ Invariants (tests/policies/test_switching_*.py check them):
   pre-transition value toward its target value; only a rollback reverses it;
 - a rollback restores the exact pre-transition weights (the same object),
   and only when the lanes it returns traffic to are not missing objectives;
-- every state change is a row of policies.switching_table.TRANSITIONS;
+- every state change is a row of policies.control.switching_table.TRANSITIONS;
   anything else is a bug and raises;
 - the controller reads no clock and holds no randomness: the same snapshots,
   proposals and commands give the same outputs.
@@ -55,9 +55,9 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-from policies import stream_health as health
-from policies import switching_record
-from policies.actions import (
+from policies.control import stream_health as health
+from policies.control import switching_record
+from policies.control.actions import (
     Action,
     Command,
     CommandRejected,
@@ -75,12 +75,12 @@ from policies.actions import (
     TransitionCompleted,
     TransitionStarted,
 )
-from policies.metrics import LaneTotals
-from policies.protocol import Proposal
-from policies.snapshot import ControlView, Snapshot, TransitionView
-from policies.switching_params import SwitchingParams
-from policies.switching_table import TRANSITIONS, Ramp, State, Undo
-from policies.weights import Weights
+from policies.control.metrics import LaneTotals
+from policies.control.protocol import Proposal
+from policies.control.snapshot import ControlView, Snapshot, TransitionView
+from policies.control.switching_params import SwitchingParams
+from policies.control.switching_table import TRANSITIONS, Ramp, State, Undo
+from policies.control.weights import Weights
 
 __all__ = ["TRANSITIONS", "State", "SwitchingController"]
 
@@ -128,7 +128,7 @@ class SwitchingController:
         )
 
     def record(self) -> dict[str, Any]:
-        """This controller's state as plain data (policies.switching_record), for a successor to restore."""
+        """This controller's state as plain data (policies.control.switching_record), for a successor to restore."""
         return switching_record.record_of(
             self.state, self.mode, self.weights, self._transition, self._undo, self._hold, self._hold_since_s,
             self._cooldown_until_s,

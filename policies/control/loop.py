@@ -18,13 +18,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import replace
 
-from policies.actions import Action, Command
-from policies.capacity import CapacityPlanner
-from policies.monitor import Monitor
-from policies.protocol import PlansFleet, Policy
-from policies.snapshot import Snapshot
-from policies.switching import SwitchingController
-from policies.weights import Weights
+from policies.control.actions import Action, Command
+from policies.control.capacity import CapacityPlanner
+from policies.control.monitor import Monitor
+from policies.control.protocol import PlansFleet, Policy
+from policies.control.snapshot import Snapshot
+from policies.control.switching import SwitchingController
+from policies.control.weights import Weights
 
 
 class ControlLoop:
@@ -34,7 +34,7 @@ class ControlLoop:
         self.monitor = monitor
         self.policy = policy
         self.controller = controller
-        self.capacity = capacity  # lanes with autoscale: (policies.capacity); None: no lane has it
+        self.capacity = capacity  # lanes with autoscale: (policies.control.capacity); None: no lane has it
         self.last_snapshot: Snapshot | None = None
 
     @property

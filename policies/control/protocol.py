@@ -25,7 +25,7 @@ from typing import Annotated, Any, ClassVar, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
-from policies.snapshot import Snapshot
+from policies.control.snapshot import Snapshot
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +76,7 @@ class Proposal:
 
 @runtime_checkable
 class PlansFleet(Protocol):
-    """A policy that plans the replicas with the split (policies.fleet): the capacity rule sizes each
+    """A policy that plans the replicas with the split (policies.builtin.fleet): the capacity rule sizes each
     autoscaled lane for the split it planned, not for what the lane takes while the replicas start."""
 
     def planned_weights(self) -> Mapping[str, float] | None: ...

@@ -1,6 +1,6 @@
 """The `switching:` section: the parameters of the switching controller.
 
-What each one means is explained in policies.switching, which runs them;
+What each one means is explained in policies.control.switching, which runs them;
 the defaults follow the cost guide (steps 0.2 / 0.5 / 0.8 / 1.0) and canary
 practice (no promotion without `min_samples` of evidence). Health is judged
 by the traffic's objectives (the `objectives:` section), so no threshold

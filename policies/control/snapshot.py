@@ -1,6 +1,6 @@
 """The snapshot: one frozen value holding everything a policy may look at.
 
-A Snapshot is built once per control tick (by policies.monitor.Monitor) from
+A Snapshot is built once per control tick (by policies.control.monitor.Monitor) from
 the lanes' windows and the controller's state. Policies read it and nothing
 else, which is what makes them pure functions of their input; the controller
 reads it too, and every decision it makes quotes `Snapshot.figures()`, so
@@ -18,9 +18,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 
-from policies.metrics import LaneTotals
-from policies.objectives import Objectives
-from policies.weights import Weights
+from policies.control.metrics import LaneTotals
+from policies.control.objectives import Objectives
+from policies.control.weights import Weights
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +102,8 @@ class ControlView:
 
 @dataclass(frozen=True, slots=True)
 class ReplicasView:
-    """An autoscaled lane's replicas as the capacity rule sees them (policies.capacity), and what it plans with."""
+    """An autoscaled lane's replicas as the capacity rule sees them (policies.control.capacity), and what it
+    plans with."""
 
     desired: int
     ready: int

@@ -3,12 +3,12 @@
 Theory of operation. A lane is `replicas x concurrency` servers (a replica
 serves `concurrency` calls at once). Each tick, for every lane with
 `autoscale:`, the rule works out what the lane will face (`lane_demand`):
-under the split a fleet-planning policy chose (policies.fleet: its pinned
+under the split a fleet-planning policy chose (policies.builtin.fleet: its pinned
 arrivals plus that share of the switchable ones), or else the arrivals it
 takes under the weights in force; and the objectives of the classes it
 serves there. Jobs count too: the lane that runs them also takes the rate
 that answers its waiting jobs by their deadlines (the snapshot's
-`backlogs`, policies.snapshot.JobsBacklog), so replicas already up and idle
+`backlogs`, policies.control.snapshot.JobsBacklog), so replicas already up and idle
 drain them first, and more are asked for only where those cannot in time.
 With the mean time a call holds a server (`measure`: the
 median over the down hold of each window's figure, read through the
@@ -51,10 +51,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from policies.actions import ReplicasWanted
-from policies.objectives import JOBS, PINNED, SWITCHABLE, Objective
+from policies.control.actions import ReplicasWanted
+from policies.control.objectives import JOBS, PINNED, SWITCHABLE, Objective
+from policies.control.snapshot import LaneFigures, ReplicasView, Snapshot
 from policies.queueing import service_quantile_s, sojourn_quantile_s
-from policies.snapshot import LaneFigures, ReplicasView, Snapshot
 from policies.units import Duration
 
 MIN_CALLS = 20  # answers in a window before its service time says anything

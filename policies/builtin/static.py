@@ -6,8 +6,8 @@ the policy for manual operation: the mode changes only by operator command.
 
 from __future__ import annotations
 
-from policies.protocol import BasePolicy, ModeName, PolicyParams, Proposal
-from policies.snapshot import Snapshot
+from policies.control.protocol import BasePolicy, ModeName, PolicyParams, Proposal
+from policies.control.snapshot import Snapshot
 
 
 class StaticParams(PolicyParams):

@@ -29,8 +29,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from policies.protocol import BasePolicy, ModeName, OptionalModeName, PolicyParams, Proposal
-from policies.snapshot import Snapshot
+from policies.control.protocol import BasePolicy, ModeName, OptionalModeName, PolicyParams, Proposal
+from policies.control.snapshot import Snapshot
 from policies.units import Duration
 
 _REALTIME, _HYBRID, _BATCH = "realtime", "hybrid", "batch"

@@ -31,8 +31,8 @@ import math
 from collections.abc import Collection, Mapping
 from typing import NamedTuple
 
-from policies.snapshot import Snapshot
-from policies.weights import Weights
+from policies.control.snapshot import Snapshot
+from policies.control.weights import Weights
 
 
 class LaneChoice(NamedTuple):

@@ -24,8 +24,8 @@ Classes (Argo's analysis written as data, not thresholds in code):
 as in Triton); the built-in defaults put pinned (0) before switchable (1)
 before jobs (2). A config may declare any built-in class to change it.
 
-The controller (policies.switching, through policies.stream_health), the
-admission gate (policies.admission), the `slo` policy and the simulator's
+The controller (policies.control.switching, through policies.control.stream_health), the
+admission gate (policies.path.admission), the `slo` policy and the simulator's
 report all read these objects; nothing else compares a latency with a number
 of its own. Pure values: no clock, no I/O.
 """
@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from policies.metrics import LaneTotals
+from policies.control.metrics import LaneTotals
 from policies.units import Duration
 
 PINNED = "pinned"

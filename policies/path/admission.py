@@ -50,8 +50,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from policies.batching import Pace
-from policies.snapshot import Snapshot
+from policies.control.snapshot import Snapshot
+from policies.path.batching import Pace
 
 T = TypeVar("T")
 
@@ -335,7 +335,7 @@ def batched_latency_s(
 
 def retry_drain_s(snapshot: Snapshot | None, lane: str, waiting: int, pace: Pace | None = None) -> float:
     """Time until the lane has served what waits for it now, and one more, at its `pace`
-    (policies.batching.Pace); the window's items per second where it has none."""
+    (policies.path.batching.Pace); the window's items per second where it has none."""
     figures = snapshot.lanes.get(lane) if snapshot is not None else None
     if figures is None:
         return math.nan

@@ -22,11 +22,11 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from policies import stream_health as health
-from policies.protocol import Proposal
-from policies.replicas import totals_from, totals_record
-from policies.switching_table import Ramp, State, Undo
-from policies.weights import Weights
+from policies.control import stream_health as health
+from policies.control.protocol import Proposal
+from policies.control.replicas import totals_from, totals_record
+from policies.control.switching_table import Ramp, State, Undo
+from policies.control.weights import Weights
 
 VERSION = 1
 

@@ -14,8 +14,8 @@ import math
 
 from pydantic import Field, model_validator
 
-from policies.protocol import BasePolicy, ModeName, PolicyParams, Proposal
-from policies.snapshot import Snapshot
+from policies.control.protocol import BasePolicy, ModeName, PolicyParams, Proposal
+from policies.control.snapshot import Snapshot
 from policies.units import Duration
 
 

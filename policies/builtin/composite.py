@@ -22,9 +22,9 @@ from collections.abc import Iterator
 
 from pydantic import Field
 
-from policies.protocol import BasePolicy, PolicyParams, Proposal
+from policies.control.protocol import BasePolicy, PolicyParams, Proposal
+from policies.control.snapshot import Snapshot
 from policies.registry import PolicySpec
-from policies.snapshot import Snapshot
 
 
 class CompositeParams(PolicyParams):

@@ -1,8 +1,8 @@
 """Stream health: is the traffic keeping its objectives, on which lanes, and better or worse than before?
 
 The switching controller asks three questions of the evidence, each answered
-here from the requests' outcomes (policies.monitor's per (class, lane)
-totals) and the classes' objectives (policies.objectives):
+here from the requests' outcomes (policies.control.monitor's per (class, lane)
+totals) and the classes' objectives (policies.control.objectives):
 
 - `regressions`: which classes kept their objectives worse during a step than
   before it, counting every lane (the one that lost traffic too);
@@ -30,10 +30,10 @@ import math
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
-from policies.metrics import LaneTotals
-from policies.objectives import Objective, Objectives
-from policies.snapshot import OutcomeFigures
-from policies.weights import Weights
+from policies.control.metrics import LaneTotals
+from policies.control.objectives import Objective, Objectives
+from policies.control.snapshot import OutcomeFigures
+from policies.control.weights import Weights
 
 Z_ONE_SIDED_95 = 1.6448536269514722
 

@@ -26,9 +26,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from policies.control.metrics import LaneTotals
+from policies.control.monitor import Monitor
 from policies.histogram import Histogram
-from policies.metrics import LaneTotals
-from policies.monitor import Monitor
 
 _SEP = "|"  # between a class and a lane in an outcome key
 Record = dict[str, Any]
