@@ -39,7 +39,8 @@ from backends.codecs import Part, codec_for
 from configs.schema import RouteConfig
 from policies.path.access import NO_CLAIMS, PRIORITY_TIERS, TIER, Claims
 from policies.path.admission import Placed, place
-from policies.path.lane_choice import expected_latency_s, failover_lane
+from policies.path.arrival import arrive
+from policies.path.lane_choice import failover_lane
 from policies.path.upstream_pool import Upstream
 from router.admission import LaneFull, QueueTimedOut
 from router.errors import (
@@ -68,7 +69,7 @@ from router.headers import (
 from router.intake import check_header_size, read_body
 from router.jobs.api import JOBS_PREFIX, prefers_async
 from router.lanes import Lane
-from router.routing import choose_lane, deadline_s, requested_class, requested_lane
+from router.routing import deadline_s, requested_class, requested_lane
 from router.service_tier import DEFAULT as DEFAULT_TIER
 from router.service_tier import priority_lane, requested_tier, with_tier
 from router.state import RouterState
@@ -189,22 +190,21 @@ class Proxy:
                 tier, body = DEFAULT_TIER, with_tier(body, DEFAULT_TIER)
         if priority_tier and header_pin is None and route.pin is None:
             header_pin = priority_lane(state.config)  # a priority request is the real-time lane's, like a pinned one
-        objectives = state.control.monitor.objectives
         now = self.runtime.now_s()
-        expected = expected_latency_s(state.control.last_snapshot) if deadline is not None else {}
-        choice = choose_lane(
+        arrival = arrive(
             route_pin=route.pin,
+            route_class=route.traffic_class,
             header_pin=header_pin,
-            deadline=deadline,
+            header_class=header_class,
+            deadline_s=deadline,
+            snapshot=state.control.last_snapshot,
             weights=state.control.weights,
-            expected_latency_s=expected,
             available=[name for name, lane in state.lanes.items() if lane.live and lane.pool.available(now)],
+            objectives=state.control.monitor.objectives,
             u=state.draw.random(),
         )
-        trail.pinned = choice.pinned
-        trail.traffic_class = objectives.classify(
-            pinned=choice.pinned, route_class=route.traffic_class, header_class=header_class
-        )
+        choice = arrival.choice
+        trail.pinned, trail.traffic_class = choice.pinned, arrival.traffic_class
         headers = upstream_request_headers(client_headers, peer=peer, scheme=scheme, request_id=trail.request_id)
         if span is not None:
             self.runtime.telemetry.inject(span, headers)

@@ -59,7 +59,8 @@ from configs.routes import RoutesByPrefix
 from configs.schema import ModeshiftConfig
 from policies.control.actions import Action
 from policies.path.admission import Placed, Waiter, place
-from policies.path.lane_choice import choose_lane, expected_latency_s, failover_lane
+from policies.path.arrival import arrive
+from policies.path.lane_choice import failover_lane
 from policies.path.retry_budget import RetryBudget
 from simulator.batch_path import BatchPath
 from simulator.failure_path import FailurePath, error_draws
@@ -249,21 +250,21 @@ class _Run(BatchPath, FailurePath):
     def _arrive(
         self, i: int, request: TraceRequest, t: float, route_pin: str | None, batchable: bool, route_class: str | None
     ) -> None:
-        deadline = request.deadline_ms / 1000.0 if request.deadline_ms is not None else None
-        expected = expected_latency_s(self.loop.last_snapshot) if deadline is not None else {}
-        choice = choose_lane(
+        arrival = arrive(
             route_pin=route_pin,
+            route_class=route_class,
             header_pin=request.mode,
-            deadline=deadline,
+            header_class=request.traffic_class,
+            deadline_s=request.deadline_ms / 1000.0 if request.deadline_ms is not None else None,
+            snapshot=self.loop.last_snapshot,
             weights=self.loop.weights,
-            expected_latency_s=expected,
             available=self.available_lanes(t) if self.failing else self.lanes,
+            objectives=self.objectives,
             u=self.draw.random(),
         )
+        choice = arrival.choice
         self.pinned[i] = choice.pinned
-        self.traffic_class[i] = self.objectives.classify(
-            pinned=choice.pinned, route_class=route_class, header_class=request.traffic_class
-        )
+        self.traffic_class[i] = arrival.traffic_class
         self.in_flight += 1
         if self.failing:  # where a request that no replica took fails over from (simulator.failure_path)
             self.batchable[i] = batchable

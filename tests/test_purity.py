@@ -62,3 +62,17 @@ def test_nothing_but_the_command_line_imports_it():
     for folder in ("policies", "configs", "backends", "router", "simulator"):
         for path, names in _imported_packages(ROOT / folder).items():
             assert "commands" not in names, f"{path} imports commands"
+
+
+def test_the_rooms_of_the_control_core_import_one_way():
+    """policies.path and policies.builtin read policies.control; control reads neither, path never a policy."""
+    forbidden = {"control": ("policies.path", "policies.builtin"), "path": ("policies.builtin",)}
+    for room, names in forbidden.items():
+        for path in sorted((ROOT / "policies" / room).rglob("*.py")):
+            tree = ast.parse(path.read_text(), str(path))
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ImportFrom) and node.module:
+                    assert not node.module.startswith(names), f"{path.relative_to(ROOT)} imports {node.module}"
+                elif isinstance(node, ast.Import):
+                    for alias in node.names:
+                        assert not alias.name.startswith(names), f"{path.relative_to(ROOT)} imports {alias.name}"
