@@ -354,8 +354,7 @@ class Proxy:
             if placed.how != "drawn":
                 trail.placement = placed.how
             return state.lanes[placed.lane]
-        lane.window.arrived(now, choice.pinned)
-        lane.window.completed(now, None, ok=False)
+        lane.window.refused(now, choice.pinned)
         if lane.batching is not None and codec.batchable:
             raise batch_queue_full(lane.name, lane.batching.waiting)
         if placed.kind == "lane_full":
@@ -386,9 +385,7 @@ class Proxy:
                 trail.queue_wait_s += self.runtime.now_s() - queued_s
             spill_to = None if choice.pinned or not lane.config.spill else _failover_lane(state, visit.lanes)
             if spill_to is None:
-                now = self.runtime.now_s()
-                first.window.arrived(now, choice.pinned)
-                first.window.completed(now, None, ok=False)
+                first.window.refused(self.runtime.now_s(), choice.pinned)
                 raise error
             lane = spill_to
 

@@ -315,8 +315,7 @@ class _Run(BatchPath, FailurePath):
         )
         if isinstance(placed, Placed):
             return self.lanes[placed.lane]
-        lane.window.arrived(t, pinned)
-        lane.window.completed(t, None, ok=False)
+        lane.window.refused(t, pinned)
         self._finish(i, lane, t, LANE_FULL)
         return None
 
@@ -351,8 +350,7 @@ class _Run(BatchPath, FailurePath):
         if spill is not None:
             self._admit(i, spill, pinned, t, visited, first)
             return
-        first.window.arrived(t, pinned)
-        first.window.completed(t, None, ok=False)
+        first.window.refused(t, pinned)
         self._finish(i, first, t, LANE_FULL)
 
     def _failover(self, visited: list[str]) -> LaneRun | None:

@@ -186,6 +186,12 @@ class LaneWindow:
         if self.in_flight:
             self.in_flight -= 1
 
+    def refused(self, now_s: float, pinned: bool = False) -> None:
+        """A request this lane turned away before serving it (its queue full, a predicted miss, no lane left):
+        an arrival and an error, with no latency to count, so the lane's figures show what it refused."""
+        self.arrived(now_s, pinned)
+        self.completed(now_s, None, ok=False)
+
     def served(self, now_s: float, latency_s: float | None, ok: bool) -> None:
         """A request that arrived and finished at once, as far as this window knows (an outcome).
 
