@@ -66,21 +66,27 @@ class BatchLoop:
         self._on_expired = on_expired or (lambda items: None)
         self._slots = slots or asyncio.Semaphore(concurrency)
         self._changed = asyncio.Event()
-        self._running: set[asyncio.Task] = set()
-        self._task: asyncio.Task | None = None
+        self._running: set[asyncio.Task[None]] = set()
+        self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # bound on the first offer
         self._clock = clock
         self._call_at = call_at
 
+    @property
+    def _bound(self) -> asyncio.AbstractEventLoop:
+        """The event loop the first offer bound this loop to."""
+        assert self._loop is not None, "a batch loop runs only once something was offered"
+        return self._loop
+
     def _now(self) -> float:
-        return self._clock() if self._clock is not None else self._loop.time()
+        return self._clock() if self._clock is not None else self._bound.time()
 
     def _wake_at(self, due: float, callback: Callable[[], None]) -> Cancellable:
         if self._call_at is not None:
             return self._call_at(due, callback)
         if self._clock is not None:
-            return self._loop.call_later(max(due - self._clock(), 0.0), callback)
-        return self._loop.call_at(due, callback)
+            return self._bound.call_later(max(due - self._clock(), 0.0), callback)
+        return self._bound.call_at(due, callback)
 
     def offer(self, item: BatchItem) -> bool:
         """Queue `item`; False when the queue is full (the caller answers 503)."""
@@ -114,7 +120,7 @@ class BatchLoop:
             except BaseException:
                 self._slots.release()
                 raise
-            task = self._loop.create_task(self._run(batch, waited))
+            task = self._bound.create_task(self._run(batch, waited))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 

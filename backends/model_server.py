@@ -177,8 +177,8 @@ def build_app(service: ModelService) -> web.Application:
         except ApiError as error:
             return _json(error.body(), error.status)
         except QueueFull as exc:
-            error = ApiError(503, f"the batch queue is full ({exc}); retry shortly", kind="server_error")
-            return _json(error.body(), 503, {"Retry-After": "1"})
+            full = ApiError(503, f"the batch queue is full ({exc}); retry shortly", kind="server_error")
+            return _json(full.body(), 503, {"Retry-After": "1"})
         except Exception as exc:
             logger.exception("inference failed")
             return _json(ApiError(500, f"inference failed: {exc}", kind="server_error").body(), 500)

@@ -46,6 +46,7 @@ import json
 import math
 import random
 from collections.abc import Sequence
+from typing import Any
 
 from aiohttp import web
 
@@ -183,7 +184,7 @@ async def _until(at_s: float) -> None:
     await asyncio.sleep(max(at_s - asyncio.get_running_loop().time(), 0.0))
 
 
-def _event(data: dict) -> bytes:
+def _event(data: dict[str, Any]) -> bytes:
     return f"data: {json.dumps(data)}\n\n".encode()
 
 

@@ -73,7 +73,8 @@ def parse_embeddings_request(payload: Any) -> EmbeddingsRequest:
 def encode_vector(vector: np.ndarray, encoding: str) -> list[float] | str:
     if encoding == "base64":
         return base64.b64encode(vector.astype("<f4", copy=False).tobytes()).decode("ascii")
-    return vector.tolist()
+    values: list[float] = vector.tolist()
+    return values
 
 
 def embeddings_response(vectors: np.ndarray, tokens: list[int], *, model: str, encoding: str) -> dict[str, Any]:

@@ -26,6 +26,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from rich.console import Console
@@ -76,7 +77,7 @@ class LaneFigures:
 class DemoReport:
     requests_sent: int
     lanes: dict[str, LaneFigures]
-    transitions: list[dict]  # the router's decision lines, timed from the start of the replay
+    transitions: list[dict[str, Any]]  # the router's decision lines, timed from the start of the replay
     cost_per_1k_usd: float | None  # attributed, over every lane; None without realtime traffic to compare
     all_realtime_per_1k_usd: float | None  # the realtime lane's observed cost per request, for everything
     status_page: str = ""  # its address, with the admin token the page needs
@@ -155,7 +156,9 @@ def _linger(console: Console, linger_s: float | None) -> None:
         time.sleep(linger_s)
 
 
-async def _drive(stack: LocalStack, trace: list[TraceRequest], console: Console) -> tuple[list[Result], dict, list]:
+async def _drive(
+    stack: LocalStack, trace: list[TraceRequest], console: Console
+) -> tuple[list[Result], dict[str, Any], list[Any]]:
     """Replay `trace` with a live progress line; the results, the router's final status and its history."""
     served: Counter[str] = Counter()
     columns = (BarColumn(bar_width=20), TimeElapsedColumn(), TextColumn("{task.fields[state]}"))
@@ -181,13 +184,13 @@ async def _drive(stack: LocalStack, trace: list[TraceRequest], console: Console)
         return sending.result(), status, history
 
 
-def _state(status: dict, served: Counter[str]) -> str:
+def _state(status: dict[str, Any], served: Counter[str]) -> str:
     weights = " ".join(f"{lane} {w:.0%}" for lane, w in status["weights"].items())
     lanes = " ".join(f"{lane} {n}" for lane, n in sorted(served.items()))
     return f"{status['mode'] or 'moving'}: {weights} | served {lanes}"
 
 
-def _decisions(stack: LocalStack, began_s: float) -> list[dict]:
+def _decisions(stack: LocalStack, began_s: float) -> list[dict[str, Any]]:
     """The router's decision lines, timed from the start of the replay."""
     out = []
     for line in stack.router_log.read_text(errors="replace").splitlines():
@@ -208,7 +211,7 @@ def _quantiles_ms(latencies: list[float]) -> tuple[float, float, float]:
     return q[49] * 1e3, q[94] * 1e3, q[98] * 1e3
 
 
-def _figures(sent: int, results: list[Result], decisions: list[dict], status: dict) -> DemoReport:
+def _figures(sent: int, results: list[Result], decisions: list[dict[str, Any]], status: dict[str, Any]) -> DemoReport:
     by_lane: dict[str, list[Result]] = {}
     for r in results:
         by_lane.setdefault(r.lane or "(none)", []).append(r)

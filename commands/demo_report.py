@@ -17,6 +17,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from commands.replay import Result, as_outcome
 from simulator.outcome import SloTargets, TimelineRow
@@ -26,9 +27,13 @@ from simulator.traces import TraceRequest
 
 
 def write_report(
-    out: Path, trace: Sequence[TraceRequest], results: Sequence[Result], decisions: list[dict], history: list[dict],
+    out: Path,
+    trace: Sequence[TraceRequest],
+    results: Sequence[Result],
+    decisions: list[dict[str, Any]],
+    history: list[dict[str, Any]],
     began_s: float,
-) -> int:  # fmt: skip
+) -> int:
     """Write the folder; how many plots it holds (none without matplotlib: the `plots` extra)."""
     out.mkdir(parents=True, exist_ok=True)
     write_decisions(decisions, out / "decisions.jsonl")
@@ -43,7 +48,7 @@ def write_report(
         return 0
 
 
-def timeline(history: list[dict], lanes: Sequence[str], began_s: float) -> list[TimelineRow]:
+def timeline(history: list[dict[str, Any]], lanes: Sequence[str], began_s: float) -> list[TimelineRow]:
     """The router's per-tick history as the simulator's timeline: times from `began_s`, cost cumulated."""
     rows, spent, last_s = [], dict.fromkeys(lanes, 0.0), None
     for sample in history:

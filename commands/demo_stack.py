@@ -36,7 +36,8 @@ GRACE_S = 10.0
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 class StackFailed(RuntimeError):
@@ -49,7 +50,7 @@ class LocalStack:
         self.token = secrets.token_hex(16)
         self._dir = tempfile.TemporaryDirectory(prefix="modeshift-demo-")
         self.dir = Path(self._dir.name)
-        self._children: list[tuple[str, subprocess.Popen]] = []
+        self._children: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.data_url = self.admin_url = ""
         self.upstreams: dict[str, str] = {}  # lane -> its backend's base URL, once started
         self.router_log = self.dir / "router.log"
@@ -122,7 +123,8 @@ class LocalStack:
         raise StackFailed(f"the {name} did not listen on port {port} within {STARTUP_S:g} s")
 
     async def status(self, session: aiohttp.ClientSession) -> dict[str, Any]:
-        return json.loads(await self.admin_get(session, "/status"))
+        status: dict[str, Any] = json.loads(await self.admin_get(session, "/status"))
+        return status
 
     async def admin_get(self, session: aiohttp.ClientSession, path: str) -> bytes:
         """GET an admin endpoint (`/status`, `/metrics`, `/decisions`) with the stack's token."""

@@ -22,6 +22,7 @@ import json
 import math
 import sys
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
@@ -99,7 +100,7 @@ def keda_manifests(config: ModeshiftConfig, result: Plan) -> str:
     """A ScaledObject per autoscaled lane, with the plan's min and max (see the module docstring)."""
     by_label = {f.label: f for f in result.fleets}
     admin_port = config.server.admin_listen.rpartition(":")[2]
-    docs: list[dict] = [
+    docs: list[dict[str, Any]] = [
         {
             "apiVersion": "keda.sh/v1alpha1",
             "kind": "TriggerAuthentication",

@@ -32,15 +32,18 @@ What must not live here: the model and the fit (simulator.service).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import random
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import yaml
@@ -77,7 +80,7 @@ class Plan:
     seed: int = 0
 
 
-def body_for(plan: Plan, size: int, rng: random.Random, words: int | None = None) -> tuple[dict, int]:
+def body_for(plan: Plan, size: int, rng: random.Random, words: int | None = None) -> tuple[dict[str, Any], int]:
     """A request carrying `size` (texts, or output tokens for chat), and its input words.
 
     With `words`, each text (the prompt) has that many; else a few, drawn.
@@ -113,7 +116,7 @@ async def _call(
 
 
 async def _post(
-    session: aiohttp.ClientSession, url: str, body: dict, headers: dict[str, str] | None = None
+    session: aiohttp.ClientSession, url: str, body: dict[str, Any], headers: dict[str, str] | None = None
 ) -> tuple[float, bytes, CIMultiDictProxy[str]]:
     """One timed call that must answer 2xx: its seconds, body and headers."""
     started = time.perf_counter()
@@ -131,14 +134,20 @@ async def measure_hop(plan: Plan, lane: str) -> float:
     backend that has just worked. The lane must not micro-batch the route
     (a merged call waits for its flush, which the simulator models itself).
     """
+    if plan.via is None:
+        raise ValueError("measuring the hop needs the router's URL (--via)")
     rng = random.Random(plan.seed + 1)
-    pin = {MODE_HEADER: lane}
+    pin: dict[str, str] | None = {MODE_HEADER: lane}
     timeout = aiohttp.ClientTimeout(total=300)
-    direct, via = [], []
+    direct: list[float] = []
+    via: list[float] = []
     async with aiohttp.ClientSession(timeout=timeout) as session:
         for k in range(2 * plan.calls + 2):
             body, _ = body_for(plan, plan.batch_sizes[0], rng)
-            calls = [(direct, plan.url, None), (via, plan.via, pin)]
+            calls: list[tuple[list[float], str, dict[str, str] | None]] = [
+                (direct, plan.url, None),
+                (via, plan.via, pin),
+            ]
             for out, url, headers in calls if k % 2 else reversed(calls):
                 latency, _, answered = await _post(session, url, body, headers)
                 if BATCH_HEADER in answered:
@@ -148,7 +157,7 @@ async def measure_hop(plan: Plan, lane: str) -> float:
                     )
                 if k >= 2:  # the first pair warms the connections
                     out.append(latency)
-    return max(0.0, statistics.median(via) - statistics.median(direct))
+    return max(0.0, float(statistics.median(via) - statistics.median(direct)))
 
 
 def answer_usage(data: bytes) -> dict[str, int]:
@@ -160,7 +169,9 @@ def answer_usage(data: bytes) -> dict[str, int]:
     return {k: int(v) for k, v in usage.items() if isinstance(v, int | float)}
 
 
-async def measure(plan: Plan, on_step=None) -> tuple[list[Measurement], dict[int, float]]:
+async def measure(
+    plan: Plan, on_step: Callable[[str], None] | None = None
+) -> tuple[list[Measurement], dict[int, float]]:
     """The one-at-a-time calls (both sweeps), and calls/s at each concurrency level."""
     rng = random.Random(plan.seed)
     timeout = aiohttp.ClientTimeout(total=300)
@@ -191,7 +202,7 @@ async def measure(plan: Plan, on_step=None) -> tuple[list[Measurement], dict[int
     return points, rates
 
 
-def _report(on_step, what: str, points: list[Measurement]) -> None:
+def _report(on_step: Callable[[str], None] | None, what: str, points: list[Measurement]) -> None:
     if on_step is not None:
         on_step(f"{what}: median {statistics.median(p.latency_s for p in points):.4f} s")
 
@@ -205,7 +216,7 @@ def build_lane(points: list[Measurement], rates: dict[int, float]) -> ServerLane
     return ServerLane(replicas=1, concurrency=concurrency, latency=latency)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     """The `modeshift profile` command."""
     plan = Plan(
         url=args.url,

@@ -27,6 +27,7 @@ What must not live here: starting servers (commands.demo), the figures
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import math
 import os
@@ -35,6 +36,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
@@ -93,10 +95,10 @@ def texts_for(
 
 def body_for(
     request: TraceRequest, text: str, protocol: str, *, stream: bool = False, model: str | None = None
-) -> dict:
+) -> dict[str, Any]:
     """The request a trace request becomes: an embeddings input, or a chat prompt asking for its output tokens."""
     if protocol == "openai-embeddings":
-        body: dict = {"input": text}
+        body: dict[str, Any] = {"input": text}
     elif protocol == "openai-chat":
         body = {"messages": [{"role": "user", "content": text}], "max_tokens": max(request.output_tokens, 1)}
         if stream:
@@ -139,7 +141,7 @@ async def replay(
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as session:
         began = time.perf_counter()
 
-        async def send(index: int, request: TraceRequest, body: dict, at_s: float) -> None:
+        async def send(index: int, request: TraceRequest, body: dict[str, Any], at_s: float) -> None:
             route = request.route if request.route != "/" else (origin.path or "/")
             target = url if request.route == "/" else urlunsplit((*origin[:2], route, "", ""))
             headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -230,14 +232,14 @@ def as_outcome(trace: Sequence[TraceRequest], results: Sequence[Result]) -> Outc
         cost_usd=np.array([r.cost_usd for r in results], dtype=float),
         pinned=np.array([trace[r.index].mode is not None for r in results], dtype=bool),
         deadline_s=np.array(
-            [trace[r.index].deadline_ms / 1000.0 if trace[r.index].deadline_ms else np.nan for r in results]
+            [deadline_ms / 1000.0 if (deadline_ms := trace[r.index].deadline_ms) else np.nan for r in results]
         ),
         idle_cost_usd={},
         end_s=max((r.sent_s + r.latency_s for r in results), default=0.0),
     )
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     """The `modeshift replay` command: send, show progress, print the figures, write the CSV."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn

@@ -68,7 +68,9 @@ def variants(config: ModeshiftConfig, policies: Sequence[str] = ()) -> dict[str,
     for text in policies:
         out[text] = with_policy(config, parse_policy(text))
     for mode in config.modes:
-        out[baseline_label(mode)] = with_policy(config, PolicySpec(type="static", params={"mode": mode}), mode)
+        out[baseline_label(mode)] = with_policy(
+            config, PolicySpec.model_validate({"type": "static", "params": {"mode": mode}}), mode
+        )
     return out
 
 
@@ -112,8 +114,8 @@ def oracle(by_mode: Mapping[str, Outcome], slo: SloTargets, window_s: float) -> 
     score = {}  # mode -> (cost per window, worst class attainment per window)
     for mode, outcome in by_mode.items():
         met = outcome.met(slo)
-        cost = np.bincount(window, weights=outcome.cost_usd, minlength=n_windows)
-        cost += sum(_idle_per_window(outcome, window_s).values())
+        idle = math.fsum(_idle_per_window(outcome, window_s).values())
+        cost = np.bincount(window, weights=outcome.cost_usd, minlength=n_windows) + idle
         worst = np.ones(n_windows)
         for cls in (outcome.pinned, ~outcome.pinned):
             count = np.bincount(window[cls], minlength=n_windows)

@@ -131,7 +131,7 @@ class _Run(BatchPath, FailurePath):
         self.failing = any(lane.failures is not None for lane in self.lanes.values())
         self.budget = RetryBudget()
         self.retrying: set[int] = set()
-        self.upstream_of: dict = {}
+        self.upstream_of: dict[str, Any] = {}
         self.charged: dict[int, tuple[float, float]] = {}
         self.replica_of = [NO_REPLICA] * n
         self.visited_of: dict[int, list[str]] = {}
@@ -151,7 +151,7 @@ class _Run(BatchPath, FailurePath):
         self.objectives = self.loop.monitor.objectives
         self.in_flight = 0
         self.last_arrival_s = trace[-1].t_s if n else 0.0
-        self.decisions: list[dict] = []
+        self.decisions: list[dict[str, Any]] = []
         self.timeline: list[TimelineRow] = []
 
     def play(self) -> Outcome:

@@ -16,6 +16,7 @@ from collections import deque
 from typing import Any, NamedTuple
 
 from configs.schema import ModeshiftConfig
+from policies.control.monitor import Monitor
 from policies.control.snapshot import Snapshot
 from policies.path.admission import Gate, Outlook, batched_latency_s, outlook, takes_at_once
 from policies.path.batching import Batcher, Pace
@@ -44,7 +45,9 @@ class Call(NamedTuple):
 class LaneRun:
     """One lane's queues and servers during a run."""
 
-    def __init__(self, index: int, name: str, config: ModeshiftConfig, service: ServerLane | BatchApiLane, monitor):
+    def __init__(
+        self, index: int, name: str, config: ModeshiftConfig, service: ServerLane | BatchApiLane, monitor: Monitor
+    ):
         lane_config = config.lanes[name]
         self.index = index
         self.name = name
@@ -104,9 +107,10 @@ class LaneRun:
         """
         if self.batch_api:
             return True
-        if batched:
-            expected = batched_latency_s(snapshot, self.name, self.batcher.items, self.running >= self.limit, self.pace)
-            return len(self.batcher) < self.capacity and takes_at_once(expected, latency_s)
+        batcher = self.batcher
+        if batched and batcher is not None:
+            expected = batched_latency_s(snapshot, self.name, batcher.items, self.running >= self.limit, self.pace)
+            return len(batcher) < self.capacity and takes_at_once(expected, latency_s)
         if not self.gate.free:
             return False
         figures = snapshot.lanes.get(self.name) if snapshot is not None else None
@@ -119,6 +123,7 @@ class LaneRun:
             p95 = figures.p95_s if figures is not None else math.nan
             cost = figures.estimated_cost_per_request_usd if figures is not None else math.nan
             return Outlook(self.name, True, True, 0.0, p95, math.inf, cost, self.spill)
+        batcher = self.batcher if batched else None
         return outlook(
             self.name,
             snapshot,
@@ -126,8 +131,8 @@ class LaneRun:
             priority=priority,
             queue_timeout_s=self.queue_timeout_s,
             spill=self.spill,
-            batch_room=batched and len(self.batcher) < self.capacity,
-            batch_waiting=self.batcher.items if batched else 0,
+            batch_room=batcher is not None and len(batcher) < self.capacity,
+            batch_waiting=batcher.items if batcher is not None else 0,
             batch_saturated=batched and self.running >= self.limit,
             batch_pace=self.pace,
         )
@@ -135,6 +140,7 @@ class LaneRun:
     def call_s(self, items: int, input_tokens: int, output_tokens: int, z: float) -> float:
         if self.batch_api:
             s = self.service
+            assert isinstance(s, BatchApiLane)
             return min(s.turnaround_median_s * math.exp(s.turnaround_sigma * z), s.max_turnaround_s)
         base, per_item, per_in, per_out = self.coef
         return jittered_s(base + per_item * items + per_in * input_tokens + per_out * output_tokens, self.sigma, z)

@@ -90,7 +90,7 @@ class Outcome:
     deadline_s: np.ndarray  # NaN where the trace gave none
     idle_cost_usd: Mapping[str, float]  # provisioned cost of each lane over the run
     end_s: float
-    decisions: list[dict] = field(default_factory=list)
+    decisions: list[dict[str, Any]] = field(default_factory=list[Any])
     timeline: list[TimelineRow] = field(default_factory=list)
     files: Mapping[str, int] = field(default_factory=dict)  # batch files each batch_api lane sent
     # Replica-hours each lane was paid for (ready and starting; the model's replicas on lanes without autoscale).

@@ -135,7 +135,7 @@ def cheapest(config: ModeshiftConfig, demand: Demand, lanes: Sequence[str]) -> l
     that fleet's replicas by lane."""
     prices = {lane: config.lanes[lane].cost.per_replica_hour for lane in lanes}
     by_mode = {mode: demand.needs(config, weights, lanes) for mode, weights in config.modes.items()}
-    cost = {mode: sum(needs[lane] * prices[lane] for lane in lanes) for mode, needs in by_mode.items()}
+    cost = {mode: np.sum([needs[lane] * prices[lane] for lane in lanes], axis=0) for mode, needs in by_mode.items()}
     out = []
     for w in range(demand.windows):
         mode = min(by_mode, key=lambda m: (cost[m][w], m))
@@ -164,7 +164,15 @@ def oracle(config: ModeshiftConfig, demand: Demand, lanes: Sequence[str], durati
 class _Runner:
     """Config variants run through the engine, each summed up as a Fleet."""
 
-    def __init__(self, config, service, trace, slo, seed, progress):
+    def __init__(
+        self,
+        config: ModeshiftConfig,
+        service: ServiceModel,
+        trace: Sequence[TraceRequest],
+        slo: SloTargets,
+        seed: int,
+        progress: Callable[[str], None] | None,
+    ):
         self.config, self.service, self.trace, self.slo, self.seed = config, service, trace, slo, seed
         self.progress = progress
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
@@ -43,7 +44,7 @@ def plot_runs(outcomes: Mapping[str, Outcome], directory: str | Path) -> list[Pa
     return written
 
 
-def _one_run(plt, label: str, outcome: Outcome, path: Path) -> Path:
+def _one_run(plt: ModuleType, label: str, outcome: Outcome, path: Path) -> Path:
     rows = outcome.timeline
     t = np.array([r.t_s for r in rows])
     counted = bool(rows and rows[0].replicas)
@@ -74,7 +75,7 @@ def _one_run(plt, label: str, outcome: Outcome, path: Path) -> Path:
     return path
 
 
-def _costs(plt, outcomes: Mapping[str, Outcome], path: Path) -> Path:
+def _costs(plt: ModuleType, outcomes: Mapping[str, Outcome], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(9, 4.5), constrained_layout=True)
     for label, outcome in outcomes.items():
         order = np.argsort(outcome.arrival_s, kind="stable")

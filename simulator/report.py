@@ -23,6 +23,7 @@ import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rich.table import Table
@@ -43,7 +44,7 @@ def comparison_table(summaries: Mapping[str, Summary], slo: SloTargets, baseline
         table.add_column(name, justify="right", no_wrap=True)
     table.add_column("transitions", justify="right")
     table.add_column("rollbacks", justify="right")
-    base = summaries[baseline].total.cost_usd if baseline in summaries else math.nan
+    base = summaries[baseline].total.cost_usd if baseline is not None and baseline in summaries else math.nan
     for label, summary in summaries.items():
         row = summary.total
         saving = 1.0 - row.cost_usd / base if base > 0 else math.nan
@@ -128,7 +129,7 @@ def write_requests_csv(
             )
 
 
-def write_decisions(decisions: Iterable[dict], path: str | Path) -> None:
+def write_decisions(decisions: Iterable[dict[str, Any]], path: str | Path) -> None:
     with open(path, "w", encoding="utf-8") as f:
         for record in decisions:
             f.write(json.dumps(plain(record), allow_nan=False) + "\n")

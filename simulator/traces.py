@@ -31,6 +31,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +46,7 @@ class TraceRequest:
     id: str | None = None
     traffic_class: str | None = None  # its objectives' class ("class" in JSONL), as X-Modeshift-Priority names it
 
-    def as_record(self) -> dict:
+    def as_record(self) -> dict[str, Any]:
         record = {"t": self.t_s, "route": self.route, "input_tokens": self.input_tokens}
         record["output_tokens"] = self.output_tokens
         if self.items != 1:

@@ -19,11 +19,11 @@ from typing import Any
 from backends.codecs.base import Codec, CodecError, Part, Reply, estimated_tokens
 
 
-def _flat(data: Any) -> list | None:
+def _flat(data: Any) -> list[Any] | None:
     if not isinstance(data, list):
         return None
     if data and isinstance(data[0], list):
-        out: list = []
+        out: list[Any] = []
         for row in data:
             sub = _flat(row)
             if sub is None:
@@ -90,14 +90,16 @@ class KServeV2Codec(Codec):
         except (ValueError, KeyError, TypeError) as exc:
             raise CodecError(f"the merged infer answer is malformed: {exc!r}") from None
         total = sum(part.items for part in parts)
+        batched: list[tuple[dict[str, Any], list[int], list[Any]]] = []
         for output, shape, data in layouts:
             if not shape or shape[0] != total or data is None or len(data) != math.prod(shape):
                 raise CodecError(f"output {output.get('name')!r} has shape {shape}, not a batch of {total}")
+            batched.append((output, shape, data))
         replies = []
         start = 0
         for part in parts:
             own_outputs = []
-            for output, shape, data in layouts:
+            for output, shape, data in batched:
                 row = math.prod(shape[1:])
                 rows = data[start * row : (start + part.items) * row]
                 own_outputs.append({**output, "shape": [part.items, *shape[1:]], "data": rows})
