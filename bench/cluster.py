@@ -72,15 +72,18 @@ def config(
     tick_s: float = TICK_S,
 ) -> dict:
     raw: dict = {
-        "server": {"listen": f"127.0.0.1:{port}", "admin_listen": f"127.0.0.1:{admin_port}",
-                   "admin_token_env": "MODESHIFT_BENCH_TOKEN"},
+        "server": {
+            "listen": f"127.0.0.1:{port}",
+            "admin_listen": f"127.0.0.1:{admin_port}",
+            "admin_token_env": "MODESHIFT_BENCH_TOKEN",
+        },
         "lanes": {"realtime": {"upstreams": [upstream]}, "batch": {"upstreams": [upstream]}},
         "modes": {"realtime": {"realtime": 1.0}, "hybrid": {"realtime": 0.5, "batch": 0.5}, "batch": {"batch": 1.0}},
         "initial_mode": "hybrid",
         "policy": {"type": "static", "params": {"mode": "hybrid"}},
         "switching": {"tick": f"{int(tick_s * 1000)}ms", "cooldown": "10m"},
         "telemetry": {"log_level": "warning"},
-    }  # fmt: skip
+    }
     if redis_url is not None:
         raw["cluster"] = {"redis_url": redis_url, "name": name, "lease_ticks": 2}
         if replica is not None:
@@ -164,8 +167,13 @@ def agreement(work: Path, upstream: str, redis_url: str, _seconds: float) -> tup
         port, admin_port = free_port(), free_port()
         path = work / f"replica-{i}.yaml"
         path.write_text(yaml.safe_dump(config(upstream, port, admin_port, redis_url, name=name, replica=f"r{i}")))
-        proc = subprocess.Popen([PY, "-m", "commands.cli", "serve", "-c", str(path)], env=env, cwd=ROOT,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        proc = subprocess.Popen(
+            [PY, "-m", "commands.cli", "serve", "-c", str(path)],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         replicas.append((proc, admin_port))
     try:
         for _, admin_port in replicas:

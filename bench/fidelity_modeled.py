@@ -187,11 +187,15 @@ def compare(console: Console, name: str, real: Outcome, sim: Outcome, tick_s: fl
     console.print(
         f"cost the router attributed: live ${live_cost:.6f} | simulated ${sim_cost:.6f} ({worst['cost']:.1%})"
     )
-    starts = [[d["at_s"] for d in run if d["kind"] in ("TransitionStarted", "TransitionCompleted")]
-              for run in (real.decisions, sim.decisions)]  # fmt: skip
-    worst["transitions"] = math.inf if len(starts[0]) != len(starts[1]) else max(
-        (abs(x - y) / tick_s for x, y in zip(*starts, strict=True)), default=0.0
-    )  # fmt: skip
+    starts = [
+        [d["at_s"] for d in run if d["kind"] in ("TransitionStarted", "TransitionCompleted")]
+        for run in (real.decisions, sim.decisions)
+    ]
+    worst["transitions"] = (
+        math.inf
+        if len(starts[0]) != len(starts[1])
+        else max((abs(x - y) / tick_s for x, y in zip(*starts, strict=True)), default=0.0)
+    )
     return worst
 
 
@@ -221,9 +225,12 @@ def main() -> int:
         worst = compare(console, name, replace(real, decisions=decisions), sim, tick_s)
         within = all(worst[k] <= TARGET for k in ("p50", "p95", "cost")) and worst["transitions"] <= 1.0
         summary.add_row(
-            name, f"{len(trace):,}", *(f"{worst[k]:.1%}" for k in ("p50", "p95", "p99", "cost")),
-            f"{worst['transitions']:.2f}", "yes" if within else "no",
-        )  # fmt: skip
+            name,
+            f"{len(trace):,}",
+            *(f"{worst[k]:.1%}" for k in ("p50", "p95", "p99", "cost")),
+            f"{worst['transitions']:.2f}",
+            "yes" if within else "no",
+        )
     console.print(summary)
     return 0
 

@@ -55,9 +55,16 @@ def _config(provider_url: str, work: Path, data_port: int, admin_port: int) -> d
 
 async def _serve(config: Path, token: str, data_url: str) -> asyncio.subprocess.Process:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "commands.cli", "serve", "-c", str(config),
-        env={**os.environ, "MODESHIFT_ADMIN_TOKEN": token}, stderr=asyncio.subprocess.DEVNULL, cwd=ROOT,
-    )  # fmt: skip
+        sys.executable,
+        "-m",
+        "commands.cli",
+        "serve",
+        "-c",
+        str(config),
+        env={**os.environ, "MODESHIFT_ADMIN_TOKEN": token},
+        stderr=asyncio.subprocess.DEVNULL,
+        cwd=ROOT,
+    )
     async with aiohttp.ClientSession() as session:
         for _ in range(300):
             try:

@@ -136,9 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the proxy: data plane and admin API")
     serve.add_argument("-c", "--config", required=True, metavar="FILE", help="the YAML config")
     serve.add_argument(
-        "--workers", type=int, default=1, metavar="N",
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
         help="N router processes sharing the listening socket, one cluster (needs `cluster:`), under a supervisor",
-    )  # fmt: skip
+    )
     serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one of the supervisor's workers
     serve.set_defaults(run=_serve)
 
@@ -148,9 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--length", type=float, default=95.0, help="seconds of the trace to send (default 95)")
     demo.add_argument("--out", default="demo-report", metavar="DIR", help="the report folder (default demo-report)")
     demo.add_argument(
-        "--linger", type=float, metavar="SECONDS",
+        "--linger",
+        type=float,
+        metavar="SECONDS",
         help="keep the stack and its status page up this long after the replay (default: until Enter, if a terminal)",
-    )  # fmt: skip
+    )
     demo.set_defaults(run=_demo)
 
     backend = commands.add_parser("backend", help="serve the reference embedding model (OpenAI and KServe v2 APIs)")
@@ -199,9 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     replay.add_argument("--timeout", type=float, default=60.0, help="seconds one request may take")
     replay.add_argument(
-        "--protocol", choices=("openai-embeddings", "openai-chat"), default="openai-embeddings",
+        "--protocol",
+        choices=("openai-embeddings", "openai-chat"),
+        default="openai-embeddings",
         help="embeddings of the trace's inputs, or chat completions asking for its output tokens",
-    )  # fmt: skip
+    )
     replay.add_argument("--stream", action="store_true", help="chat: stream the answers; time the first token")
     replay.add_argument("--model", help="the model name to send in each request (default: none sent)")
     replay.add_argument("--out", metavar="FILE", help="per-request CSV, in the simulator's format")

@@ -247,9 +247,14 @@ def _print(console: Console, report: DemoReport) -> None:
     for name, lane in report.lanes.items():
         share = f"{lane.requests / answered:.1%}"
         table.add_row(
-            name, f"{lane.requests:,}", share, str(lane.errors), f"{lane.p50_ms:.0f}", f"{lane.p95_ms:.0f}",
+            name,
+            f"{lane.requests:,}",
+            share,
+            str(lane.errors),
+            f"{lane.p50_ms:.0f}",
+            f"{lane.p95_ms:.0f}",
             f"{lane.p99_ms:.0f}",
-        )  # fmt: skip
+        )
     console.print()
     console.print(table)
 

@@ -170,9 +170,18 @@ async def replay(
                 pass
             latency_s = time.perf_counter() - started
             result = results[index] = Result(
-                at_s, lane, status, latency_s, index, usage.get("prompt_tokens", len(prompt.split())), route,
-                usage.get("completion_tokens", body.get("max_tokens", 0)), ttft_s, cost_usd, denied,
-            )  # fmt: skip
+                at_s,
+                lane,
+                status,
+                latency_s,
+                index,
+                usage.get("prompt_tokens", len(prompt.split())),
+                route,
+                usage.get("completion_tokens", body.get("max_tokens", 0)),
+                ttft_s,
+                cost_usd,
+                denied,
+            )
             if on_result is not None:
                 on_result(result)
 
@@ -251,9 +260,13 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         trace = prepared(
-            args.trace, window=args.slice, pinned_share=args.pinned_share, pinned_lane=args.pinned_lane, seed=args.seed,
+            args.trace,
+            window=args.slice,
+            pinned_share=args.pinned_share,
+            pinned_lane=args.pinned_lane,
+            seed=args.seed,
             route=args.route or "/",
-        )  # fmt: skip
+        )
         slo = slo_targets(args)
     except ValueError as exc:
         print(exc, file=sys.stderr)

@@ -118,12 +118,16 @@ def _without_echoes(errors: list[Any]) -> list[Any]:
     """Leave out what pydantic adds about a sequence whose items failed ("at least 1 item after validation"):
     the items' own errors say it."""
     return [
-        error for error in errors
-        if not (error["type"] == "too_short" and any(
-            len(other["loc"]) > len(error["loc"]) and other["loc"][: len(error["loc"])] == error["loc"]
-            for other in errors
-        ))
-    ]  # fmt: skip
+        error
+        for error in errors
+        if not (
+            error["type"] == "too_short"
+            and any(
+                len(other["loc"]) > len(error["loc"]) and other["loc"][: len(error["loc"])] == error["loc"]
+                for other in errors
+            )
+        )
+    ]
 
 
 def _cross_field_errors(model: type[M], data: dict[str, Any], errors: list[Any], rounds: int = 3) -> list[Any]:

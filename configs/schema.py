@@ -87,9 +87,11 @@ class ServerConfig(_Section):
         60.0, alias="keepalive_timeout", gt=0, description="an idle connection is closed after this long"
     )
     max_connections: int | None = Field(
-        None, ge=1, description="open client connections at most; more are refused (503). Default: half the "
+        None,
+        ge=1,
+        description="open client connections at most; more are refused (503). Default: half the "
         "process's open-file limit, the rest being for upstreams",
-    )  # fmt: skip
+    )
     shutdown_timeout_s: Duration = Field(30.0, alias="shutdown_timeout", description="grace for in-flight requests")
     seed: int = Field(0, description="seed of the lane draw, for reproducible splits")
 
@@ -260,9 +262,11 @@ class ClusterConfig(_Section):
     name: Name = Field("modeshift", description="replicas with the same name (and Redis) form one cluster")
     replica: str | None = Field(None, description="this replica's name in the cluster; default: host:pid")
     lease_ticks: int = Field(
-        3, ge=2, description="the leader's lease, in control ticks: a replica takes over this long after a leader "
+        3,
+        ge=2,
+        description="the leader's lease, in control ticks: a replica takes over this long after a leader "
         "stops renewing it",
-    )  # fmt: skip
+    )
     redis_timeout_s: Duration = Field(
         0.5, alias="redis_timeout", gt=0, description="longest wait for Redis, after which it counts as unreachable"
     )
@@ -373,34 +377,44 @@ def _batch_api_problems(cfg: ModeshiftConfig, known_lanes: str) -> Iterator[Init
             continue
         if lane.batching is not None:
             yield _problem(
-                ("lanes", name, "batching"), "batching", "batch_api_batching",
+                ("lanes", name, "batching"),
+                "batching",
+                "batch_api_batching",
                 "a batch_api lane gathers batch files itself; remove batching",
-            )  # fmt: skip
+            )
         fallback = lane.batch_api.fallback
         others = [other for other, o in cfg.lanes.items() if other != name and o.batch_api is None]
         if fallback is not None and fallback not in others:
             yield _problem(
-                ("lanes", name, "batch_api", "fallback"), fallback, "unknown_lane",
+                ("lanes", name, "batch_api", "fallback"),
+                fallback,
+                "unknown_lane",
                 f"the fallback must be another lane that is not a batch_api lane; lanes: {known_lanes}",
-            )  # fmt: skip
+            )
         elif not others:
             yield _problem(
-                ("lanes", name, "batch_api"), name, "no_fallback",
+                ("lanes", name, "batch_api"),
+                name,
+                "no_fallback",
                 "a batch_api lane needs another lane to run expired and late lines on",
-            )  # fmt: skip
+            )
         for mode, weights in cfg.modes.items():
             if weights.get(name, 0) > 0:
                 yield _problem(
-                    ("modes", mode, name), weights[name], "batch_api_weight",
+                    ("modes", mode, name),
+                    weights[name],
+                    "batch_api_weight",
                     f"lane {name!r} is a provider batch lane: it takes jobs (Prefer: respond-async, /v1/batches) "
                     "only, never live requests",
-                )  # fmt: skip
+                )
         for i, route in enumerate(cfg.routes):
             if route.pin == name:
                 yield _problem(
-                    ("routes", i, "pin"), name, "batch_api_pin",
+                    ("routes", i, "pin"),
+                    name,
+                    "batch_api_pin",
                     f"lane {name!r} is a provider batch lane: it takes jobs only, a route cannot pin it",
-                )  # fmt: skip
+                )
 
 
 def live_lanes(cfg: ModeshiftConfig) -> list[str]:

@@ -131,9 +131,15 @@ class Forwarder:
         return body
 
     async def _relay(
-        self, visit: Visit, lane: Lane, upstream: Upstream, answer: UpstreamResponse, started_s: float,
-        sent_tier: str | None, read: bytes | None,
-    ) -> web.StreamResponse:  # fmt: skip
+        self,
+        visit: Visit,
+        lane: Lane,
+        upstream: Upstream,
+        answer: UpstreamResponse,
+        started_s: float,
+        sent_tier: str | None,
+        read: bytes | None,
+    ) -> web.StreamResponse:
         request, codec, trail = visit.request, visit.codec, visit.trail
         ok = answer.status < 500
         headers = client_response_headers(
@@ -189,9 +195,12 @@ class Forwarder:
         input_tokens, output_tokens = tokens or (0, 0)
         monitor = visit.state.control.monitor
         cost_usd = monitor.attributed_cost_usd(
-            lane.name, input_tokens, output_tokens, busy_s=latency_s,
+            lane.name,
+            input_tokens,
+            output_tokens,
+            busy_s=latency_s,
             discounted=lane.config.service_tier != FLEX or tier == FLEX,
-        )  # fmt: skip
+        )
         trail.cost_usd = cost_usd
         if not response.prepared:  # read whole: the headers are not sent yet
             response.headers[COST_HEADER] = f"{cost_usd:.9g}"

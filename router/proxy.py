@@ -113,9 +113,14 @@ class Proxy:
         return await self._answered(state, trail, span, work(), raise_errors=True)
 
     async def _answered(
-        self, state: RouterState, trail: Trail, span, work: Awaitable[web.StreamResponse], *,
+        self,
+        state: RouterState,
+        trail: Trail,
+        span,
+        work: Awaitable[web.StreamResponse],
+        *,
         raise_errors: bool = False,
-    ) -> web.StreamResponse:  # fmt: skip
+    ) -> web.StreamResponse:
         """The answer `work` makes, or the router's own; recorded once (trail, span, route stats, objectives)."""
         runtime = self.runtime
         try:
@@ -170,15 +175,36 @@ class Proxy:
         if jobs is not None and "Prefer" in request.headers and prefers_async(request.headers):
             return await jobs.accept(request, body, trail.request_id)
         return await self._route(
-            request, request.method, request.rel_url.raw_path_qs, request.headers, body, route, asked, state, trail,
-            span, peer=request.remote, scheme=request.scheme,
-        )  # fmt: skip
+            request,
+            request.method,
+            request.rel_url.raw_path_qs,
+            request.headers,
+            body,
+            route,
+            asked,
+            state,
+            trail,
+            span,
+            peer=request.remote,
+            scheme=request.scheme,
+        )
 
     async def _route(
-        self, request: web.BaseRequest | None, method: str, target: str,
-        client_headers: CIMultiDictProxy[str] | CIMultiDict[str], body: bytes, route: RouteConfig,
-        asked: Claims, state: RouterState, trail: Trail, span, *, peer: str | None, scheme: str,
-    ) -> web.StreamResponse:  # fmt: skip
+        self,
+        request: web.BaseRequest | None,
+        method: str,
+        target: str,
+        client_headers: CIMultiDictProxy[str] | CIMultiDict[str],
+        body: bytes,
+        route: RouteConfig,
+        asked: Claims,
+        state: RouterState,
+        trail: Trail,
+        span,
+        *,
+        peer: str | None,
+        scheme: str,
+    ) -> web.StreamResponse:
         """From a request read whole to its answer: its claims screened, the lane choice, its class, then the lanes."""
         tier = requested_tier(body) if route.protocol == "openai-chat" else None
         if tier in PRIORITY_TIERS:

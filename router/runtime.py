@@ -71,9 +71,14 @@ class Runtime:
             from router.cluster.coordinator import ClusterMember
 
             self.cluster = ClusterMember(
-                config.cluster, state=lambda: self.state, decisions=self.decisions, reload=self.reload,
-                clock=clock, wall_clock=wall_clock, backlogs=self.backlogs,
-            )  # fmt: skip
+                config.cluster,
+                state=lambda: self.state,
+                decisions=self.decisions,
+                reload=self.reload,
+                clock=clock,
+                wall_clock=wall_clock,
+                backlogs=self.backlogs,
+            )
         self.discovery = DnsDiscovery(lambda: self.state)  # lanes with `discovery:` (router.discovery)
         self.started_s = clock()
         self.reloads = 0

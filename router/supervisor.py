@@ -84,8 +84,16 @@ class Supervisor:
                 return status
             ran_s = time.monotonic() - started
             pause = FIRST_PAUSE_S if ran_s >= HEALTHY_AFTER_S else pause
-            event(logger, "worker_exited", logging.WARNING, slot=slot, pid=process.pid, status=status,
-                  ran_s=round(ran_s, 1), restart_in_s=pause)  # fmt: skip
+            event(
+                logger,
+                "worker_exited",
+                logging.WARNING,
+                slot=slot,
+                pid=process.pid,
+                status=status,
+                ran_s=round(ran_s, 1),
+                restart_in_s=pause,
+            )
             await asyncio.sleep(pause)
             if self.stopping:
                 return status

@@ -160,9 +160,15 @@ class _Run(BatchPath, FailurePath):
         self._push(tick_s, _TICK, None, None)
         route_info = self._route_info()
         handlers = (
-            self._on_done, self._on_batch_done, self._on_flush, self._on_gate_timeout, self._on_file_due,
-            self._on_timeout, self._on_merged_timeout, self._on_replica_up,
-        )  # fmt: skip
+            self._on_done,
+            self._on_batch_done,
+            self._on_flush,
+            self._on_gate_timeout,
+            self._on_file_due,
+            self._on_timeout,
+            self._on_merged_timeout,
+            self._on_replica_up,
+        )
         for i, request in enumerate(trace):
             t = request.t_s
             while heap and heap[0][0] <= t:  # the earliest event's time

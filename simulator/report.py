@@ -32,8 +32,17 @@ from policies.control.actions import plain
 from simulator.outcome import NO_LANE, NO_REPLICA, TOTAL, Outcome, Row, SloTargets, Summary
 
 REQUEST_COLUMNS = (
-    "arrival_s", "lane", "status", "latency_s", "cost_usd", "pinned", "met_slo", "route", "ttft_s", "replica"
-)  # fmt: skip
+    "arrival_s",
+    "lane",
+    "status",
+    "latency_s",
+    "cost_usd",
+    "pinned",
+    "met_slo",
+    "route",
+    "ttft_s",
+    "replica",
+)
 
 
 def comparison_table(summaries: Mapping[str, Summary], slo: SloTargets, baseline: str | None = None) -> Table:

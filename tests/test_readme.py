@@ -29,9 +29,14 @@ def test_the_first_five_minutes_of_the_readme_run_as_written():
     script = first_five_minutes()
     assert "modeshift serve" in script and "curl" in script and "modeshift simulate" in script
     process = subprocess.Popen(
-        ["bash", "-e", "-c", script], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True, env={**os.environ, "COLUMNS": "160"},
-    )  # fmt: skip
+        ["bash", "-e", "-c", script],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "COLUMNS": "160"},
+    )
     try:
         output, _ = process.communicate(timeout=300)
     finally:

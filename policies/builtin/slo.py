@@ -182,9 +182,13 @@ class SloPolicy(BasePolicy):
         return self.propose(best, reason, figures, p.hold_s)
 
     def _moved(
-        self, snapshot: Snapshot, modes: Mapping[str, Mapping[str, float]], pinned: Mapping[str, float],
-        switchable: float, over: dict[str, dict[str, float]],
-    ) -> dict[str, float]:  # fmt: skip
+        self,
+        snapshot: Snapshot,
+        modes: Mapping[str, Mapping[str, float]],
+        pinned: Mapping[str, float],
+        switchable: float,
+        over: dict[str, dict[str, float]],
+    ) -> dict[str, float]:
         """For each class the modes move, the share of its requests each mode would put over the class's
         target, across the guarded lanes the mode sends it to, into `over`; the figures."""
         guarded = self._guarded()

@@ -62,9 +62,14 @@ class Monitor:
         self.outcomes[(traffic_class, lane)].served(now_s, latency_s if ok else None, ok)
 
     def attributed_cost_usd(
-        self, lane: str, input_tokens: int = 0, output_tokens: int = 0, busy_s: float = 0.0, *,
+        self,
+        lane: str,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        busy_s: float = 0.0,
+        *,
         discounted: bool = True,
-    ) -> float:  # fmt: skip
+    ) -> float:
         """The variable cost of one request on `lane` (what the driver records).
 
         `discounted=False`: the provider did not run it the discounted way (a flex

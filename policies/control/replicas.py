@@ -38,10 +38,18 @@ def totals_record(totals: LaneTotals) -> list[Any]:
     """LaneTotals as a JSON-ready list (the histogram as [[bucket, count], ...] and its sum)."""
     latency = totals.latency
     return [
-        totals.arrivals, totals.pinned_arrivals, totals.completions, totals.errors, totals.items,
-        totals.input_tokens, totals.output_tokens, totals.cost_usd, totals.busy_s,
-        sorted(latency.buckets().items()), latency.sum,
-    ]  # fmt: skip
+        totals.arrivals,
+        totals.pinned_arrivals,
+        totals.completions,
+        totals.errors,
+        totals.items,
+        totals.input_tokens,
+        totals.output_tokens,
+        totals.cost_usd,
+        totals.busy_s,
+        sorted(latency.buckets().items()),
+        latency.sum,
+    ]
 
 
 def totals_from(record: list[Any]) -> LaneTotals:
@@ -50,9 +58,17 @@ def totals_from(record: list[Any]) -> LaneTotals:
     arrivals, pinned, completions, errors, items, input_tokens, output_tokens, cost_usd, busy_s = counts
     histogram = Histogram({int(index): int(n) for index, n in buckets}, float(latency_sum))
     return LaneTotals(
-        int(arrivals), int(pinned), int(completions), int(errors), int(items), int(input_tokens),
-        int(output_tokens), float(cost_usd), float(busy_s), histogram,
-    )  # fmt: skip
+        int(arrivals),
+        int(pinned),
+        int(completions),
+        int(errors),
+        int(items),
+        int(input_tokens),
+        int(output_tokens),
+        float(cost_usd),
+        float(busy_s),
+        histogram,
+    )
 
 
 def published(monitor: Monitor) -> Record:

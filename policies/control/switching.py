@@ -130,9 +130,15 @@ class SwitchingController:
     def record(self) -> dict[str, Any]:
         """This controller's state as plain data (policies.control.switching_record), for a successor to restore."""
         return switching_record.record_of(
-            self.state, self.mode, self.weights, self._transition, self._undo, self._hold, self._hold_since_s,
+            self.state,
+            self.mode,
+            self.weights,
+            self._transition,
+            self._undo,
+            self._hold,
+            self._hold_since_s,
             self._cooldown_until_s,
-        )  # fmt: skip
+        )
 
     def restore(self, record: dict[str, Any], snapshot: Snapshot) -> None:
         """Carry on from a record another controller with the same modes made; a transition under way starts

@@ -59,9 +59,15 @@ def _evidence_from(record: list[list[Any]]) -> health.Evidence:
 
 
 def record_of(
-    state: State, mode: str | None, weights: Weights, transition: Ramp | None, undo: Undo | None,
-    hold: Proposal | None, hold_since_s: float, cooldown_until_s: float | None,
-) -> dict[str, Any]:  # fmt: skip
+    state: State,
+    mode: str | None,
+    weights: Weights,
+    transition: Ramp | None,
+    undo: Undo | None,
+    hold: Proposal | None,
+    hold_since_s: float,
+    cooldown_until_s: float | None,
+) -> dict[str, Any]:
     out: dict[str, Any] = {
         "version": VERSION,
         "state": state.value,
@@ -76,11 +82,18 @@ def record_of(
     if transition is not None:
         t = transition
         out["transition"] = {
-            "from_mode": t.from_mode, "to_mode": t.to_mode, "cause": t.cause, "baseline": _weights(t.baseline),
-            "target": _weights(t.target), "gaining": list(t.gaining), "losing": list(t.losing),
-            "started_s": t.started_s, "step_index": t.step_index, "before": _evidence(t.before),
+            "from_mode": t.from_mode,
+            "to_mode": t.to_mode,
+            "cause": t.cause,
+            "baseline": _weights(t.baseline),
+            "target": _weights(t.target),
+            "gaining": list(t.gaining),
+            "losing": list(t.losing),
+            "started_s": t.started_s,
+            "step_index": t.step_index,
+            "before": _evidence(t.before),
             "withheld": t.withheld,
-        }  # fmt: skip
+        }
     if undo is not None:
         out["undo"] = {"from_mode": undo.from_mode, "to_mode": undo.to_mode, "baseline": _weights(undo.baseline)}
     return out
@@ -93,11 +106,18 @@ def read(record: dict[str, Any]) -> Restored:
     transition = None
     if (t := record["transition"]) is not None:
         transition = Ramp(
-            from_mode=t["from_mode"], to_mode=t["to_mode"], cause=t["cause"], baseline=_weights_from(t["baseline"]),
-            target=_weights_from(t["target"]), gaining=tuple(t["gaining"]), losing=tuple(t["losing"]),
-            started_s=float(t["started_s"]), step_index=int(t["step_index"]), before=_evidence_from(t["before"]),
+            from_mode=t["from_mode"],
+            to_mode=t["to_mode"],
+            cause=t["cause"],
+            baseline=_weights_from(t["baseline"]),
+            target=_weights_from(t["target"]),
+            gaining=tuple(t["gaining"]),
+            losing=tuple(t["losing"]),
+            started_s=float(t["started_s"]),
+            step_index=int(t["step_index"]),
+            before=_evidence_from(t["before"]),
             withheld=bool(t["withheld"]),
-        )  # fmt: skip
+        )
     undo = None
     if (u := record["undo"]) is not None:
         undo = Undo(u["from_mode"], u["to_mode"], _weights_from(u["baseline"]))
@@ -105,9 +125,15 @@ def read(record: dict[str, Any]) -> Restored:
     if (h := record["hold"]) is not None:
         hold = Proposal(h["target_mode"], h["reason"], h["policy"], h["figures"], h["hold_s"])
     return Restored(
-        State(record["state"]), record["mode"], _weights_from(record["weights"]), transition, undo, hold,
-        float(record["hold_since_s"]), record["cooldown_until_s"],
-    )  # fmt: skip
+        State(record["state"]),
+        record["mode"],
+        _weights_from(record["weights"]),
+        transition,
+        undo,
+        hold,
+        float(record["hold_since_s"]),
+        record["cooldown_until_s"],
+    )
 
 
 def shifted(record: dict[str, Any], by_s: float) -> dict[str, Any]:

@@ -341,7 +341,14 @@ def admin_app(runtime: Runtime) -> web.Application:
     app.router.add_post("/resume", _simple(Resume))
     app.router.add_post("/rollback", _simple(Rollback))
     app.router.add_post("/reload", _reload)
-    for path in ("/v1/jobs/{id}", "/v1/files", "/v1/files/{id}", "/v1/files/{id}/content", "/v1/batches",
-                 "/v1/batches/{id}", "/v1/provider_batches"):  # fmt: skip
+    for path in (
+        "/v1/jobs/{id}",
+        "/v1/files",
+        "/v1/files/{id}",
+        "/v1/files/{id}/content",
+        "/v1/batches",
+        "/v1/batches/{id}",
+        "/v1/provider_batches",
+    ):
         app.router.add_get(path, _stored)
     return app

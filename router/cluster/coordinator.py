@@ -101,10 +101,16 @@ def default_replica_name() -> str:
 
 class ClusterMember:
     def __init__(
-        self, config: ClusterConfig, *, state: Callable[[], RouterState], decisions: DecisionLog,
-        reload: Callable[[], object], clock: Callable[[], float], wall_clock: Callable[[], float],
+        self,
+        config: ClusterConfig,
+        *,
+        state: Callable[[], RouterState],
+        decisions: DecisionLog,
+        reload: Callable[[], object],
+        clock: Callable[[], float],
+        wall_clock: Callable[[], float],
         backlogs: Callable[[], Mapping[str, JobsBacklog]] = dict,
-    ):  # fmt: skip
+    ):
         self.config = config
         self.state_now = state  # the router's state as it is now (a reload replaces it)
         self.decisions = decisions  # the router's decision log: the cluster's decisions go in it
@@ -174,8 +180,14 @@ class ClusterMember:
 
     def _lost(self, exc: BaseException) -> None:
         if self.connected or self.leading:
-            event(logger, "cluster_unreachable", logging.WARNING, replica=self.replica, error=repr(exc),
-                  weights="kept as they are")  # fmt: skip
+            event(
+                logger,
+                "cluster_unreachable",
+                logging.WARNING,
+                replica=self.replica,
+                error=repr(exc),
+                weights="kept as they are",
+            )
         self.connected = False
         self._step_down()
 
@@ -424,10 +436,17 @@ class ClusterMember:
     def _list_replicas(self, publications: dict[str, Publication]) -> None:
         wall, shape = self.wall_clock(), self.shape
         self.replicas = sorted(
-            ({"replica": name, "last_seen_s": round(wall - p.at, 3), "leader": name == self.leader,
-              "agrees": p.shape == shape} for name, p in publications.items()),
+            (
+                {
+                    "replica": name,
+                    "last_seen_s": round(wall - p.at, 3),
+                    "leader": name == self.leader,
+                    "agrees": p.shape == shape,
+                }
+                for name, p in publications.items()
+            ),
             key=lambda r: r["replica"],
-        )  # fmt: skip
+        )
         if self.leading:
             for name, p in publications.items():
                 if p.shape != shape and ("disagreeing", name) not in self._logged:

@@ -131,12 +131,15 @@ class Jobs:
         self._reopener: asyncio.Task | None = None
         self.batches = (
             OpenAIBatches(
-                self._open_batches, clock, max_file_bytes=config.jobs.max_file_bytes,
-                max_body_bytes=config.server.max_body_bytes, receive_timeout_s=config.server.receive_timeout_s,
+                self._open_batches,
+                clock,
+                max_file_bytes=config.jobs.max_file_bytes,
+                max_body_bytes=config.server.max_body_bytes,
+                receive_timeout_s=config.server.receive_timeout_s,
             )
             if config.jobs.openai_api
             else None
-        )  # fmt: skip
+        )
 
     async def start(self, run: RunJob) -> None:
         """Take the data plane's entry for jobs; resume the jobs of an earlier run, if its database exists."""
@@ -215,10 +218,16 @@ class Jobs:
                 self.record(self.lane_name, latency_s, ok, input_tokens, output_tokens)
 
         return ProviderBridge(
-            database, lane=self.lane_name, params=params, base_url=lane.upstreams[0], fallback=self.run_lane,
-            record=record, connect_timeout_s=lane.connect_timeout_s,
-            timeout_s=min(lane.timeout_s, PROVIDER_CALL_TIMEOUT_S), clock=self.clock,
-        )  # fmt: skip
+            database,
+            lane=self.lane_name,
+            params=params,
+            base_url=lane.upstreams[0],
+            fallback=self.run_lane,
+            record=record,
+            connect_timeout_s=lane.connect_timeout_s,
+            timeout_s=min(lane.timeout_s, PROVIDER_CALL_TIMEOUT_S),
+            clock=self.clock,
+        )
 
     def _wake(self) -> None:
         self.runner.wake()
@@ -282,9 +291,15 @@ class Jobs:
         headers = [(k, v) for k, v in end_to_end(request.headers).items() if k.lower() not in _NOT_STORED]
         within_s = deadline_s(request.headers.get(DEADLINE_HEADER))
         job = NewJob(
-            request.method, request.rel_url.raw_path_qs, headers, body, owner, credentials_of(request.headers), key,
+            request.method,
+            request.rel_url.raw_path_qs,
+            headers,
+            body,
+            owner,
+            credentials_of(request.headers),
+            key,
             deadline_at=self.clock() + within_s if within_s is not None else None,
-        )  # fmt: skip
+        )
         try:
             with store_reachable():
                 if key is None:
@@ -415,9 +430,11 @@ def store_reachable() -> Iterator[None]:
         yield
     except StoreUnavailable as exc:
         raise ProxyError(
-            503, "job_store_unavailable", f"{exc}; nothing was stored: send it again shortly",
+            503,
+            "job_store_unavailable",
+            f"{exc}; nothing was stored: send it again shortly",
             headers={"Retry-After": str(REOPEN_S)},
-        ) from None  # fmt: skip
+        ) from None
 
 
 class _KeyInUse:

@@ -123,9 +123,17 @@ class BatchStore:
         return await self.db.run(rows)
 
     async def create_batch(
-        self, batch_id: str, now: float, fields: dict[str, Any], owner: str, *, endpoint: str,
-        lines: list[NewLine], credentials: list[tuple[str, str]], failed: bool,
-    ) -> BatchRecord:  # fmt: skip
+        self,
+        batch_id: str,
+        now: float,
+        fields: dict[str, Any],
+        owner: str,
+        *,
+        endpoint: str,
+        lines: list[NewLine],
+        credentials: list[tuple[str, str]],
+        failed: bool,
+    ) -> BatchRecord:
         """The batch and one queued job per line, at once; `failed`: the file did not validate (no lines).
 
         Each line's deadline is the batch's `expires_at`: a provider batch lane runs it elsewhere before then.
@@ -138,9 +146,23 @@ class BatchStore:
                 "INSERT INTO jobs (id, created_at, state, method, target, headers, body, payload_hash, batch_id,"
                 " custom_id, line, owner, credentials, deadline_at)"
                 " VALUES (?, ?, 'queued', 'POST', ?, ?, ?, '', ?, ?, ?, ?, ?, ?)",
-                [(f"batch_req_{secrets.token_hex(12)}", now, endpoint, _LINE_HEADERS, line.body, batch_id,
-                  line.custom_id, line.number, owner, stored_credentials, fields["expires_at"]) for line in lines],
-            )  # fmt: skip
+                [
+                    (
+                        f"batch_req_{secrets.token_hex(12)}",
+                        now,
+                        endpoint,
+                        _LINE_HEADERS,
+                        line.body,
+                        batch_id,
+                        line.custom_id,
+                        line.number,
+                        owner,
+                        stored_credentials,
+                        fields["expires_at"],
+                    )
+                    for line in lines
+                ],
+            )
             if lines:
                 tx.jobs_ready()
             return await _batch(tx, batch_id, owner)
@@ -242,9 +264,12 @@ async def _batch_or_none(tx: Tx, batch_id: str, owner: Owner) -> BatchRecord | N
     succeeded = counts.get("succeeded", 0)
     unfinished = counts.get("queued", 0) + counts.get("running", 0)
     return BatchRecord(
-        row["id"], row["status"], json.loads(row["record"]), row["owner"],
+        row["id"],
+        row["status"],
+        json.loads(row["record"]),
+        row["owner"],
         LineCounts(total=total, completed=succeeded, failed=total - succeeded - unfinished),
-    )  # fmt: skip
+    )
 
 
 async def _batch(tx: Tx, batch_id: str, owner: Owner) -> BatchRecord:
@@ -273,10 +298,19 @@ async def _done(tx: Tx, now: float) -> list[tuple[BatchRecord, list[LineOutcome]
             (batch.id,),
         )
         if pending is not None and pending["n"] == 0:
-            done.append((batch, [LineOutcome(**line) for line in await tx.all(
-                "SELECT id AS job_id, custom_id, state, status_code, response_body, error FROM jobs"
-                " WHERE batch_id = ? ORDER BY line", (batch.id,),
-            )]))  # fmt: skip
+            done.append(
+                (
+                    batch,
+                    [
+                        LineOutcome(**line)
+                        for line in await tx.all(
+                            "SELECT id AS job_id, custom_id, state, status_code, response_body, error FROM jobs"
+                            " WHERE batch_id = ? ORDER BY line",
+                            (batch.id,),
+                        )
+                    ],
+                )
+            )
     return done
 
 

@@ -59,9 +59,14 @@ def not_found(kind: str, ident: str) -> ProxyError:
 
 class OpenAIBatches:
     def __init__(
-        self, store: Callable[[], Awaitable[BatchStore]], clock: Callable[[], float], *, max_file_bytes: int,
-        max_body_bytes: int, receive_timeout_s: float,
-    ):  # fmt: skip
+        self,
+        store: Callable[[], Awaitable[BatchStore]],
+        clock: Callable[[], float],
+        *,
+        max_file_bytes: int,
+        max_body_bytes: int,
+        receive_timeout_s: float,
+    ):
         self.store = store  # opens the job store on first use
         self.clock = clock
         self.max_file_bytes = max_file_bytes
@@ -119,9 +124,12 @@ class OpenAIBatches:
                 elif field.name == "file" and size is None:
                     filename = field.filename or "upload.jsonl"
                     size = await files.receive(
-                        file_id, _chunks(field), limit=self.max_file_bytes, stall_s=self.receive_timeout_s,
+                        file_id,
+                        _chunks(field),
+                        limit=self.max_file_bytes,
+                        stall_s=self.receive_timeout_s,
                         on_stall=lambda: request_timeout(self.receive_timeout_s),
-                    )  # fmt: skip
+                    )
                 else:
                     await field.release()
         except TooLarge:
@@ -210,17 +218,33 @@ class OpenAIBatches:
             raise not_found("file", input_file_id) from None
         now = self.clock()
         fields = {
-            "endpoint": endpoint, "input_file_id": input_file_id, "completion_window": window,
-            "metadata": asked.get("metadata"), "created_at": int(now), "expires_at": int(now + WINDOWS[window]),
-            "in_progress_at": None if problems else int(now), "finalizing_at": None, "completed_at": None,
-            "failed_at": int(now) if problems else None, "expired_at": None, "cancelling_at": None,
-            "cancelled_at": None, "output_file_id": None, "error_file_id": None,
+            "endpoint": endpoint,
+            "input_file_id": input_file_id,
+            "completion_window": window,
+            "metadata": asked.get("metadata"),
+            "created_at": int(now),
+            "expires_at": int(now + WINDOWS[window]),
+            "in_progress_at": None if problems else int(now),
+            "finalizing_at": None,
+            "completed_at": None,
+            "failed_at": int(now) if problems else None,
+            "expired_at": None,
+            "cancelling_at": None,
+            "cancelled_at": None,
+            "output_file_id": None,
+            "error_file_id": None,
             "errors": {"object": "list", "data": problems} if problems else None,
-        }  # fmt: skip
+        }
         created = await store.create_batch(
-            f"batch_{secrets.token_hex(12)}", now, fields, owner, endpoint=endpoint,
-            lines=[] if problems else lines, credentials=credentials, failed=bool(problems),
-        )  # fmt: skip
+            f"batch_{secrets.token_hex(12)}",
+            now,
+            fields,
+            owner,
+            endpoint=endpoint,
+            lines=[] if problems else lines,
+            credentials=credentials,
+            failed=bool(problems),
+        )
         return _batch_object(created, owner)
 
     async def _batch(self, batch_id: str, owner: Owner) -> dict:
@@ -271,8 +295,15 @@ def _json(body: dict) -> web.Response:
 
 def _file_object(found: FileRecord, viewer: Owner) -> dict:
     """A file as OpenAI shows it; the admin API also sees its owner."""
-    out = {"id": found.id, "object": "file", "bytes": found.bytes, "created_at": int(found.created_at),
-           "filename": found.filename, "purpose": found.purpose, "status": "processed"}  # fmt: skip
+    out = {
+        "id": found.id,
+        "object": "file",
+        "bytes": found.bytes,
+        "created_at": int(found.created_at),
+        "filename": found.filename,
+        "purpose": found.purpose,
+        "status": "processed",
+    }
     if viewer is EVERY_OWNER:
         out["owner"] = found.owner
     return out

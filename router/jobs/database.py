@@ -76,9 +76,14 @@ class FileStore(Protocol):
     """Where the contents of /v1/files live: a directory (router.jobs.files) or the database (.database_files)."""
 
     async def receive(
-        self, file_id: str, chunks: AsyncIterator[bytes], *, limit: int, on_stall: Callable[[], Exception],
+        self,
+        file_id: str,
+        chunks: AsyncIterator[bytes],
+        *,
+        limit: int,
+        on_stall: Callable[[], Exception],
         stall_s: float,
-    ) -> int:  # fmt: skip
+    ) -> int:
         """Store the chunks as `file_id`, whole or not at all; its size. TooLarge past `limit`."""
 
     async def write(self, file_id: str, content: bytes) -> None: ...

@@ -27,9 +27,14 @@ class DatabaseFiles:
         self.db = db
 
     async def receive(
-        self, file_id: str, chunks: AsyncIterator[bytes], *, limit: int, on_stall: Callable[[], Exception],
+        self,
+        file_id: str,
+        chunks: AsyncIterator[bytes],
+        *,
+        limit: int,
+        on_stall: Callable[[], Exception],
         stall_s: float,
-    ) -> int:  # fmt: skip
+    ) -> int:
         temporary = f"upload-{secrets.token_hex(8)}"
         size, sequence, pending = 0, 0, bytearray()
         try:

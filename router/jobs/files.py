@@ -46,9 +46,14 @@ class FileDirectory:
         return self.path / file_id
 
     async def receive(
-        self, file_id: str, chunks: AsyncIterator[bytes], *, limit: int, on_stall: Callable[[], Exception],
+        self,
+        file_id: str,
+        chunks: AsyncIterator[bytes],
+        *,
+        limit: int,
+        on_stall: Callable[[], Exception],
         stall_s: float,
-    ) -> int:  # fmt: skip
+    ) -> int:
         """Write the chunks as `file_id`; its size.
 
         TooLarge past `limit`; the exception `on_stall()` makes when no chunk comes for `stall_s`.

@@ -79,16 +79,25 @@ class PostgresDatabase:
         refused connection) instead of after the pool's wait.
         """
         try:
-            async with await psycopg.AsyncConnection.connect(
-                url, autocommit=True, row_factory=dict_row, connect_timeout=_CONNECT_S
-            ) as conn, conn.transaction():  # fmt: skip
+            async with (
+                await psycopg.AsyncConnection.connect(
+                    url, autocommit=True, row_factory=dict_row, connect_timeout=_CONNECT_S
+                ) as conn,
+                conn.transaction(),
+            ):
                 key = await _migrate(conn)
         except psycopg.OperationalError as exc:
             raise StoreUnavailable(f"the job database does not answer: {_quiet(exc)}") from None
         pool = AsyncConnectionPool(
-            url, min_size=1, max_size=_POOL_SIZE, timeout=_WAIT_S, open=False, reconnect_timeout=_RECONNECT_S,
-            kwargs={"autocommit": True, "row_factory": dict_row}, name="modeshift-jobs",
-        )  # fmt: skip
+            url,
+            min_size=1,
+            max_size=_POOL_SIZE,
+            timeout=_WAIT_S,
+            open=False,
+            reconnect_timeout=_RECONNECT_S,
+            kwargs={"autocommit": True, "row_factory": dict_row},
+            name="modeshift-jobs",
+        )
         await pool.open(wait=False)
         return cls(url, pool, Owners(key), files)
 

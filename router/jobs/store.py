@@ -202,9 +202,16 @@ class JobStore:
         return await self.db.run(claim) if limit > 0 else []
 
     async def finish(
-        self, job: Job, now: float, *, state: str, status_code: int | None = None,
-        headers: list[tuple[str, str]] | None = None, body: bytes | None = None, error: str | None = None,
-    ) -> bool:  # fmt: skip
+        self,
+        job: Job,
+        now: float,
+        *,
+        state: str,
+        status_code: int | None = None,
+        headers: list[tuple[str, str]] | None = None,
+        body: bytes | None = None,
+        error: str | None = None,
+    ) -> bool:
         """Store the job's one outcome; False when the lease was lost (another worker has the job now)."""
         assert state in ("succeeded", "failed")
 
@@ -213,9 +220,17 @@ class JobStore:
                 "UPDATE jobs SET state = ?, status_code = ?, response_headers = ?, response_body = ?, error = ?,"
                 " finished_at = ?, attempts = attempts + 1, lease_token = NULL, lease_until = NULL, credentials = NULL"
                 " WHERE id = ? AND state = 'running' AND lease_token = ?",
-                (state, status_code, json.dumps(headers) if headers is not None else None, body, error, now,
-                 job.id, job.lease_token),
-            )  # fmt: skip
+                (
+                    state,
+                    status_code,
+                    json.dumps(headers) if headers is not None else None,
+                    body,
+                    error,
+                    now,
+                    job.id,
+                    job.lease_token,
+                ),
+            )
             return changed == 1
 
         return await self.db.run(finish)
@@ -286,19 +301,50 @@ class JobStore:
 async def _insert(tx: Tx, jobs: list[tuple[NewJob, float]]) -> list[Job]:
     """New queued jobs, each stored at its own time; as they are now stored."""
     made = [
-        Job(id=f"job_{secrets.token_hex(12)}", created_at=now, state="queued", method=job.method, target=job.target,
-            headers=job.headers, body=job.body, attempts=0, claims=0, status_code=None, response_headers=None,
-            response_body=None, error=None, finished_at=None, lease_token=None, owner=job.owner,
-            credentials=job.credentials, deadline_at=job.deadline_at, lane=None, provider_batch=None)
+        Job(
+            id=f"job_{secrets.token_hex(12)}",
+            created_at=now,
+            state="queued",
+            method=job.method,
+            target=job.target,
+            headers=job.headers,
+            body=job.body,
+            attempts=0,
+            claims=0,
+            status_code=None,
+            response_headers=None,
+            response_body=None,
+            error=None,
+            finished_at=None,
+            lease_token=None,
+            owner=job.owner,
+            credentials=job.credentials,
+            deadline_at=job.deadline_at,
+            lane=None,
+            provider_batch=None,
+        )
         for job, now in jobs
-    ]  # fmt: skip
+    ]
     await tx.many(
         "INSERT INTO jobs (id, created_at, state, method, target, headers, body, idempotency_key, payload_hash, owner,"
         " credentials, deadline_at) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [(new.id, new.created_at, job.method, job.target, json.dumps(job.headers), job.body, job.idempotency_key,
-          job.payload_hash(), job.owner, json.dumps(job.credentials), job.deadline_at)
-         for new, (job, _) in zip(made, jobs, strict=True)],
-    )  # fmt: skip
+        [
+            (
+                new.id,
+                new.created_at,
+                job.method,
+                job.target,
+                json.dumps(job.headers),
+                job.body,
+                job.idempotency_key,
+                job.payload_hash(),
+                job.owner,
+                json.dumps(job.credentials),
+                job.deadline_at,
+            )
+            for new, (job, _) in zip(made, jobs, strict=True)
+        ],
+    )
     tx.jobs_ready()
     return made
 

@@ -79,9 +79,13 @@ class Family:
 
 
 def collect(
-    state: RouterState, route_stats: RouteStats, decisions: DecisionLog, now_s: float,
-    provider: BridgeCounts | None = None, cluster: dict | None = None,
-) -> list[Family]:  # fmt: skip
+    state: RouterState,
+    route_stats: RouteStats,
+    decisions: DecisionLog,
+    now_s: float,
+    provider: BridgeCounts | None = None,
+    cluster: dict | None = None,
+) -> list[Family]:
     families = [*_routes(route_stats), *_lanes(state, now_s), *_control(state, decisions)]
     if provider is not None:
         families += _provider(provider)
@@ -126,9 +130,11 @@ def _provider(counts: BridgeCounts) -> list[Family]:
     for name, n in sorted(counts.lines.items()):
         lines.add((counts.lane, name), n)
     failed = Family(
-        "modeshift_provider_calls_failed", "counter", "Provider batch calls that failed and are tried again.",
+        "modeshift_provider_calls_failed",
+        "counter",
+        "Provider batch calls that failed and are tried again.",
         ("lane",),
-    )  # fmt: skip
+    )
     failed.add((counts.lane,), counts.failed_calls)
     fallbacks = Family(
         "modeshift_provider_fallbacks",

@@ -58,10 +58,17 @@ def _metric(family: Family, start_ns: int, now_ns: int) -> Metric:
             per_bucket = [b - a for a, b in zip((0, *point.at_most), (*point.at_most, point.count))]
             points.append(
                 HistogramDataPoint(
-                    attributes(values), start_ns, now_ns, point.count, point.sum, per_bucket, BUCKETS_S,
-                    min=point.min, max=point.max,
+                    attributes(values),
+                    start_ns,
+                    now_ns,
+                    point.count,
+                    point.sum,
+                    per_bucket,
+                    BUCKETS_S,
+                    min=point.min,
+                    max=point.max,
                 )
-            )  # fmt: skip
+            )
         data = Histogram(points, AggregationTemporality.CUMULATIVE)
     else:
         numbers = [NumberDataPoint(attributes(v), start_ns, now_ns, value) for v, value in family.points]

@@ -13,9 +13,16 @@ from tests.policies.helpers import MODES, make_monitor
 
 def realtime(ready: int, service_s: float = 0.1, **more: float) -> ReplicasView:
     return ReplicasView(
-        desired=ready, ready=ready, concurrency=4, service_s=service_s, least=1, most=20, headroom=0.2,
-        per_replica_hour=4.0, **more,
-    )  # fmt: skip
+        desired=ready,
+        ready=ready,
+        concurrency=4,
+        service_s=service_s,
+        least=1,
+        most=20,
+        headroom=0.2,
+        per_replica_hour=4.0,
+        **more,
+    )
 
 
 def snapshot(mode: str, rate_per_s: float, pinned_per_s: float = 0.0, **costs: CostModel) -> Snapshot:

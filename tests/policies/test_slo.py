@@ -142,8 +142,9 @@ def test_a_moved_class_is_judged_across_its_lanes_so_a_slow_lane_may_take_part_o
     # About 2 switchable requests in 100 miss their 1 s p99 on the batch lane (calls of 0.9 s or 1.2 s), none
     # on realtime: all of the class there misses twice what it may, half of it there about what it may.
     def light(mode: str):
-        monitor = make_monitor(realtime=CostModel(per_hour=4.0, billing="busy"),
-                               batch=CostModel(per_hour=1.0, billing="busy"))  # fmt: skip
+        monitor = make_monitor(
+            realtime=CostModel(per_hour=4.0, billing="busy"), batch=CostModel(per_hour=1.0, billing="busy")
+        )
         for i in range(200):
             lane = "realtime" if mode == "realtime" or (mode == "hybrid" and i % 2) else "batch"
             window = monitor.lanes[lane]
@@ -175,8 +176,9 @@ def test_a_lane_that_served_nothing_gives_no_evidence_and_rules_no_mode_out():
 def _spell(mode: str, now_s: float):
     """Ten seconds of switchable traffic up to `now_s`, split by `mode`; on batch, cheaper per request, 4 in
     100 miss a 1 s p99."""
-    monitor = make_monitor(realtime=CostModel(per_hour=4.0, billing="busy"),
-                           batch=CostModel(per_hour=0.2, billing="busy"))  # fmt: skip
+    monitor = make_monitor(
+        realtime=CostModel(per_hour=4.0, billing="busy"), batch=CostModel(per_hour=0.2, billing="busy")
+    )
     for i in range(200):
         t = now_s - 10.0 + i / 20
         lane = "realtime" if mode == "realtime" or (mode == "hybrid" and i % 2) else "batch"

@@ -236,11 +236,18 @@ def test_identical_inputs_give_identical_decisions_and_these_are_they():
     assert first == second
     moves = [(r["kind"], r["at_s"]) for r in first if r["kind"] != "SetWeights"]
     assert moves == [
-        ("TransitionStarted", 3.0), ("StepAdvanced", 8.0), ("StepAdvanced", 13.0), ("StepAdvanced", 18.0),
-        ("TransitionCompleted", 23.0), ("ProposalIgnored", 41.0),  # the cooldown after a transition
-        ("TransitionStarted", 45.0), ("StepAdvanced", 50.0), ("StepAdvanced", 55.0), ("StepAdvanced", 60.0),
+        ("TransitionStarted", 3.0),
+        ("StepAdvanced", 8.0),
+        ("StepAdvanced", 13.0),
+        ("StepAdvanced", 18.0),
+        ("TransitionCompleted", 23.0),
+        ("ProposalIgnored", 41.0),  # the cooldown after a transition
+        ("TransitionStarted", 45.0),
+        ("StepAdvanced", 50.0),
+        ("StepAdvanced", 55.0),
+        ("StepAdvanced", 60.0),
         ("TransitionCompleted", 65.0),
-    ]  # fmt: skip
+    ]
     ramp = [round(r["weights"]["batch"], 6) for r in first if r["kind"] == "SetWeights"]
     assert ramp == [0.2, 0.5, 0.8, 1.0, 0.8, 0.5, 0.2, 0.0]
 

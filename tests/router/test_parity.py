@@ -390,22 +390,27 @@ FAILING_SERVICE = ServiceModel(
         # of its calls with a 500 (drawn per request from the simulator's own stream): three in a row eject it,
         # and with the first one ejected too, the lane is out of the draw for a while.
         "realtime": ServerLane(
-            replicas=2, concurrency=10_000, latency=Latency(base_s=0.05, jitter=0.3),
+            replicas=2,
+            concurrency=10_000,
+            latency=Latency(base_s=0.05, jitter=0.3),
             failures=Failures(error_rate=0.3, down=[Outage(**{"from": 0.0, "to": 1e6, "replicas": 1})]),
         ),
         "batch": ServerLane(concurrency=10_000, latency=Latency(base_s=0.4, jitter=0.3)),
     }
-)  # fmt: skip
+)
 
 
 def _failing_config(upstreams: dict[str, list[str]]):
     """The calm config, three errors in a row (or one refused connection) ejecting a real-time replica."""
     outlier = {"consecutive_errors": 3, "base_ejection": "5s", "max_ejected_fraction": 1.0}
     lanes = {
-        "realtime": {"upstreams": upstreams["realtime"], "outlier": outlier,
-                     "cost": {"per_hour": 3.6, "billing": "busy"}},
+        "realtime": {
+            "upstreams": upstreams["realtime"],
+            "outlier": outlier,
+            "cost": {"per_hour": 3.6, "billing": "busy"},
+        },
         "batch": {"upstreams": upstreams["batch"]},
-    }  # fmt: skip
+    }
     return _load_config(upstreams, 3, 6, "3s", "10s", lanes=lanes)
 
 
@@ -421,13 +426,19 @@ HALF_OUTAGE = (64.0, 80.0)  # one of the two down, in the calm after it
 OUTAGE_SERVICE = ServiceModel(
     lanes={
         "realtime": ServerLane(
-            replicas=2, concurrency=10_000, latency=Latency(base_s=0.05, jitter=0.3),
-            failures=Failures(down=[Outage(**{"from": OUTAGE[0], "to": OUTAGE[1]}),
-                                    Outage(**{"from": HALF_OUTAGE[0], "to": HALF_OUTAGE[1], "replicas": 1})]),
+            replicas=2,
+            concurrency=10_000,
+            latency=Latency(base_s=0.05, jitter=0.3),
+            failures=Failures(
+                down=[
+                    Outage(**{"from": OUTAGE[0], "to": OUTAGE[1]}),
+                    Outage(**{"from": HALF_OUTAGE[0], "to": HALF_OUTAGE[1], "replicas": 1}),
+                ]
+            ),
         ),
         "batch": ServerLane(concurrency=10_000, latency=Latency(base_s=0.4, jitter=0.3)),
     }
-)  # fmt: skip
+)
 
 
 async def test_parity_holds_through_outage_windows_with_the_same_ejections_failovers_and_returns():
@@ -453,16 +464,19 @@ FAILING_BATCH_SERVICE = ServiceModel(
         "realtime": ServerLane(concurrency=10_000, latency=Latency(base_s=0.05, jitter=0.3)),
         # Merged calls on two replicas: a fifth of them answered with a 500, and both replicas down for a while.
         "batch": ServerLane(
-            replicas=2, concurrency=10_000, latency=Latency(base_s=0.2, per_item_s=0.02, jitter=0.3),
+            replicas=2,
+            concurrency=10_000,
+            latency=Latency(base_s=0.2, per_item_s=0.02, jitter=0.3),
             failures=Failures(error_rate=0.2, down=[Outage(**{"from": 22.0, "to": 27.0})]),
         ),
     }
-)  # fmt: skip
+)
 
 
 def _failing_batching_config(upstreams: dict[str, list[str]]):
-    return _batching_config(upstreams, outlier={"consecutive_errors": 3, "base_ejection": "2s",
-                                                "max_ejected_fraction": 1.0})  # fmt: skip
+    return _batching_config(
+        upstreams, outlier={"consecutive_errors": 3, "base_ejection": "2s", "max_ejected_fraction": 1.0}
+    )
 
 
 async def test_parity_holds_when_merged_calls_err_and_the_batch_lane_goes_down():
@@ -486,11 +500,21 @@ def _scaling_config(upstreams: dict[str, list[str]]):
     lane bills each busy second dearly, so the plan grows real-time and the stream rides on batch meanwhile."""
     autoscale = {"min": 1, "max": 8, "cold_start": "6s", "scale_up_hold": "2s", "scale_down_hold": "8s"}
     lanes = {
-        "realtime": {"upstreams": upstreams["realtime"], "max_in_flight": 64, "queue_timeout": "1h",
-                     "replica": {"concurrency": 1}, "autoscale": autoscale, "cost": {"per_replica_hour": 3.6}},
-        "batch": {"upstreams": upstreams["batch"], "max_in_flight": 64, "queue_timeout": "1h",
-                  "cost": {"per_hour": 360, "billing": "busy"}},
-    }  # fmt: skip
+        "realtime": {
+            "upstreams": upstreams["realtime"],
+            "max_in_flight": 64,
+            "queue_timeout": "1h",
+            "replica": {"concurrency": 1},
+            "autoscale": autoscale,
+            "cost": {"per_replica_hour": 3.6},
+        },
+        "batch": {
+            "upstreams": upstreams["batch"],
+            "max_in_flight": 64,
+            "queue_timeout": "1h",
+            "cost": {"per_hour": 360, "billing": "busy"},
+        },
+    }
     return two_lane_config(
         upstreams["realtime"],
         upstreams["batch"],

@@ -52,12 +52,18 @@ class PostgresServer:
         if not data.exists():
             subprocess.run(
                 [_binary("initdb"), "-D", str(data), "-U", self.user, "--auth=trust", "-E", "UTF8", "--no-sync"],
-                check=True, capture_output=True, **self._as,
-            )  # fmt: skip
+                check=True,
+                capture_output=True,
+                **self._as,
+            )
         settings = {
-            "listen_addresses": "127.0.0.1", "port": str(self.port), "unix_socket_directories": str(self.directory),
-            "fsync": "on" if self.fsync else "off", "max_connections": "200", "shared_buffers": "128MB",
-        }  # fmt: skip
+            "listen_addresses": "127.0.0.1",
+            "port": str(self.port),
+            "unix_socket_directories": str(self.directory),
+            "fsync": "on" if self.fsync else "off",
+            "max_connections": "200",
+            "shared_buffers": "128MB",
+        }
         options = [item for name, value in settings.items() for item in ("-c", f"{name}={value}")]
         with open(self.directory / "log", "ab") as log:  # the child keeps its own copy of the descriptor
             self.process = subprocess.Popen(

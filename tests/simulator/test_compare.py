@@ -79,15 +79,22 @@ def test_the_simulate_command_prints_the_table_and_writes_its_files(tmp_path, ca
     status = main(
         [
             "simulate",
-            "--trace", "bundled",
-            "-c", str(ready_config_path("default")),
-            "--service", DEFAULT_SERVICE,
-            "--policy", "slo:servers=8,p95=200ms",
-            "--pinned-share", "0.2",
-            "--slice", "0:120",
-            "--out", str(out),
+            "--trace",
+            "bundled",
+            "-c",
+            str(ready_config_path("default")),
+            "--service",
+            DEFAULT_SERVICE,
+            "--policy",
+            "slo:servers=8,p95=200ms",
+            "--pinned-share",
+            "0.2",
+            "--slice",
+            "0:120",
+            "--out",
+            str(out),
         ]
-    )  # fmt: skip
+    )
     printed = capsys.readouterr().out
     assert status == 0
     for label in ("slo:servers=8,p95=200ms", "always-realtime", "always-batch", "oracle"):

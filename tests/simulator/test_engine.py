@@ -105,9 +105,13 @@ def test_a_batch_api_lane_answers_after_its_turnaround_within_the_ceiling():
 
 def test_a_batch_api_lane_gathers_files_by_the_routers_rule_and_answers_each_file_after_one_turnaround():
     api = BatchApiLane(
-        kind="batch_api", turnaround_median_s=600.0, turnaround_sigma=0.0, max_requests=50, max_bytes="1MB",
+        kind="batch_api",
+        turnaround_median_s=600.0,
+        turnaround_sigma=0.0,
+        max_requests=50,
+        max_bytes="1MB",
         max_wait="30s",
-    )  # fmt: skip
+    )
     trace = at(*[i * 0.1 for i in range(1000)], *[1000.0 + i for i in range(3)])  # 10/s for 100 s, then 3 late ones
     out = Engine(config(initial="batch"), service(batch=api)).run(trace)
     assert out.files == {"batch": 21}  # 20 full files of 50 lines, then one that went 30 s after its first line

@@ -169,11 +169,17 @@ def test_a_bisected_batch_holds_its_slot_until_its_last_call_and_each_answer_car
         .replace("max_in_flight: 4", "max_in_flight: 1")
         .replace("batching: {rule", "cost: {per_hour: 3.6, billing: busy}\n    batching: {rule")
     )
-    service = ServiceModel(lanes={
-        "realtime": ServerLane(concurrency=8, latency=Latency(base_s=0.02)),
-        "batch": ServerLane(replicas=2, concurrency=64, latency=Latency(base_s=0.1, per_item_s=0.01),
-                            failures=Failures(error_rate=1.0)),
-    })  # fmt: skip
+    service = ServiceModel(
+        lanes={
+            "realtime": ServerLane(concurrency=8, latency=Latency(base_s=0.02)),
+            "batch": ServerLane(
+                replicas=2,
+                concurrency=64,
+                latency=Latency(base_s=0.1, per_item_s=0.01),
+                failures=Failures(error_rate=1.0),
+            ),
+        }
+    )
     trace = [TraceRequest(0.0, 10, 0, "/v1/embeddings") for _ in range(8)] + [
         TraceRequest(0.01, 10, 0, "/v1/embeddings")
     ]

@@ -114,8 +114,11 @@ class ProviderStandIn:
         tier = body.get("service_tier")
         self.chat_tiers.append(tier)
         if tier == "flex" and not self.flex_capacity:
-            error = {"message": "Flex capacity is not available now.", "type": "rate_limit_error",
-                     "code": "resource_unavailable"}  # fmt: skip
+            error = {
+                "message": "Flex capacity is not available now.",
+                "type": "rate_limit_error",
+                "code": "resource_unavailable",
+            }
             return web.json_response({"error": error}, status=429)
         served = self.flex_runs_as if tier == "flex" else ("priority" if tier in ("priority", "fast") else "default")
         return web.json_response({**_completion(body, credential), "service_tier": served})
@@ -170,8 +173,15 @@ class ProviderStandIn:
         if found is None or found[2] != credential:
             return _error(400, "no such input file")
         lines = [json.loads(line) for line in found[1].splitlines() if line.strip()]
-        batch = StoredBatch(self._id("batch_"), "openai", lines, credential, body.get("metadata"), body["endpoint"],
-                            body["input_file_id"])  # fmt: skip
+        batch = StoredBatch(
+            self._id("batch_"),
+            "openai",
+            lines,
+            credential,
+            body.get("metadata"),
+            body["endpoint"],
+            body["input_file_id"],
+        )
         self.batches[batch.id] = batch
         self.created.append(batch.id)
         return web.json_response(self._openai_object(batch))
@@ -243,8 +253,14 @@ class ProviderStandIn:
         if batch.api == "anthropic":
             batch.status = "ended"
             for i, request in enumerate(batch.lines):
-                batch.results.append({"custom_id": request["custom_id"], "result": _anthropic_result(
-                    request["params"], batch.credential, answered=i < answered, outcome=outcome)})  # fmt: skip
+                batch.results.append(
+                    {
+                        "custom_id": request["custom_id"],
+                        "result": _anthropic_result(
+                            request["params"], batch.credential, answered=i < answered, outcome=outcome
+                        ),
+                    }
+                )
             return
         batch.status = outcome
         output, errors = [], []
@@ -255,8 +271,9 @@ class ProviderStandIn:
                 record["error"] = {"code": code, "message": f"this request was not run: the batch {outcome}"}
                 errors.append(record)
             elif POISON in json.dumps(line["body"]):
-                body = {"error": {"message": "the request is poisoned", "type": "invalid_request_error",
-                                  "code": "poisoned"}}  # fmt: skip
+                body = {
+                    "error": {"message": "the request is poisoned", "type": "invalid_request_error", "code": "poisoned"}
+                }
                 record["response"] = {"status_code": 400, "request_id": f"req_{i}", "body": body}
                 errors.append(record)
             else:
@@ -275,20 +292,34 @@ class ProviderStandIn:
     def _openai_object(self, batch: StoredBatch) -> dict:
         done = sum(1 for _ in batch.lines) if batch.status == "completed" else 0
         return {
-            "id": batch.id, "object": "batch", "endpoint": batch.endpoint, "input_file_id": batch.input_file_id,
-            "completion_window": "24h", "status": batch.status, "output_file_id": batch.output_file_id,
-            "error_file_id": batch.error_file_id, "created_at": int(time.time()), "metadata": batch.metadata,
+            "id": batch.id,
+            "object": "batch",
+            "endpoint": batch.endpoint,
+            "input_file_id": batch.input_file_id,
+            "completion_window": "24h",
+            "status": batch.status,
+            "output_file_id": batch.output_file_id,
+            "error_file_id": batch.error_file_id,
+            "created_at": int(time.time()),
+            "metadata": batch.metadata,
             "request_counts": {"total": len(batch.lines), "completed": done, "failed": 0},
-        }  # fmt: skip
+        }
 
     def _anthropic_object(self, batch: StoredBatch) -> dict:
         ended = batch.status == "ended"
         return {
-            "id": batch.id, "type": "message_batch", "processing_status": "ended" if ended else "in_progress",
-            "request_counts": {"processing": 0 if ended else len(batch.lines), "succeeded": 0, "errored": 0,
-                               "canceled": 0, "expired": 0},
+            "id": batch.id,
+            "type": "message_batch",
+            "processing_status": "ended" if ended else "in_progress",
+            "request_counts": {
+                "processing": 0 if ended else len(batch.lines),
+                "succeeded": 0,
+                "errored": 0,
+                "canceled": 0,
+                "expired": 0,
+            },
             "results_url": f"{self.url}/v1/messages/batches/{batch.id}/results" if ended else None,
-        }  # fmt: skip
+        }
 
 
 def _credential(request: web.Request) -> str:
@@ -304,30 +335,53 @@ def _error(status: int, message: str) -> web.Response:
 
 
 def _file_object(file_id: str, name: str, content: bytes) -> dict:
-    return {"id": file_id, "object": "file", "bytes": len(content), "filename": name, "purpose": "batch",
-            "created_at": int(time.time())}  # fmt: skip
+    return {
+        "id": file_id,
+        "object": "file",
+        "bytes": len(content),
+        "filename": name,
+        "purpose": "batch",
+        "created_at": int(time.time()),
+    }
 
 
 def _completion(body: dict, credential: str) -> dict:
     """A chat completion answering `body`: its last message echoed, with the key's last 4 characters."""
     last = (body.get("messages") or [{}])[-1].get("content", "")
     return {
-        "id": "chatcmpl-standin", "object": "chat.completion", "model": body.get("model"),
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": f"echo: {last}"},
-                     "finish_reason": "stop"}],
+        "id": "chatcmpl-standin",
+        "object": "chat.completion",
+        "model": body.get("model"),
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": f"echo: {last}"}, "finish_reason": "stop"}
+        ],
         "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
         "key_tail": credential[-4:],
-    }  # fmt: skip
+    }
 
 
 def _anthropic_result(params: dict, credential: str, *, answered: bool, outcome: str) -> dict:
     if not answered:
         return {"type": "expired" if outcome == "expired" else "canceled"}
     if POISON in json.dumps(params):
-        return {"type": "errored", "error": {"type": "error", "error": {
-            "type": "invalid_request_error", "message": "the request is poisoned"}}}  # fmt: skip
+        return {
+            "type": "errored",
+            "error": {
+                "type": "error",
+                "error": {"type": "invalid_request_error", "message": "the request is poisoned"},
+            },
+        }
     last = (params.get("messages") or [{}])[-1].get("content", "")
-    return {"type": "succeeded", "message": {
-        "id": "msg_standin", "type": "message", "role": "assistant", "model": params.get("model"),
-        "content": [{"type": "text", "text": f"echo: {last}"}], "stop_reason": "end_turn",
-        "usage": {"input_tokens": 10, "output_tokens": 5}, "key_tail": credential[-4:]}}  # fmt: skip
+    return {
+        "type": "succeeded",
+        "message": {
+            "id": "msg_standin",
+            "type": "message",
+            "role": "assistant",
+            "model": params.get("model"),
+            "content": [{"type": "text", "text": f"echo: {last}"}],
+            "stop_reason": "end_turn",
+            "usage": {"input_tokens": 10, "output_tokens": 5},
+            "key_tail": credential[-4:],
+        },
+    }

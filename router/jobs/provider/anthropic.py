@@ -121,8 +121,9 @@ def _result(item: dict) -> LineResult:
     if kind == "succeeded" and isinstance(result.get("message"), dict):
         message = result["message"]
         tokens = tokens_of(message)
-        return LineResult(custom_id, 200, json.dumps(message).encode(), rerun=False, input_tokens=tokens[0],
-                          output_tokens=tokens[1])  # fmt: skip
+        return LineResult(
+            custom_id, 200, json.dumps(message).encode(), rerun=False, input_tokens=tokens[0], output_tokens=tokens[1]
+        )
     if kind == "errored":
         error = result.get("error") if isinstance(result.get("error"), dict) else {}
         inner = error.get("error") if isinstance(error.get("error"), dict) else error
@@ -130,6 +131,7 @@ def _result(item: dict) -> LineResult:
         status = ERROR_STATUS.get(error_type, 500)
         if transient(status):
             return LineResult(custom_id, None, None, rerun=True, error=f"{error_type}: {inner.get('message')}")
-        return LineResult(custom_id, status, json.dumps(error).encode(), rerun=False,
-                          error=f"{error_type}: {inner.get('message')}")  # fmt: skip
+        return LineResult(
+            custom_id, status, json.dumps(error).encode(), rerun=False, error=f"{error_type}: {inner.get('message')}"
+        )
     return LineResult(custom_id, None, None, rerun=True, error=f"the line was {kind or 'not answered'}")

@@ -111,10 +111,19 @@ class BridgeCounts:
 
 class ProviderBridge:
     def __init__(
-        self, db: Database, *, lane: str, params: BatchApiParams, base_url: str, fallback: str, record: Record,
-        connect_timeout_s: float = 10.0, timeout_s: float = 300.0, clock: Callable[[], float] = time.time,
+        self,
+        db: Database,
+        *,
+        lane: str,
+        params: BatchApiParams,
+        base_url: str,
+        fallback: str,
+        record: Record,
+        connect_timeout_s: float = 10.0,
+        timeout_s: float = 300.0,
+        clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
-    ):  # fmt: skip
+    ):
         self.store = ProviderStore(db)
         self.counts = BridgeCounts(lane)
         self.lane = lane
@@ -340,9 +349,16 @@ class ProviderBridge:
         self.counts.lines["rerun"] += moved
         self.counts.last_fallback = {"at": now, "reason": reason, "jobs": moved, "to": self.fallback, "batch": batch.id}
         event(
-            logger, "provider_fallback", logging.ERROR, lane=self.lane, to=self.fallback, jobs=moved, reason=reason,
-            batch=batch.id, cost=f"at lane {self.fallback}'s price, without the batch discount",
-        )  # fmt: skip
+            logger,
+            "provider_fallback",
+            logging.ERROR,
+            lane=self.lane,
+            to=self.fallback,
+            jobs=moved,
+            reason=reason,
+            batch=batch.id,
+            cost=f"at lane {self.fallback}'s price, without the batch discount",
+        )
         return moved
 
     async def _call_failed(self, batch: ProviderBatch, exc: Exception, now: float) -> None:

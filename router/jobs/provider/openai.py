@@ -138,8 +138,9 @@ def _result(item: dict) -> LineResult:
             return LineResult(custom_id, None, None, rerun=True, error=f"the provider answered {status}")
         tokens = tokens_of(body) if status < 300 and isinstance(body, dict) else (0, 0)
         failed = None if status < 300 else f"the provider answered {status}"
-        return LineResult(custom_id, status, encoded, rerun=False, error=failed, input_tokens=tokens[0],
-                          output_tokens=tokens[1])  # fmt: skip
+        return LineResult(
+            custom_id, status, encoded, rerun=False, error=failed, input_tokens=tokens[0], output_tokens=tokens[1]
+        )
     code = error.get("code") if isinstance(error, dict) else None
     message = error.get("message") if isinstance(error, dict) else None
     if code in RERUN_CODES or code is None:

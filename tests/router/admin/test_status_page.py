@@ -18,8 +18,15 @@ from tests.router.helpers import TOKEN, admin_headers, two_lane_config
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(os.environ.get("MODESHIFT_ARTIFACTS", "test-artifacts"))
 # Flags for a sandboxed, offline machine: no background connections, no GPU.
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"]  # fmt: skip
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 if CHROMIUM is None:
     raise RuntimeError("chromium is not installed: `make test` installs it (apt-get install chromium)")

@@ -35,11 +35,17 @@ class Replica:
             [batch],
             server={"listen": f"127.0.0.1:{self.port}", "admin_listen": f"127.0.0.1:{self.admin_port}"},
             cluster={"redis_url": redis_url, "name": "chaos", "replica": name, "lease_ticks": LEASE_TICKS},
-            switching={"hold": "0s", "cooldown": "10m", "step": "1s", "min_samples": 5,
-                       "steps": [0.25, 0.5, 0.75, 1.0], "tick": f"{int(TICK_S * 1000)}ms"},
+            switching={
+                "hold": "0s",
+                "cooldown": "10m",
+                "step": "1s",
+                "min_samples": 5,
+                "steps": [0.25, 0.5, 0.75, 1.0],
+                "tick": f"{int(TICK_S * 1000)}ms",
+            },
             policy={"type": "static", "params": {"mode": "batch"}},
             **overrides,
-        )  # fmt: skip
+        )
         self.config = tmp_path / f"{name}.yaml"
         self.config.write_text(yaml.safe_dump(raw))
         self.url = f"http://127.0.0.1:{self.port}"
@@ -48,9 +54,15 @@ class Replica:
 
     async def start(self) -> None:
         self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "commands.cli", "serve", "-c", str(self.config), stderr=asyncio.subprocess.PIPE,
+            sys.executable,
+            "-m",
+            "commands.cli",
+            "serve",
+            "-c",
+            str(self.config),
+            stderr=asyncio.subprocess.PIPE,
             env={"MODESHIFT_TEST_TOKEN": TOKEN, "PATH": "/usr/bin:/bin"},
-        )  # fmt: skip
+        )
         STARTED.append(self)  # killed after the test whatever happens (tests/router/cluster/conftest.py)
         await next_event(self.process.stderr, "listening")
         asyncio.ensure_future(self.process.stderr.read())

@@ -32,9 +32,15 @@ def cluster_config(
         [realtime],
         [batch],
         cluster={"redis_url": redis_url, "name": name, "replica": replica, "lease_ticks": 2},
-        switching={"hold": "0s", "cooldown": "10m", "step": "1s", "min_samples": 5, "steps": [0.5, 1.0],
-                   "tick": "200ms"},
-    )  # fmt: skip
+        switching={
+            "hold": "0s",
+            "cooldown": "10m",
+            "step": "1s",
+            "min_samples": 5,
+            "steps": [0.5, 1.0],
+            "tick": "200ms",
+        },
+    )
     if batch_lane != "batch":
         raw["lanes"] = {"realtime": raw["lanes"]["realtime"], batch_lane: raw["lanes"]["batch"]}
         raw["modes"] = {

@@ -43,9 +43,18 @@ async def two_workers(redis_url: str, upstream_url: str, tmp_path, name: str):
     config = tmp_path / "modeshift.yaml"
     config.write_text(yaml.safe_dump(raw))
     supervisor = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "commands.cli", "serve", "-c", str(config), "--workers", "2",
-        stderr=asyncio.subprocess.PIPE, env={**os.environ, "MODESHIFT_TEST_TOKEN": TOKEN}, start_new_session=True,
-    )  # fmt: skip
+        sys.executable,
+        "-m",
+        "commands.cli",
+        "serve",
+        "-c",
+        str(config),
+        "--workers",
+        "2",
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "MODESHIFT_TEST_TOKEN": TOKEN},
+        start_new_session=True,
+    )
     seen: list[dict] = []
     reader = asyncio.ensure_future(events(supervisor.stderr, seen))
     return supervisor, seen, reader, port, admin_port
@@ -97,9 +106,16 @@ async def test_several_workers_without_a_cluster_are_refused_with_the_reason(tmp
     config = tmp_path / "modeshift.yaml"
     config.write_text(yaml.safe_dump(raw))
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "commands.cli", "serve", "-c", str(config), "--workers", "3",
+        sys.executable,
+        "-m",
+        "commands.cli",
+        "serve",
+        "-c",
+        str(config),
+        "--workers",
+        "3",
         stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    )
     _, stderr = await process.communicate()
     assert process.returncode == 2
     assert "--workers 3 needs a `cluster:` section" in stderr.decode()

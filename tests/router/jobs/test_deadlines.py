@@ -29,9 +29,14 @@ async def test_jobs_due_soon_raise_the_jobs_lanes_desired_replicas(upstream, sta
     autoscale = {"min": 1, "max": 20, "scale_up_hold": "0s", "scale_down_hold": "30s", "headroom": 0.2}
     lanes = {
         "realtime": {"upstreams": [server.url]},
-        "batch": {"upstreams": [server.url], "max_in_flight": 4, "replica": {"concurrency": 1},
-                  "autoscale": autoscale, "cost": {"per_replica_hour": 2.0}},
-    }  # fmt: skip
+        "batch": {
+            "upstreams": [server.url],
+            "max_in_flight": 4,
+            "replica": {"concurrency": 1},
+            "autoscale": autoscale,
+            "cost": {"per_replica_hour": 2.0},
+        },
+    }
     config = two_lane_config([server.url], [server.url], lanes=lanes, jobs={"database": job_database})
     router = await start_router(config)
     holder["clock"] = router.clock

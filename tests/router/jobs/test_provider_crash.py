@@ -128,10 +128,11 @@ async def test_two_processes_bridges_on_one_database_take_turns_and_upload_each_
     databases = [await open_database(job_database), await open_database(job_database)]
     params = BatchApiParams(api="openai", max_requests=10, max_wait="30s", poll="20ms")
     bridges = [
-        ProviderBridge(db, lane="batch", params=params, base_url=provider.url, fallback="realtime",
-                       record=lambda *_: None)
+        ProviderBridge(
+            db, lane="batch", params=params, base_url=provider.url, fallback="realtime", record=lambda *_: None
+        )
         for db in databases
-    ]  # fmt: skip
+    ]
     store = JobStore(databases[0])
     provider.hold = True
     try:
