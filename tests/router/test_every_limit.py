@@ -131,7 +131,7 @@ async def test_a_failure_in_the_router_itself_is_a_json_500_with_the_id_it_is_lo
     def broken(**kwargs):
         raise RuntimeError("a bug in lane choice")
 
-    monkeypatch.setattr("router.proxy.choose_lane", broken)
+    monkeypatch.setattr("router.proxy.arrive", broken)
     async with client.get(f"{router.url}/x", headers={"X-Request-Id": "req-500"}) as response:
         error = check(response.status, response.headers, await response.read(), 500, "internal_error")
     assert error["request_id"] == "req-500"
