@@ -29,13 +29,23 @@ import asyncio
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from policies.path.batching import Batcher, BatchItem
 
 logger = logging.getLogger("modeshift.batching")
 
 RunBatch = Callable[[list[BatchItem], list[float]], Awaitable[None]]
+
+
+class Slots(Protocol):
+    """What bounds the batches running at once: a semaphore, or anything acquired and released like one."""
+
+    async def acquire(self) -> Any: ...
+
+    def release(self) -> None: ...
+
+
 OnExpired = Callable[[list[BatchItem]], None]
 
 
@@ -54,7 +64,7 @@ class BatchLoop:
         *,
         on_expired: OnExpired | None = None,
         concurrency: int = 1,
-        slots: asyncio.Semaphore | None = None,
+        slots: Slots | None = None,
         clock: Callable[[], float] | None = None,
         call_at: CallAt | None = None,
     ):
@@ -64,7 +74,7 @@ class BatchLoop:
         self.batcher = batcher
         self._run_batch = run_batch
         self._on_expired = on_expired or (lambda items: None)
-        self._slots = slots or asyncio.Semaphore(concurrency)
+        self._slots: Slots = slots or asyncio.Semaphore(concurrency)
         self._changed = asyncio.Event()
         self._running: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None

@@ -33,12 +33,15 @@ from __future__ import annotations
 
 import asyncio
 import resource
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http import HttpVersion, HttpVersion10, HttpVersion11
 from aiohttp.http_exceptions import BadHttpMessage, BadStatusLine, LineTooLong
-from multidict import CIMultiDict
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.streams import StreamReader
 
 from configs.schema import ServerConfig
 from router.errors import (
@@ -121,7 +124,7 @@ class _DataPlaneHandler(web.RequestHandler):
 
     def _refuse(self, error: ProxyError) -> None:
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(error.raw(request_id_from(CIMultiDict())))
+            self.transport.write(error.raw(request_id_from({})))
         self.force_close()
 
     def handle_error(
@@ -145,11 +148,13 @@ class _DataPlaneHandler(web.RequestHandler):
             return super().handle_error(request, status, exc, message)
         if status == 500:  # aiohttp's own log line, with the traceback, the request id to find it by
             self.log_exception("the proxy failed on request %s", request.get(REQUEST_ID_KEY), exc_info=exc)
-        return error.response(request.get(REQUEST_ID_KEY) or request_id_from(CIMultiDict()))
+        return error.response(request.get(REQUEST_ID_KEY) or request_id_from({}))
 
 
 class DataPlaneServer(web.Server):
-    def __init__(self, handler: Any, server: ServerConfig, **kwargs: Any):
+    def __init__(
+        self, handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]], server: ServerConfig, **kwargs: Any
+    ):
         limit = server.max_header_bytes
         super().__init__(
             self._guarded,
@@ -197,7 +202,15 @@ class DataPlaneServer(web.Server):
         oldest.make_way()
         return True
 
-    def _request(self, message, payload, protocol: _DataPlaneHandler, writer, task) -> web.BaseRequest:
+    def _request(
+        self,
+        message: RawRequestMessage,
+        payload: StreamReader,
+        protocol: web.RequestHandler,
+        writer: AbstractStreamWriter,
+        task: asyncio.Task[None],
+    ) -> web.BaseRequest:
+        assert isinstance(protocol, _DataPlaneHandler)  # this server makes no other handler
         protocol.head_arrived()
         wire_version = message.version
         if wire_version not in _SERVED_VERSIONS:  # answered in a version the client can read

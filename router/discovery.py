@@ -25,6 +25,7 @@ import ipaddress
 import logging
 import math
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import dns.asyncresolver
@@ -44,7 +45,7 @@ class DnsDiscovery:
         self.state_now = state
         self._due: dict[str, float] = {}  # lane -> when to look again
         self._failing: dict[str, str] = {}  # lane -> the error last logged
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[Any] | None = None
 
     def start(self) -> None:
         if any(lane.discovery is not None for lane in self.state_now().config.lanes.values()):

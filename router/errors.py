@@ -16,6 +16,7 @@ import json
 import math
 from collections.abc import Mapping
 from http import HTTPStatus
+from typing import Any
 
 from aiohttp import web
 
@@ -45,7 +46,7 @@ class ProxyError(Exception):
         # in an unknown state: answer and close it.
         self.close = close
 
-    def body(self, request_id: str | None) -> dict:
+    def body(self, request_id: str | None) -> dict[str, Any]:
         return {"error": {"type": self.kind, "message": self.message, "lane": self.lane, "request_id": request_id}}
 
     def response(self, request_id: str | None) -> web.Response:

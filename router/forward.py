@@ -27,12 +27,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
 
 from backends.codecs import Codec
 from policies.path.upstream_pool import Upstream
 from router.errors import NothingSent, upstream_failed, upstream_timeout
-from router.headers import COST_HEADER, SERVICE_TIER_HEADER, client_response_headers
+from router.headers import COST_HEADER, SERVICE_TIER_HEADER, Headers, client_response_headers
 from router.lanes import Lane
 from router.routing import LaneChoice
 from router.service_tier import FLEX, flex_unavailable, served_tier, with_tier
@@ -51,13 +51,14 @@ class Visit:
     request: web.BaseRequest | None  # where the answer streams to; None (a job): the answer is read whole
     method: str
     target: str  # path and query, as the client sent them
-    client_headers: CIMultiDictProxy[str] | CIMultiDict[str]
+    client_headers: Headers
     state: RouterState  # the state the request started on (a reload does not move it)
     choice: LaneChoice
     codec: Codec
     body: bytes
     headers: CIMultiDict[str]  # to send upstream
     trail: Trail
+    traffic_class: str  # the objectives it is judged by, and its place in lane queues
     tier: str | None = None  # the service_tier the request asked for
     lanes: list[str] = field(default_factory=list)  # lanes visited, in order (failover and spill skip them)
 

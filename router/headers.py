@@ -18,9 +18,13 @@ from __future__ import annotations
 import itertools
 import re
 import secrets
+from collections.abc import Mapping
 
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
+
+# A request's or an answer's headers: as aiohttp hands them over (a proxy), or as the router builds them.
+Headers = CIMultiDictProxy[str] | CIMultiDict[str]
 
 HOP_BY_HOP = frozenset(
     {
@@ -84,7 +88,7 @@ _id_counter = itertools.count(1)
 REQUEST_ID_KEY = web.RequestKey("request_id", str)
 
 
-def request_id_from(headers: CIMultiDictProxy[str]) -> str:
+def request_id_from(headers: Mapping[str, str]) -> str:
     given = headers.get(REQUEST_ID_HEADER)
     if given is not None and _REQUEST_ID.match(given):
         return given
@@ -107,14 +111,14 @@ def parent_trace(value: str) -> tuple[str, bool] | None:
         return None
 
 
-def _connection_named(headers: CIMultiDictProxy[str]) -> set[str]:
+def _connection_named(headers: Headers) -> set[str]:
     named: set[str] = set()
     for value in headers.getall("Connection", ()):
         named.update(token.strip().lower() for token in value.split(",") if token.strip())
     return named
 
 
-def end_to_end(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+def end_to_end(headers: Headers) -> CIMultiDict[str]:
     """A copy without the hop-by-hop headers, those `Connection` names, Host and framing."""
     out = CIMultiDict(headers)  # copied in C; then the few that must go are removed
     drop = _NOT_FORWARDED | _connection_named(headers) if "Connection" in headers else _NOT_FORWARDED
@@ -124,9 +128,7 @@ def end_to_end(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     return out
 
 
-def upstream_request_headers(
-    headers: CIMultiDictProxy[str], *, peer: str | None, scheme: str, request_id: str
-) -> CIMultiDict[str]:
+def upstream_request_headers(headers: Headers, *, peer: str | None, scheme: str, request_id: str) -> CIMultiDict[str]:
     """The headers to send upstream for a client request with `headers`."""
     out = end_to_end(headers)
     prior = out.getall("X-Forwarded-For", ())
@@ -144,7 +146,7 @@ def upstream_request_headers(
 
 
 def client_response_headers(
-    headers: CIMultiDictProxy[str], *, lane: str, request_id: str, claims_denied: str | None = None
+    headers: Headers, *, lane: str, request_id: str, claims_denied: str | None = None
 ) -> CIMultiDict[str]:
     """The headers to send the client for an upstream response with `headers`."""
     out = end_to_end(headers)

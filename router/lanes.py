@@ -15,6 +15,7 @@ import asyncio
 import math
 import time
 from collections.abc import Callable
+from typing import Any
 
 from configs.schema import LaneConfig
 from policies.control.metrics import LaneWindow
@@ -79,6 +80,8 @@ class Lane:
     def outlook(self, snapshot: Snapshot | None, priority: int, batched: bool) -> Outlook:
         """This lane for one request of `priority` (`batched`: it would ride in the micro-batcher)."""
         config = self.config
+        batcher, rule = (self.batching, config.batching) if batched else (None, None)
+        room = batcher is not None and rule is not None and batcher.waiting < rule.queue_capacity
         return outlook(
             self.name,
             snapshot,
@@ -86,13 +89,13 @@ class Lane:
             priority=priority,
             queue_timeout_s=config.queue_timeout_s,
             spill=config.spill,
-            batch_room=batched and self.batching.waiting < config.batching.queue_capacity,
-            batch_waiting=self.batching.waiting_items if batched else 0,
-            batch_saturated=batched and self.batching.saturated,
-            batch_pace=self.batching.pace if batched else None,
+            batch_room=room,
+            batch_waiting=batcher.waiting_items if batcher is not None else 0,
+            batch_saturated=batcher is not None and batcher.saturated,
+            batch_pace=batcher.pace if batcher is not None else None,
         )
 
-    def describe(self, now_s: float) -> dict:
+    def describe(self, now_s: float) -> dict[str, Any]:
         totals = self.window.since_start
         return {
             "since_start": {

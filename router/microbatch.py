@@ -31,15 +31,15 @@ import itertools
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
 
-from backends.batch_loop import BatchLoop
+from backends.batch_loop import BatchLoop, RunBatch
 from backends.codecs import Codec, CodecError, Part, Reply
 from configs.schema import LaneConfig
 from policies.path.batching import Batcher, BatchItem, Pace, bisects
-from policies.path.upstream_pool import UpstreamPool
+from policies.path.upstream_pool import Upstream, UpstreamPool
 from policies.pricing import item_shares
 from router.errors import (
     NothingSent,
@@ -49,7 +49,7 @@ from router.errors import (
     upstream_failed,
     upstream_timeout,
 )
-from router.headers import CREDENTIAL_HEADERS, JOB_HEADER, REQUEST_ID_HEADER
+from router.headers import CREDENTIAL_HEADERS, JOB_HEADER, REQUEST_ID_HEADER, Headers
 from router.jobs.runner import share_of
 from router.upstream_client import ConnectFailed, UpstreamBrokeOff, UpstreamClient
 
@@ -127,7 +127,7 @@ class MicroBatcher:
         self.max_calls = config.max_in_flight
         self.pace = Pace(config.max_in_flight)  # items per second at full stretch, for admission
         self._loops: dict[Hashable, BatchLoop] = {}
-        self._closing: set[asyncio.Task] = set()
+        self._closing: set[asyncio.Task[Any]] = set()
 
     @property
     def saturated(self) -> bool:
@@ -144,9 +144,7 @@ class MicroBatcher:
         """Items waiting in them (a request may carry several): what the lane's pace drains."""
         return sum(loop.waiting_items for loop in self._loops.values())
 
-    async def submit(
-        self, codec: Codec, target: str, part: Part, headers: CIMultiDictProxy[str], cost: CallCost
-    ) -> Batched:
+    async def submit(self, codec: Codec, target: str, part: Part, headers: Headers, cost: CallCost) -> Batched:
         """Queue `part`; its share of the merged answer, or NothingSent / ProxyError."""
         credentials = tuple(headers.get(name, "") for name in CREDENTIAL_HEADERS)
         is_job = JOB_HEADER in headers
@@ -174,7 +172,7 @@ class MicroBatcher:
             raise batch_queue_full(self.lane, self.waiting)
         return await done
 
-    def _runner(self, codec: Codec, target: str, credentials: tuple[str, ...]):
+    def _runner(self, codec: Codec, target: str, credentials: tuple[str, ...]) -> RunBatch:
         headers = CIMultiDict({"Content-Type": "application/json"})
         for name, value in zip(CREDENTIAL_HEADERS, credentials):
             if value:
@@ -230,7 +228,7 @@ class MicroBatcher:
 
     async def _send(self, target: str, headers: CIMultiDict[str], body: bytes) -> tuple[int, bytes, str]:
         """One merged call, on the first upstream of the lane that takes the connection."""
-        tried = []
+        tried: list[Upstream] = []
         failure = "no upstream left to try"
         now = self.clock
         while (upstream := self.pool.pick(now(), exclude=tuple(tried))) is not None:

@@ -30,15 +30,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
 
 from backends.codecs import Part, codec_for
 from configs.schema import RouteConfig
 from policies.path.access import NO_CLAIMS, PRIORITY_TIERS, TIER, Claims
-from policies.path.admission import Placed, place
+from policies.path.admission import Outlook, Placed, place
 from policies.path.arrival import arrive
 from policies.path.lane_choice import failover_lane
 from policies.path.upstream_pool import Upstream
@@ -63,6 +63,7 @@ from router.headers import (
     PRIORITY_HEADER,
     REQUEST_ID_HEADER,
     REQUEST_ID_KEY,
+    Headers,
     request_id_from,
     upstream_request_headers,
 )
@@ -110,13 +111,15 @@ class Proxy:
                 None, method, target, headers, body, route, asked, state, trail, span, peer=None, scheme="http"
             )
 
-        return await self._answered(state, trail, span, work(), raise_errors=True)
+        response = await self._answered(state, trail, span, work(), raise_errors=True)
+        assert isinstance(response, web.Response)  # with no client to stream to, an answer is read whole
+        return response
 
     async def _answered(
         self,
         state: RouterState,
         trail: Trail,
-        span,
+        span: Any,
         work: Awaitable[web.StreamResponse],
         *,
         raise_errors: bool = False,
@@ -147,7 +150,9 @@ class Proxy:
             state.control.monitor.served(runtime.now_s(), trail.traffic_class, trail.lane, trail.duration_s, ok)
         return response
 
-    def _finish(self, span, trail: Trail, status: int, error: str | None = None, detail: str | None = None) -> None:
+    def _finish(
+        self, span: Any, trail: Trail, status: int, error: str | None = None, detail: str | None = None
+    ) -> None:
         trail.status = status
         trail.duration_s = self.runtime.now_s() - trail.started_s
         if error is not None:
@@ -194,13 +199,13 @@ class Proxy:
         request: web.BaseRequest | None,
         method: str,
         target: str,
-        client_headers: CIMultiDictProxy[str] | CIMultiDict[str],
+        client_headers: Headers,
         body: bytes,
         route: RouteConfig,
         asked: Claims,
         state: RouterState,
         trail: Trail,
-        span,
+        span: Any,
         *,
         peer: str | None,
         scheme: str,
@@ -235,7 +240,20 @@ class Proxy:
         if span is not None:
             self.runtime.telemetry.inject(span, headers)
         codec = codec_for(route.protocol)
-        visit = Visit(request, method, target, client_headers, state, choice, codec, body, headers, trail, tier)
+        visit = Visit(
+            request,
+            method,
+            target,
+            client_headers,
+            state,
+            choice,
+            codec,
+            body,
+            headers,
+            trail,
+            arrival.traffic_class,
+            tier,
+        )
         state.retries.active += 1
         try:
             return await self._dispatch(visit)
@@ -244,19 +262,20 @@ class Proxy:
 
     async def _dispatch(self, visit: Visit) -> web.StreamResponse:
         state, choice, codec = visit.state, visit.choice, visit.codec
-        lane = state.lanes[choice.lane]
+        lane: Lane | None = state.lanes[choice.lane]
         tried: list[Upstream] = []
         retrying = False
         failure = ""
-        part: Part | None | bool = None  # read only when a micro-batching lane needs it; False: not mergeable
+        part: Part | None = None  # read only when a micro-batching lane needs it; None after: not mergeable
+        unread = True
         unavailable: FlexUnavailable | None = None  # a flex upstream's 429, the answer when no lane is left
         try:
             while lane is not None:
                 lane = self._place(visit, lane)
                 if lane.batching is not None and codec.batchable:
-                    if part is None:
-                        part = codec.read(visit.body) or False
-                    if part:
+                    if unread:
+                        part, unread = codec.read(visit.body), False
+                    if part is not None:
                         try:
                             return await self._batched(visit, lane, part)
                         except NothingSent as exc:
@@ -317,10 +336,12 @@ class Proxy:
         def cost(input_tokens: int, busy_s: float) -> float:
             return monitor.attributed_cost_usd(name, input_tokens=input_tokens, busy_s=busy_s)
 
+        batching = lane.batching
+        assert batching is not None  # only a micro-batching lane is asked to merge
         started_s = self.runtime.now_s()
         lane.window.arrived(started_s, visit.choice.pinned)
         try:
-            result = await lane.batching.submit(visit.codec, visit.target, part, visit.client_headers, cost)
+            result = await batching.submit(visit.codec, visit.target, part, visit.client_headers, cost)
         except NothingSent:
             lane.window.completed(self.runtime.now_s(), None, ok=False)
             raise
@@ -357,12 +378,12 @@ class Proxy:
     def _place(self, visit: Visit, lane: Lane) -> Lane:
         """Where the request should wait (policies.path.admission.place), or its 503 at once."""
         state, choice, codec, trail = visit.state, visit.choice, visit.codec, visit.trail
-        objective = state.control.monitor.objectives[trail.traffic_class]
+        objective = state.control.monitor.objectives[visit.traffic_class]
         snapshot = state.control.last_snapshot
         now = self.runtime.now_s()
         batched = codec.batchable
 
-        def outlook_of(name: str):
+        def outlook_of(name: str) -> Outlook:
             return state.lanes[name].outlook(
                 snapshot, objective.priority, batched and state.lanes[name].batching is not None
             )
@@ -393,7 +414,7 @@ class Proxy:
         """Enter `lane`'s gate, or spill to the next lane that has room; 503 when none does."""
         state, choice, trail = visit.state, visit.choice, visit.trail
         first = lane
-        priority = state.control.monitor.objectives[trail.traffic_class].priority
+        priority = state.control.monitor.objectives[visit.traffic_class].priority
         snapshot = state.control.last_snapshot
         while True:
             visit.lanes.append(lane.name)
@@ -416,7 +437,7 @@ class Proxy:
             lane = spill_to
 
 
-def _asked(headers: CIMultiDictProxy[str] | CIMultiDict[str], state: RouterState) -> Claims:
+def _asked(headers: Headers, state: RouterState) -> Claims:
     """What the request's own headers claim (a lane pin, a traffic class, a deadline in seconds); 400 if wrong.
     The service tier is in the body, read later."""
     if MODE_HEADER not in headers and PRIORITY_HEADER not in headers and DEADLINE_HEADER not in headers:

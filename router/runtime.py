@@ -20,7 +20,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from configs import ConfigError, load_config
 from configs.schema import ModeshiftConfig
@@ -82,8 +82,8 @@ class Runtime:
         self.discovery = DnsDiscovery(lambda: self.state)  # lanes with `discovery:` (router.discovery)
         self.started_s = clock()
         self.reloads = 0
-        self._ticker: asyncio.Task | None = None
-        self._closing: set[asyncio.Task] = set()
+        self._ticker: asyncio.Task[Any] | None = None
+        self._closing: set[asyncio.Task[Any]] = set()
 
     def now_s(self) -> float:
         return self.clock()
@@ -129,7 +129,7 @@ class Runtime:
         self.decisions.record(actions)
         return actions
 
-    async def run_command(self, command: Command) -> list[dict]:
+    async def run_command(self, command: Command) -> list[dict[str, Any]]:
         """The command carried out, by this router or, in a cluster, by the leader; the records of its actions.
 
         CommandFailed: in a cluster, what became of a command no leader carried out, or whose answer was lost.
@@ -147,14 +147,14 @@ class Runtime:
         self.history.record(now, self.state.lanes, self.state.control.weights.as_dict())
         return actions
 
-    async def reload_everywhere(self) -> dict:
+    async def reload_everywhere(self) -> dict[str, Any]:
         """Reload here; in a cluster, then have every other replica reload its own file."""
         record = self.reload()
         if self.cluster is not None:
             await self.cluster.ask_reload()
         return record
 
-    def reload(self, config: ModeshiftConfig | None = None) -> dict:
+    def reload(self, config: ModeshiftConfig | None = None) -> dict[str, Any]:
         """Swap in `config` (default: the config file read again); ConfigError keeps the old one."""
         if config is None:
             if self.config_path is None:

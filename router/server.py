@@ -139,6 +139,7 @@ async def _serve(config: ModeshiftConfig, path: Path, shared_socket: bool) -> in
     watchdog = loop.create_task(_stop_when_orphaned(stop)) if shared_socket else None
     # Logged once the signal handlers are in place: a supervisor that sends
     # SIGHUP as soon as it reads this line must not kill the process.
+    assert router.data_address is not None and router.admin_address is not None  # both listen once started
     event(
         logger,
         "listening",

@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 from configs.assembly import build_control_loop, mode_weights
 from configs.schema import ModeshiftConfig
@@ -99,7 +100,7 @@ def _lane(name: str, config: ModeshiftConfig, control: ControlLoop, clock: Calla
     return Lane(name, config.lanes[name], control.monitor.lanes[name], clock, job_share=config.jobs.max_share)
 
 
-def _control_inputs(config: ModeshiftConfig) -> tuple:
+def _control_inputs(config: ModeshiftConfig) -> tuple[Any, ...]:
     return (
         {name: (lane.cost, lane.autoscale, lane.replica) for name, lane in config.lanes.items()},
         config.modes,

@@ -9,6 +9,7 @@ nothing here reads a clock or does I/O.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(slots=True)
@@ -33,7 +34,7 @@ class Trail:
     trace_id: str | None = None  # 32 hex digits, when traced or the client sent a traceparent
     duration_s: float = 0.0
 
-    def access_record(self) -> dict:
+    def access_record(self) -> dict[str, Any]:
         return {
             "request_id": self.request_id,
             "trace_id": self.trace_id,

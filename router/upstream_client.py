@@ -438,7 +438,8 @@ class UpstreamClient:
         oldest_allowed = self.loop.time() - self.idle_s
         while idle:
             conn = idle.pop()
-            if not conn.lost and conn.idle_since_s >= oldest_allowed and not conn.transport.is_closing():
+            transport = conn.transport
+            if not conn.lost and conn.idle_since_s >= oldest_allowed and transport and not transport.is_closing():
                 conn.reused = True
                 return conn
             conn.close()

@@ -40,6 +40,7 @@ import math
 import os
 from collections.abc import Awaitable, Callable
 from importlib import resources
+from typing import Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -74,18 +75,24 @@ class _ReasonBody(BaseModel):
     reason: str = "admin API"
 
 
-def _error(status: int, kind: str, message: str, **extra) -> web.Response:
+_Body = TypeVar("_Body", bound=BaseModel)
+_Number = TypeVar("_Number", int, float)
+
+
+def _error(status: int, kind: str, message: str, **extra: Any) -> web.Response:
     body = ProxyError(status, kind, message).body(None)
     body["error"].update(extra)
     return web.json_response(body, status=status, dumps=_dumps)
 
 
-def _dumps(value) -> str:
+def _dumps(value: Any) -> str:
     return json.dumps(plain(value), default=str)
 
 
 @web.middleware
-async def _authorize(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+async def _authorize(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
     if request.path == "/" and request.method == "GET":
         return await handler(request)  # the page's HTML only; its data needs the token
     runtime = request.app[_RUNTIME]
@@ -104,7 +111,7 @@ async def _authorize(request: web.Request, handler: Callable[[web.Request], Awai
         return exc.response(None)
 
 
-async def _read(request: web.Request, model: type[BaseModel]) -> BaseModel:
+async def _read(request: web.Request, model: type[_Body]) -> _Body:
     raw = await request.read()
     try:
         return model.model_validate_json(raw or b"{}")
@@ -113,11 +120,11 @@ async def _read(request: web.Request, model: type[BaseModel]) -> BaseModel:
         raise bad_request(f"invalid JSON body: {problems}") from None
 
 
-def _lane_figures(snapshot: Snapshot) -> dict[str, dict]:
+def _lane_figures(snapshot: Snapshot) -> dict[str, dict[str, Any]]:
     return {name: fig.numbers() for name, fig in snapshot.lanes.items()}
 
 
-def _objectives(snapshot: Snapshot) -> dict[str, dict]:
+def _objectives(snapshot: Snapshot) -> dict[str, dict[str, Any]]:
     """Each class over the metrics window: its objective and how well it is kept (None without requests)."""
     window = stream_health.windows(snapshot.outcomes)
     out = {}
@@ -135,7 +142,7 @@ def _objectives(snapshot: Snapshot) -> dict[str, dict]:
     return out
 
 
-def status(runtime: Runtime) -> dict:
+def status(runtime: Runtime) -> dict[str, Any]:
     state = runtime.state
     now = runtime.now_s()
     snapshot = state.control.snapshot(now)
@@ -176,13 +183,13 @@ def status(runtime: Runtime) -> dict:
     }
 
 
-def _provider(runtime: Runtime) -> dict | None:
+def _provider(runtime: Runtime) -> dict[str, Any] | None:
     """What a provider batch lane's bridge did, its fallbacks at list price first (router.jobs.provider.bridge)."""
     bridge = runtime.jobs.bridge if runtime.jobs is not None else None
     return bridge.counts.view() if bridge is not None else None
 
 
-def capacity(runtime: Runtime) -> dict:
+def capacity(runtime: Runtime) -> dict[str, Any]:
     """What the capacity rule wants of each autoscaled lane (policies.control.capacity), for an autoscaler or a
     person."""
     planner = runtime.state.control.capacity
@@ -290,14 +297,14 @@ async def _page(request: web.Request) -> web.Response:
 
 async def _history(request: web.Request) -> web.Response:
     runtime = request.app[_RUNTIME]
-    after = _number(request, "after", float, None)
+    after = _number(request, "after", float)
     return web.json_response({"now_s": runtime.now_s(), "samples": runtime.history.after(after)}, dumps=_dumps)
 
 
 async def _decisions(request: web.Request) -> web.Response:
     """The audit log in the simulator's format: one `Action.as_record()` per line."""
     runtime = request.app[_RUNTIME]
-    limit = _number(request, "limit", int, None)
+    limit = _number(request, "limit", int)
     if limit is not None and limit < 1:
         raise bad_request(f"limit must be a positive whole number, got {limit}")
     kinds = {k for k in request.query.get("kind", "").split(",") if k}
@@ -308,10 +315,11 @@ async def _decisions(request: web.Request) -> web.Response:
     return web.Response(text=body, content_type="application/x-ndjson")
 
 
-def _number(request: web.Request, name: str, kind: type, default):
+def _number(request: web.Request, name: str, kind: type[_Number]) -> _Number | None:
+    """The query parameter `name` as `kind` (int or float); None when it is not given; 400 when it is not one."""
     raw = request.query.get(name)
     if raw is None:
-        return default
+        return None
     try:
         return kind(raw)
     except ValueError:

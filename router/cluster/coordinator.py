@@ -323,7 +323,7 @@ class ClusterMember:
         await self.shared.forget(stale)
         before = loop.controller.record()  # what the controller goes back to if this tick's write is refused
         actions: list[Action] = []
-        answers = []
+        answers: list[tuple[str, dict[str, Any]]] = []
         for raw in await self.shared.take_commands():
             try:
                 sent = parse(SentCommand, raw)

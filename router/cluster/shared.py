@@ -127,7 +127,8 @@ class SharedState:
         return bool(await self._write_state(keys=keys, args=[f"{replica} {epoch}", epoch, state]))
 
     async def read_state(self) -> bytes | None:
-        return await self.redis.get(self.key("state"))
+        stored = await self.redis.get(self.key("state"))
+        return _raw(stored) if stored is not None else None
 
     async def publish(self, replica: str, publication: str) -> None:
         await self.redis.hset(self.key("replicas"), replica, publication)
@@ -135,7 +136,7 @@ class SharedState:
     async def publications(self) -> dict[str, bytes]:
         """Every replica's latest publication, as stored: replica -> a Publication's JSON."""
         stored = await self.redis.hgetall(self.key("replicas"))
-        return {_text(replica): value for replica, value in stored.items()}
+        return {_text(replica): _raw(value) for replica, value in stored.items()}
 
     async def forget(self, replicas: list[str]) -> None:
         if replicas:
@@ -169,7 +170,7 @@ class SharedState:
         found = await self.redis.lpop(self.key(f"result:{command_id}"))
         if found is None:
             return None
-        answer = json.loads(found)
+        answer = json.loads(_raw(found))
         return answer if isinstance(answer, dict) else {"error": "the answer in Redis is not a JSON object"}
 
     async def add_decisions(self, records: list[dict[str, Any]], kept: int) -> None:
@@ -183,7 +184,7 @@ class SharedState:
     async def decisions(self, count: int) -> list[bytes]:
         """The leader's newest decision records, oldest first, as stored (JSON objects)."""
         stored = await self.redis.lrange(self.key("decisions"), 0, count - 1)
-        return list(reversed(stored))
+        return [_raw(record) for record in reversed(stored)]
 
     async def ask_reload(self) -> int:
         return int(await self.redis.incr(self.key("reloads")))
@@ -201,3 +202,12 @@ class SharedState:
 
 def _text(value: bytes | str) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else value
+
+
+def _raw(value: bytes | str | Any) -> bytes:
+    """A stored value as bytes (this client does not decode; the type says it might)."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    raise TypeError(f"Redis answered {type(value).__name__} where a stored value was expected")

@@ -32,8 +32,9 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -61,7 +62,7 @@ from router.jobs.engines import is_postgres, open_database
 from router.jobs.provider.bridge import ProviderBridge
 from router.jobs.runner import Answer, JobRunner, share_of
 from router.jobs.store import FINAL, IdempotencyConflict, Job, JobStore, NewJob
-from router.jobs.tenants import credentials_of
+from router.jobs.tenants import Owners, credentials_of
 from router.lanes import Lane
 from router.routing import deadline_s
 
@@ -78,7 +79,7 @@ _NOT_STORED = frozenset(
     )  # stored as the job's own deadline, in wall-clock time
 ).union(CREDENTIAL_HEADERS)
 # The data plane's entry for a job (router.proxy.Proxy.run_job): method, target, headers, body -> its answer.
-RunJob = Callable[[str, str, CIMultiDict, bytes], Awaitable[web.Response]]
+RunJob = Callable[[str, str, CIMultiDict[str], bytes], Awaitable[web.Response]]
 # A line a provider batch answered: (lane, latency_s, ok, input tokens, output tokens), for the lane's figures.
 RecordLine = Callable[[str, float, bool, int, int], None]
 PROVIDER_CALL_TIMEOUT_S = 300.0  # one call to a provider's batch API (an upload of a large file included)
@@ -126,9 +127,9 @@ class Jobs:
         self.runner: JobRunner | None = None
         self._run: RunJob | None = None
         self._storing: dict[tuple[str, str], _KeyInUse] = {}
-        self._sweeper: asyncio.Task | None = None
+        self._sweeper: asyncio.Task[Any] | None = None
         self._opening = asyncio.Lock()
-        self._reopener: asyncio.Task | None = None
+        self._reopener: asyncio.Task[Any] | None = None
         self.batches = (
             OpenAIBatches(
                 self._open_batches,
@@ -165,15 +166,22 @@ class Jobs:
 
     async def _open_batches(self) -> BatchStore:
         await self._open()
+        assert self.batch_store is not None  # made with the store
         return self.batch_store
 
     async def _open(self) -> JobStore:
-        if self.store is not None:  # every job request after the first: no lock to take
-            return self.store
-        async with self._opening:
-            if self.store is None:
-                self._open_with(await open_database(self.config.database, self.config.files))
+        if self.store is None:  # the first job request: open it once, whoever else is waiting for it
+            async with self._opening:
+                if self.store is None:
+                    self._open_with(await open_database(self.config.database, self.config.files))
+        assert self.store is not None
         return self.store
+
+    @property
+    def _owners(self) -> Owners:
+        """Whose stored objects a request's credentials are (once the database is open)."""
+        assert self.database is not None, "the job database is opened before any request is read against it"
+        return self.database.owners
 
     def _open_with(self, database: Database) -> None:
         """Start the runner (and the bridge, the sweeper) on the opened database."""
@@ -212,6 +220,7 @@ class Jobs:
 
     def _bridge(self, database: Database) -> ProviderBridge:
         lane, params = self.lane_config, self.lane_config.batch_api
+        assert params is not None  # only a provider batch lane has a bridge
 
         def record(latency_s: float, ok: bool, input_tokens: int, output_tokens: int) -> None:
             if self.record is not None:
@@ -230,7 +239,8 @@ class Jobs:
         )
 
     def _wake(self) -> None:
-        self.runner.wake()
+        if self.runner is not None:
+            self.runner.wake()
         if self.bridge is not None:
             self.bridge.wake()
 
@@ -238,7 +248,8 @@ class Jobs:
         while True:
             await asyncio.sleep(SWEEP_S)
             try:
-                await self.batches.sweep()
+                if self.batches is not None:
+                    await self.batches.sweep()
             except Exception:
                 logger.exception("sweeping batches failed")
 
@@ -246,7 +257,8 @@ class Jobs:
         """/v1/files and /v1/batches, for the caller's own; a new batch's lines run with the caller's credentials."""
         with store_reachable():
             await self._open()
-            owner = self.database.owners.of(request.headers)
+            owner = self._owners.of(request.headers)
+            assert self.batches is not None  # the dataplane routes here only when the Batches API is on
             response = await self.batches.handle(request, owner, credentials_of(request.headers))
         self._wake()
         return response
@@ -260,6 +272,7 @@ class Jobs:
         headers[REQUEST_ID_HEADER] = job.id
         headers[JOB_HEADER] = job.id
         headers[IDEMPOTENCY_HEADER] = job.id  # the same on every run of the job: an upstream may deduplicate
+        assert self._run is not None, "the runner starts only after the data plane gave its entry (start)"
         try:
             response = await self._run(job.method, job.target, headers, job.body)
         except ProxyError as error:  # the router's own answer: a 503 is back-pressure, nothing reached an upstream
@@ -267,7 +280,8 @@ class Jobs:
             kept = [*error.headers.items(), ("Content-Type", "application/json")]
             return Answer(error.status, kept, body, refused=error.status == 503)
         kept = [(k, v) for k, v in response.headers.items() if k.lower() not in _NOT_KEPT]
-        return Answer(response.status, kept, response.body)
+        answered = response.body
+        return Answer(response.status, kept, bytes(answered) if isinstance(answered, bytes | bytearray) else b"")
 
     def _cost_of(self, job: Job) -> float:
         """Upstream slots `job` holds on the jobs lane: a share of a merged call when it rides the micro-batcher."""
@@ -278,7 +292,8 @@ class Jobs:
         codec = codec_for(route.protocol) if route is not None else None
         if codec is None or not codec.batchable or not codec.read(job.body):
             return 1.0
-        return 1.0 / lane.config.batching.max_batch
+        batching = lane.config.batching
+        return 1.0 / batching.max_batch if batching is not None else 1.0
 
     async def accept(self, request: web.BaseRequest, body: bytes, request_id: str) -> web.Response:
         """Store the request as a job; 202 once it is on the disk."""
@@ -287,7 +302,7 @@ class Jobs:
             raise bad_request(f"{IDEMPOTENCY_HEADER} must be 1 to {_MAX_KEY} characters, got {len(key)}")
         with store_reachable():
             store = await self._open()
-        owner = self.database.owners.of(request.headers)
+        owner = self._owners.of(request.headers)
         headers = [(k, v) for k, v in end_to_end(request.headers).items() if k.lower() not in _NOT_STORED]
         within_s = deadline_s(request.headers.get(DEADLINE_HEADER))
         job = NewJob(
@@ -315,17 +330,17 @@ class Jobs:
             ) from None
         if new:
             self._wake()
-        headers = {
+        answer_headers = {
             "Location": f"{JOBS_PREFIX}{stored.id}",
             "Preference-Applied": "respond-async",
             REQUEST_ID_HEADER: request_id,
         }
         if not new:
-            headers["Idempotent-Replayed"] = "true"
-        return web.json_response(view(stored), status=202, headers=headers)
+            answer_headers["Idempotent-Replayed"] = "true"
+        return web.json_response(view(stored), status=202, headers=answer_headers)
 
     @contextlib.asynccontextmanager
-    async def _one_at_a_time(self, slot: tuple[str, str]):
+    async def _one_at_a_time(self, slot: tuple[str, str]) -> AsyncIterator[None]:
         """Requests with one owner's idempotency key are stored in turn: the later ones find the first."""
         held = self._storing.get(slot)
         if held is None:
@@ -356,7 +371,7 @@ class Jobs:
         if not self._stored_yet():
             raise job_not_found(job_id)
         store = await self._open()
-        owner = self.database.owners.of(request.headers)
+        owner = self._owners.of(request.headers)
         if request.method == "DELETE":
             job = await store.cancel(job_id, owner, self.clock())
             if job is None:
@@ -445,9 +460,9 @@ class _KeyInUse:
         self.users = 0
 
 
-def view(job: Job) -> dict:
+def view(job: Job) -> dict[str, Any]:
     """A job as its owner sees it."""
-    out: dict = {
+    out: dict[str, Any] = {
         "id": job.id,
         "object": "job",
         "status": job.state,
@@ -463,7 +478,7 @@ def view(job: Job) -> dict:
     }
     if job.status_code is not None:
         headers = dict(job.response_headers or [])
-        response: dict = {"status_code": job.status_code, "headers": headers}
+        response: dict[str, Any] = {"status_code": job.status_code, "headers": headers}
         content_type = next((v for k, v in headers.items() if k.lower() == "content-type"), "")
         body = job.response_body or b""
         try:

@@ -20,6 +20,7 @@ the engines (router.jobs.sqlite, router.jobs.postgres).
 
 from __future__ import annotations
 
+import functools
 import json
 import secrets
 from collections.abc import Callable
@@ -212,7 +213,7 @@ class BatchStore:
                 await self.files.write(file_id, content)  # before the record: at worst an orphan, never dangling
                 name = f"{batch.id}_{kind}.jsonl"
                 made[kind] = FileRecord(file_id, stamp, name, "batch_output", len(content), batch.owner)
-            if not await self.db.run(lambda tx, batch=batch, made=made: _end(tx, batch, now, made)):
+            if not await self.db.run(functools.partial(_end, batch=batch, now=now, files=made)):
                 for record in made.values():
                     await self.files.remove(record.id)
 

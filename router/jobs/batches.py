@@ -83,7 +83,7 @@ class OpenAIBatches:
         parts = request.rel_url.path.strip("/").split("/")[1:]  # ["files", id?, "content"?]
         kind, rest, method = parts[0], parts[1:], request.method
         if kind == "files":
-            if not rest and method == "POST" and owner is not EVERY_OWNER:
+            if not rest and method == "POST" and isinstance(owner, str):  # the admin's view stores nothing
                 return _json(await self._upload(request, owner))
             if not rest and method == "GET":
                 return _json(await self._list("files", request, owner))
@@ -92,7 +92,7 @@ class OpenAIBatches:
             if rest[1:] == ["content"] and method == "GET":
                 return await self._content(request, rest[0], owner)
         else:
-            if not rest and method == "POST" and owner is not EVERY_OWNER:
+            if not rest and method == "POST" and isinstance(owner, str):
                 return _json(await self._create(request, owner, credentials))
             if not rest and method == "GET":
                 return _json(await self._list("batches", request, owner))
@@ -104,7 +104,7 @@ class OpenAIBatches:
 
     # Files.
 
-    async def _upload(self, request: web.BaseRequest, owner: str) -> dict:
+    async def _upload(self, request: web.BaseRequest, owner: str) -> dict[str, Any]:
         if not request.content_type.startswith("multipart/"):
             raise bad_request("upload a file as multipart/form-data with the fields 'file' and 'purpose'")
         store = await self.store()
@@ -113,7 +113,7 @@ class OpenAIBatches:
         purpose, filename, size = None, None, None
         # The reader's own limit is for the small fields; the file streams to disk under max_file_bytes.
         reader = MultipartReader(
-            request.headers, request.content, client_max_size=_MAX_FIELD_BYTES, max_size_error_cls=_field_too_large
+            request.headers, request.content, client_max_size=_MAX_FIELD_BYTES, max_size_error_cls=_FieldTooLarge
         )
         try:
             while (field := await reader.next()) is not None:
@@ -148,7 +148,7 @@ class OpenAIBatches:
         record = FileRecord(file_id, int(self.clock()), filename or "upload.jsonl", purpose, size, owner)
         return _file_object(await store.put_file(record), owner)
 
-    async def _file(self, file_id: str, owner: Owner, *, delete: bool) -> dict:
+    async def _file(self, file_id: str, owner: Owner, *, delete: bool) -> dict[str, Any]:
         store = await self.store()
         if delete:
             if not await store.delete_file(file_id, owner):
@@ -180,7 +180,7 @@ class OpenAIBatches:
         await response.write_eof()
         return response
 
-    async def _list(self, kind: str, request: web.BaseRequest, owner: Owner) -> dict:
+    async def _list(self, kind: str, request: web.BaseRequest, owner: Owner) -> dict[str, Any]:
         try:
             limit = min(max(int(request.query.get("limit", "20")), 1), 100)
         except ValueError:
@@ -194,7 +194,7 @@ class OpenAIBatches:
 
     # Batches.
 
-    async def _create(self, request: web.BaseRequest, owner: str, credentials: list[tuple[str, str]]) -> dict:
+    async def _create(self, request: web.BaseRequest, owner: str, credentials: list[tuple[str, str]]) -> dict[str, Any]:
         body = await read_body(request, limit=self.max_body_bytes, timeout_s=self.receive_timeout_s)
         try:
             asked = json.loads(body or b"{}")
@@ -247,13 +247,13 @@ class OpenAIBatches:
         )
         return _batch_object(created, owner)
 
-    async def _batch(self, batch_id: str, owner: Owner) -> dict:
+    async def _batch(self, batch_id: str, owner: Owner) -> dict[str, Any]:
         found = await (await self.store()).batch(batch_id, owner)
         if found is None:
             raise not_found("batch", batch_id)
         return _batch_object(found, owner)
 
-    async def _cancel(self, batch_id: str, owner: Owner) -> dict:
+    async def _cancel(self, batch_id: str, owner: Owner) -> dict[str, Any]:
         try:
             found = await (await self.store()).cancel_batch(batch_id, owner, self.clock())
         except NotCancellable as exc:
@@ -277,8 +277,11 @@ def file_too_large(limit: int) -> ProxyError:
     )
 
 
-def _field_too_large(limit: int) -> ProxyError:
-    return ProxyError(413, "field_too_large", f"a form field other than 'file' is larger than {limit} bytes")
+class _FieldTooLarge(ProxyError):
+    """What the multipart reader raises for a small field past its limit (it is given the class)."""
+
+    def __init__(self, limit: int):
+        super().__init__(413, "field_too_large", f"a form field other than 'file' is larger than {limit} bytes")
 
 
 async def _chunks(field: BodyPartReader) -> AsyncIterator[bytes]:
@@ -289,11 +292,11 @@ async def _chunks(field: BodyPartReader) -> AsyncIterator[bytes]:
 _CHUNK_BYTES = 256 * 2**10
 
 
-def _json(body: dict) -> web.Response:
+def _json(body: dict[str, Any]) -> web.Response:
     return web.json_response(body)
 
 
-def _file_object(found: FileRecord, viewer: Owner) -> dict:
+def _file_object(found: FileRecord, viewer: Owner) -> dict[str, Any]:
     """A file as OpenAI shows it; the admin API also sees its owner."""
     out = {
         "id": found.id,
@@ -318,7 +321,7 @@ def _batch_object(found: BatchRecord, viewer: Owner) -> dict[str, Any]:
     return out
 
 
-def _read_lines(content: bytes, endpoint: str) -> tuple[list[NewLine], list[dict]]:
+def _read_lines(content: bytes, endpoint: str) -> tuple[list[NewLine], list[dict[str, Any]]]:
     """Each line's request, or the problems, each naming its line."""
     lines, problems, seen = [], [], set()
 

@@ -48,7 +48,7 @@ EVERY_OWNER = _EveryOwner()
 Owner = str | _EveryOwner
 
 
-def owned_by(owner: Owner) -> tuple[str, tuple]:
+def owned_by(owner: Owner) -> tuple[str, tuple[Any, ...]]:
     """A WHERE clause (and its parameters) that keeps the objects `owner` may see."""
     return ("1 = 1", ()) if owner is EVERY_OWNER else ("owner = ?", (owner,))
 
@@ -98,8 +98,13 @@ class FileStore(Protocol):
 
 
 class Database(Protocol):
-    owners: Owners  # the key request credentials are hashed with, made with the database
-    files: FileStore
+    @property
+    def owners(self) -> Owners:
+        """The key request credentials are hashed with, made with the database."""
+
+    @property
+    def files(self) -> FileStore:
+        """Where the contents of /v1/files live."""
 
     async def run(self, op: Callable[[Tx], Awaitable[T]]) -> T:
         """`op` in one transaction; its result once committed. StoreUnavailable when the database is out of reach."""

@@ -15,10 +15,11 @@ What must not live here: the records of files and their owners
 from __future__ import annotations
 
 import asyncio
+import functools
 import secrets
 from collections.abc import AsyncIterator, Callable
 
-from router.jobs.database import Database, Tx
+from router.jobs.database import Database, Row, Tx
 from router.jobs.files import CHUNK_BYTES, within_limits
 
 
@@ -79,11 +80,7 @@ class DatabaseFiles:
     async def chunks(self, file_id: str) -> AsyncIterator[bytes]:
         sequence = 0
         while True:
-            row = await self.db.run(
-                lambda tx, at=sequence: tx.one(
-                    "SELECT data FROM file_chunks WHERE file_id = ? AND seq = ?", (file_id, at)
-                )
-            )
+            row = await self.db.run(functools.partial(_chunk, file_id=file_id, sequence=sequence))
             if row is None:
                 if sequence == 0:
                     raise FileNotFoundError(file_id)
@@ -93,3 +90,7 @@ class DatabaseFiles:
 
     async def remove(self, file_id: str) -> None:
         await self.db.run(lambda tx: tx.execute("DELETE FROM file_chunks WHERE file_id = ?", (file_id,)))
+
+
+async def _chunk(tx: Tx, file_id: str, sequence: int) -> Row | None:
+    return await tx.one("SELECT data FROM file_chunks WHERE file_id = ? AND seq = ?", (file_id, sequence))

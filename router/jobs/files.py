@@ -23,6 +23,7 @@ import os
 import secrets
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import BinaryIO
 
 # Bytes gathered in memory before one write to the disk (a thread hop each).
 CHUNK_BYTES = 1 << 20
@@ -121,11 +122,11 @@ async def within_limits(
         yield chunk
 
 
-def _open_private(path: Path):
+def _open_private(path: Path) -> BinaryIO:
     return os.fdopen(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600), "wb")
 
 
-def _finish(handle, tail: bytes, temporary: Path, final: Path) -> None:
+def _finish(handle: BinaryIO, tail: bytes, temporary: Path, final: Path) -> None:
     with handle:
         handle.write(tail)
         handle.flush()

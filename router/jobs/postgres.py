@@ -31,7 +31,7 @@ import functools
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import psycopg
 from psycopg import errors
@@ -66,10 +66,10 @@ class PostgresDatabase:
         self.owners = owners
         self.files: FileStore = FileDirectory(files) if files is not None else DatabaseFiles(self)
         self._wakers: list[Callable[[], None]] = []
-        self._listener: asyncio.Task | None = None
+        self._listener: asyncio.Task[Any] | None = None
         self._failed_at: float | None = None  # monotonic time of the last failure to reach Postgres
         self._failure = ""
-        self._checking: asyncio.Task | None = None
+        self._checking: asyncio.Task[Any] | None = None
 
     @classmethod
     async def open(cls, url: str, files: str | None = None) -> PostgresDatabase:
@@ -172,11 +172,11 @@ class _PostgresTx:
 
     async def one(self, sql: str, args: Sequence[Any] = ()) -> Row | None:
         cursor = await self.conn.execute(_placeholders(sql), args)
-        return await cursor.fetchone()
+        return cast(Row | None, await cursor.fetchone())  # the pool's connections make dict rows (dict_row)
 
     async def all(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
         cursor = await self.conn.execute(_placeholders(sql), args)
-        return await cursor.fetchall()
+        return cast(list[Row], await cursor.fetchall())
 
     async def many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         async with self.conn.cursor() as cursor:

@@ -42,12 +42,13 @@ What must not live here: storage (router.jobs.store), HTTP handlers (router.jobs
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from configs.schema import JobsConfig, LaneConfig
 from policies.control.snapshot import BACKLOG_HORIZONS_S, JobsBacklog
@@ -99,13 +100,13 @@ class JobRunner:
         self.clock = clock
         self.rng = rng or random.Random()
         self.rerouted_only = rerouted_only  # the jobs lane is a provider's: run only what its bridge gives back
-        self.running: dict[str, tuple[Job, asyncio.Task]] = {}
+        self.running: dict[str, tuple[Job, asyncio.Task[Any]]] = {}
         self.held = 0.0  # slots the running jobs hold
         self._cost_estimate = 1.0  # of the next job: the cheapest of the last claim that ran
         self._wake = asyncio.Event()
-        self._task: asyncio.Task | None = None
-        self._heart: asyncio.Task | None = None
-        self._counting: asyncio.Task | None = None
+        self._task: asyncio.Task[Any] | None = None
+        self._heart: asyncio.Task[Any] | None = None
+        self._counting: asyncio.Task[Any] | None = None
         self.backlog = JobsBacklog()  # the queued jobs' deadlines, as last counted
         self._said_unavailable = -math.inf
 
@@ -197,7 +198,8 @@ class JobRunner:
 
     def _start(self, jobs: list[Job]) -> int:
         """Start the claimed jobs that fit the share; give the others back. How many started."""
-        fits, back = [], []
+        fits: list[Job] = []
+        back: list[Job] = []
         for job in jobs:
             cost = self.cost_of(job)
             if self.running or fits:
@@ -208,13 +210,16 @@ class JobRunner:
             self.held += cost
             task = asyncio.get_running_loop().create_task(self._run(job))
             self.running[job.id] = (job, task)
-            task.add_done_callback(lambda _, job_id=job.id, cost=cost: self._done(job_id, cost))
+            task.add_done_callback(functools.partial(self._ended, job.id, cost))
         if fits:
             self._cost_estimate = min(self.cost_of(job) for job in fits)
         if back:
             self._cost_estimate = max(self._cost_estimate, min(self.cost_of(job) for job in back))
             asyncio.get_running_loop().create_task(self.store.release(back))
         return len(fits)
+
+    def _ended(self, job_id: str, cost: float, _: asyncio.Task[None]) -> None:
+        self._done(job_id, cost)
 
     def _done(self, job_id: str, cost: float) -> None:
         self.running.pop(job_id, None)

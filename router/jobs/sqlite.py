@@ -45,7 +45,7 @@ class SqliteDatabase:
     def __init__(self, path: str | Path, files: str | Path | None = None):
         self.path = str(path)
         self.files = FileDirectory(files if files is not None else f"{self.path}.files")
-        self._ops: queue.SimpleQueue = queue.SimpleQueue()
+        self._ops: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._ready = threading.Event()
         self._failed: BaseException | None = None
         self._thread = threading.Thread(target=self._serve, name="modeshift-jobs", daemon=True)
@@ -82,8 +82,8 @@ class SqliteDatabase:
             self._run(db, tx, ops)
 
     @staticmethod
-    def _run(db: sqlite3.Connection, tx: _SqliteTx, ops: list) -> None:
-        outcomes = []
+    def _run(db: sqlite3.Connection, tx: _SqliteTx, ops: list[Any]) -> None:
+        outcomes: list[tuple[Any, Any, Any, Exception | None]] = []
         try:
             db.execute("BEGIN IMMEDIATE")
             for op, future, loop in ops:
@@ -106,7 +106,7 @@ class SqliteDatabase:
     async def run(self, op: Callable[[Tx], Awaitable[T]]) -> T:
         """`op` on the writer thread, in its own savepoint of the next group commit; its result."""
         loop = asyncio.get_running_loop()
-        future = loop.create_future()
+        future: asyncio.Future[T] = loop.create_future()
         self._ops.put((op, future, loop))
         return await future
 
@@ -130,10 +130,12 @@ class _SqliteTx:
         return self.db.execute(sql, args).rowcount
 
     async def one(self, sql: str, args: Sequence[Any] = ()) -> Row | None:
-        return self.db.execute(sql, args).fetchone()
+        row: Row | None = self.db.execute(sql, args).fetchone()  # rows are dicts (_as_dict)
+        return row
 
     async def all(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
-        return self.db.execute(sql, args).fetchall()
+        rows: list[Row] = self.db.execute(sql, args).fetchall()
+        return rows
 
     async def many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         self.db.executemany(sql, rows)
@@ -147,12 +149,13 @@ def _at_once(operation: Coroutine[Any, Any, T]) -> T:
     try:
         operation.send(None)
     except StopIteration as done:
-        return done.value
+        value: T = done.value
+        return value
     operation.close()
     raise RuntimeError("a job store operation waited on something other than its SQLite transaction")
 
 
-def _as_dict(cursor: sqlite3.Cursor, row: tuple) -> Row:
+def _as_dict(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> Row:
     return {column[0]: value for column, value in zip(cursor.description, row, strict=True)}
 
 
@@ -232,7 +235,7 @@ def _move_file_contents(db: sqlite3.Connection, files: FileDirectory) -> None:
     db.execute("DROP TABLE files_v0")
 
 
-def _settle(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
     if future.done():
         return
     if error is not None:

@@ -31,11 +31,13 @@ the database and its engines (router.jobs.database).
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from router.jobs.database import FINAL, Database, Owner, Row, Tx, owned_by
 
@@ -114,7 +116,7 @@ class JobStore:
     def __init__(self, db: Database):
         self.db = db
         self._arriving: list[tuple[NewJob, float, asyncio.Future[Job]]] = []  # to store in the next group
-        self._storing: asyncio.Task | None = None
+        self._storing: asyncio.Task[Any] | None = None
 
     async def submit(self, job: NewJob, now: float) -> tuple[Job, bool]:
         """Store `job`; (the job, True) when new, (the earlier job, False) for its owner's repeated idempotency key.
@@ -148,7 +150,8 @@ class JobStore:
         while self._arriving:
             group, self._arriving = self._arriving[:_GROUP], self._arriving[_GROUP:]
             try:
-                jobs = await self.db.run(lambda tx, group=group: _insert(tx, [(job, now) for job, now, _ in group]))
+                arrived = [(job, now) for job, now, _ in group]
+                jobs = await self.db.run(functools.partial(_insert, jobs=arrived))
             except Exception as exc:  # the database: nothing of this group was stored
                 for _, _, stored in group:
                     if not stored.done():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections import Counter, deque
 from collections.abc import Iterable
+from typing import Any
 
 from policies.control.actions import Action
 from router.logs import event
@@ -19,7 +20,7 @@ logger = logging.getLogger("modeshift.decisions")
 
 class DecisionLog:
     def __init__(self, kept: int):
-        self.ring: deque[dict] = deque(maxlen=kept)
+        self.ring: deque[dict[str, Any]] = deque(maxlen=kept)
         self.counts: Counter[str] = Counter()  # records by kind since start (for /metrics)
         self.rollback_causes: Counter[str] = Counter()
 
@@ -27,14 +28,14 @@ class DecisionLog:
         for action in actions:
             self.add(action.as_record())
 
-    def add(self, record: dict) -> None:
+    def add(self, record: dict[str, Any]) -> None:
         self.ring.append(record)
         self.counts[record.get("kind", "")] += 1
         if record.get("kind") == "RolledBack":
             self.rollback_causes[record.get("cause", "")] += 1
         event(logger, "decision", **record)
 
-    def recent(self, n: int | None = None) -> list[dict]:
+    def recent(self, n: int | None = None) -> list[dict[str, Any]]:
         records = list(self.ring)
         return records if n is None else records[-n:]
 

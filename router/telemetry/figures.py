@@ -41,7 +41,7 @@ any exporter's format.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from policies.control import stream_health
 
@@ -84,7 +84,7 @@ def collect(
     decisions: DecisionLog,
     now_s: float,
     provider: BridgeCounts | None = None,
-    cluster: dict | None = None,
+    cluster: dict[str, Any] | None = None,
 ) -> list[Family]:
     families = [*_routes(route_stats), *_lanes(state, now_s), *_control(state, decisions)]
     if provider is not None:
@@ -94,7 +94,7 @@ def collect(
     return families
 
 
-def _cluster(view: dict) -> list[Family]:
+def _cluster(view: dict[str, Any]) -> list[Family]:
     """This replica's view of its cluster (router.cluster.coordinator.ClusterMember.view)."""
     connected = Family("modeshift_cluster_connected", "gauge", "1 while Redis answers this replica.", ("replica",))
     connected.add((view["replica"],), 1.0 if view["connected"] else 0.0)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from policies.control.metrics import LaneTotals
 
@@ -27,7 +27,7 @@ KEPT_SAMPLES = 600  # ten minutes at the default one-second tick
 
 class History:
     def __init__(self, kept: int = KEPT_SAMPLES):
-        self.samples: deque[dict] = deque(maxlen=kept)
+        self.samples: deque[dict[str, Any]] = deque(maxlen=kept)
         self._last: dict[str, LaneTotals] = {}
         self._last_s: float | None = None
 
@@ -38,7 +38,7 @@ class History:
         if previous_s is None or now_s <= previous_s:
             return
         span_s = now_s - previous_s
-        sample: dict = {"at_s": now_s, "lanes": {}}
+        sample: dict[str, Any] = {"at_s": now_s, "lanes": {}}
         for name, totals in current.items():
             before = previous.get(name)
             if before is None or totals.completions < before.completions:  # new lane, or replaced by a reload
@@ -55,7 +55,7 @@ class History:
             }
         self.samples.append(sample)
 
-    def after(self, at_s: float | None = None) -> list[dict]:
+    def after(self, at_s: float | None = None) -> list[dict[str, Any]]:
         return [s for s in self.samples if at_s is None or s["at_s"] > at_s]
 
 

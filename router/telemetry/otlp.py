@@ -18,6 +18,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
@@ -47,6 +48,12 @@ def metrics_data(families: list[Family], resource: Resource, start_ns: int, now_
     return MetricsData([ResourceMetrics(resource, [ScopeMetrics(_SCOPE, metrics, "")], "")])
 
 
+def _number(point: float | Buckets) -> float:
+    """A counter's or a gauge's point (a histogram's are Buckets)."""
+    assert not isinstance(point, Buckets), "a counter or a gauge holds numbers"
+    return point
+
+
 def _metric(family: Family, start_ns: int, now_ns: int) -> Metric:
     def attributes(values: tuple[str, ...]) -> dict[str, str]:
         return dict(zip(family.labels, values))
@@ -69,9 +76,9 @@ def _metric(family: Family, start_ns: int, now_ns: int) -> Metric:
                     max=point.max,
                 )
             )
-        data = Histogram(points, AggregationTemporality.CUMULATIVE)
+        data: Histogram | Sum | Gauge = Histogram(points, AggregationTemporality.CUMULATIVE)
     else:
-        numbers = [NumberDataPoint(attributes(v), start_ns, now_ns, value) for v, value in family.points]
+        numbers = [NumberDataPoint(attributes(v), start_ns, now_ns, _number(value)) for v, value in family.points]
         if family.kind == "counter":
             data = Sum(numbers, AggregationTemporality.CUMULATIVE, is_monotonic=True)
         else:
@@ -88,7 +95,7 @@ class MetricPusher:
         self.resource = resource
         self.interval_s = interval_s
         self.start_ns = time.time_ns()
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[Any] | None = None
 
     def start(self, read: Callable[[], list[Family]]) -> None:
         self.read = read

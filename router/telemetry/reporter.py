@@ -25,13 +25,11 @@ from collections.abc import Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from configs.schema import TelemetryConfig
-from router.headers import TRACEPARENT, parent_trace
+from router.headers import TRACEPARENT, Headers, parent_trace
 from router.logs import event
 from router.trail import Trail
 
 if TYPE_CHECKING:
-    from multidict import CIMultiDictProxy
-
     from router.telemetry.figures import Family
     from router.telemetry.otlp import MetricPusher
     from router.telemetry.tracing import Tracing
@@ -97,7 +95,7 @@ class Telemetry:
         if self.tracing is not None:
             self.tracing.ratio = config.trace_sampling
 
-    def begin(self, trail: Trail, headers: CIMultiDictProxy[str]) -> Any:
+    def begin(self, trail: Trail, headers: Headers) -> Any:
         """The request's span, if traced; the trail gets the trace id of the span or the client's traceparent."""
         if self.tracing is not None:
             return self.tracing.begin(trail, headers)
@@ -107,10 +105,12 @@ class Telemetry:
         return None
 
     def inject(self, span: Any, headers: MutableMapping[str, str]) -> None:
-        self.tracing.inject(span, headers)
+        """Make `span` (one `begin` made: never without tracing) the parent of the upstream call."""
+        if self.tracing is not None:
+            self.tracing.inject(span, headers)
 
     def finish(self, span: Any, trail: Trail) -> None:
-        if span is not None:
+        if span is not None and self.tracing is not None:
             self.tracing.end(span, trail)
         if trail.status >= 500 or trail.error is not None:
             level = logging.WARNING if trail.status >= 500 or trail.error == "upstream_broke_off" else logging.INFO

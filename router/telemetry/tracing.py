@@ -24,12 +24,11 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, MutableMapping
 
-from multidict import CIMultiDictProxy
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, format_trace_id, set_span_in_context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from router.headers import TRACEPARENT, parent_trace
+from router.headers import TRACEPARENT, Headers, parent_trace
 from router.trail import Trail
 
 
@@ -41,7 +40,7 @@ class Tracing:
         self.draw = draw
         self.propagator = TraceContextTextMapPropagator()
 
-    def begin(self, trail: Trail, headers: CIMultiDictProxy[str]) -> Span | None:
+    def begin(self, trail: Trail, headers: Headers) -> Span | None:
         """The request's span, or None when it is not traced (its trace id still goes on the trail)."""
         value = headers.get(TRACEPARENT)
         parent = parent_trace(value) if value is not None else None
@@ -64,7 +63,7 @@ class Tracing:
 
     def end(self, span: Span, trail: Trail) -> None:
         span.update_name(f"{trail.method} {trail.route}")
-        attributes = {
+        attributes: dict[str, str | bool | int | float] = {
             "http.request.method": trail.method,
             "url.path": trail.path,
             "http.route": trail.route,
@@ -80,7 +79,7 @@ class Tracing:
             "modeshift.batch_id": trail.batch,
             "error.type": trail.error,
         }
-        attributes.update({k: v for k, v in optional.items() if v is not None})
+        attributes.update({k: v for k, v in optional.items() if v is not None})  # spans take no None
         span.set_attributes(attributes)
         if trail.status >= 500:
             span.set_status(Status(StatusCode.ERROR, trail.error or f"status {trail.status}"))

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 
@@ -114,9 +115,9 @@ def _with_version(headers: list[tuple[str, str]], content_type: str | None = Non
     return out
 
 
-def _result(item: dict) -> LineResult:
+def _result(item: dict[str, Any]) -> LineResult:
     custom_id = item["custom_id"]
-    result = item.get("result") if isinstance(item.get("result"), dict) else {}
+    result = _mapping(item.get("result"))
     kind = result.get("type")
     if kind == "succeeded" and isinstance(result.get("message"), dict):
         message = result["message"]
@@ -125,8 +126,9 @@ def _result(item: dict) -> LineResult:
             custom_id, 200, json.dumps(message).encode(), rerun=False, input_tokens=tokens[0], output_tokens=tokens[1]
         )
     if kind == "errored":
-        error = result.get("error") if isinstance(result.get("error"), dict) else {}
-        inner = error.get("error") if isinstance(error.get("error"), dict) else error
+        error = _mapping(result.get("error"))
+        nested = error.get("error")
+        inner: dict[str, Any] = nested if isinstance(nested, dict) else error
         error_type = str(inner.get("type"))
         status = ERROR_STATUS.get(error_type, 500)
         if transient(status):
@@ -135,3 +137,8 @@ def _result(item: dict) -> LineResult:
             custom_id, status, json.dumps(error).encode(), rerun=False, error=f"{error_type}: {inner.get('message')}"
         )
     return LineResult(custom_id, None, None, rerun=True, error=f"the line was {kind or 'not answered'}")
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    """`value` when it is a JSON object, else an empty one (a provider's answer is read, not trusted)."""
+    return value if isinstance(value, dict) else {}

@@ -61,6 +61,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 
@@ -80,7 +81,10 @@ GATHER_LIMIT = 5000  # jobs gathered per tick at most
 APPLY_LINES = 200  # result lines stored per transaction as a result file streams in
 CALLS_AT_ONCE = 4  # provider calls in flight at most
 _CARRIED = ("anthropic-", "openai-")  # a job's headers the provider's batch calls carry too (versions, betas)
-CLIENTS = {"openai": OpenAIBatchApi, "anthropic": AnthropicBatchApi}
+CLIENTS: dict[str, type[OpenAIBatchApi] | type[AnthropicBatchApi]] = {
+    "openai": OpenAIBatchApi,
+    "anthropic": AnthropicBatchApi,
+}
 
 # (latency_s, ok, input_tokens, output_tokens) of one line the provider answered
 Record = Callable[[float, bool, int, int], None]
@@ -95,10 +99,10 @@ class BridgeCounts:
     # answered, rerun (at the fallback lane); unknown, duplicate, malformed: result lines that changed nothing
     lines: Counter[str] = field(default_factory=Counter)
     fallbacks: Counter[str] = field(default_factory=Counter)  # jobs sent to the fallback lane at its price, by why
-    last_fallback: dict | None = None  # {"at", "reason", "jobs", "to"}
+    last_fallback: dict[str, Any] | None = None  # {"at", "reason", "jobs", "to"}
     failed_calls: int = 0  # provider calls that failed and are tried again
 
-    def view(self) -> dict:
+    def view(self) -> dict[str, Any]:
         return {
             "lane": self.lane,
             "batches": dict(self.batches),
@@ -136,19 +140,25 @@ class ProviderBridge:
         self.rng = rng or random.Random()
         self._timeout = aiohttp.ClientTimeout(total=timeout_s, connect=connect_timeout_s)
         self._session: aiohttp.ClientSession | None = None
-        self.client: OpenAIBatchApi | AnthropicBatchApi | None = None
+        self._client: OpenAIBatchApi | AnthropicBatchApi | None = None
         self._calls = asyncio.Semaphore(CALLS_AT_ONCE)
         self._wake = asyncio.Event()
-        self._task: asyncio.Task | None = None
-        self._heart: asyncio.Task | None = None
+        self._task: asyncio.Task[Any] | None = None
+        self._heart: asyncio.Task[Any] | None = None
         self.token = secrets.token_hex(8)  # this bridge, in the lane's lease
         self.holding = False
 
     def start(self) -> None:
         self._session = aiohttp.ClientSession(timeout=self._timeout)
-        self.client = CLIENTS[self.params.api](self._session, self.base_url, self.params.completion_window)
+        self._client = CLIENTS[self.params.api](self._session, self.base_url, self.params.completion_window)
         self._task = asyncio.get_running_loop().create_task(self._forever())
         self._heart = asyncio.get_running_loop().create_task(self._heartbeat())
+
+    @property
+    def client(self) -> OpenAIBatchApi | AnthropicBatchApi:
+        """The provider's batch API, once the bridge started."""
+        assert self._client is not None, "the bridge talks to the provider only once started"
+        return self._client
 
     def wake(self) -> None:
         self._wake.set()
@@ -265,11 +275,13 @@ class ProviderBridge:
     async def _poll(self, batch: ProviderBatch, now: float) -> None:
         headers = self._headers(batch, [])
         lines: Counter[str] = Counter()
+        remote_id = batch.remote_id
+        assert remote_id is not None, "only a batch the provider took is polled"
         try:
             async with self._calls:
-                state = await self.client.state(batch.remote_id, headers)
+                state = await self.client.state(remote_id, headers)
                 if state.ended:
-                    await self._apply(batch, self.client.results(batch.remote_id, headers), lines, now)
+                    await self._apply(batch, self.client.results(remote_id, headers), lines, now)
         except (ProviderError, aiohttp.ClientError, TimeoutError) as exc:
             await self._call_failed(batch, exc, now)  # lines applied so far stay: the file is read again
             return
@@ -327,8 +339,9 @@ class ProviderBridge:
         """The provider has not ended the batch within its completion window and the margin: cancel it there
         (best effort) and run its jobs on the fallback lane."""
         try:
-            async with self._calls:
-                await self.client.cancel(batch.remote_id, self._headers(batch, []))
+            if batch.remote_id is not None:
+                async with self._calls:
+                    await self.client.cancel(batch.remote_id, self._headers(batch, []))
         except (ProviderError, aiohttp.ClientError, TimeoutError) as exc:
             event(logger, "provider_cancel_failed", logging.WARNING, batch=batch.id, error=str(exc))
         window = self.params.completion_window

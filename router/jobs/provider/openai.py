@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 
@@ -105,7 +106,9 @@ class OpenAIBatchApi:
                 async for item in parsed_lines(lines_of(r, f"reading the batch's {key[:-8]} file")):
                     yield _result(item) if item is not None and isinstance(item.get("custom_id"), str) else None
 
-    async def _listing(self, path: str, params: dict, headers: list[tuple[str, str]], what: str) -> dict:
+    async def _listing(
+        self, path: str, params: dict[str, Any], headers: list[tuple[str, str]], what: str
+    ) -> dict[str, Any]:
         """A listing, or an empty one from a server that does not offer it (404, 405, 501)."""
         async with self.session.get(f"{self.base}{path}", params=params, headers=headers) as r:
             try:
@@ -119,7 +122,7 @@ class OpenAIBatchApi:
         async with self.session.post(f"{self.base}/v1/batches/{remote_id}/cancel", headers=headers) as r:
             await checked_json(r, "cancelling the batch")
 
-    async def _batch(self, remote_id: str, headers: list[tuple[str, str]]) -> dict:
+    async def _batch(self, remote_id: str, headers: list[tuple[str, str]]) -> dict[str, Any]:
         async with self.session.get(f"{self.base}/v1/batches/{remote_id}", headers=headers) as r:
             batch = await checked_json(r, "reading the batch")
         if batch.get("id") != remote_id:
@@ -127,7 +130,7 @@ class OpenAIBatchApi:
         return batch
 
 
-def _result(item: dict) -> LineResult:
+def _result(item: dict[str, Any]) -> LineResult:
     custom_id = item["custom_id"]
     response = item.get("response")
     error = item.get("error")

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
 from policies.path.provider_batching import FileGathering
 from router.jobs.database import Database, Row, Tx
@@ -60,7 +61,7 @@ class ProviderBatch:
     next_poll_at: float | None
     submitted_at: float | None
 
-    def view(self) -> dict:
+    def view(self) -> dict[str, Any]:
         """What the admin API shows of it: everything but the credentials."""
         fields = {name: getattr(self, name) for name in self.__slots__ if name != "credentials"}
         return {"object": "provider_batch", **fields}

@@ -25,6 +25,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 
@@ -37,7 +38,7 @@ class Line:
 
     custom_id: str
     url: str
-    body: dict
+    body: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +80,7 @@ YIELD_EVERY = 200  # lines parsed on the loop between two chances for other task
 MALFORMED = None  # what parsed_lines yields for a line that is not a JSON object
 
 
-async def checked_json(response: aiohttp.ClientResponse, what: str) -> dict:
+async def checked_json(response: aiohttp.ClientResponse, what: str) -> dict[str, Any]:
     """The JSON object of a provider's 2xx answer; ProviderError (with the provider's message) otherwise."""
     text = await response.text()
     if response.status >= 300:
@@ -127,7 +128,7 @@ async def lines_of(response: aiohttp.ClientResponse, what: str) -> AsyncIterator
         yield pending
 
 
-async def parsed_lines(lines: AsyncIterator[bytes]) -> AsyncIterator[dict | None]:
+async def parsed_lines(lines: AsyncIterator[bytes]) -> AsyncIterator[dict[str, Any] | None]:
     """Each line as a JSON object, or MALFORMED (None) for a line that is not one."""
     since_yield = 0
     async for raw in lines:
@@ -142,7 +143,7 @@ async def parsed_lines(lines: AsyncIterator[bytes]) -> AsyncIterator[dict | None
         yield item
 
 
-def _object(raw: bytes) -> dict | None:
+def _object(raw: bytes) -> dict[str, Any] | None:
     try:
         item = json.loads(raw)
     except ValueError:
@@ -150,7 +151,7 @@ def _object(raw: bytes) -> dict | None:
     return item if isinstance(item, dict) else MALFORMED
 
 
-def tokens_of(body: dict) -> tuple[int, int]:
+def tokens_of(body: dict[str, Any]) -> tuple[int, int]:
     """(input, output) tokens of an answer body: OpenAI's usage (prompt/completion) or Anthropic's (input/output)."""
     usage = body.get("usage") if isinstance(body, dict) else None
     if not isinstance(usage, dict):
