@@ -88,8 +88,7 @@ class Forwarder:
         try:
             try:
                 answer = await lane.client.request(upstream.base, visit.method, visit.target, visit.headers, body)
-            except ConnectFailed as exc:
-                lane.pool.failed(upstream, self.now_s(), connect=True)
+            except ConnectFailed as exc:  # nothing was sent: the caller's replica walk goes on (ReplicaWalk)
                 raise NothingSent(str(exc)) from None
             except TimeoutError:
                 self._upstream_error(lane, upstream, started_s)

@@ -39,7 +39,7 @@ from backends.batch_loop import BatchLoop, RunBatch
 from backends.codecs import Codec, CodecError, Part, Reply
 from configs.schema import LaneConfig
 from policies.path.batching import Batcher, BatchItem, Pace, bisects
-from policies.path.upstream_pool import Upstream, UpstreamPool
+from policies.path.upstream_pool import ReplicaWalk, UpstreamPool
 from policies.pricing import item_shares
 from router.errors import (
     NothingSent,
@@ -228,10 +228,10 @@ class MicroBatcher:
 
     async def _send(self, target: str, headers: CIMultiDict[str], body: bytes) -> tuple[int, bytes, str]:
         """One merged call, on the first upstream of the lane that takes the connection."""
-        tried: list[Upstream] = []
+        walk = ReplicaWalk(self.pool)
         failure = "no upstream left to try"
         now = self.clock
-        while (upstream := self.pool.pick(now(), exclude=tuple(tried))) is not None:
+        while (upstream := walk.next(now())) is not None:
             upstream.in_flight += 1
             try:
                 answer = await self.client.request(upstream.base, "POST", target, headers, body)
@@ -240,8 +240,7 @@ class MicroBatcher:
                 finally:
                     answer.release()
             except ConnectFailed as exc:
-                self.pool.failed(upstream, now(), connect=True)
-                tried.append(upstream)
+                walk.refused(upstream, now())
                 failure = str(exc)
                 continue
             except TimeoutError:

@@ -41,7 +41,7 @@ from policies.path.access import NO_CLAIMS, PRIORITY_TIERS, TIER, Claims
 from policies.path.admission import Outlook, Placed, place
 from policies.path.arrival import arrive
 from policies.path.lane_choice import failover_lane
-from policies.path.upstream_pool import Upstream
+from policies.path.upstream_pool import ReplicaWalk
 from router.admission import LaneFull, QueueTimedOut
 from router.errors import (
     NothingSent,
@@ -263,7 +263,6 @@ class Proxy:
     async def _dispatch(self, visit: Visit) -> web.StreamResponse:
         state, choice, codec = visit.state, visit.choice, visit.codec
         lane: Lane | None = state.lanes[choice.lane]
-        tried: list[Upstream] = []
         retrying = False
         failure = ""
         part: Part | None = None  # read only when a micro-batching lane needs it; None after: not mergeable
@@ -294,8 +293,9 @@ class Proxy:
                 lane = await self._admit(visit, lane)
                 started_s = self.runtime.now_s()
                 lane.window.arrived(started_s, choice.pinned)
+                walk = ReplicaWalk(lane.pool)
                 try:
-                    while (upstream := lane.pool.pick(self.runtime.now_s(), exclude=tuple(tried))) is not None:
+                    while (upstream := walk.next(self.runtime.now_s())) is not None:
                         try:
                             return await self.forwarder.forward(visit, lane, upstream, started_s)
                         except FlexUnavailable as exc:  # no flex capacity: spill, without the retry budget
@@ -303,7 +303,7 @@ class Proxy:
                             break
                         except NothingSent as exc:
                             failure = str(exc)
-                            tried.append(upstream)
+                            walk.refused(upstream, self.runtime.now_s())
                             if not retrying and not (retrying := state.retries.try_acquire()):
                                 break
                     if unavailable is None:  # a flex 429 was recorded where it was answered

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from configs.schema import OutlierConfig
 from policies.path.batching import bisects
 from policies.path.retry_budget import RetryBudget
-from policies.path.upstream_pool import Upstream, UpstreamPool
+from policies.path.upstream_pool import ReplicaWalk, Upstream, UpstreamPool
 from policies.pricing import item_shares
 from simulator.service import Failures
 
@@ -123,8 +123,8 @@ class FailurePath:
     def _send_failing(self, i: int, lane, t: float, service_s: float, visited: list[str]) -> None:
         """Reach a replica (or fail over, or answer 502), then call it with a timeout."""
         failures = lane.failures
-        tried: list[Upstream] = []
-        while (upstream := failures.pool.pick(t, exclude=tuple(tried))) is not None:
+        walk = ReplicaWalk(failures.pool)
+        while (upstream := walk.next(t)) is not None:
             if not failures.refuses(upstream, t):
                 upstream.in_flight += 1
                 self.upstream_of[i] = upstream
@@ -132,8 +132,7 @@ class FailurePath:
                 self._call(lane, t, service_s, self.DONE, i)
                 self._push(t + failures.timeout_s, self.TIMEOUT, lane, i)
                 return
-            failures.pool.failed(upstream, t, connect=True)
-            tried.append(upstream)
+            walk.refused(upstream, t)
             if not self._may_retry(i):
                 break
         lane.window.completed(t, None, ok=False)
@@ -194,8 +193,8 @@ class FailurePath:
     def _send_merged_failing(self, lane, t: float, members: list[int], run: MergedRun) -> None:
         """The first replica that takes the merged call gets it; with none, each request moves on alone."""
         failures = lane.failures
-        tried: list[Upstream] = []
-        while (upstream := failures.pool.pick(t, exclude=tuple(tried))) is not None:
+        walk = ReplicaWalk(failures.pool)
+        while (upstream := walk.next(t)) is not None:
             if not failures.refuses(upstream, t):
                 upstream.in_flight += 1
                 run.calls += 1
@@ -205,8 +204,7 @@ class FailurePath:
                 self._call(lane, t, self._merged_call_s(lane, members), self.BATCH_DONE, call)
                 self._push(t + failures.timeout_s, self.BATCH_TIMEOUT, lane, call)
                 return
-            failures.pool.failed(upstream, t, connect=True)
-            tried.append(upstream)
+            walk.refused(upstream, t)
         for i in members:
             lane.window.completed(t, None, ok=False)
             self.charged.pop(i, None)  # what its earlier calls cost is not reported: it starts over elsewhere

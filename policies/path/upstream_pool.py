@@ -162,3 +162,25 @@ class UpstreamPool:
 
     def describe(self, now_s: float) -> list[dict[str, Any]]:
         return [u.describe(now_s) for u in self.upstreams]
+
+
+class ReplicaWalk:
+    """One call's way through a lane's replicas, as both drivers take it.
+
+    `next` is the replica the pool picks (least in flight, ejected ones left out) among those this call has
+    not tried; a replica that refused the connection is ejected at once, since nothing was sent, and the call
+    goes on to the next (`refused`). None: no replica of the lane is left to try.
+    """
+
+    __slots__ = ("pool", "tried")
+
+    def __init__(self, pool: UpstreamPool):
+        self.pool = pool
+        self.tried: tuple[Upstream, ...] = ()
+
+    def next(self, now_s: float) -> Upstream | None:
+        return self.pool.pick(now_s, exclude=self.tried)
+
+    def refused(self, upstream: Upstream, now_s: float) -> None:
+        self.pool.failed(upstream, now_s, connect=True)
+        self.tried += (upstream,)

@@ -1,4 +1,4 @@
-from policies.path.upstream_pool import STARTING_RETRY_S, UpstreamPool
+from policies.path.upstream_pool import STARTING_RETRY_S, ReplicaWalk, UpstreamPool
 
 URLS = ("http://a:1", "http://b:1", "http://c:1")
 
@@ -90,3 +90,15 @@ def test_an_upstream_that_joins_before_it_listens_is_tried_again_shortly_and_cou
     pool.succeeded(c, 2.0)  # it answers: from now on an upstream like the others
     assert not c.starting
     assert pool.failed(c, 40.0, connect=True) and c.ejected(40.0 + 29.0) and c.ejections == 1  # a is back by then
+
+
+def test_a_replica_walk_tries_each_replica_once_and_ejects_the_ones_that_refuse():
+    pool = UpstreamPool(URLS, max_ejected_fraction=1.0)
+    walk = ReplicaWalk(pool)
+    seen = []
+    while (upstream := walk.next(0.0)) is not None:
+        seen.append(upstream.base)
+        walk.refused(upstream, 0.0)
+    assert sorted(seen) == sorted(URLS)  # each once, then nothing is left to try
+    assert all(u.ejected(0.0) for u in pool.upstreams)  # a refused connection ejects at once
+    assert ReplicaWalk(pool).next(0.0) is not None  # another call in panic still gets one (the pool's rule)
