@@ -33,6 +33,42 @@ async def settle(condition, limit_s: float = 2.0) -> None:
             await asyncio.sleep(0.001)
 
 
+async def caught_up() -> None:
+    """Until the event loop has run what is ready now (the batch loop's task, its callbacks): no time passes."""
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+class Timer:
+    def __init__(self, when_s: float, callback):
+        self.when_s, self.callback, self.cancelled = when_s, callback, False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Clock:
+    """The batch loop's clock in virtual time, with its timers, moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.timers: list[Timer] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def call_at(self, when_s: float, callback) -> Timer:
+        self.timers.append(timer := Timer(when_s, callback))
+        return timer
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        due = [t for t in self.timers if t.when_s <= self.now and not t.cancelled]
+        self.timers = [t for t in self.timers if t not in due]
+        for timer in due:
+            timer.callback()
+
+
 async def test_a_full_batch_goes_at_once_and_the_rest_after_max_wait():
     run = Recorder()
     loop = BatchLoop(Batcher(HybridRule(max_batch=4, max_wait_s=0.05).build()), run)
@@ -50,8 +86,8 @@ async def test_a_size_rule_waits_for_its_batch():
     loop = BatchLoop(Batcher(SizeRule(max_batch=3).build()), run)
     loop.offer(BatchItem(payload="a"))
     loop.offer(BatchItem(payload="b"))
-    await asyncio.sleep(0.05)
-    assert run.batches == []
+    await caught_up()
+    assert run.batches == []  # a size rule has no timer: two of three wait however long
     loop.offer(BatchItem(payload="c"))
     await settle(lambda: run.batches == [["a", "b", "c"]])
     await loop.close()
@@ -65,7 +101,7 @@ async def test_while_every_slot_runs_the_queue_fills_the_next_batch():
     await settle(lambda: run.running == 1)
     for i in range(1, 10):
         loop.offer(BatchItem(payload=i))
-    await asyncio.sleep(0.02)
+    await caught_up()
     assert run.running == 1  # the second batch waits for the slot
     hold.set()
     await settle(lambda: len(run.batches) == 2)
@@ -91,19 +127,21 @@ async def test_items_past_their_deadline_are_answered_as_expired():
     hold = asyncio.Event()
     run = Recorder(hold)
     expired: list[str] = []
+    clock = Clock()
     loop = BatchLoop(
         Batcher(HybridRule(max_batch=1, max_wait_s=0.0).build()),
         run,
         on_expired=lambda items: expired.extend(item.payload for item in items),
+        clock=clock,
+        call_at=clock.call_at,
     )
     loop.offer(BatchItem(payload="first"))
     await settle(lambda: run.running == 1)
-    now = asyncio.get_running_loop().time()
-    loop.offer(BatchItem(payload="late", deadline_s=now + 0.01))
-    await asyncio.sleep(0.05)
+    loop.offer(BatchItem(payload="late", deadline_s=clock.now + 0.01))
+    clock.advance(0.05)  # past its deadline while the only slot is busy
     hold.set()
     await settle(lambda: expired == ["late"])
-    await asyncio.sleep(0.01)
+    await caught_up()
     assert run.batches == [["first"]]
     await loop.close()
 

@@ -19,6 +19,13 @@ async def embed(session, url, body):
         return response.status, await response.json()
 
 
+async def until(condition, limit_s: float = 10.0) -> None:
+    """Wait for `condition` (what the server did), never for a fixed time."""
+    async with asyncio.timeout(limit_s):
+        while not condition():
+            await asyncio.sleep(0.005)
+
+
 async def test_openai_float_and_base64_answers_carry_the_same_vectors(model_server, embedder):
     url, _ = await model_server(embedder, mode="realtime")
     async with aiohttp.ClientSession() as session:
@@ -102,7 +109,7 @@ async def test_a_poisoned_input_fails_only_its_own_request(model_server, embedde
     texts = ["fine one", "poison", "fine two", "fine three"]
     async with aiohttp.ClientSession() as session:
         pending = [asyncio.ensure_future(embed(session, url, {"input": text})) for text in texts]
-        await asyncio.sleep(0.2)  # all four queue into one batch
+        await until(lambda: service.counters.calls == 1)  # the merged pass began, held at the gate
         gate.set()
         answers = await asyncio.gather(*pending)
     statuses = [status for status, _ in answers]
@@ -113,12 +120,14 @@ async def test_a_poisoned_input_fails_only_its_own_request(model_server, embedde
 
 async def test_a_full_batch_queue_answers_503_with_retry_after(model_server, embedder):
     gate = threading.Event()
-    url, _ = await model_server(Wrapped(embedder, gate), mode="batch", max_batch=1, max_wait_s=0.0, queue_capacity=1)
+    url, service = await model_server(
+        Wrapped(embedder, gate), mode="batch", max_batch=1, max_wait_s=0.0, queue_capacity=1
+    )
     async with aiohttp.ClientSession() as session:
         first = asyncio.ensure_future(embed(session, url, {"input": "one"}))
-        await asyncio.sleep(0.1)  # taken, its pass held at the gate
+        await until(lambda: service.counters.calls == 1)  # taken, its pass held at the gate
         second = asyncio.ensure_future(embed(session, url, {"input": "two"}))
-        await asyncio.sleep(0.1)  # queued: the queue is now full
+        await until(lambda: service.counters.requests == 2)  # queued: the queue is now full
         async with session.post(f"{url}/v1/embeddings", json={"input": "three"}) as response:
             assert response.status == 503 and response.headers["Retry-After"] == "1"
             assert "queue is full" in (await response.json())["error"]["message"]

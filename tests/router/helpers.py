@@ -153,6 +153,13 @@ class RouterUnderTest:
         return self.runtime.tick()
 
 
+async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """Wait for `condition` (something the router or an upstream did), never for a fixed time."""
+    async with asyncio.timeout(timeout_s):
+        while not condition():
+            await asyncio.sleep(0.005)
+
+
 def admin_headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {TOKEN}"}
 

@@ -16,7 +16,7 @@ import numpy as np
 from aiohttp import web
 
 from policies.control.objectives import PINNED, SWITCHABLE
-from tests.router.helpers import two_lane_config
+from tests.router.helpers import two_lane_config, until
 
 KEY = "sk-checkout-0123456789"
 KEY_SHA256 = hashlib.sha256(KEY.encode()).hexdigest()
@@ -175,7 +175,8 @@ async def test_an_ungranted_tenant_claiming_everything_does_not_push_another_ten
     async def run(claims: bool) -> tuple[float, float, float]:
         stop = asyncio.Event()
         a = asyncio.ensure_future(tenant_a(stop, claims))
-        await asyncio.sleep(0.3)  # A's 24 requests are in
+        lanes = router.runtime.state.lanes.values()
+        await until(lambda: sum(lane.waiting + lane.window.in_flight for lane in lanes) >= 24)  # A's are in
         latencies, refused = await tenant_b(60)
         stop.set()
         await a

@@ -12,7 +12,7 @@ from aiohttp import web
 from policies.control.actions import Force
 from tests.backends.test_embedder import MIXED
 from tests.conftest import Wrapped
-from tests.router.helpers import two_lane_config
+from tests.router.helpers import two_lane_config, until
 
 BATCH = {"X-Modeshift-Mode": "batch"}
 
@@ -150,7 +150,8 @@ async def test_a_full_batch_queue_spills_to_the_realtime_lane_when_the_lane_says
     router.runtime.command(Force(mode="batch", gradual=False))  # auto traffic may spill; pinned may not
     target = f"{router.url}/v1/embeddings"
     waiting = asyncio.ensure_future(post_json(client, target, {"input": "queued"}, {}))
-    await asyncio.sleep(0.2)
+    batching = router.runtime.state.lanes["batch"].batching
+    await until(lambda: batching.waiting == 1)  # the batch lane's queue of one is full
     status, headers, _ = await post_json(client, target, {"input": "spilled"}, {})
     assert status == 200 and headers["X-Modeshift-Lane"] == "realtime"
     gate.set()

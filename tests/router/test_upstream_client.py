@@ -219,7 +219,7 @@ async def test_a_post_on_a_dead_kept_alive_connection_is_not_sent_twice(client):
 async def test_a_refused_connection_is_connect_failed(client):
     async with raw_server(keep_answering) as server:
         url = server.url
-    await asyncio.sleep(0.05)
+    # The server has stopped listening: its port refuses.
     with pytest.raises(ConnectFailed, match="cannot connect"):
         await fetch(client, url)
 
