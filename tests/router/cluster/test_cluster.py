@@ -74,6 +74,13 @@ async def tick(*routers: RouterUnderTest, advance_s: float = 0.2) -> None:
         await router.runtime.tick_async()
 
 
+async def until_async(read, wanted, timeout_s: float = 10.0) -> None:
+    """Until `await read()` gives `wanted` (what Redis holds now), never for a fixed time."""
+    async with asyncio.timeout(timeout_s):
+        while await read() != wanted:
+            await asyncio.sleep(0.01)
+
+
 def leaders(routers) -> list[str]:
     return [r.runtime.cluster.replica for r in routers if r.runtime.cluster.leading]
 
@@ -149,7 +156,7 @@ async def test_a_write_with_a_stale_epoch_is_refused(redis_server):
         epoch, incarnation = await a.acquire("a", 200)
         assert epoch == 1
         assert await a.write_state("a", 1, json.dumps({"incarnation": incarnation, "epoch": 1, "x": 1}))
-        await asyncio.sleep(0.3)  # a paused past its lease
+        await until_async(lambda: a.redis.exists(a.key("leader")), 0)  # a paused past its lease: Redis let it go
         assert await b.acquire("b", 10_000) == (2, incarnation)
         assert await b.write_state("b", 2, json.dumps({"incarnation": incarnation, "epoch": 2, "x": 2}))
         assert not await a.write_state("a", 1, json.dumps({"incarnation": incarnation, "epoch": 1, "x": 3}))
@@ -170,8 +177,7 @@ async def test_without_redis_every_replica_keeps_its_weights_and_it_recovers_by_
     async with aiohttp.ClientSession() as client:
         async with client.get(f"{replicas[1].admin_url}/metrics", headers=admin_headers()) as response:
             assert 'modeshift_cluster_connected{replica="r2"} 0.0' in await response.text()
-    redis_server.start()
-    await asyncio.sleep(0.1)
+    redis_server.start()  # back when it answers a ping
     await tick(*replicas)
     assert len(leaders(replicas)) == 1 and all(r.runtime.cluster.connected for r in replicas)
 

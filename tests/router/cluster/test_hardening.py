@@ -100,8 +100,7 @@ async def test_after_redis_restarts_empty_every_follower_follows_the_new_leader_
         await tick(*routers)
     assert routers[0].runtime.cluster.leader_epoch == 4
     redis_server.stop()
-    redis_server.start()  # empty: no epoch, no state
-    await asyncio.sleep(0.05)
+    redis_server.start()  # empty: no epoch, no state; back when it answers a ping
     await tick(*routers)
     await tick(*routers)
     assert [r.runtime.cluster.leader_epoch for r in routers] == [1, 1, 1]
@@ -183,7 +182,9 @@ async def test_a_leader_whose_write_is_refused_undoes_the_tick_and_the_command_i
     leader, sender = routers[0], routers[1]
     assert leader.runtime.cluster.leading
     answer = asyncio.ensure_future(sender.runtime.run_command(Force("batch", gradual=False, reason="lost")))
-    await asyncio.sleep(0.05)  # the command waits in Redis
+    async with asyncio.timeout(10):  # the command waits in Redis
+        while await raw_redis.llen(key("commands")) != 1:
+            await asyncio.sleep(0.01)
     await raw_redis.set(key("leader"), "someone-else 99", px=10_000)  # the lease is gone before the write
     leader.clock.advance(0.2)
     await leader.runtime.tick_async()

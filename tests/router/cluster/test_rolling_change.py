@@ -35,7 +35,9 @@ async def test_a_lane_renamed_on_one_replica_breaks_no_replica(redis_server, ups
             headers = {"Authorization": f"Bearer {TOKEN}"}
             async with client.post(f"{renamed.admin}/reload", headers=headers) as response:
                 assert response.status == 200, await response.text()
-            await asyncio.sleep(2.0)  # ten ticks: every replica has read the others' publications
+            async with asyncio.timeout(30):  # until the leader has read every replica's publication since
+                while not await _leader_lists_one_disagreeing(replicas, client):
+                    await asyncio.sleep(0.1)
             for _ in range(10):
                 for replica in replicas:
                     async with client.get(f"{replica.url}/work") as response:
@@ -50,3 +52,12 @@ async def test_a_lane_renamed_on_one_replica_breaks_no_replica(redis_server, ups
     finally:
         for replica in replicas:
             await replica.kill()
+
+
+async def _leader_lists_one_disagreeing(replicas: list[Replica], client: aiohttp.ClientSession) -> bool:
+    views = [await replica.status(client) for replica in replicas]
+    leader = next((view for view in views if view["cluster"]["leading"]), None)
+    if leader is None:
+        return False
+    agrees = [entry["agrees"] for entry in leader["cluster"]["replicas"]]
+    return sorted(agrees) == [False, True, True]

@@ -143,7 +143,8 @@ async def test_a_job_stored_by_one_replica_wakes_the_runners_of_another_at_once(
     woken = asyncio.Event()
     try:
         other.on_jobs_ready(woken.set)
-        await asyncio.sleep(0.5)  # its listener is connected (it wakes once on connecting, too)
+        async with asyncio.timeout(5):
+            await woken.wait()  # its listener connected: it wakes once on connecting
         woken.clear()
         await JobStore(storing).submit(NewJob("POST", "/a", [], b"x", "alice", []), 1.0)
         async with asyncio.timeout(5):
