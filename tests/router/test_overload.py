@@ -19,7 +19,7 @@ import aiohttp
 
 from backends.modeled_server import ModeledServer
 from router.server import RunningRouter, runtime_for
-from tests.router.helpers import two_lane_config
+from tests.router.helpers import two_lane_config, until
 
 RATE_PER_S = 80.0  # the real-time server: 2 slots of 50 ms, 40 req/s
 RUSH_S = 3.0
@@ -65,7 +65,13 @@ async def test_a_rush_at_twice_capacity_keeps_the_objectives_by_binding_late(mon
     try:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
             await send(session, False)  # the lane's service time, measured before the rush
-            await asyncio.sleep(0.3)
+            control = router.runtime.state.control
+
+            def measured() -> bool:  # a tick has seen it answered
+                snapshot = control.last_snapshot
+                return snapshot is not None and sum(f.completions for f in snapshot.lanes.values()) >= 1
+
+            await until(measured)
             tasks = []
             began = time.perf_counter()
             for i in range(int(RATE_PER_S * RUSH_S)):
