@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import httptools
@@ -382,10 +382,18 @@ class _Connection(asyncio.Protocol):
 class UpstreamClient:
     """Keep-alive connections to any number of origins, with connect and read timeouts."""
 
-    def __init__(self, *, connect_timeout_s: float, read_timeout_s: float, idle_s: float = IDLE_S):
+    def __init__(
+        self,
+        *,
+        connect_timeout_s: float,
+        read_timeout_s: float,
+        idle_s: float = IDLE_S,
+        clock: Callable[[], float] | None = None,
+    ):
         self.connect_timeout_s = connect_timeout_s
         self.read_timeout_s = read_timeout_s
         self.idle_s = idle_s
+        self._clock = clock  # what idle time is measured by (default: the event loop's; a test's, virtual)
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # bound on first use
         self._origins: dict[str, Origin] = {}
         self._idle: dict[Origin, list[_Connection]] = {}
@@ -431,11 +439,14 @@ class UpstreamClient:
             conn.close()
             raise
 
+    def _now(self) -> float:
+        return self._clock() if self._clock is not None else self.loop.time()
+
     def _take_idle(self, origin: Origin) -> _Connection | None:
         idle = self._idle.get(origin)
         if not idle:
             return None
-        oldest_allowed = self.loop.time() - self.idle_s
+        oldest_allowed = self._now() - self.idle_s
         while idle:
             conn = idle.pop()
             transport = conn.transport
@@ -449,7 +460,7 @@ class UpstreamClient:
         if self.closed or conn.lost:
             conn.close()
             return
-        now = self.loop.time()
+        now = self._now()
         conn.idle_since_s = now
         idle = self._idle.setdefault(conn.origin, [])
         # The oldest idle connection sits at the bottom, never reached while

@@ -14,6 +14,7 @@ import pytest
 from multidict import CIMultiDict
 
 from router.upstream_client import HIGH_WATER, ConnectFailed, Origin, UpstreamBrokeOff, UpstreamClient
+from tests.router.helpers import FakeClock
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
 
@@ -123,11 +124,15 @@ async def test_kept_alive_connections_are_reused(client):
 
 
 async def test_an_idle_connection_past_its_limit_is_not_reused():
-    client = UpstreamClient(connect_timeout_s=2.0, read_timeout_s=2.0, idle_s=0.0)
+    clock = FakeClock(0.0)
+    client = UpstreamClient(connect_timeout_s=2.0, read_timeout_s=2.0, idle_s=1.0, clock=clock)
     try:
         async with raw_server(keep_answering) as server:
             await fetch(client, server.url)
-            await asyncio.sleep(0.01)
+            clock.advance(0.5)
+            await fetch(client, server.url)  # idle half its limit: reused
+            assert server.connections == 1
+            clock.advance(1.5)
             await fetch(client, server.url)
             assert server.connections == 2
     finally:
