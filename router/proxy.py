@@ -40,7 +40,7 @@ from configs.schema import RouteConfig
 from policies.path.access import NO_CLAIMS, PRIORITY_TIERS, TIER, Claims
 from policies.path.admission import Outlook, Placed, place
 from policies.path.arrival import arrive
-from policies.path.lane_choice import failover_lane
+from policies.path.lane_choice import failover_lane, lanes_in
 from policies.path.upstream_pool import ReplicaWalk
 from router.admission import LaneFull, QueueTimedOut
 from router.errors import (
@@ -230,7 +230,7 @@ class Proxy:
             deadline_s=deadline,
             snapshot=state.control.last_snapshot,
             weights=state.control.weights,
-            available=[name for name, lane in state.lanes.items() if lane.live and lane.pool.available(now)],
+            available=lanes_in(state.lanes, now),
             objectives=state.control.monitor.objectives,
             u=state.draw.random(),
         )
@@ -390,7 +390,7 @@ class Proxy:
 
         placed = place(
             lane.name,
-            _candidates(state, lane, now),
+            lanes_in(state.lanes, now, drawn=lane),
             outlook_of,
             movable=not choice.pinned,
             latency_s=objective.latency_s,
@@ -448,11 +448,6 @@ def _asked(headers: Headers, state: RouterState) -> Claims:
         deadline_s(headers.get(DEADLINE_HEADER)),
         False,
     )
-
-
-def _candidates(state: RouterState, lane: Lane, now: float) -> list[str]:
-    """The lanes a request drawn to `lane` may wait on: it, and every other live lane with an upstream in."""
-    return [name for name, other in state.lanes.items() if other is lane or (other.live and other.pool.available(now))]
 
 
 def _failover_lane(state: RouterState, visited: list[str]) -> Lane | None:

@@ -60,7 +60,7 @@ from configs.schema import ModeshiftConfig
 from policies.control.actions import Action
 from policies.path.admission import Placed, Waiter, place
 from policies.path.arrival import arrive
-from policies.path.lane_choice import failover_lane
+from policies.path.lane_choice import failover_lane, lanes_in
 from policies.path.retry_budget import RetryBudget
 from simulator.batch_path import BatchPath
 from simulator.failure_path import FailurePath, error_draws
@@ -129,6 +129,7 @@ class _Run(BatchPath, FailurePath):
         n = len(trace)
         # Lanes that fail (simulator.failure_path): their replicas, retries, and each request's error draw.
         self.failing = any(lane.failures is not None for lane in self.lanes.values())
+        self.live_lanes = tuple(name for name, lane in self.lanes.items() if lane.live)  # what live requests take
         self.budget = RetryBudget()
         self.retrying: set[int] = set()
         self.upstream_of: dict[str, Any] = {}
@@ -264,7 +265,7 @@ class _Run(BatchPath, FailurePath):
             deadline_s=request.deadline_ms / 1000.0 if request.deadline_ms is not None else None,
             snapshot=self.loop.last_snapshot,
             weights=self.loop.weights,
-            available=self.available_lanes(t) if self.failing else self.lanes,
+            available=lanes_in(self.lanes, t) if self.failing else self.live_lanes,
             objectives=self.objectives,
             u=self.draw.random(),
         )
@@ -312,7 +313,7 @@ class _Run(BatchPath, FailurePath):
 
         placed = place(
             lane.name,
-            self.candidates(lane, t) if self.failing else lanes,
+            lanes_in(lanes, t, drawn=lane),
             outlook_of,
             movable=not pinned,
             latency_s=objective.latency_s,
@@ -360,7 +361,7 @@ class _Run(BatchPath, FailurePath):
         self._finish(i, first, t, LANE_FULL)
 
     def _failover(self, visited: list[str]) -> LaneRun | None:
-        name = failover_lane(self.loop.weights, self.lanes, visited)
+        name = failover_lane(self.loop.weights, self.live_lanes, visited)
         return self.lanes[name] if name is not None else None
 
     def _start(self, i: int, lane: LaneRun, t: float, visited: list[str]) -> None:

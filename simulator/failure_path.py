@@ -108,18 +108,6 @@ class FailurePath:
     charged: dict[int, tuple[float, float]]  # (USD, busy s) of erred merged calls a request rode in, until it ends
     errors: Sequence[float]
 
-    def available_lanes(self, t: float) -> list[str]:
-        """The lanes with a replica not ejected: what lane choice draws from."""
-        return [name for name, lane in self.lanes.items() if lane.failures is None or lane.failures.pool.available(t)]
-
-    def candidates(self, drawn, t: float) -> list[str]:
-        """The lanes a request drawn to `drawn` may wait on: it, and every other lane with a replica in."""
-        return [
-            name
-            for name, lane in self.lanes.items()
-            if lane is drawn or lane.failures is None or lane.failures.pool.available(t)
-        ]
-
     def _send_failing(self, i: int, lane, t: float, service_s: float, visited: list[str]) -> None:
         """Reach a replica (or fail over, or answer 502), then call it with a timeout."""
         failures = lane.failures

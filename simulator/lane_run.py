@@ -21,6 +21,7 @@ from policies.control.snapshot import Snapshot
 from policies.path.admission import Gate, Outlook, batched_latency_s, outlook, takes_at_once
 from policies.path.batching import Batcher, Pace
 from policies.path.provider_batching import FileGathering
+from policies.path.upstream_pool import UpstreamPool
 from simulator.failure_path import LaneFailures
 from simulator.service import BatchApiLane, ServerLane, jittered_s
 
@@ -58,6 +59,7 @@ class LaneRun:
         self.spill = lane_config.spill
         self.gate: Gate[Queued] = Gate(lane_config.max_in_flight, lane_config.queue_depth, lane_config.aging_s)
         self.batch_api = isinstance(service, BatchApiLane)
+        self.live = lane_config.batch_api is None  # a provider batch lane takes jobs only, as the router's
         self.service = service
         # A batch API lane's open file (policies.path.provider_batching): its requests, size and serial number.
         self.gathering: FileGathering | None = None
@@ -136,6 +138,11 @@ class LaneRun:
             batch_saturated=batched and self.running >= self.limit,
             batch_pace=self.pace,
         )
+
+    @property
+    def pool(self) -> UpstreamPool | None:
+        """Its replicas as the pool ejects them, on a lane that fails (simulator.failure_path); else None."""
+        return self.failures.pool if self.failures is not None else None
 
     def call_s(self, items: int, input_tokens: int, output_tokens: int, z: float) -> float:
         if self.batch_api:

@@ -15,6 +15,10 @@ When 3 and 4 leave no lane with a share, the request goes to the lane still
 in with the lowest expected latency, or, if nothing is left, is drawn as if
 nothing was ruled out.
 
+`lanes_in` is which lanes a request may be drawn to, wait on, or fail over
+to: the live ones (a provider batch lane takes jobs only) with an upstream
+not ejected.
+
 `expected_latency_s` is what a deadline is held against: each lane's p95 in
 the last snapshot (NaN for a lane with no figures yet). `failover_lane` is
 the lane a request tries next after its lane failed or
@@ -29,10 +33,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Mapping
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from policies.control.snapshot import Snapshot
 from policies.control.weights import Weights
+from policies.path.upstream_pool import UpstreamPool
 
 
 class LaneChoice(NamedTuple):
@@ -98,3 +103,25 @@ def expected_latency_s(snapshot: Snapshot | None) -> dict[str, float]:
     if snapshot is None:
         return {}
     return {lane: figures.p95_s for lane, figures in snapshot.lanes.items()}
+
+
+class LaneOfPool(Protocol):
+    """What `lanes_in` reads of a driver's lane (router.lanes.Lane, simulator.lane_run.LaneRun)."""
+
+    @property
+    def live(self) -> bool:
+        """It takes live requests (a provider batch lane takes jobs only)."""
+
+    @property
+    def pool(self) -> UpstreamPool | None:
+        """Its upstreams as the pool ejects them; None: a lane modelled without replicas to eject."""
+
+
+def lanes_in(lanes: Mapping[str, LaneOfPool], now_s: float, drawn: object = None) -> list[str]:
+    """The live lanes with an upstream not ejected, in config order, and `drawn` (the lane a request was
+    drawn to, which it may still wait on) whatever its upstreams."""
+    return [
+        name
+        for name, lane in lanes.items()
+        if lane is drawn or (lane.live and (lane.pool is None or lane.pool.available(now_s)))
+    ]

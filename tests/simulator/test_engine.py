@@ -183,3 +183,21 @@ def test_the_hop_adds_to_what_the_client_sees_and_to_nothing_the_router_reads():
     np.testing.assert_array_equal(hopped.cost_usd, plain.cost_usd)  # busy time excludes it
     assert [row.p95_s for row in hopped.timeline] == [row.p95_s for row in plain.timeline]
     assert any(p > 0 for row in plain.timeline for p in row.p95_s if p == p)
+
+
+def test_a_rush_never_moves_live_requests_to_a_provider_batch_lane():
+    """A provider batch lane takes jobs only, in the router: no live request is drawn to it, waits on it or
+    fails over to it. A rush the real-time and flex lanes cannot carry is refused there, not sent to a batch
+    that answers hours later (the simulator used to move 810 of 3,000 there)."""
+    from configs import load_config
+    from simulator.service import load_service_model
+    from simulator.traces import prepared
+
+    config = load_config("configs/provider.yaml")
+    service = load_service_model("configs/provider.service.yaml")
+    trace = prepared("bundled", speed=300.0, route="/v1/chat/completions")
+    outcome = Engine(config, service, seed=0).run(trace)
+    batch = outcome.lanes.index("batch")
+    assert config.lanes["batch"].batch_api is not None
+    assert not (outcome.lane == batch).any()
+    assert (outcome.status == 503).sum() > 100  # the rush was more than the live lanes carry: refused at once
