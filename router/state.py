@@ -57,16 +57,16 @@ class RouterState:
         }
 
     def before_tick(self, backlogs: Mapping[str, JobsBacklog]) -> None:
-        """What the monitor is told just before a control tick, by a lone router and a cluster replica alike:
-        each lane's queue now, the replicas it is paid for (its upstreams, ejected ones included, or the
-        desired count where an autoscaler brings more up: a starting GPU is paid for), and the jobs waiting
-        for it with deadlines (`backlogs`, the job runner's count)."""
-        monitor, planner = self.control.monitor, self.control.capacity
-        monitor.backlogs = {lane: backlog for lane, backlog in backlogs.items() if lane in self.lanes}
-        for name, lane in self.lanes.items():
-            lane.window.queue_depth = lane.waiting
-            desired = planner.desired.get(name, 0) if planner is not None else 0
-            monitor.replicas[name] = max(len(lane.pool.upstreams), desired)
+        """The monitor's preamble to a control tick (policies.control.monitor.Monitor.before_tick), by a lone
+        router and a cluster replica alike. A lane is paid for its upstreams, ejected ones included, or the
+        desired count where an autoscaler brings more up."""
+        planner = self.control.capacity
+        desired = planner.desired if planner is not None else {}
+        self.control.monitor.before_tick(
+            waiting={name: lane.waiting for name, lane in self.lanes.items()},
+            paid={name: max(len(lane.pool.upstreams), desired.get(name, 0)) for name, lane in self.lanes.items()},
+            backlogs=backlogs,
+        )
 
     @cached_property
     def gatekeeper(self) -> Gatekeeper:

@@ -201,8 +201,11 @@ class _Run(BatchPath, FailurePath):
         heapq.heappush(self.heap, (t, self.seq, kind, lane, payload))
 
     def _tick(self, t: float) -> None:
-        for lane in self.lanes.values():
-            lane.window.queue_depth = lane.waiting
+        self.loop.monitor.before_tick(
+            waiting={name: lane.waiting for name, lane in self.lanes.items()},
+            paid={name: scale.paid for name, scale in self.scales.items()},
+            backlogs={},
+        )
         ready = {name: scale.ready for name, scale in self.scales.items()}
         actions: list[Action] = self.loop.tick(t, ready)
         self.decisions.extend(action.as_record() for action in actions)

@@ -52,6 +52,22 @@ class Monitor:
             for lane in self.costs
         }
 
+    def before_tick(
+        self,
+        waiting: Mapping[str, int],
+        paid: Mapping[str, int],
+        backlogs: Mapping[str, JobsBacklog],
+    ) -> None:
+        """What a driver tells the monitor just before a control tick: each lane's requests waiting now (its
+        queue depth), the replicas each lane is paid for now (ready and starting: a GPU loading is billed), and
+        the jobs waiting with deadlines (the job runner's count; none in the simulator). Lanes the monitor
+        does not know are left out (a reload may have dropped them)."""
+        for lane, depth in waiting.items():
+            if lane in self.lanes:
+                self.lanes[lane].queue_depth = depth
+        self.replicas.update({lane: n for lane, n in paid.items() if lane in self.replicas})
+        self.backlogs = {lane: backlog for lane, backlog in backlogs.items() if lane in self.lanes}
+
     def served(self, now_s: float, traffic_class: str, lane: str, latency_s: float, ok: bool) -> None:
         """A request of `traffic_class` finished on `lane` for its client, `latency_s` after it arrived.
 
