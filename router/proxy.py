@@ -40,7 +40,7 @@ from configs.schema import RouteConfig
 from policies.path.access import NO_CLAIMS, PRIORITY_TIERS, TIER, Claims
 from policies.path.admission import Outlook, Placed, place
 from policies.path.arrival import arrive
-from policies.path.lane_choice import failover_lane, lanes_in
+from policies.path.lane_choice import lanes_in, next_lane
 from policies.path.upstream_pool import ReplicaWalk
 from router.admission import LaneFull, QueueTimedOut
 from router.errors import (
@@ -282,13 +282,12 @@ class Proxy:
                             if not retrying and not (retrying := state.retries.try_acquire()):
                                 break
                         except ProxyError as error:
-                            if error.kind != "lane_full" or choice.pinned or not lane.config.spill:
-                                raise
-                            if (spill_to := _failover_lane(state, visit.lanes)) is None:
+                            spill_to = _next_lane(state, visit, spills=lane.config.spill)
+                            if error.kind != "lane_full" or spill_to is None:
                                 raise
                             lane = spill_to
                             continue
-                        lane = None if choice.pinned else _failover_lane(state, visit.lanes)
+                        lane = _next_lane(state, visit)
                         continue
                 lane = await self._admit(visit, lane)
                 started_s = self.runtime.now_s()
@@ -311,14 +310,14 @@ class Proxy:
                 finally:
                     lane.gate.leave()
                 if unavailable is not None:
-                    lane = None if choice.pinned else _failover_lane(state, visit.lanes)
+                    lane = _next_lane(state, visit)
                     if lane is None:
                         return unavailable.response
                     unavailable = None
                     continue
                 if not retrying:
                     break
-                lane = None if choice.pinned else _failover_lane(state, visit.lanes)
+                lane = _next_lane(state, visit)
             tried_lanes = ", ".join(dict.fromkeys(visit.lanes))
             raise upstream_refused(
                 visit.lanes[-1], f"{failure or 'no upstream left to try'} (lanes tried: {tried_lanes})"
@@ -430,7 +429,7 @@ class Proxy:
                 error = queue_timeout(lane.name, lane.gate.queue_timeout_s, lane.retry_after_s(snapshot))
             finally:
                 trail.queue_wait_s += self.runtime.now_s() - queued_s
-            spill_to = None if choice.pinned or not lane.config.spill else _failover_lane(state, visit.lanes)
+            spill_to = _next_lane(state, visit, spills=lane.config.spill)
             if spill_to is None:
                 first.window.refused(self.runtime.now_s(), choice.pinned)
                 raise error
@@ -450,7 +449,7 @@ def _asked(headers: Headers, state: RouterState) -> Claims:
     )
 
 
-def _failover_lane(state: RouterState, visited: list[str]) -> Lane | None:
-    """The next lane to try (policies.path.lane_choice.failover_lane), if any is left."""
-    name = failover_lane(state.control.weights, state.live_lanes, visited)
+def _next_lane(state: RouterState, visit: Visit, *, spills: bool = True) -> Lane | None:
+    """The lane the visit goes on to (policies.path.lane_choice.next_lane), if any."""
+    name = next_lane(state.control.weights, state.live_lanes, visit.lanes, pinned=visit.choice.pinned, spills=spills)
     return state.lanes[name] if name is not None else None

@@ -60,7 +60,7 @@ from configs.schema import ModeshiftConfig
 from policies.control.actions import Action
 from policies.path.admission import Placed, Waiter, place
 from policies.path.arrival import arrive
-from policies.path.lane_choice import failover_lane, lanes_in
+from policies.path.lane_choice import lanes_in, next_lane
 from policies.path.retry_budget import RetryBudget
 from simulator.batch_path import BatchPath
 from simulator.failure_path import FailurePath, error_draws
@@ -293,7 +293,7 @@ class _Run(BatchPath, FailurePath):
                 self.visited_of[i] = visited  # where it fails over from if no replica takes its merged call
             if self._offer(i, lane, t):
                 return
-            spill = None if pinned or not lane.spill else self._failover(visited)
+            spill = self._next_lane(visited, pinned, spills=lane.spill)
             if spill is None:
                 self._finish(i, lane, t, LANE_FULL)
                 return
@@ -356,15 +356,16 @@ class _Run(BatchPath, FailurePath):
         return self.objectives[self.traffic_class[i]].priority
 
     def _overflow(self, i: int, lane: LaneRun, pinned: bool, t: float, visited: list[str], first: LaneRun) -> None:
-        spill = None if pinned or not lane.spill else self._failover(visited)
+        spill = self._next_lane(visited, pinned, spills=lane.spill)
         if spill is not None:
             self._admit(i, spill, pinned, t, visited, first)
             return
         first.window.refused(t, pinned)
         self._finish(i, first, t, LANE_FULL)
 
-    def _failover(self, visited: list[str]) -> LaneRun | None:
-        name = failover_lane(self.loop.weights, self.live_lanes, visited)
+    def _next_lane(self, visited: list[str], pinned: bool, *, spills: bool = True) -> LaneRun | None:
+        """The lane a request goes on to (policies.path.lane_choice.next_lane), if any."""
+        name = next_lane(self.loop.weights, self.live_lanes, visited, pinned=pinned, spills=spills)
         return self.lanes[name] if name is not None else None
 
     def _start(self, i: int, lane: LaneRun, t: float, visited: list[str]) -> None:

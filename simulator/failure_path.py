@@ -125,7 +125,7 @@ class FailurePath:
                 break
         lane.window.completed(t, None, ok=False)
         self._leave_gate(lane, t)
-        following = None if self.pinned[i] or i not in self.retrying else self._failover(visited)
+        following = self._next_lane(visited, self.pinned[i]) if i in self.retrying else None
         if following is None:
             self._finish(i, lane, t, REFUSED)
             return
@@ -197,7 +197,7 @@ class FailurePath:
             lane.window.completed(t, None, ok=False)
             self.charged.pop(i, None)  # what its earlier calls cost is not reported: it starts over elsewhere
             visited = self.visited_of.pop(i, [lane.name])
-            following = None if not self._may_retry(i) or self.pinned[i] else self._failover(visited)
+            following = self._next_lane(visited, self.pinned[i]) if self._may_retry(i) else None
             if following is None:
                 self._finish(i, lane, t, REFUSED)
             else:

@@ -21,12 +21,13 @@ not ejected.
 
 `expected_latency_s` is what a deadline is held against: each lane's p95 in
 the last snapshot (NaN for a lane with no figures yet). `failover_lane` is
-the lane a request tries next after its lane failed or
-overflowed: the one with the largest weight among those not yet visited.
+the lane a request tries next after its lane failed or overflowed: the one
+with the largest weight among those not yet visited; `next_lane` adds when
+it may go on at all (not pinned; a lane that turned it away must spill).
 
-The router and the simulator both call `choose_lane` and `failover_lane`,
-so a trace request lands where the live router would have sent it. Nothing here reads headers,
-a clock or a socket.
+The router and the simulator both call `choose_lane`, `lanes_in` and
+`next_lane`, so a trace request lands where the live router would have sent
+it. Nothing here reads headers, a clock or a socket.
 """
 
 from __future__ import annotations
@@ -96,6 +97,17 @@ def failover_lane(weights: Weights, lanes: Collection[str], visited: Collection[
     """The lane not yet visited with the largest weight (the first such in `lanes` on a tie), or None."""
     rest = [lane for lane in lanes if lane not in visited]
     return max(rest, key=weights.__getitem__) if rest else None
+
+
+def next_lane(
+    weights: Weights, lanes: Collection[str], visited: Collection[str], *, pinned: bool, spills: bool = True
+) -> str | None:
+    """Where a request goes after its lane turned it away (full, its queue timed out) or failed it: nowhere
+    when it is pinned, or when the lane turned it away and does not spill (`spills`: its 503 stands); else
+    the failover lane."""
+    if pinned or not spills:
+        return None
+    return failover_lane(weights, lanes, visited)
 
 
 def expected_latency_s(snapshot: Snapshot | None) -> dict[str, float]:
