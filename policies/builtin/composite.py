@@ -8,6 +8,11 @@ batch and asks to go back). A guard that agrees, or has no opinion, lets the
 candidate through. With no candidate, the first guard with an opinion
 decides.
 
+A `fleet` policy among the members (policies.builtin.fleet) plans the
+replicas as well as a split: it is asked every tick, whoever has the first
+opinion, and its plan is the one the capacity rule sizes the lanes for
+(`planned_weights`).
+
     policy:
       type: composite
       params:
@@ -18,11 +23,11 @@ decides.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 from pydantic import Field
 
-from policies.control.protocol import BasePolicy, PolicyParams, Proposal
+from policies.control.protocol import BasePolicy, PlansFleet, Policy, PolicyParams, Proposal
 from policies.control.snapshot import Snapshot
 from policies.registry import PolicySpec
 
@@ -48,8 +53,25 @@ class CompositePolicy(BasePolicy):
         self.members = [spec.build(self.rng) for spec in params.policies]
         self.guards = [spec.build(self.rng) for spec in params.guards]
 
+    def planned_weights(self) -> Mapping[str, float] | None:
+        """The split the first member that plans the fleet planned (policies.control.protocol.PlansFleet)."""
+        planner = self._planner
+        return planner.planned_weights() if isinstance(planner, PlansFleet) else None
+
+    @property
+    def _planner(self) -> Policy | None:
+        """The first member that plans the fleet, if any."""
+        return next((m for m in self.members if isinstance(m, PlansFleet)), None)
+
     def decide(self, snapshot: Snapshot) -> Proposal | None:
-        candidate = next((p for p in (m.decide(snapshot) for m in self.members) if p is not None), None)
+        candidate, asked = None, 0
+        for member in self.members:
+            asked += 1
+            if (candidate := member.decide(snapshot)) is not None:
+                break
+        planner = self._planner
+        if planner is not None and planner not in self.members[:asked]:
+            planner.decide(snapshot)  # its plan stays current, though another member's opinion came first
         for guard in self.guards:
             verdict = guard.decide(snapshot)
             if verdict is None:

@@ -92,3 +92,24 @@ def test_the_mode_in_force_stays_planned_within_the_margin():
 
 def test_no_autoscaled_lane_no_opinion():
     assert FleetPolicy(FleetParams()).decide(snapshot("realtime", 40.0)) is None
+
+
+def test_a_fleet_policy_inside_a_composite_plans_every_tick_whoever_has_the_first_opinion():
+    """A composite whose first member always has an opinion (static) still asks its fleet member, and the
+    capacity rule reads the fleet's plan through the composite."""
+    from policies.builtin.composite import CompositeParams, CompositePolicy
+    from policies.registry import PolicySpec
+
+    static = PolicySpec.model_validate({"type": "static", "params": {"mode": "realtime"}})
+    fleet = PolicySpec.model_validate({"type": "fleet"})
+    composite = CompositePolicy(CompositeParams(policies=(static, fleet)))
+    calm = snapshot("realtime", 40.0, pinned_per_s=5.0)
+    batch = ReplicasView(
+        desired=1, ready=1, concurrency=64, service_s=0.3, least=1, most=20, headroom=0.1, per_replica_hour=1.2
+    )
+    proposal = composite.decide(replace(calm, replicas={"realtime": realtime(ready=3), "batch": batch}))
+    assert proposal is not None and proposal.target_mode == "realtime"  # the static member's opinion came first
+    assert composite.planned_weights() == MODES["batch"]  # and the fleet member planned all the same
+    alone = CompositePolicy(CompositeParams(policies=(static,)))
+    alone.decide(calm)
+    assert alone.planned_weights() is None  # no member plans the fleet: the rule sizes for what lanes take
