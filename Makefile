@@ -58,6 +58,7 @@ bench: $(VENV)/.installed
 	$(PY) bench/batching.py
 	$(PY) bench/jobs.py
 	$(PY) bench/simulation.py
+	$(PY) bench/capacity.py
 	$(PY) bench/fidelity.py
 	$(PY) bench/fidelity_modeled.py
 	$(PY) bench/overload.py
