@@ -60,7 +60,13 @@ class Runtime:
         self.route_stats = RouteStats()  # survives reloads, like the decision log
         self.history = History()
         self.jobs = (
-            Jobs(config, lambda: self.state.lanes, lambda path: self.state.routes.find(path), record=self.record_line)
+            Jobs(
+                config,
+                lambda: self.state.lanes,
+                lambda path: self.state.routes.find(path),
+                clock=wall_clock,  # jobs' times are stored and shared: wall time, a test's when it gives one
+                record=self.record_line,
+            )
             if config.jobs.enabled
             else None
         )

@@ -47,8 +47,8 @@ def runtime_for(
 ) -> Runtime:
     """The router's state and its telemetry, built from `config` (TelemetryUnavailable: OTLP asked, not installed).
 
-    `clock` measures and drives control (monotonic); `wall_clock` stamps only what the replicas of a cluster
-    share (router.cluster.coordinator).
+    `clock` measures and drives control (monotonic); `wall_clock` stamps what is stored or shared: jobs, their
+    leases and deadlines (router.jobs), and what the replicas of a cluster share (router.cluster.coordinator).
     """
     telemetry = Telemetry.build(config.telemetry)
     return Runtime(config, config_path=config_path, clock=clock, wall_clock=wall_clock, telemetry=telemetry)
