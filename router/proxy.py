@@ -222,7 +222,7 @@ class Proxy:
         if priority_tier and header_pin is None and route.pin is None:
             header_pin = priority_lane(state.config)  # a priority request is the real-time lane's, like a pinned one
         now = self.runtime.now_s()
-        arrival = arrive(
+        choice, traffic_class = arrive(
             route_pin=route.pin,
             route_class=route.traffic_class,
             header_pin=header_pin,
@@ -234,8 +234,7 @@ class Proxy:
             objectives=state.control.monitor.objectives,
             u=state.draw.random(),
         )
-        choice = arrival.choice
-        trail.pinned, trail.traffic_class = choice.pinned, arrival.traffic_class
+        trail.pinned, trail.traffic_class = choice.pinned, traffic_class
         headers = upstream_request_headers(client_headers, peer=peer, scheme=scheme, request_id=trail.request_id)
         if span is not None:
             self.runtime.telemetry.inject(span, headers)
@@ -251,7 +250,7 @@ class Proxy:
             body,
             headers,
             trail,
-            arrival.traffic_class,
+            traffic_class,
             tier,
         )
         state.retries.active += 1

@@ -260,7 +260,7 @@ class _Run(BatchPath, FailurePath):
     def _arrive(
         self, i: int, request: TraceRequest, t: float, route_pin: str | None, batchable: bool, route_class: str | None
     ) -> None:
-        arrival = arrive(
+        choice, self.traffic_class[i] = arrive(
             route_pin=route_pin,
             route_class=route_class,
             header_pin=request.mode,
@@ -272,9 +272,7 @@ class _Run(BatchPath, FailurePath):
             objectives=self.objectives,
             u=self.draw.random(),
         )
-        choice = arrival.choice
         self.pinned[i] = choice.pinned
-        self.traffic_class[i] = arrival.traffic_class
         self.in_flight += 1
         if self.failing:  # where a request that no replica took fails over from (simulator.failure_path)
             self.batchable[i] = batchable
@@ -316,7 +314,7 @@ class _Run(BatchPath, FailurePath):
 
         placed = place(
             lane.name,
-            lanes_in(lanes, t, drawn=lane),
+            lanes_in(lanes, t, drawn=lane) if self.failing or not lane.live else self.live_lanes,
             outlook_of,
             movable=not pinned,
             latency_s=objective.latency_s,

@@ -16,17 +16,11 @@ the request in a lane's queue (policies.path.admission).
 from __future__ import annotations
 
 from collections.abc import Collection
-from typing import NamedTuple
 
 from policies.control.objectives import Objectives
 from policies.control.snapshot import Snapshot
 from policies.control.weights import Weights
 from policies.path.lane_choice import LaneChoice, choose_lane, expected_latency_s
-
-
-class Arrival(NamedTuple):  # a tuple: made once per request on both drivers' hot path
-    choice: LaneChoice
-    traffic_class: str
 
 
 def arrive(
@@ -41,8 +35,9 @@ def arrive(
     available: Collection[str],
     objectives: Objectives,
     u: float,
-) -> Arrival:
-    """The lane one request is drawn to and its traffic class; `u`: a uniform sample from the driver's seeded RNG."""
+) -> tuple[LaneChoice, str]:
+    """The lane one request is drawn to and its traffic class; `u`: a uniform sample from the driver's seeded RNG.
+    A plain pair: it is made once per request on both drivers' hot path."""
     choice = choose_lane(
         route_pin=route_pin,
         header_pin=header_pin,
@@ -53,4 +48,4 @@ def arrive(
         u=u,
     )
     traffic_class = objectives.classify(pinned=choice.pinned, route_class=route_class, header_class=header_class)
-    return Arrival(choice, traffic_class)
+    return choice, traffic_class
