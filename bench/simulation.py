@@ -1,6 +1,6 @@
 """Simulator benchmark: speed, and what each policy saves on real and bursty traffic.
 
-    python bench/simulation.py [--requests 1000000] [--skip-speed]
+    python bench/simulation.py [--requests 1000000] [--skip-speed | --speed-only]
 
 1. Speed: a generated Poisson trace of `--requests` requests (200 req/s, on
    the embeddings route, so the batch lane micro-batches) through
@@ -107,10 +107,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=1_000_000)
     parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--speed-only", action="store_true", help="only part 1 (to pair checkouts with farm-bench)")
     args = parser.parse_args()
     console = Console(width=160)
     if not args.skip_speed:
         speed(console, args.requests)
+    if args.speed_only:
+        return
     azure = load_trace(AZURE)
     pinned = with_pinned_share(azure, 0.1, random.Random(3))
     for switchable_s in (60.0, 30.0):
