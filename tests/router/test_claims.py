@@ -187,6 +187,7 @@ async def test_an_ungranted_tenant_claiming_everything_does_not_push_another_ten
     p99, refused, within = await run(claims=True)
     assert refused_calm == 0 and refused <= 0.01, (refused_calm, refused)
     assert within >= 0.99, within
-    # Honoured claims put B behind all of A's 24 (p99 4.4 s, 97% refused); dropped, B waits as without them.
-    # The bound leaves room for a loaded machine: the 10% of the issue is a figure for a quiet one.
-    assert p99 <= 1.5 * p99_calm, (p99, p99_calm)
+    # Honoured claims put B behind all of A's 24 (p99 4.4 s, about 9x, and 97% refused); dropped, B waits as
+    # without them. The bound tells those apart with room for a loaded 2-core machine, where the two runs of
+    # the same traffic have read 1.7x apart: the 10% of the issue is a figure for a quiet one, in the note.
+    assert p99 <= 3.0 * p99_calm, (p99, p99_calm)
