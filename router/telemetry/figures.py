@@ -77,6 +77,14 @@ class Family:
     def add(self, labels: tuple[str, ...], value: float | Buckets) -> None:
         self.points.append((labels, value))
 
+    def numbers(self) -> list[tuple[tuple[str, ...], float]]:
+        """A counter's or a gauge's points (a histogram's are Buckets: read `points`)."""
+        out = []
+        for labels, point in self.points:
+            assert not isinstance(point, Buckets), f"{self.name} is a {self.kind}: its points are numbers"
+            out.append((labels, point))
+        return out
+
 
 def collect(
     state: RouterState,

@@ -48,12 +48,6 @@ def metrics_data(families: list[Family], resource: Resource, start_ns: int, now_
     return MetricsData([ResourceMetrics(resource, [ScopeMetrics(_SCOPE, metrics, "")], "")])
 
 
-def _number(point: float | Buckets) -> float:
-    """A counter's or a gauge's point (a histogram's are Buckets)."""
-    assert not isinstance(point, Buckets), "a counter or a gauge holds numbers"
-    return point
-
-
 def _metric(family: Family, start_ns: int, now_ns: int) -> Metric:
     def attributes(values: tuple[str, ...]) -> dict[str, str]:
         return dict(zip(family.labels, values))
@@ -78,7 +72,7 @@ def _metric(family: Family, start_ns: int, now_ns: int) -> Metric:
             )
         data: Histogram | Sum | Gauge = Histogram(points, AggregationTemporality.CUMULATIVE)
     else:
-        numbers = [NumberDataPoint(attributes(v), start_ns, now_ns, _number(value)) for v, value in family.points]
+        numbers = [NumberDataPoint(attributes(v), start_ns, now_ns, value) for v, value in family.numbers()]
         if family.kind == "counter":
             data = Sum(numbers, AggregationTemporality.CUMULATIVE, is_monotonic=True)
         else:

@@ -37,7 +37,7 @@ def _rendered(family: Family) -> Metric:
             buckets = [(f"{b:g}", n) for b, n in zip(BUCKETS_S, point.at_most)] + [("+Inf", point.count)]
             metric.add_metric(list(values), buckets, sum_value=point.sum)
         return metric
-    numbers = [(values, _number(point)) for values, point in family.points]
+    numbers = family.numbers()
     kind = CounterMetricFamily if family.kind == "counter" else GaugeMetricFamily
     if not labels:
         return kind(family.name, family.help, value=numbers[0][1] if numbers else 0.0)
@@ -45,12 +45,6 @@ def _rendered(family: Family) -> Metric:
     for values, value in numbers:
         plain.add_metric(list(values), value)
     return plain
-
-
-def _number(point: float | Buckets) -> float:
-    """A counter's or a gauge's point (a histogram's are Buckets)."""
-    assert not isinstance(point, Buckets), "a counter or a gauge holds numbers"
-    return point
 
 
 def exposition(read: Callable[[], list[Family]]) -> bytes:
