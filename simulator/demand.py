@@ -6,7 +6,7 @@ route), the switchable arrivals, and the mean time a call of that window
 would hold a server on each lane (the service model's latency for the
 window's requests, before jitter). `needs` then sizes each autoscaled lane
 for a split (a mode's weights) with the capacity rule the router runs
-(policies.control.capacity.needed_replicas: the classes' objectives, the lane's
+(policies.control.capacity.replicas_for: the classes' objectives, the lane's
 headroom and bounds), window by window, knowing each window's traffic
 exactly and with no cold start: what a clairvoyant autoscaler would ask
 for. `modeshift plan` (simulator.plan) sizes its static fleets and its
@@ -20,14 +20,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from configs.routes import RoutesByPrefix
 from configs.schema import ModeshiftConfig
-from policies.control.capacity import needed_replicas
+from policies.control.capacity import replicas_for
 from policies.control.objectives import PINNED, SWITCHABLE, Objectives
+from policies.control.snapshot import ReplicasView
 from simulator.service import ServerLane, ServiceModel
 from simulator.traces import TraceRequest
 
@@ -79,16 +80,21 @@ class Demand:
             if autoscale is None:
                 raise ValueError(f"lane {lane!r} has no autoscale: (a plan sizes autoscaled lanes)")
             share = weights.get(lane, 0.0)
-            concurrency = config.lanes[lane].replica.concurrency
+            bounds = ReplicasView(
+                desired=0,
+                ready=0,
+                concurrency=config.lanes[lane].replica.concurrency,
+                least=autoscale.min,
+                most=autoscale.max,
+                headroom=autoscale.headroom,
+            )
             replicas = np.empty(self.windows, dtype=np.int64)
             for w in range(self.windows):
                 pinned = float(self.pinned_per_s[lane][w])
                 rate = pinned + share * float(self.switchable_per_s[w])
                 classes = [objectives[PINNED]] * (pinned > 0) + [objectives[SWITCHABLE]] * (share > 0)
-                n = needed_replicas(
-                    rate, float(self.service_s[lane][w]), 1.0, concurrency, classes, autoscale.headroom, autoscale.max
-                )
-                replicas[w] = min(max(n, autoscale.min), autoscale.max)
+                view = replace(bounds, service_s=float(self.service_s[lane][w]))
+                replicas[w] = replicas_for(view, rate, classes).replicas  # the rule the router runs
             out[lane] = replicas
         return out
 

@@ -51,7 +51,7 @@ from dataclasses import dataclass, replace
 
 from pydantic import Field
 
-from policies.control.capacity import lane_demand, needed_replicas, replicas_for
+from policies.control.capacity import lane_demand, replicas_for
 from policies.control.protocol import BasePolicy, PolicyParams, Proposal
 from policies.control.snapshot import ReplicasView, Snapshot
 from policies.units import Duration
@@ -135,15 +135,12 @@ def plan_mode(
             marginal = figures.marginal_cost_per_request_usd
             usd += rate * 3600.0 * (0.0 if math.isnan(marginal) else marginal)
             continue
-        needed, keeps = replicas_for(view, rate, objectives)
-        replicas[lane] = needed
-        usd += needed * view.per_replica_hour
-        broken += not keeps
+        need = replicas_for(view, rate, objectives)
+        replicas[lane] = need.replicas
+        usd += need.replicas * view.per_replica_hour
+        broken += not need.keeps
         if rate > 0:
-            traffic_needs = needed_replicas(
-                rate, view.service_s, 1.0, view.concurrency, objectives, view.headroom, view.most
-            )
-            fits_now = fits_now and traffic_needs <= view.ready
+            fits_now = fits_now and need.for_traffic <= view.ready
             room = view.ready * view.concurrency * (1.0 - view.headroom)
             load = max(load, rate * view.service_s / room if room > 0 else math.inf)
     return ModePlan(mode, usd, broken, replicas, fits_now, load)

@@ -47,7 +47,7 @@ import statistics
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -148,20 +148,27 @@ def needed_replicas(
     return high
 
 
-def replicas_for(view: ReplicasView, rate_per_s: float, objectives: Sequence[Objective]) -> tuple[int, bool]:
-    """What a lane of `view` needs for `rate_per_s` of traffic with these objectives: (replicas within its
-    autoscale bounds, whether that many keep them). A lane never measured (no service time) keeps nothing."""
+class Need(NamedTuple):
+    """What a lane needs for some traffic (`replicas_for`)."""
+
+    replicas: int  # within its autoscale bounds
+    keeps: bool  # that many keep the objectives and the headroom
+    for_traffic: int  # the traffic's own need, before the `min` floor (0 for none)
+
+
+def replicas_for(view: ReplicasView, rate_per_s: float, objectives: Sequence[Objective]) -> Need:
+    """What a lane of `view` needs for `rate_per_s` of traffic with these objectives. A lane never measured
+    (no service time) keeps nothing it is given."""
     if math.isnan(view.service_s):
-        return view.most, rate_per_s <= 0
+        return Need(view.most, rate_per_s <= 0, view.most if rate_per_s > 0 else 0)
     needed = needed_replicas(rate_per_s, view.service_s, 1.0, view.concurrency, objectives, view.headroom, view.most)
     replicas = max(needed, view.least)
     if needed < view.most:
-        return replicas, True
+        return Need(replicas, True, needed)
     servers = view.most * view.concurrency
     fits = rate_per_s * view.service_s <= servers * (1.0 - view.headroom)
-    return replicas, fits and _keeps(
-        _targets(objectives, view.service_s, 1.0), rate_per_s, servers, view.service_s, 1.0
-    )
+    keeps = fits and _keeps(_targets(objectives, view.service_s, 1.0), rate_per_s, servers, view.service_s, 1.0)
+    return Need(replicas, keeps, needed)
 
 
 def switchable_rate_per_s(snapshot: Snapshot) -> float:
@@ -332,7 +339,7 @@ class CapacityPlanner:
             return view.least, f"no arrivals for {sized_for}"
         if math.isnan(view.service_s):
             return None, "no measured service time yet"
-        raw, _ = replicas_for(view, rate + jobs, objectives)
+        raw = replicas_for(view, rate + jobs, objectives).replicas
         why = (
             f"{rate + jobs:.3g} req/s ({sized_for}) x {view.service_s * 1000:.3g} ms on {view.concurrency} per "
             f"replica, {len(objectives)} classes' objectives, {view.headroom:.0%} headroom: {raw}"
