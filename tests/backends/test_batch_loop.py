@@ -7,6 +7,7 @@ import asyncio
 from backends.batch_loop import BatchLoop
 from policies.path.batching import Batcher, BatchItem
 from policies.path.flush import HybridRule, SizeRule
+from tests.router.helpers import SchedulingClock
 
 
 class Recorder:
@@ -37,36 +38,6 @@ async def caught_up() -> None:
     """Until the event loop has run what is ready now (the batch loop's task, its callbacks): no time passes."""
     for _ in range(20):
         await asyncio.sleep(0)
-
-
-class Timer:
-    def __init__(self, when_s: float, callback):
-        self.when_s, self.callback, self.cancelled = when_s, callback, False
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-
-class Clock:
-    """The batch loop's clock in virtual time, with its timers, moved by the test."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.timers: list[Timer] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def call_at(self, when_s: float, callback) -> Timer:
-        self.timers.append(timer := Timer(when_s, callback))
-        return timer
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-        due = [t for t in self.timers if t.when_s <= self.now and not t.cancelled]
-        self.timers = [t for t in self.timers if t not in due]
-        for timer in due:
-            timer.callback()
 
 
 async def test_a_full_batch_goes_at_once_and_the_rest_after_max_wait():
@@ -127,7 +98,7 @@ async def test_items_past_their_deadline_are_answered_as_expired():
     hold = asyncio.Event()
     run = Recorder(hold)
     expired: list[str] = []
-    clock = Clock()
+    clock = SchedulingClock(0.0)
     loop = BatchLoop(
         Batcher(HybridRule(max_batch=1, max_wait_s=0.0).build()),
         run,
@@ -138,7 +109,7 @@ async def test_items_past_their_deadline_are_answered_as_expired():
     loop.offer(BatchItem(payload="first"))
     await settle(lambda: run.running == 1)
     loop.offer(BatchItem(payload="late", deadline_s=clock.now + 0.01))
-    clock.advance(0.05)  # past its deadline while the only slot is busy
+    clock.advance_firing(0.05)  # past its deadline while the only slot is busy
     hold.set()
     await settle(lambda: expired == ["late"])
     await caught_up()

@@ -12,18 +12,12 @@ import pytest
 
 from tests.backends.test_embedder import MIXED
 from tests.conftest import Wrapped
+from tests.router.helpers import until
 
 
 async def embed(session, url, body):
     async with session.post(f"{url}/v1/embeddings", json=body) as response:
         return response.status, await response.json()
-
-
-async def until(condition, limit_s: float = 10.0) -> None:
-    """Wait for `condition` (what the server did), never for a fixed time."""
-    async with asyncio.timeout(limit_s):
-        while not condition():
-            await asyncio.sleep(0.005)
 
 
 async def test_openai_float_and_base64_answers_carry_the_same_vectors(model_server, embedder):

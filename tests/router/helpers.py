@@ -34,6 +34,35 @@ class FakeClock:
         self.now += seconds
 
 
+class Timer:
+    def __init__(self, when_s: float, callback: Callable[[], None]):
+        self.when_s, self.callback, self.cancelled = when_s, callback, False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class SchedulingClock(FakeClock):
+    """A fake clock that also keeps timers (a batch loop's), fired as virtual time passes."""
+
+    def __init__(self, now_s: float = 0.0):
+        super().__init__(now_s)
+        self.timers: list[Timer] = []
+
+    def call_at(self, when_s: float, callback: Callable[[], None]) -> Timer:
+        timer = Timer(when_s, callback)
+        self.timers.append(timer)
+        return timer
+
+    def advance_firing(self, seconds: float) -> None:
+        """Move on `seconds` and fire the timers now due that were not cancelled."""
+        self.advance(seconds)
+        due = [t for t in self.timers if t.when_s <= self.now and not t.cancelled]
+        self.timers = [t for t in self.timers if t not in due]
+        for timer in due:
+            timer.callback()
+
+
 @dataclass
 class Upstream:
     """A loopback aiohttp server; `handler` may be swapped while it runs."""

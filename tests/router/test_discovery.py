@@ -11,7 +11,7 @@ import asyncio
 
 from aiohttp import web
 
-from tests.router.helpers import admin_headers, two_lane_config
+from tests.router.helpers import admin_headers, two_lane_config, until
 from tests.servers.dns import DnsServer
 from tests.servers.redis import free_port
 
@@ -43,12 +43,6 @@ class Replica:
     async def stop(self) -> None:
         if self.runner is not None:
             await self.runner.cleanup()
-
-
-async def until(condition, timeout_s: float = 5.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        while not condition():
-            await asyncio.sleep(0.01)
 
 
 async def test_replicas_come_and_go_with_their_records(start_router, client):

@@ -42,7 +42,7 @@ from simulator.failure_path import error_draws
 from simulator.outcome import NO_REPLICA
 from simulator.service import Failures, Latency, Outage, ServerLane, ServiceModel, jittered_s
 from simulator.traces import with_pinned_share
-from tests.router.helpers import FakeClock, Upstream, two_lane_config
+from tests.router.helpers import SchedulingClock, Upstream, two_lane_config
 
 SEED = 3
 LANES = ("realtime", "batch")
@@ -145,27 +145,6 @@ async def _settle(done, what: str) -> None:
             return
         await asyncio.sleep(0.001)
     raise AssertionError(f"the router never {what}")
-
-
-class Timer:
-    def __init__(self, when_s: float, callback):
-        self.when_s, self.callback, self.cancelled = when_s, callback, False
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-
-class SchedulingClock(FakeClock):
-    """A fake clock that also keeps timers (the micro-batcher's), fired by the harness as time passes."""
-
-    def __init__(self, now_s: float = 0.0):
-        super().__init__(now_s)
-        self.timers: list[Timer] = []
-
-    def call_at(self, when_s: float, callback) -> Timer:
-        timer = Timer(when_s, callback)
-        self.timers.append(timer)
-        return timer
 
 
 def _embeddings(n: int) -> web.Response:
