@@ -276,3 +276,19 @@ def test_a_document_of_aliases_is_refused_before_it_is_built_and_errors_stay_sho
     assert len(lines) == 1 and "expands to" in lines[0] and "aliases" in lines[0], lines
     long_value = errors_of(GOOD.replace("initial_mode: realtime", "initial_mode: [" + "a," * 20000 + "b]"))
     assert all(len(line) < 1000 for line in long_value), [len(line) for line in long_value]
+
+
+def test_a_bad_autoscale_section_is_located_by_file_line_field_and_value():
+    """The capacity settings are user input like any other: each mistake is one line naming where it is."""
+    autoscaled = GOOD.replace(
+        "    timeout: 30s\n",
+        "    timeout: 30s\n    autoscale: {min: 1, max: 4, target: load}\n",
+    )
+    (line,) = errors_of(autoscaled)
+    assert line.startswith("prod.yaml:8: lanes.realtime.autoscale.target") and "load" in line
+    (line,) = errors_of(autoscaled.replace("min: 1, max: 4, target: load", "min: 6, max: 4"))
+    assert line.startswith("prod.yaml:8: lanes.realtime.autoscale") and "min (6) is over max (4)" in line
+    (line,) = errors_of(
+        GOOD.replace("type: load", "type: fleet").replace("params: {low_rps: 10, high_rps: 100}", "params: {margin: 2}")
+    )
+    assert "policy.params.margin" in line and "2" in line
